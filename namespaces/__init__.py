@@ -1,0 +1,1 @@
+"""Application namespaces: one module per namespace, each with ``create(runtime)``."""

@@ -1,0 +1,266 @@
+"""/chat: durable, ordered, at-least-once chat.
+
+Rooms with presence, messages with server-assigned IDs, timestamps and per-room sequence
+positions, room history from the event log, volatile typing indicators, and direct messages
+to a user that are retried until one of the user's connections acknowledges them.
+Every event a client sends may carry ``eventId`` (see ``server.namespace``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+import msgpack
+
+from server.event_log import is_offset
+from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
+from server.pending import PendingMessage
+from server.presence import Member
+
+log = logging.getLogger("namespaces.chat")
+
+MAX_TEXT = 4000
+MAX_HISTORY = 200
+PRESENCE_TTL = 30.0
+RECOVERABLE = {"transport close", "transport error", "ping timeout"}
+
+
+def history_stream(room: str) -> str:
+    return f"/chat#room:{room}"
+
+
+def _text(payload: dict[str, Any]) -> str:
+    text = payload.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ClientError("invalid_text", "text must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise ClientError("text_too_long", f"text is limited to {MAX_TEXT} characters")
+    return text
+
+
+class ChatNamespace(BaseNamespace):
+    """The /chat namespace. Room ``r`` is the Socket.IO room ``room:r``."""
+
+    async def start(self) -> None:
+        self.runtime.background(self._heartbeat(), "chat-presence")
+        self.runtime.background(self._retry_direct(), "chat-direct-retry")
+
+    # ------------------------------------------------------------------ rooms
+
+    async def on_join(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        room = require_room(require_dict(payload).get("room"))
+        identity = self.identity(sid)
+        if not identity.may_use_room(room):
+            raise ClientError("forbidden", f"your token does not allow room {room}")
+        if len(self.rooms_of(sid)) >= self.config.limits.max_rooms_per_socket and \
+                "room:" + room not in self.rooms_of(sid):
+            raise ClientError("too_many_rooms", f"at most {self.config.limits.max_rooms_per_socket} rooms")
+        await self.enter_room(sid, "room:" + room)
+        first = await self.stores.presence.join(self.namespace, room, sid, Member(identity.user, identity.name),
+                                                PRESENCE_TTL)
+        if first:
+            await self.emit("presence", {"room": room, "user": identity.user, "name": identity.name,
+                                         "action": "join"}, room="room:" + room)
+        position = await self.stores.event_log.position(history_stream(room))
+        members = await self.stores.presence.members(self.namespace, room)
+        return ok(room=room, members=[m.__dict__ for m in members], seq=position.offset, epoch=position.epoch)
+
+    async def on_leave(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        room = require_room(require_dict(payload).get("room"))
+        await self.leave_room(sid, "room:" + room)
+        await self._presence_leave(room, sid)
+        return ok(room=room)
+
+    async def _presence_leave(self, room: str, sid: str) -> None:
+        member = await self.stores.presence.leave(self.namespace, room, sid)
+        if member is not None:
+            await self.emit("presence", {"room": room, "user": member.user, "name": member.name,
+                                         "action": "leave"}, room="room:" + room)
+
+    async def on_presence(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        room = require_room(require_dict(payload).get("room"))
+        members = await self.stores.presence.members(self.namespace, room)
+        return ok(room=room, members=[m.__dict__ for m in members])
+
+    # ------------------------------------------------------------------ messages
+
+    async def on_message(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        payload = require_dict(payload)
+        room = require_room(payload.get("room"))
+        text = _text(payload)
+        if "room:" + room not in self.server.manager.get_rooms(sid, self.namespace):
+            raise ClientError("not_in_room", f"join {room} before sending to it")
+        identity = self.identity(sid)
+        message = {"id": secrets.token_hex(8), "room": room, "user": identity.user, "name": identity.name,
+                   "text": text, "ts": int(time.time() * 1000)}
+        seq = await self.stores.event_log.append(history_stream(room), msgpack.packb(message))
+        message["seq"] = seq
+        await self.emit("message", message, room="room:" + room)
+        return ok(id=message["id"], seq=seq, ts=message["ts"])
+
+    async def on_typing(self, sid: str, payload: Any = None) -> None:
+        payload = require_dict(payload)
+        room = require_room(payload.get("room"))
+        if "room:" + room not in self.server.manager.get_rooms(sid, self.namespace):
+            return None
+        identity = self.identity(sid)
+        await self.server.emit("typing", {"room": room, "user": identity.user, "typing": bool(payload.get("typing"))},
+                               room="room:" + room, skip_sid=sid, namespace=self.namespace, volatile=True)
+        return None
+
+    async def _read_history(self, room: str, after: str | None, before: str | None, limit: int) -> list[dict]:
+        log_ = self.stores.event_log
+        stream = history_stream(room)
+        entries = await (log_.read(stream, after, limit) if after is not None else
+                         log_.history(stream, limit, before))
+        out = []
+        for entry in entries:
+            try:
+                message = msgpack.unpackb(entry.data)
+            except Exception:
+                continue
+            if isinstance(message, dict):
+                message["seq"] = entry.offset
+                out.append(message)
+        return out
+
+    async def on_history(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``history {room, limit?, after?, before?}``: the newest ``limit`` messages, or those after a seq."""
+        payload = require_dict(payload)
+        room = require_room(payload.get("room"))
+        if not self.identity(sid).may_use_room(room):
+            raise ClientError("forbidden", f"your token does not allow room {room}")
+        limit = payload.get("limit", 50)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY:
+            raise ClientError("invalid_limit", f"limit must be an integer from 1 to {MAX_HISTORY}")
+        after, before = payload.get("after"), payload.get("before")
+        for name, value in (("after", after), ("before", before)):
+            if value is not None and not is_offset(value):
+                raise ClientError("invalid_offset", f"{name} must be a seq like '1700000000000-0'")
+        position = await self.stores.event_log.position(history_stream(room))
+        complete = True
+        if after is not None:
+            complete = await self.stores.event_log.covers(history_stream(room), after)
+        messages = await self._read_history(room, after, before, limit)
+        return ok(room=room, messages=messages, epoch=position.epoch, complete=complete)
+
+    async def on_resume(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """For clients without connection state recovery: ``resume {rooms: {room: {seq, epoch?}}}``.
+
+        Joins each room and answers with every message after ``seq``, oldest first; ``complete``
+        is false for a room whose history no longer reaches back that far (or whose epoch changed),
+        and the client should then fetch ``history`` and accept a gap.
+        """
+        rooms = require_dict(require_dict(payload).get("rooms"), "rooms")
+        if len(rooms) > self.config.limits.max_rooms_per_socket:
+            raise ClientError("too_many_rooms", f"at most {self.config.limits.max_rooms_per_socket} rooms")
+        result = {}
+        for room, position in rooms.items():
+            room = require_room(room)
+            position = position if isinstance(position, dict) else {"seq": position}
+            seq, epoch = position.get("seq"), position.get("epoch")
+            if not is_offset(seq):
+                raise ClientError("invalid_offset", f"seq for {room} must be like '1700000000000-0'")
+            joined = await self.on_join(sid, {"room": room})
+            stream = history_stream(room)
+            complete = (epoch is None or epoch == joined["epoch"]) and \
+                await self.stores.event_log.covers(stream, seq)
+            messages: list[dict] = []
+            cursor = seq
+            while complete and len(messages) < 10_000:
+                batch = await self._read_history(room, cursor, None, 500)
+                messages.extend(batch)
+                if len(batch) < 500:
+                    break
+                cursor = batch[-1]["seq"]
+            self.metrics.replayed.labels(self.namespace).inc(len(messages))
+            result[room] = {"messages": messages, "complete": complete, "epoch": joined["epoch"],
+                            "seq": joined["seq"]}
+        return ok(rooms=result)
+
+    # ------------------------------------------------------------------ direct messages
+
+    async def on_dm(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``dm {to, text}``: to every connection of user ``to``; retried until it sends ``dm_ack``."""
+        payload = require_dict(payload)
+        to = payload.get("to")
+        if not isinstance(to, str) or not 1 <= len(to) <= 128:
+            raise ClientError("invalid_user", "to must be a user id")
+        text = _text(payload)
+        identity = self.identity(sid)
+        message = {"id": secrets.token_hex(8), "from": identity.user, "name": identity.name, "to": to,
+                   "text": text, "ts": int(time.time() * 1000)}
+        await self.stores.pending.add(to, PendingMessage(message["id"], "dm", message, time.time()),
+                                      self.config.delivery.direct_ttl)
+        await self.emit("dm", message, room=user_room(to))
+        return ok(id=message["id"], ts=message["ts"])
+
+    async def on_dm_ack(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        ids = require_dict(payload).get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) and len(i) <= 64 for i in ids) or len(ids) > 1000:
+            raise ClientError("invalid_ids", "ids must be a list of message ids")
+        acked = await self.stores.pending.ack(self.identity(sid).user, ids)
+        return ok(acked=acked)
+
+    async def _retry_direct(self) -> None:
+        interval = self.config.delivery.direct_retry_interval
+        while True:
+            await asyncio.sleep(interval)
+            users = {identity.user for (ns, _), identity in list(self.runtime.identities.items())
+                     if ns == self.namespace}
+            for user in users:
+                try:
+                    pending = await self.stores.pending.pending(user, self.config.delivery.direct_ttl)
+                except Exception as exc:
+                    log.debug("pending read failed: %s", exc)
+                    continue
+                cutoff = time.time() - interval
+                for message in pending:
+                    if message.created <= cutoff:
+                        self.metrics.direct_pending.inc()
+                        await self.emit(message.event, message.payload, room=user_room(user))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connected(self, sid: str, identity: Any, recovered: bool) -> None:
+        if recovered:
+            # Rooms came back with the session; make sure presence has them again (a no-op
+            # unless the entries lapsed while the client was away).
+            for room in self.rooms_of(sid):
+                if room.startswith("room:"):
+                    name = room[5:]
+                    first = await self.stores.presence.join(self.namespace, name, sid,
+                                                            Member(identity.user, identity.name), PRESENCE_TTL)
+                    if first:
+                        await self.emit("presence", {"room": name, "user": identity.user, "name": identity.name,
+                                                     "action": "join"}, room=room)
+
+    async def disconnected(self, sid: str, identity: Any, reason: str) -> None:
+        if reason in RECOVERABLE or self.server.shutting_down:
+            # The client will probably recover with the same sid: leave its presence entries
+            # to lapse by themselves instead of announcing a leave and a join again.
+            return
+        for room in self.rooms_of(sid):
+            if room.startswith("room:"):
+                await self._presence_leave(room[5:], sid)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_TTL / 3)
+            entries = [(room[5:], sid) for (ns, sid) in list(self.runtime.identities) if ns == self.namespace
+                       for room in self.rooms_of(sid) if room.startswith("room:")]
+            try:
+                await self.stores.presence.refresh(self.namespace, entries, PRESENCE_TTL)
+                for room, member in await self.stores.presence.expire(self.namespace):
+                    await self.emit("presence", {"room": room, "user": member.user, "name": member.name,
+                                                 "action": "leave"}, room="room:" + room)
+            except Exception as exc:
+                log.debug("presence heartbeat failed: %s", exc)
+
+
+def create(runtime: Any) -> ChatNamespace:
+    return ChatNamespace("/chat", runtime)

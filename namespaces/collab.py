@@ -1,0 +1,116 @@
+"""/collab: shared documents that converge (Yjs CRDT; pycrdt on the server).
+
+A client opens a document and gets its whole state as one Yjs update; it sends its own
+updates (also those made while offline) and receives everyone else's as durable events, so a
+client that was cut off recovers them with connection state recovery. ``sync`` answers with
+what a client lacks given its state vector. Awareness (cursors, selections) is volatile.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pycrdt
+
+from server.documents import MemoryDocumentStore, RedisDocumentStore
+from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room
+
+log = logging.getLogger("namespaces.collab")
+
+COMPACT_AFTER = 200
+MAX_UPDATE = 256 * 1024
+
+
+class CollabNamespace(BaseNamespace):
+    """The /collab namespace. Document ``d`` is the Socket.IO room ``doc:d``."""
+
+    def __init__(self, namespace: str, runtime: Any) -> None:
+        super().__init__(namespace, runtime)
+        redis = runtime.stores.redis
+        self.documents = RedisDocumentStore(redis, runtime.config.redis.key_prefix) if redis is not None \
+            else MemoryDocumentStore()
+
+    async def _state(self, doc: str) -> bytes:
+        snapshot, updates = await self.documents.load(doc)
+        parts = ([snapshot] if snapshot else []) + updates
+        if not parts:
+            return pycrdt.Doc().get_update()
+        return pycrdt.merge_updates(*parts) if len(parts) > 1 else parts[0]
+
+    def _doc(self, sid: str, payload: Any, joined: bool = True) -> str:
+        doc = require_room(require_dict(payload).get("doc"))
+        if joined and "doc:" + doc not in self.server.manager.get_rooms(sid, self.namespace):
+            raise ClientError("not_open", f"open {doc} first")
+        return doc
+
+    async def on_open(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        doc = self._doc(sid, payload, joined=False)
+        if not self.identity(sid).may_use_room(doc):
+            raise ClientError("forbidden", f"your token does not allow document {doc}")
+        await self.enter_room(sid, "doc:" + doc)
+        return ok(doc=doc, update=await self._state(doc))
+
+    async def on_close(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        doc = self._doc(sid, payload)
+        await self.leave_room(sid, "doc:" + doc)
+        return ok(doc=doc)
+
+    async def on_update(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        payload = require_dict(payload)
+        doc = self._doc(sid, payload)
+        update = payload.get("update")
+        if not isinstance(update, (bytes, bytearray)) or not update:
+            raise ClientError("invalid_update", "update must be a non-empty binary Yjs update")
+        if len(update) > MAX_UPDATE:
+            raise ClientError("update_too_large", f"updates are limited to {MAX_UPDATE} bytes")
+        update = bytes(update)
+        try:
+            pycrdt.Doc().apply_update(update)
+        except Exception:
+            raise ClientError("invalid_update", "not a Yjs update") from None
+        count = await self.documents.append(doc, update)
+        await self.emit("update", {"doc": doc, "update": update, "user": self.identity(sid).user},
+                        room="doc:" + doc, skip_sid=sid)
+        if count >= COMPACT_AFTER:
+            await self._compact(doc)
+        return ok(doc=doc)
+
+    async def _compact(self, doc: str) -> None:
+        snapshot, updates = await self.documents.load(doc)
+        parts = ([snapshot] if snapshot else []) + updates
+        try:
+            await self.documents.compact(doc, pycrdt.merge_updates(*parts), len(updates))
+        except Exception as exc:
+            log.warning("compaction of %s failed: %s", doc, exc)
+
+    async def on_sync(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``sync {doc, stateVector}`` → ``{ok, update}`` with what the client lacks."""
+        payload = require_dict(payload)
+        doc = self._doc(sid, payload)
+        vector = payload.get("stateVector")
+        if not isinstance(vector, (bytes, bytearray)):
+            raise ClientError("invalid_state_vector", "stateVector must be binary")
+        server_doc = pycrdt.Doc()
+        server_doc.apply_update(await self._state(doc))
+        try:
+            diff = server_doc.get_update(bytes(vector))
+        except Exception:
+            raise ClientError("invalid_state_vector", "not a Yjs state vector") from None
+        return ok(doc=doc, update=diff)
+
+    async def on_awareness(self, sid: str, payload: Any = None) -> None:
+        payload = require_dict(payload)
+        doc = self._doc(sid, payload)
+        state = payload.get("state")
+        if not isinstance(state, dict) or len(str(state)) > 2048:
+            raise ClientError("invalid_awareness", "state must be a small object")
+        identity = self.identity(sid)
+        await self.server.emit("awareness", {"doc": doc, "user": identity.user, "name": identity.name,
+                                             "state": state}, room="doc:" + doc, skip_sid=sid,
+                               namespace=self.namespace, volatile=True)
+        return None
+
+
+def create(runtime: Any) -> CollabNamespace:
+    return CollabNamespace("/collab", runtime)

@@ -1,0 +1,240 @@
+"""/game: low latency, server-authoritative "pellet chase".
+
+A lobby of game rooms (create, list, join, leave, capacity). The server owns each game's
+state and advances it at a fixed tick rate; players send inputs (a direction), validated and
+rate-limited; the state goes out as *volatile* events, so a slow client skips frames instead
+of building a backlog. A player who drops keeps their slot for a grace period and can rejoin
+mid-game. First to ``WIN_SCORE`` pellets, or the best score when time runs out, wins.
+Nothing here is written to the event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.namespace import BaseNamespace, ClientError, ok, require_dict
+
+ARENA = 20
+WIN_SCORE = 5
+GAME_SECONDS = 90
+REJOIN_GRACE = 30.0
+LOBBY = "lobby"
+DIRECTIONS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0), "none": (0, 0)}
+
+
+@dataclass
+class Player:
+    user: str
+    name: str
+    x: int
+    y: int
+    score: int = 0
+    direction: tuple[int, int] = (0, 0)
+    sid: str | None = None
+    left_at: float | None = None
+    input_tokens: float = 10.0
+    input_stamp: float = field(default_factory=time.monotonic)
+
+    def public(self) -> dict[str, Any]:
+        return {"user": self.user, "name": self.name, "x": self.x, "y": self.y, "score": self.score,
+                "connected": self.sid is not None}
+
+
+@dataclass
+class Game:
+    id: str
+    name: str
+    capacity: int
+    host: str
+    state: str = "waiting"  # waiting | playing | over
+    players: dict[str, Player] = field(default_factory=dict)
+    pellet: tuple[int, int] = (ARENA // 2, ARENA // 2)
+    tick: int = 0
+    ends_at: float = 0.0
+    task: asyncio.Task | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "capacity": self.capacity, "state": self.state,
+                "players": len(self.players), "host": self.host}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"game": self.id, "tick": self.tick, "state": self.state,
+                "players": [p.public() for p in self.players.values()],
+                "pellet": {"x": self.pellet[0], "y": self.pellet[1]},
+                "remaining": max(0.0, round(self.ends_at - time.time(), 1)) if self.state == "playing" else None}
+
+
+class GameNamespace(BaseNamespace):
+    """The /game namespace. Game ``g`` is the Socket.IO room ``game:g``."""
+
+    def __init__(self, namespace: str, runtime: Any) -> None:
+        super().__init__(namespace, runtime)
+        self.games: dict[str, Game] = {}
+        self.rng = random.Random()
+
+    async def stop(self) -> None:
+        for game in self.games.values():
+            if game.task is not None:
+                game.task.cancel()
+
+    def _game(self, payload: Any) -> Game:
+        gid = require_dict(payload).get("game")
+        game = self.games.get(gid) if isinstance(gid, str) else None
+        if game is None:
+            raise ClientError("no_such_game", "no such game")
+        return game
+
+    async def _lobby_changed(self) -> None:
+        await self.emit("lobby", {"games": [g.summary() for g in self.games.values() if g.state != "over"]},
+                        room=LOBBY)
+
+    # ------------------------------------------------------------------ lobby
+
+    async def connected(self, sid: str, identity: Any, recovered: bool) -> None:
+        await self.enter_room(sid, LOBBY)
+
+    async def on_list(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        return ok(games=[g.summary() for g in self.games.values() if g.state != "over"])
+
+    async def on_create(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        payload = require_dict(payload or {})
+        name = payload.get("name", "game")
+        capacity = payload.get("capacity", self.config.game.max_players)
+        if not isinstance(name, str) or not 1 <= len(name) <= 40:
+            raise ClientError("invalid_name", "name must be 1-40 characters")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or \
+                not 2 <= capacity <= self.config.game.max_players:
+            raise ClientError("invalid_capacity", f"capacity must be from 2 to {self.config.game.max_players}")
+        if len(self.games) >= 1000:
+            raise ClientError("too_many_games", "the lobby is full")
+        game = Game(id=secrets.token_hex(4), name=name, capacity=capacity, host=self.identity(sid).user)
+        self.games[game.id] = game
+        await self._lobby_changed()
+        return ok(game=game.summary())
+
+    async def on_join(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        game = self._game(payload)
+        identity = self.identity(sid)
+        player = game.players.get(identity.user)
+        if player is None:
+            if game.state != "waiting":
+                raise ClientError("game_started", "this game has started; only its players may rejoin")
+            if len(game.players) >= game.capacity:
+                raise ClientError("game_full", "this game is full")
+            x, y = self._free_cell(game)
+            player = game.players[identity.user] = Player(identity.user, identity.name, x, y)
+        player.sid, player.left_at = sid, None
+        await self.enter_room(sid, "game:" + game.id)
+        await self._lobby_changed()
+        await self.emit("state", game.snapshot(), room="game:" + game.id)
+        return ok(game=game.summary(), state=game.snapshot())
+
+    async def on_leave(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        game = self._game(payload)
+        user = self.identity(sid).user
+        await self.leave_room(sid, "game:" + game.id)
+        player = game.players.get(user)
+        if player is not None:
+            if game.state == "waiting":
+                del game.players[user]
+            else:
+                player.sid, player.left_at = None, time.time()
+        await self._lobby_changed()
+        return ok()
+
+    async def on_start(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        game = self._game(payload)
+        if self.identity(sid).user != game.host:
+            raise ClientError("not_host", "only the host can start the game")
+        if game.state != "waiting":
+            raise ClientError("already_started", "the game has already started")
+        if len(game.players) < 2:
+            raise ClientError("not_enough_players", "a game needs at least 2 players")
+        game.state = "playing"
+        game.ends_at = time.time() + GAME_SECONDS
+        game.pellet = self._free_cell(game)
+        game.task = asyncio.create_task(self._run(game), name=f"game-{game.id}")
+        await self._lobby_changed()
+        return ok(state=game.snapshot())
+
+    async def on_input(self, sid: str, payload: Any = None) -> dict[str, Any] | None:
+        payload = require_dict(payload)
+        game = self._game(payload)
+        player = game.players.get(self.identity(sid).user)
+        if player is None or player.sid != sid:
+            raise ClientError("not_a_player", "you are not playing this game")
+        direction = payload.get("dir")
+        if direction not in DIRECTIONS:
+            raise ClientError("invalid_input", f"dir must be one of {', '.join(DIRECTIONS)}")
+        now = time.monotonic()
+        rate = self.config.game.inputs_per_second
+        player.input_tokens = min(rate, player.input_tokens + (now - player.input_stamp) * rate)
+        player.input_stamp = now
+        if player.input_tokens < 1:
+            raise ClientError("rate_limited", "too many inputs")
+        player.input_tokens -= 1
+        player.direction = DIRECTIONS[direction]
+        return None
+
+    # ------------------------------------------------------------------ simulation
+
+    def _free_cell(self, game: Game) -> tuple[int, int]:
+        taken = {(p.x, p.y) for p in game.players.values()}
+        while True:
+            cell = (self.rng.randrange(ARENA), self.rng.randrange(ARENA))
+            if cell not in taken:
+                return cell
+
+    def step(self, game: Game) -> None:
+        """Advance one tick: move, collect, drop players gone longer than the grace period."""
+        game.tick += 1
+        now = time.time()
+        for user, player in list(game.players.items()):
+            if player.sid is None and player.left_at is not None and now - player.left_at > REJOIN_GRACE:
+                del game.players[user]
+                continue
+            dx, dy = player.direction
+            player.x = min(ARENA - 1, max(0, player.x + dx))
+            player.y = min(ARENA - 1, max(0, player.y + dy))
+            if (player.x, player.y) == game.pellet:
+                player.score += 1
+                game.pellet = self._free_cell(game)
+        if any(p.score >= WIN_SCORE for p in game.players.values()) or now >= game.ends_at or \
+                len(game.players) < 2:
+            game.state = "over"
+
+    async def _run(self, game: Game) -> None:
+        period = 1.0 / self.config.game.tick_rate
+        next_at = time.monotonic()
+        room = "game:" + game.id
+        try:
+            while game.state == "playing":
+                self.step(game)
+                await self.server.emit("state", game.snapshot(), room=room, namespace=self.namespace, volatile=True)
+                next_at += period
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            results = sorted((p.public() for p in game.players.values()), key=lambda p: -p["score"])
+            await self.emit("game_over", {"game": game.id, "results": results,
+                                          "winner": results[0]["user"] if results else None}, room=room)
+        finally:
+            await self._lobby_changed()
+            asyncio.get_running_loop().call_later(60, self.games.pop, game.id, None)
+
+    async def disconnected(self, sid: str, identity: Any, reason: str) -> None:
+        for game in self.games.values():
+            player = game.players.get(identity.user)
+            if player is not None and player.sid == sid:
+                if game.state == "waiting":
+                    del game.players[identity.user]
+                else:
+                    player.sid, player.left_at = None, time.time()
+        await self._lobby_changed()
+
+
+def create(runtime: Any) -> GameNamespace:
+    return GameNamespace("/game", runtime)

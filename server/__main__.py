@@ -1,0 +1,59 @@
+"""``python -m server``: start one node.
+
+    python -m server [--config PATH] [--host HOST] [--port PORT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from .config import ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Run one realtime server node.")
+    parser.add_argument("--config", help="TOML configuration file (default: config.toml in the repository)")
+    parser.add_argument("--host", help="listen address (overrides server.host and $HOST)")
+    parser.add_argument("--port", type=int, help="listen port (overrides server.port and $PORT)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+        overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        if overrides:
+            config = config.with_overrides(server=overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    from .app import configure_logging, create_app
+
+    configure_logging(config)
+    try:
+        import uvloop
+    except ImportError:  # optional: plain asyncio works, only slower
+        uvloop = None
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    log = logging.getLogger("server")
+    app = create_app(config)
+    log.info("listening on http://%s:%d", config.server.host, config.server.port)
+    try:
+        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
+                    shutdown_timeout=config.server.shutdown_timeout, access_log=None)
+    except OSError as exc:
+        print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

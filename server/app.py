@@ -1,0 +1,293 @@
+"""The application: one aiohttp server with the Socket.IO endpoint, the pages and the probes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from socketio.msgpack_packet import MsgPackPacket
+
+from . import __version__
+from .auth import Authenticator, Identity
+from .bus import Bus
+from .config import Config
+from .jsonmod import FastJson
+from .manager import RealtimeManager
+from .metrics import Metrics
+from .realtime import RealtimeServer
+from .stores import Stores, build_stores
+
+log = logging.getLogger("server.app")
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB_DIR = ROOT / "web"
+NODE_MODULES = ROOT / "node_modules"
+
+# Browser assets served from the npm packages the set-up command installs.
+VENDOR_FILES = {
+    "socket.io.min.js": "socket.io-client/dist/socket.io.min.js",
+    "socket.io.msgpack.min.js": "socket.io-client/dist/socket.io.msgpack.min.js",
+    "yjs.mjs": "yjs/dist/yjs.mjs",
+    "lib0": "lib0",
+}
+
+
+@dataclass
+class Runtime:
+    """Everything a namespace needs, built once per app (no module-level state)."""
+
+    config: Config
+    stores: Stores
+    metrics: Metrics
+    authenticator: Authenticator
+    manager: RealtimeManager
+    sio: RealtimeServer
+    node_id: str
+    started: float = field(default_factory=time.time)
+    identities: dict[tuple[str, str], Identity] = field(default_factory=dict)
+    bus: Bus | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    namespaces: dict[str, Any] = field(default_factory=dict)
+    draining: bool = False
+
+    def background(self, coro: Any, name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+
+def build_runtime(config: Config) -> Runtime:
+    metrics = Metrics()
+    stores = build_stores(config)
+    manager = RealtimeManager(stores.event_log, config.delivery.durable_namespaces, metrics,
+                              config.limits.send_queue_max)
+    origins: Any = list(config.server.cors_origins)
+    if origins == ["*"]:
+        origins = "*"
+    kwargs: dict[str, Any] = dict(
+        async_mode="aiohttp",
+        cors_allowed_origins=origins,
+        cors_credentials=True,
+        transports=list(config.server.transports),
+        ping_interval=config.server.ping_interval,
+        ping_timeout=config.server.ping_timeout,
+        max_http_buffer_size=config.server.max_payload,
+        http_compression=True,
+        websocket_compression=config.server.websocket_compression,
+        json=FastJson,
+    )
+    if config.server.parser == "msgpack":
+        kwargs["serializer"] = MsgPackPacket
+    sio = RealtimeServer(
+        manager=manager, sessions=stores.sessions,
+        max_disconnection_duration=config.delivery.max_disconnection_duration,
+        limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, **kwargs)
+    runtime = Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
+                      manager=manager, sio=sio, node_id=config.node_id)
+    if stores.redis is not None:
+        runtime.bus = Bus(stores.redis, config.redis.key_prefix, runtime)
+        manager.bus = runtime.bus
+    return runtime
+
+
+def register_namespaces(runtime: Runtime) -> None:
+    from namespaces import admin, chat, collab, game
+
+    for module in (chat, game, collab, admin):
+        ns = module.create(runtime)
+        runtime.namespaces[ns.namespace] = ns
+        runtime.sio.register_namespace(ns)
+
+
+# ---------------------------------------------------------------------- HTTP handlers
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "node": request.app["runtime"].node_id})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime: Runtime = request.app["runtime"]
+    rtt = await runtime.stores.ping()
+    problems = []
+    if rtt is None:
+        problems.append("redis unreachable")
+    else:
+        runtime.metrics.redis_rtt.observe(rtt)
+    if not runtime.manager.follower_healthy:
+        problems.append("event log follower behind")
+    if runtime.draining or runtime.sio.shutting_down:
+        problems.append("draining")
+    body = {"status": "ready" if not problems else "not ready", "node": runtime.node_id, "problems": problems}
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    runtime: Runtime = request.app["runtime"]
+    _update_gauges(runtime)
+    return web.Response(body=runtime.metrics.render(), content_type="text/plain", charset="utf-8")
+
+
+def _update_gauges(runtime: Runtime) -> None:
+    m = runtime.metrics
+    m.connections.clear()
+    counts: dict[tuple[str, str], int] = {}
+    queued = 0
+    for (namespace, sid) in list(runtime.identities):
+        eio_sid = runtime.manager.eio_sid_from_sid(sid, namespace)
+        socket = runtime.sio.eio.sockets.get(eio_sid) if eio_sid else None
+        if socket is None:
+            continue
+        transport = "websocket" if socket.upgraded else "polling"
+        counts[(namespace, transport)] = counts.get((namespace, transport), 0) + 1
+    for socket in list(runtime.sio.eio.sockets.values()):
+        queued += socket.queue.qsize()
+    for (namespace, transport), n in counts.items():
+        m.connections.labels(namespace, transport).set(n)
+    m.send_queue.set(queued)
+
+
+def vendor_handler(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    first, _, rest = name.partition("/")
+    if first not in VENDOR_FILES:
+        raise web.HTTPNotFound()
+    base = (NODE_MODULES / VENDOR_FILES[first]).resolve()
+    path = (base / rest).resolve() if rest else base
+    if not str(path).startswith(str(NODE_MODULES.resolve())) or not path.is_file():
+        raise web.HTTPNotFound(text=f"{name} not installed: run the set-up command (make install)")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+def admin_ui_handler(request: web.Request) -> web.StreamResponse:
+    base = (NODE_MODULES / "@socket.io/admin-ui/ui/dist").resolve()
+    rest = request.match_info.get("path") or "index.html"
+    path = (base / rest).resolve()
+    if not str(path).startswith(str(base)) or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+async def index_redirect(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(WEB_DIR / "index.html")
+
+
+# ---------------------------------------------------------------------- lifecycle
+
+
+async def on_startup(app: web.Application) -> None:
+    runtime: Runtime = app["runtime"]
+    await runtime.manager.start()
+    runtime.sio.manager_initialized = True
+    runtime.manager.initialize()
+    if runtime.bus is not None:
+        await runtime.bus.start()
+    runtime.background(_trim_log(runtime), "log-trim")
+    for ns in runtime.namespaces.values():
+        start = getattr(ns, "start", None)
+        if start is not None:
+            await start()
+    log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
+             "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
+             ", ".join(runtime.config.delivery.durable_namespaces) or "none")
+
+
+async def _trim_log(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(30)
+        for namespace in runtime.config.delivery.durable_namespaces:
+            try:
+                await runtime.stores.event_log.trim(namespace)
+            except Exception as exc:
+                log.debug("trim failed: %s", exc)
+
+
+async def on_shutdown(app: web.Application) -> None:
+    """Graceful stop: refuse new namespace connections, save every socket's session for
+    recovery, close transports (clients reconnect, to another node when there is one)."""
+    runtime: Runtime = app["runtime"]
+    runtime.sio.shutting_down = True
+    deadline = runtime.config.server.shutdown_timeout
+    sockets = list(runtime.sio.eio.sockets.values())
+    log.info("shutting down: closing %d connections", len(sockets))
+
+    async def close_all() -> None:
+        await asyncio.gather(*(s.close(wait=False, abort=False, reason=runtime.sio.reason.SERVER_DISCONNECT)
+                               for s in sockets), return_exceptions=True)
+        # Give writer tasks a moment to flush the CLOSE packets.
+        await asyncio.sleep(0.2)
+
+    try:
+        await asyncio.wait_for(close_all(), timeout=max(0.1, deadline))
+    except asyncio.TimeoutError:
+        log.warning("shutdown timeout reached with connections still closing")
+
+
+async def on_cleanup(app: web.Application) -> None:
+    runtime: Runtime = app["runtime"]
+    for ns in runtime.namespaces.values():
+        stop = getattr(ns, "stop", None)
+        if stop is not None:
+            await stop()
+    for task in runtime.tasks:
+        task.cancel()
+    await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    if runtime.bus is not None:
+        await runtime.bus.stop()
+    await runtime.manager.stop()
+    await runtime.stores.close()
+
+
+def create_app(config: Config) -> web.Application:
+    runtime = build_runtime(config)
+    register_namespaces(runtime)
+    app = web.Application(client_max_size=config.server.max_payload + 4096)
+    app["runtime"] = runtime
+    runtime.sio.attach(app, socketio_path="socket.io")
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/vendor/{name:.+}", vendor_handler)
+    app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))
+    app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
+    app.router.add_get("/", index_redirect)
+    app.router.add_static("/", WEB_DIR, show_index=False, follow_symlinks=False)
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def json_log_formatter() -> logging.Formatter:
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            body = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+                    "msg": record.getMessage()}
+            if record.exc_info:
+                body["exc"] = self.formatException(record.exc_info)
+            return json.dumps(body)
+
+    return JsonFormatter()
+
+
+def configure_logging(config: Config) -> None:
+    handler = logging.StreamHandler()
+    if config.server.log_format == "json":
+        handler.setFormatter(json_log_formatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.server.log_level.upper())
+    # python-socketio/engineio log every packet at INFO; keep them quiet unless debugging.
+    quiet = logging.DEBUG if config.server.log_level == "debug" else logging.WARNING
+    for name in ("socketio", "engineio", "aiohttp.access"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def version() -> str:
+    return __version__

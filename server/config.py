@@ -1,0 +1,396 @@
+"""Configuration: one source (``config.toml``), overridden by environment variables.
+
+Every value is validated at start-up. A mistake raises :class:`ConfigError` whose
+message names the key, where the value came from and what is wrong, in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    log_format: str = "text"
+    cors_origins: tuple[str, ...] = ()
+    parser: str = "json"
+    transports: tuple[str, ...] = ("polling", "websocket")
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    max_payload: int = 1_000_000
+    connect_timeout: float = 45.0
+    shutdown_timeout: float = 10.0
+    node_id: str = ""
+    websocket_compression: bool = False
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = ""
+    key_prefix: str = "rt"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    durable_namespaces: tuple[str, ...] = ("/chat", "/collab")
+    max_disconnection_duration: float = 120.0
+    log_max_length: int = 10_000
+    log_max_age: float = 3600.0
+    dedupe_ttl: float = 300.0
+    direct_retry_interval: float = 5.0
+    direct_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class JwtKey:
+    kid: str
+    algorithm: str
+    key: str
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    required: tuple[str, ...] = ()
+    guests: bool = True
+    audience: str = ""
+    issuer: str = ""
+    keys: tuple[JwtKey, ...] = ()
+    leeway: float = 5.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    username: str = "admin"
+    password: str = ""
+    password_hash: str = ""
+    readonly_username: str = ""
+    readonly_password: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    events_per_second: float = 50.0
+    event_burst: int = 100
+    max_event_bytes: int = 65_536
+    max_rooms_per_socket: int = 100
+    max_connections_per_ip: int = 1000
+    max_attachments: int = 10
+    send_queue_max: int = 1000
+
+
+@dataclass(frozen=True)
+class GameConfig:
+    tick_rate: float = 20.0
+    max_players: int = 4
+    inputs_per_second: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    game: GameConfig = field(default_factory=GameConfig)
+
+    @property
+    def node_id(self) -> str:
+        return self.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    def with_overrides(self, **sections: Mapping[str, Any]) -> "Config":
+        """Return a copy with some fields of some sections replaced (tests, profiles)."""
+        changes = {name: dataclasses.replace(getattr(self, name), **values)
+                   for name, values in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------- validation
+
+NAMESPACES = ("/chat", "/game", "/collab", "/admin")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _where(key: str, source: str) -> str:
+    return f"{key} (from {source})"
+
+
+def _bool(key: str, source: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{_where(key, source)}: expected true or false, got {value!r}")
+
+
+def _int(key: str, source: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{_where(key, source)}: expected an integer, got {value!r}")
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None:
+        raise ConfigError(f"{_where(key, source)}: expected an integer, got {value!r}")
+    if not lo <= number <= hi:
+        raise ConfigError(f"{_where(key, source)}: must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def _float(key: str, source: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{_where(key, source)}: expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{_where(key, source)}: expected a number, got {value!r}") from None
+    if not lo <= number <= hi:
+        raise ConfigError(f"{_where(key, source)}: must be between {lo:g} and {hi:g}, got {number:g}")
+    return number
+
+
+def _str(key: str, source: str, value: Any, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{_where(key, source)}: expected a string, got {value!r}")
+    if choices is not None and value.lower() not in choices:
+        raise ConfigError(f"{_where(key, source)}: must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower() if choices is not None else value
+
+
+def _str_list(key: str, source: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{_where(key, source)}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _origins(key: str, source: str, value: Any) -> tuple[str, ...]:
+    origins = _str_list(key, source, value)
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"{_where(key, source)}: origin {origin!r} must start with http:// or https:// (or be *)")
+    return origins
+
+
+def _namespaces(key: str, source: str, value: Any) -> tuple[str, ...]:
+    names = _str_list(key, source, value)
+    for name in names:
+        if name not in NAMESPACES:
+            raise ConfigError(f"{_where(key, source)}: unknown namespace {name!r} (known: {', '.join(NAMESPACES)})")
+    return names
+
+
+def _redis_url(key: str, source: str, value: Any) -> str:
+    url = _str(key, source, value).strip()
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "valkey://", "valkeys://")
+    if url and not url.startswith(schemes):
+        raise ConfigError(f"{_where(key, source)}: must start with one of {', '.join(schemes)}, got {url!r}")
+    return url
+
+
+def _transports(key: str, source: str, value: Any) -> tuple[str, ...]:
+    names = _str_list(key, source, value)
+    if not names or any(n not in ("polling", "websocket") for n in names):
+        raise ConfigError(f"{_where(key, source)}: must be a non-empty list of polling, websocket; got {value!r}")
+    return names
+
+
+def _keys(key: str, source: str, value: Any) -> tuple[JwtKey, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{_where(key, source)}: expected a list of tables with kid, algorithm and key")
+    keys = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{_where(where, source)}: expected a table with kid, algorithm and key")
+        unknown = set(item) - {"kid", "algorithm", "key", "key_file"}
+        if unknown:
+            raise ConfigError(f"{_where(where, source)}: unknown field(s) {', '.join(sorted(unknown))}")
+        alg = _str(f"{where}.algorithm", source, item.get("algorithm", "HS256"))
+        if alg not in ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"):
+            raise ConfigError(f"{_where(where + '.algorithm', source)}: unsupported algorithm {alg!r}")
+        material = item.get("key")
+        if "key_file" in item:
+            path = Path(_str(f"{where}.key_file", source, item["key_file"]))
+            try:
+                material = path.read_text()
+            except OSError as exc:
+                raise ConfigError(f"{_where(where + '.key_file', source)}: cannot read {path}: {exc.strerror}") from None
+        if not isinstance(material, str) or not material:
+            raise ConfigError(f"{_where(where, source)}: needs a non-empty key or key_file")
+        if alg.startswith("HS") and len(material.encode()) < 32:
+            raise ConfigError(f"{_where(where + '.key', source)}: an HMAC secret must be at least 32 bytes")
+        keys.append(JwtKey(kid=_str(f"{where}.kid", source, item.get("kid", "")), algorithm=alg, key=material))
+    return tuple(keys)
+
+
+Validator = Callable[[str, str, Any], Any]
+
+# key -> validator; every key a section accepts is listed here.
+SCHEMA: dict[str, dict[str, Validator]] = {
+    "server": {
+        "host": lambda k, s, v: _str(k, s, v),
+        "port": lambda k, s, v: _int(k, s, v, 0, 65535),
+        "log_level": lambda k, s, v: _str(k, s, v, LOG_LEVELS),
+        "log_format": lambda k, s, v: _str(k, s, v, ("text", "json")),
+        "cors_origins": _origins,
+        "parser": lambda k, s, v: _str(k, s, v, ("json", "msgpack")),
+        "transports": _transports,
+        "ping_interval": lambda k, s, v: _float(k, s, v, 0.05, 3600),
+        "ping_timeout": lambda k, s, v: _float(k, s, v, 0.05, 3600),
+        "max_payload": lambda k, s, v: _int(k, s, v, 1024, 100_000_000),
+        "connect_timeout": lambda k, s, v: _float(k, s, v, 0.1, 3600),
+        "shutdown_timeout": lambda k, s, v: _float(k, s, v, 0, 600),
+        "node_id": lambda k, s, v: _str(k, s, v),
+        "websocket_compression": _bool,
+    },
+    "redis": {
+        "url": _redis_url,
+        "key_prefix": lambda k, s, v: _str(k, s, v),
+    },
+    "delivery": {
+        "durable_namespaces": _namespaces,
+        "max_disconnection_duration": lambda k, s, v: _float(k, s, v, 1, 86400),
+        "log_max_length": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
+        "log_max_age": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
+        "dedupe_ttl": lambda k, s, v: _float(k, s, v, 1, 7 * 86400),
+        "direct_retry_interval": lambda k, s, v: _float(k, s, v, 0.05, 3600),
+        "direct_ttl": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
+    },
+    "auth": {
+        "required": lambda k, s, v: _auth_required(k, s, v),
+        "guests": _bool,
+        "audience": lambda k, s, v: _str(k, s, v),
+        "issuer": lambda k, s, v: _str(k, s, v),
+        "keys": _keys,
+        "leeway": lambda k, s, v: _float(k, s, v, 0, 600),
+    },
+    "admin": {
+        "username": lambda k, s, v: _str(k, s, v),
+        "password": lambda k, s, v: _str(k, s, v),
+        "password_hash": lambda k, s, v: _str(k, s, v),
+        "readonly_username": lambda k, s, v: _str(k, s, v),
+        "readonly_password": lambda k, s, v: _str(k, s, v),
+    },
+    "limits": {
+        "events_per_second": lambda k, s, v: _float(k, s, v, 0.1, 1_000_000),
+        "event_burst": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
+        "max_event_bytes": lambda k, s, v: _int(k, s, v, 64, 100_000_000),
+        "max_rooms_per_socket": lambda k, s, v: _int(k, s, v, 1, 100_000),
+        "max_connections_per_ip": lambda k, s, v: _int(k, s, v, 1, 10_000_000),
+        "max_attachments": lambda k, s, v: _int(k, s, v, 0, 1000),
+        "send_queue_max": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
+    },
+    "game": {
+        "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),
+        "max_players": lambda k, s, v: _int(k, s, v, 2, 64),
+        "inputs_per_second": lambda k, s, v: _float(k, s, v, 1, 1000),
+    },
+}
+
+
+def _auth_required(key: str, source: str, value: Any) -> tuple[str, ...]:
+    """``true`` means every application namespace; a list names them."""
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in
+                                   ("1", "0", "true", "false", "yes", "no", "on", "off", "")):
+        return ("/chat", "/game", "/collab") if _bool(key, source, value) else ()
+    return _namespaces(key, source, value)
+
+
+# environment variable -> (section, key)
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "HOST": ("server", "host"),
+    "PORT": ("server", "port"),
+    "LOG_LEVEL": ("server", "log_level"),
+    "LOG_FORMAT": ("server", "log_format"),
+    "CORS_ORIGINS": ("server", "cors_origins"),
+    "PARSER": ("server", "parser"),
+    "NODE_ID": ("server", "node_id"),
+    "PING_INTERVAL": ("server", "ping_interval"),
+    "PING_TIMEOUT": ("server", "ping_timeout"),
+    "REDIS_URL": ("redis", "url"),
+    "REDIS_KEY_PREFIX": ("redis", "key_prefix"),
+    "MAX_DISCONNECTION_DURATION": ("delivery", "max_disconnection_duration"),
+    "AUTH_REQUIRED": ("auth", "required"),
+    "ADMIN_USERNAME": ("admin", "username"),
+    "ADMIN_PASSWORD": ("admin", "password"),
+    "GAME_TICK_RATE": ("game", "tick_rate"),
+}
+
+SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
+SECTION_CLASSES = {
+    "server": ServerConfig, "redis": RedisConfig, "delivery": DeliveryConfig, "auth": AuthConfig,
+    "admin": AdminConfig, "limits": LimitsConfig, "game": GameConfig,
+}
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (default: the repository's ``config.toml``), apply environment overrides, validate.
+
+    :param path: the TOML file; a missing explicit path is an error, a missing default one is not.
+    :param environ: the environment to read overrides from (default ``os.environ``).
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path is not None
+    file_path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    if file_path.exists():
+        try:
+            raw = tomllib.loads(file_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file_path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{file_path}: cannot be read: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"--config {file_path}: no such file")
+
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SCHEMA}
+    for section, values in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"[{section}] in {file_path}: unknown section (known: {', '.join(SCHEMA)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} in {file_path}: expected a table [{section}]")
+        for key, value in values.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{section}.{key} in {file_path}: unknown key "
+                                  f"(known: {', '.join(SCHEMA[section])})")
+            sections[section][key] = SCHEMA[section][key](f"{section}.{key}", str(file_path), value)
+
+    for env_name, (section, key) in ENV_OVERRIDES.items():
+        if env_name in environ:
+            sections[section][key] = SCHEMA[section][key](f"{section}.{key}", f"${env_name}", environ[env_name])
+
+    built = {name: SECTION_CLASSES[name](**values) for name, values in sections.items()}
+    config = Config(**built)
+    _check_consistency(config, str(file_path))
+    return config
+
+
+def _check_consistency(config: Config, source: str) -> None:
+    if config.server.ping_timeout > config.server.ping_interval + 3600:
+        raise ConfigError(f"server.ping_timeout (from {source}): unreasonably larger than ping_interval")
+    if config.auth.required and not config.auth.keys:
+        raise ConfigError(f"auth.required (from {source} or $AUTH_REQUIRED): tokens are required for "
+                          f"{', '.join(config.auth.required)} but auth.keys is empty, so no token could ever verify")
+    if config.admin.password and config.admin.password_hash:
+        raise ConfigError(f"admin.password and admin.password_hash (from {source}): set one, not both")

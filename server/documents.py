@@ -1,0 +1,74 @@
+"""DocumentStore: CRDT documents as a snapshot plus the updates since, compacted now and then.
+
+Updates are Yjs binary updates (``pycrdt`` on the server, ``yjs`` in browsers speak the same
+format); they commute, so the order nodes store them in does not matter for convergence.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+
+class DocumentStore(Protocol):
+    async def load(self, doc: str) -> tuple[bytes | None, list[bytes]]:
+        """The snapshot (None for a new document) and the updates stored after it."""
+
+    async def append(self, doc: str, update: bytes) -> int:
+        """Store an update; returns how many updates follow the snapshot now."""
+
+    async def compact(self, doc: str, snapshot: bytes, merged: int) -> None:
+        """Replace the snapshot with one that includes the first ``merged`` updates."""
+
+
+class MemoryDocumentStore:
+    def __init__(self) -> None:
+        self._docs: dict[str, tuple[bytes | None, list[bytes]]] = {}
+
+    async def load(self, doc: str) -> tuple[bytes | None, list[bytes]]:
+        snapshot, updates = self._docs.get(doc, (None, []))
+        return snapshot, list(updates)
+
+    async def append(self, doc: str, update: bytes) -> int:
+        snapshot, updates = self._docs.setdefault(doc, (None, []))
+        updates.append(update)
+        return len(updates)
+
+    async def compact(self, doc: str, snapshot: bytes, merged: int) -> None:
+        _, updates = self._docs.get(doc, (None, []))
+        self._docs[doc] = (snapshot, updates[merged:])
+
+
+class RedisDocumentStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _keys(self, doc: str) -> tuple[str, str, str]:
+        base = f"{self.prefix}:doc:{doc}"
+        return base + ":snapshot", base + ":updates", base + ":compacting"
+
+    async def load(self, doc: str) -> tuple[bytes | None, list[bytes]]:
+        snap_key, updates_key, _ = self._keys(doc)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.get(snap_key)
+            pipe.lrange(updates_key, 0, -1)
+            snapshot, updates = await pipe.execute()
+        return snapshot, list(updates)
+
+    async def append(self, doc: str, update: bytes) -> int:
+        return int(await self.client.rpush(self._keys(doc)[1], update))
+
+    async def compact(self, doc: str, snapshot: bytes, merged: int) -> None:
+        snap_key, updates_key, lock = self._keys(doc)
+        # One node compacts at a time; a loser simply skips (the next append triggers again).
+        if not await self.client.set(lock, b"1", nx=True, px=10_000):
+            return
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(snap_key, snapshot)
+                pipe.ltrim(updates_key, merged, -1)
+                await pipe.execute()
+        finally:
+            await self.client.delete(lock)

@@ -1,0 +1,45 @@
+"""Metrics: Prometheus counters and gauges, in a registry owned by one app (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.connections = Gauge("rt_connections", "Connected sockets", ["namespace", "transport"], registry=r)
+        self.connects = Counter("rt_connects_total", "Namespace connections accepted", ["namespace"], registry=r)
+        self.connect_refused = Counter("rt_connect_refused_total", "Namespace connections refused",
+                                       ["namespace", "reason"], registry=r)
+        self.upgrades = Counter("rt_transport_upgrades_total", "Polling to WebSocket upgrades", registry=r)
+        self.events_in = Counter("rt_events_in_total", "Events received from clients", ["namespace"], registry=r)
+        self.events_logged = Counter("rt_events_logged_total", "Durable events appended to the log",
+                                     ["namespace"], registry=r)
+        self.deliveries = Counter("rt_deliveries_total", "Event packets queued to sockets", ["namespace"], registry=r)
+        self.bytes_in = Counter("rt_bytes_in_total", "Socket.IO payload bytes received", registry=r)
+        self.recoveries = Counter("rt_recoveries_total", "Connection state recoveries", ["namespace", "result"],
+                                  registry=r)
+        self.replayed = Counter("rt_replayed_events_total", "Events replayed on recovery or resume",
+                                ["namespace"], registry=r)
+        self.dedupe_hits = Counter("rt_dedupe_hits_total", "Client events recognised as duplicates",
+                                   ["namespace"], registry=r)
+        self.rate_limited = Counter("rt_rate_limited_total", "Client events refused by rate limit",
+                                    ["namespace"], registry=r)
+        self.volatile_dropped = Counter("rt_volatile_dropped_total", "Volatile packets dropped for slow clients",
+                                        registry=r)
+        self.slow_consumers = Counter("rt_slow_consumers_total", "Sockets disconnected as slow consumers",
+                                      registry=r)
+        self.protocol_errors = Counter("rt_protocol_errors_total", "Connections closed for malformed input",
+                                       ["kind"], registry=r)
+        self.redis_errors = Counter("rt_redis_errors_total", "Errors talking to Redis", registry=r)
+        self.redis_rtt = Histogram("rt_redis_rtt_seconds", "Redis PING round-trip time", registry=r,
+                                   buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
+        self.log_lag = Gauge("rt_event_log_lag_entries", "Entries the follower has not delivered yet",
+                             ["namespace"], registry=r)
+        self.send_queue = Gauge("rt_send_queue_packets", "Packets waiting in socket send queues (sum)", registry=r)
+        self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
+                                      registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,193 @@
+"""BaseNamespace: what every application namespace shares.
+
+- Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity), kept in the socket's
+  session so connection state recovery restores it.
+- Every socket joins the room ``user:<id>`` so messages to a user reach all their connections.
+- Client event IDs: an event whose first argument is an object with ``eventId`` (a string of at
+  most 128 characters) is applied once; a retry with the same ID gets the first ack again.
+- Handlers raise :class:`ClientError` for bad input; the client gets an error ack
+  ``{"ok": false, "error": {"code", "message"}}`` and nothing else changes.
+- Token renewal: the ``auth`` event presents a fresh token for the same user.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import socketio
+
+from .auth import AuthError, Identity
+from .idempotency import PENDING, wait_for_ack
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+log = logging.getLogger("server.namespace")
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class ClientError(Exception):
+    """Bad input from a client; becomes an error ack, never a crash or a disconnect."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def ack(self) -> dict[str, Any]:
+        return {"ok": False, "error": {"code": self.code, "message": self.message}}
+
+
+def ok(**fields: Any) -> dict[str, Any]:
+    return {"ok": True, **fields}
+
+
+def require_room(value: Any) -> str:
+    if not isinstance(value, str) or not ROOM_NAME.match(value):
+        raise ClientError("invalid_room", "room names are 1-64 characters: letters, digits, _ . : - "
+                          "(starting with a letter or digit)")
+    return value
+
+
+def require_dict(value: Any, what: str = "payload") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ClientError("invalid_payload", f"{what} must be an object")
+    return value
+
+
+class BaseNamespace(socketio.AsyncNamespace):
+    """A namespace of this server.
+
+    :param namespace: its name, e.g. ``/chat``.
+    :param runtime: the shared runtime (config, stores, authenticator, metrics).
+    """
+
+    def __init__(self, namespace: str, runtime: "Runtime") -> None:
+        super().__init__(namespace)
+        self.runtime = runtime
+        self.config = runtime.config
+        self.stores = runtime.stores
+        self.metrics = runtime.metrics
+        self.auth = runtime.authenticator
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        handler = getattr(self, "on_" + event.replace(":", "_").replace("-", "_"), None)
+        if handler is None or event.startswith("_"):
+            # An unknown event with an ack still gets an answer, so the client is not left waiting.
+            return ClientError("unknown_event", f"no event {event!r} in {self.namespace}").ack()
+        sid, data = args[0], args[1:]
+        try:
+            key = self._event_key(sid, event, data)
+            if key is None:
+                return await handler(sid, *data)
+            return await self._once(key, handler, sid, data)
+        except ClientError as exc:
+            return exc.ack()
+        except TypeError as exc:
+            # Wrong number of arguments from the client.
+            log.info("bad arguments for %s from %s: %s", event, sid, exc)
+            return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
+
+    def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:
+        if not data or not isinstance(data[0], dict) or "eventId" not in data[0]:
+            return None
+        event_id = data[0]["eventId"]
+        if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
+            raise ClientError("invalid_event_id", "eventId must be 1-128 characters: letters, digits, _ . : -")
+        identity = self.runtime.identities.get((self.namespace, sid))
+        who = identity.user if identity else sid
+        return f"{self.namespace}:{who}:{event}:{event_id}"
+
+    async def _once(self, key: str, handler: Any, sid: str, data: tuple[Any, ...]) -> Any:
+        store, ttl = self.stores.idempotency, self.config.delivery.dedupe_ttl
+        fresh, ack = await store.claim(key, ttl)
+        if not fresh and ack is PENDING:
+            fresh, ack = await wait_for_ack(store, key, ttl)
+        if not fresh:
+            self.metrics.dedupe_hits.labels(self.namespace).inc()
+            if ack is PENDING:
+                return ClientError("in_progress", "an event with this eventId is still being processed").ack()
+            return ack
+        try:
+            result = await handler(sid, *data)
+        except ClientError as exc:
+            # A refused event is recorded too: the retry must get the same answer.
+            await store.complete(key, exc.ack(), ttl)
+            raise
+        except BaseException:
+            await store.release(key)
+            raise
+        await store.complete(key, result, ttl)
+        return result
+
+    # ------------------------------------------------------------------ connect / disconnect
+
+    async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
+        auth = auth if isinstance(auth, dict) else {}
+        recovered = self.server.is_recovered(sid, self.namespace)
+        session = await self.get_session(sid)
+        previous = Identity.from_dict(session.get("identity")) if recovered else None
+        try:
+            if previous is not None and "token" not in auth and not self.auth.requires_token(self.namespace):
+                identity = previous
+            else:
+                identity = self.auth.authenticate(self.namespace, auth)
+                if previous is not None and identity.user != previous.user:
+                    raise AuthError("token is for another user than the session", "forbidden")
+        except AuthError as exc:
+            raise socketio.exceptions.ConnectionRefusedError({"message": str(exc), "code": exc.code}) from None
+        session["identity"] = identity.to_dict()
+        await self.save_session(sid, session)
+        self.runtime.identities[(self.namespace, sid)] = identity
+        await self.enter_room(sid, user_room(identity.user))
+        await self.connected(sid, identity, recovered)
+
+    async def on_disconnect(self, sid: str, reason: str = "") -> None:
+        identity = self.runtime.identities.pop((self.namespace, sid), None)
+        if identity is not None:
+            await self.disconnected(sid, identity, reason)
+
+    async def connected(self, sid: str, identity: Identity, recovered: bool) -> None:
+        """Hook: a socket joined (or recovered into) this namespace."""
+
+    async def disconnected(self, sid: str, identity: Identity, reason: str) -> None:
+        """Hook: a socket left this namespace."""
+
+    # ------------------------------------------------------------------ helpers
+
+    def identity(self, sid: str) -> Identity:
+        identity = self.runtime.identities.get((self.namespace, sid))
+        if identity is None:
+            raise ClientError("not_connected", "not connected")
+        return identity
+
+    def rooms_of(self, sid: str) -> list[str]:
+        return [r for r in self.server.manager.get_rooms(sid, self.namespace)
+                if r != sid and not r.startswith("user:")]
+
+    async def on_auth(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """Token renewal without reconnecting: ``auth {token}`` → ``{ok, expires}``."""
+        payload = require_dict(payload)
+        current = self.identity(sid)
+        try:
+            fresh = self.auth.verify(payload.get("token"), self.namespace)
+        except AuthError as exc:
+            raise ClientError(exc.code, str(exc)) from None
+        if fresh.user != current.user:
+            raise ClientError("forbidden", "token is for another user")
+        self.runtime.identities[(self.namespace, sid)] = fresh
+        async with self.session(sid) as session:
+            session["identity"] = fresh.to_dict()
+        return ok(expires=fresh.expires)
+
+
+def user_room(user: str) -> str:
+    return f"user:{user}"

@@ -1,0 +1,348 @@
+"""RealtimeServer: python-socketio's AsyncServer with connection state recovery and input checks.
+
+Connection state recovery follows the wire behaviour of socket.io-client 4.8 and the Node
+server (CONNECT reply ``{sid, pid}``, offsets as the last event argument, ``auth.pid`` and
+``auth.offset`` on reconnect, missed events written before the CONNECT reply) and fixes what
+Node still gets wrong: a client that has received no event yet recovers from the position its
+session started at; a pid whose old connection is still open (a half-dead polling session)
+takes that connection over instead of failing; recovery can repeat any number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+from socketio import exceptions
+from socketio import packet as sio_packet
+
+from .event_log import is_offset, parse_offset
+from .manager import RealtimeManager
+from .metrics import Metrics
+from .sessions import SavedSession, SessionStore
+
+log = logging.getLogger("server.realtime")
+
+RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
+                             "newListener", "removeListener"})
+MAX_ACK_ID = 2**53 - 1
+
+
+class ProtocolError(Exception):
+    """The client sent something the protocol does not allow; its connection is closed."""
+
+
+@dataclass
+class CsrState:
+    pid: str
+    origin: str
+    epoch: str
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class RealtimeServer(socketio.AsyncServer):
+    """AsyncServer with recovery, limits and strict packet checks.
+
+    :param sessions: where sessions of recoverably disconnected sockets wait.
+    :param max_disconnection_duration: seconds such a session is kept.
+    :param limits: the ``[limits]`` configuration section.
+    :param metrics: counters to update.
+    :param connect_timeout: seconds an Engine.IO session may stay without joining a namespace.
+    """
+
+    def __init__(self, *, manager: RealtimeManager, sessions: SessionStore, max_disconnection_duration: float,
+                 limits: Any, metrics: Metrics, connect_timeout: float = 45.0, **kwargs: Any) -> None:
+        super().__init__(client_manager=manager, **kwargs)
+        self.rt_manager = manager
+        self.sessions = sessions
+        self.max_disconnection_duration = max_disconnection_duration
+        self.limits = limits
+        self.metrics = metrics
+        self.connect_timeout = connect_timeout
+        self.shutting_down = False
+        self.csr: dict[tuple[str, str], CsrState] = {}
+        self.pids: dict[str, tuple[str, str]] = {}
+        self.recovered: set[tuple[str, str]] = set()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT}
+
+    # ------------------------------------------------------------------ emit
+
+    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None, skip_sid: Any = None,
+                   namespace: str | None = None, callback: Any = None, ignore_queue: bool = False,
+                   volatile: bool = False) -> None:
+        """As AsyncServer.emit; ``volatile=True`` sends without logging, may be dropped for slow clients."""
+        await self.manager.emit(event, data, namespace or "/", room=to or room, skip_sid=skip_sid,
+                                callback=callback, volatile=volatile, local_only=ignore_queue)
+
+    def is_recovered(self, sid: str, namespace: str) -> bool:
+        return (namespace, sid) in self.recovered
+
+    # ------------------------------------------------------------------ incoming packets
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        rate, burst = self.limits.events_per_second, self.limits.event_burst
+        self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
+        asyncio.get_running_loop().call_later(self.connect_timeout, self._check_joined, eio_sid)
+
+    def _check_joined(self, eio_sid: str) -> None:
+        if eio_sid not in self.environ:
+            return
+        if any(self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
+            return
+        log.info("closing %s: no namespace joined within %ss", eio_sid, self.connect_timeout)
+        asyncio.get_running_loop().create_task(self._close_eio(eio_sid, "connect timeout"))
+
+    async def _close_eio(self, eio_sid: str, kind: str) -> None:
+        self.metrics.protocol_errors.labels(kind).inc()
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and not socket.closed:
+            await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        self.metrics.bytes_in.inc(len(data))
+        try:
+            await self._dispatch(eio_sid, data)
+        except ProtocolError as exc:
+            log.info("closing %s: %s", eio_sid, exc)
+            await self._close_eio(eio_sid, "malformed")
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+            log.info("closing %s: undecodable packet (%s)", eio_sid, exc.__class__.__name__)
+            await self._close_eio(eio_sid, "undecodable")
+
+    async def _dispatch(self, eio_sid: str, data: Any) -> None:
+        if eio_sid in self._binary_packet:
+            return await super()._handle_eio_message(eio_sid, data)
+        pkt = self.packet_class(encoded_packet=data)
+        kind = pkt.packet_type
+        if kind not in (0, 1, 2, 3, 5, 6):
+            raise ProtocolError(f"packet type {kind!r} not allowed from a client")
+        if pkt.id is not None and not (isinstance(pkt.id, int) and 0 <= pkt.id <= MAX_ACK_ID):
+            raise ProtocolError("bad ack id")
+        namespace = pkt.namespace or "/"
+        if kind != 0 and not self.manager.sid_from_eio_sid(eio_sid, namespace):
+            raise ProtocolError(f"packet for namespace {namespace} before CONNECT")
+        if kind in (2, 5):
+            if not isinstance(pkt.data, list) or not pkt.data or not isinstance(pkt.data[0], str):
+                raise ProtocolError("event payload must be an array starting with the event name")
+            if pkt.data[0] in RESERVED_EVENTS:
+                raise ProtocolError(f"reserved event name {pkt.data[0]!r}")
+            if kind == 5 and not 0 < pkt.attachment_count <= self.limits.max_attachments:
+                raise ProtocolError("attachment count out of range")
+            self.metrics.events_in.labels(namespace).inc()
+            refusal = self._refuse_event(eio_sid, len(data))
+            if refusal is not None:
+                if kind == 5:
+                    raise ProtocolError(refusal)
+                return await self._refuse(eio_sid, namespace, pkt.id, refusal)
+            if kind == 5:
+                self._binary_packet[eio_sid] = pkt
+                return
+            return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        if kind == 0:
+            if pkt.data is not None and not isinstance(pkt.data, dict):
+                raise ProtocolError("CONNECT payload must be an object")
+            return await self._handle_connect(eio_sid, namespace, pkt.data)
+        if kind == 1:
+            return await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+        if kind == 3:
+            if not isinstance(pkt.data, list):
+                raise ProtocolError("ack payload must be an array")
+            return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
+        if kind == 6:
+            if not 0 < pkt.attachment_count <= self.limits.max_attachments:
+                raise ProtocolError("attachment count out of range")
+            self._binary_packet[eio_sid] = pkt
+
+    def _refuse_event(self, eio_sid: str, size: int) -> str | None:
+        if size > self.limits.max_event_bytes:
+            return "payload_too_large"
+        bucket = self._buckets.get(eio_sid)
+        if bucket is not None and not bucket.take():
+            return "rate_limited"
+        return None
+
+    async def _refuse(self, eio_sid: str, namespace: str, ack_id: int | None, code: str) -> None:
+        if code == "rate_limited":
+            self.metrics.rate_limited.labels(namespace).inc()
+        if ack_id is not None:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.ACK, namespace=namespace, id=ack_id,
+                data=[{"ok": False, "error": {"code": code, "message": code.replace("_", " ")}}]))
+
+    # ------------------------------------------------------------------ connect with recovery
+
+    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+        namespace = namespace or "/"
+        if namespace not in self.namespace_handlers and namespace not in self.handlers:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "Invalid namespace"}, namespace=namespace))
+            return
+        if self.shutting_down:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "server shutting down"}, namespace=namespace))
+            return
+        auth = data if isinstance(data, dict) else {}
+        csr = namespace in self.rt_manager.durable
+        session: SavedSession | None = None
+        if csr and isinstance(auth.get("pid"), str) and len(auth["pid"]) <= 64:
+            session = await self._take_session(namespace, auth["pid"])
+        sid = await self.rt_manager.pre_connect(eio_sid, namespace, sid=session.sid if session else None)
+        if sid is None and session is not None:
+            session = None
+            sid = await self.rt_manager.pre_connect(eio_sid, namespace)
+        if sid is None:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data={"message": "Unable to connect"}, namespace=namespace))
+            return
+
+        replay = None
+        if session is not None:
+            replay = await self._begin_recovery(namespace, sid, session, auth.get("offset"))
+            if replay is None:
+                session = None
+                await self.rt_manager.disconnect(sid, namespace, ignore_queue=True)
+                sid = await self.rt_manager.pre_connect(eio_sid, namespace)
+        if csr and session is None and isinstance(auth.get("pid"), str):
+            self.metrics.recoveries.labels(namespace, "failed").inc()
+
+        fail: Any = None
+        try:
+            ok = await self._trigger_event("connect", namespace, sid, self.environ[eio_sid], data)
+        except exceptions.ConnectionRefusedError as exc:
+            ok, fail = False, exc.error_args
+        if ok is False:
+            fail = fail or {"message": "Connection refused by server"}
+            self.metrics.connect_refused.labels(namespace, str(fail.get("message", ""))[:40]).inc()
+            self.rt_manager.release(namespace, sid, None)
+            self.recovered.discard((namespace, sid))
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, data=fail, namespace=namespace))
+            await self.rt_manager.disconnect(sid, namespace, ignore_queue=True)
+            return
+
+        reply: dict[str, Any] = {"sid": sid}
+        if csr:
+            state = await self._csr_state(namespace, sid, session)
+            reply["pid"] = state.pid
+        if replay is not None:
+            through = None
+            for entry in replay:
+                packets = self.rt_manager.replay_packets(namespace, entry)
+                if packets is not None:
+                    self.rt_manager.write(eio_sid, packets, False)
+                    through = parse_offset(entry.offset)
+            self.rt_manager.release(namespace, sid, through or parse_offset(auth_offset_or(session, auth)))
+            self.metrics.recoveries.labels(namespace, "recovered").inc()
+            self.metrics.replayed.labels(namespace).inc(len(replay))
+        await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
+        await self.rt_manager.connect(sid, namespace)
+        self.metrics.connects.labels(namespace).inc()
+
+    async def _take_session(self, namespace: str, pid: str) -> SavedSession | None:
+        live = self.pids.get(pid)
+        if live is not None and live[0] == namespace:
+            # The old connection is half-dead but not yet noticed (a polling client whose
+            # request was cut): close it now, recoverably, so its session is saved and taken.
+            eio_sid = self.manager.eio_sid_from_sid(live[1], namespace)
+            socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+            if socket is not None:
+                await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_CLOSE)
+        session = await self.sessions.take(pid)
+        if session is None or session.namespace != namespace:
+            return None
+        if session.epoch and session.epoch != await self.rt_manager.event_log.epoch(namespace):
+            return None
+        return session
+
+    async def _begin_recovery(self, namespace: str, sid: str, session: SavedSession, offset: Any):
+        """Rejoin rooms, hold live packets, read what was missed. None: recovery impossible."""
+        after = offset if is_offset(offset) else session.origin
+        for room in session.rooms:
+            self.manager.basic_enter_room(sid, namespace, room)
+        self.rt_manager.hold(namespace, sid)
+        try:
+            missed = await self.rt_manager.replay(namespace, sid, session.rooms, after)
+        except Exception as exc:
+            log.warning("recovery read failed for %s: %s", sid, exc)
+            missed = None
+        if missed is None:
+            self.rt_manager.release(namespace, sid, None)
+            return None
+        await self.save_session(sid, session.data, namespace=namespace)
+        self.recovered.add((namespace, sid))
+        # From now on the client holds ``after`` or a newer offset, so a later recovery
+        # without an offset can start here.
+        session.origin = after
+        return missed
+
+    async def _csr_state(self, namespace: str, sid: str, session: SavedSession | None) -> CsrState:
+        if session is not None:
+            state = CsrState(session.pid, session.origin, session.epoch)
+        else:
+            position = await self.rt_manager.event_log.position(namespace)
+            state = CsrState(secrets.token_urlsafe(15), position.offset, position.epoch)
+        self.csr[(namespace, sid)] = state
+        self.pids[state.pid] = (namespace, sid)
+        return state
+
+    # ------------------------------------------------------------------ disconnect
+
+    async def _handle_disconnect(self, eio_sid: str, namespace: str, reason: str | None = None) -> None:
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        state = self.csr.pop((namespace, sid), None) if sid else None
+        if state is not None:
+            self.pids.pop(state.pid, None)
+            if (reason in self._recoverable or self.shutting_down) and self.manager.is_connected(sid, namespace):
+                await self._save(namespace, sid, state)
+        try:
+            await super()._handle_disconnect(eio_sid, namespace, reason)
+        finally:
+            self.recovered.discard((namespace, sid))
+
+    async def _save(self, namespace: str, sid: str, state: CsrState) -> None:
+        rooms = [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
+        try:
+            data = await self.get_session(sid, namespace=namespace)
+        except KeyError:
+            data = {}
+        session = SavedSession(sid=sid, pid=state.pid, namespace=namespace, rooms=rooms,
+                               data=dict(data), origin=state.origin, epoch=state.epoch)
+        try:
+            await self.sessions.save(session, self.max_disconnection_duration)
+        except Exception as exc:
+            log.warning("could not save session of %s for recovery: %s", sid, exc)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+        self._buckets.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+
+def auth_offset_or(session: SavedSession | None, auth: dict) -> str:
+    offset = auth.get("offset")
+    if is_offset(offset):
+        return offset
+    return session.origin if session is not None else "0-0"

@@ -1,0 +1,95 @@
+"""SessionStore: what a disconnected socket needs to be restored (connection state recovery).
+
+A session is kept for ``max_disconnection_duration`` after a recoverable disconnect and can
+be taken exactly once: the first CONNECT presenting its private id (``pid``) wins.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+import redis.asyncio as aioredis
+
+
+@dataclass
+class SavedSession:
+    """The state of one socket in one namespace, as stored between connections.
+
+    :param origin: the log position when the socket first connected, so a client that has
+                   received no event yet (and so has no offset to present) can still recover.
+    """
+
+    sid: str
+    pid: str
+    namespace: str
+    rooms: list[str]
+    data: dict[str, Any] = field(default_factory=dict)
+    origin: str = "0-0"
+    epoch: str = ""
+
+    def encode(self) -> bytes:
+        return msgpack.packb(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "SavedSession | None":
+        """Parse stored bytes; anything malformed is treated as absent (never trusted)."""
+        try:
+            value = msgpack.unpackb(raw)
+        except Exception:
+            return None
+        if not isinstance(value, dict):
+            return None
+        strings = ("sid", "pid", "namespace", "origin", "epoch")
+        if not all(isinstance(value.get(k), str) for k in strings):
+            return None
+        rooms, data = value.get("rooms"), value.get("data")
+        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+            return None
+        if not isinstance(data, dict):
+            return None
+        return cls(**{k: value[k] for k in strings}, rooms=rooms, data=data)
+
+
+class SessionStore(Protocol):
+    async def save(self, session: SavedSession, ttl: float) -> None:
+        """Keep ``session`` for ``ttl`` seconds under its ``pid``."""
+
+    async def take(self, pid: str) -> SavedSession | None:
+        """Remove and return the session for ``pid`` (None if absent or expired)."""
+
+
+class MemorySessionStore:
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[float, SavedSession]] = {}
+
+    async def save(self, session: SavedSession, ttl: float) -> None:
+        now = time.monotonic()
+        # Sweep on write so abandoned sessions cannot accumulate.
+        for pid in [p for p, (exp, _) in self._items.items() if exp <= now]:
+            del self._items[pid]
+        self._items[session.pid] = (now + ttl, session)
+
+    async def take(self, pid: str) -> SavedSession | None:
+        item = self._items.pop(pid, None)
+        if item is None or item[0] <= time.monotonic():
+            return None
+        return item[1]
+
+
+class RedisSessionStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _key(self, pid: str) -> str:
+        return f"{self.prefix}:session:{pid}"
+
+    async def save(self, session: SavedSession, ttl: float) -> None:
+        await self.client.set(self._key(session.pid), session.encode(), px=max(1, int(ttl * 1000)))
+
+    async def take(self, pid: str) -> SavedSession | None:
+        raw = await self.client.getdel(self._key(pid))
+        return SavedSession.decode(raw) if raw else None

@@ -1,0 +1,87 @@
+"""Fixtures: real redis-server, real server processes, the official JS client."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+from typing import AsyncIterator, Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import JSClient, RedisServer, ServerProcess, TcpProxy  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tool in ("node", "redis-server"):
+        if shutil.which(tool) is None:
+            raise pytest.UsageError(f"{tool} is not installed: run the README's test command (make test)")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A shared redis-server, emptied before each test."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.cli("FLUSHALL")
+    return redis_server.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop or restart it."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python -m server`` processes: ``servers(env={...})``; all stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str] | None = None, wait: bool = True, **kwargs) -> ServerProcess:
+        proc = ServerProcess(env=env, **kwargs)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def server(servers) -> ServerProcess:
+    """One node on the embedded in-memory default."""
+    return servers()
+
+
+@pytest.fixture
+async def js() -> AsyncIterator[JSClient]:
+    client = await JSClient().start()
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def proxies() -> AsyncIterator[Callable[..., asyncio.Future]]:
+    made: list[TcpProxy] = []
+
+    async def make(ports: list[int], refuse_websocket: bool = False) -> TcpProxy:
+        proxy = await TcpProxy(ports, refuse_websocket).start()
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        await proxy.stop()
