@@ -91,7 +91,17 @@ def build_runtime(config: Config) -> Runtime:
     if stores.redis is not None:
         runtime.bus = Bus(stores.redis, config.redis.key_prefix, runtime)
         manager.bus = runtime.bus
+        sio.bus = runtime.bus
+        runtime.bus.on("evict", _on_evict(sio))
     return runtime
+
+
+def _on_evict(sio: RealtimeServer):
+    async def handler(message: dict[str, Any]) -> None:
+        pid = message.get("pid")
+        if isinstance(pid, str):
+            await sio.evict(pid)
+    return handler
 
 
 def register_namespaces(runtime: Runtime) -> None:
@@ -187,6 +197,7 @@ async def on_startup(app: web.Application) -> None:
     if runtime.bus is not None:
         await runtime.bus.start()
     runtime.background(_trim_log(runtime), "log-trim")
+    runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     for ns in runtime.namespaces.values():
         start = getattr(ns, "start", None)
         if start is not None:
@@ -212,14 +223,14 @@ async def on_shutdown(app: web.Application) -> None:
     runtime: Runtime = app["runtime"]
     runtime.sio.shutting_down = True
     deadline = runtime.config.server.shutdown_timeout
-    sockets = list(runtime.sio.eio.sockets.values())
+    sockets = list(runtime.sio.eio.sockets)
     log.info("shutting down: closing %d connections", len(sockets))
 
     async def close_all() -> None:
-        await asyncio.gather(*(s.close(wait=False, abort=False, reason=runtime.sio.reason.SERVER_DISCONNECT)
-                               for s in sockets), return_exceptions=True)
-        # Give writer tasks a moment to flush the CLOSE packets.
-        await asyncio.sleep(0.2)
+        await asyncio.gather(*(runtime.sio.close_transport(sid, runtime.sio.reason.SERVER_DISCONNECT, send_close=True)
+                               for sid in sockets), return_exceptions=True)
+        # Give writer tasks a moment to flush.
+        await asyncio.sleep(0.1)
 
     try:
         await asyncio.wait_for(close_all(), timeout=max(0.1, deadline))

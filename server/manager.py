@@ -244,7 +244,7 @@ class RealtimeManager(AsyncManager):
             # A slow consumer: disconnect it recoverably rather than queue without bound.
             self.metrics.slow_consumers.inc()
             asyncio.get_running_loop().create_task(
-                socket.close(wait=False, abort=True, reason=self.server.eio.reason.TRANSPORT_ERROR))
+                self.server.close_transport(eio_sid, self.server.reason.TRANSPORT_ERROR))
             return False
         for p in packets:
             queue.put_nowait(p)
@@ -312,6 +312,16 @@ class RealtimeManager(AsyncManager):
             return None
         event, args, _, _ = parsed
         return self._encode(namespace, event, [*args, entry.offset])
+
+    async def enter_room(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
+        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if namespace in self.durable:
+            await self.server.save_session_of(namespace, sid)
+
+    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
+        await super().leave_room(sid, namespace, room)
+        if namespace in self.durable:
+            await self.server.save_session_of(namespace, sid)
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         self._recovering.pop((namespace, sid), None)

@@ -173,6 +173,11 @@ class BaseNamespace(socketio.AsyncNamespace):
         return [r for r in self.server.manager.get_rooms(sid, self.namespace)
                 if r != sid and not r.startswith("user:")]
 
+    async def on_whoami(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``whoami`` → ``{ok, user, name, guest, expires}``."""
+        identity = self.identity(sid)
+        return ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
+
     async def on_auth(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """Token renewal without reconnecting: ``auth {token}`` → ``{ok, expires}``."""
         payload = require_dict(payload)

@@ -84,6 +84,10 @@ class RealtimeServer(socketio.AsyncServer):
         self.csr: dict[tuple[str, str], CsrState] = {}
         self.pids: dict[str, tuple[str, str]] = {}
         self.recovered: set[tuple[str, str]] = set()
+        # pids whose socket was closed because the client came back on a new connection:
+        # their session was taken, so closing the old socket must not save it again.
+        self.evicted: set[str] = set()
+        self.bus: Any = None
         self._buckets: dict[str, TokenBucket] = {}
         self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT}
 
@@ -115,11 +119,24 @@ class RealtimeServer(socketio.AsyncServer):
         log.info("closing %s: no namespace joined within %ss", eio_sid, self.connect_timeout)
         asyncio.get_running_loop().create_task(self._close_eio(eio_sid, "connect timeout"))
 
+    async def close_transport(self, eio_sid: str, reason: str, send_close: bool = False) -> None:
+        """Close an Engine.IO session and its WebSocket now.
+
+        python-engineio's ``close`` only marks the session closed: its WebSocket writer keeps
+        waiting for packets, and the JS client ignores an Engine.IO CLOSE packet on a
+        WebSocket, so the connection would linger. Ending the writer closes the WebSocket.
+
+        :param send_close: send the Engine.IO CLOSE packet first (polling clients read it).
+        """
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed:
+            return
+        await socket.close(wait=False, abort=not send_close, reason=reason)
+        socket.queue.put_nowait(None)
+
     async def _close_eio(self, eio_sid: str, kind: str) -> None:
         self.metrics.protocol_errors.labels(kind).inc()
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and not socket.closed:
-            await socket.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
+        await self.close_transport(eio_sid, self.reason.SERVER_DISCONNECT)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         self.metrics.bytes_in.inc(len(data))
@@ -260,17 +277,37 @@ class RealtimeServer(socketio.AsyncServer):
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)
         self.metrics.connects.labels(namespace).inc()
+        if csr:
+            await self.save_session_of(namespace, sid)
+
+    async def evict(self, pid: str) -> bool:
+        """Close the socket holding ``pid`` on this node without saving its session again.
+
+        Used when its client has come back on a new connection: the old one is half-dead
+        (a polling client whose request was cut is not noticed before the ping timeout)."""
+        live = self.pids.get(pid)
+        if live is None:
+            return False
+        namespace, sid = live
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+        self.evicted.add(pid)
+        try:
+            if socket is not None and not socket.closed:
+                await self.close_transport(eio_sid, self.reason.TRANSPORT_CLOSE)
+            else:
+                await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
+        finally:
+            self.evicted.discard(pid)
+        return True
 
     async def _take_session(self, namespace: str, pid: str) -> SavedSession | None:
-        live = self.pids.get(pid)
-        if live is not None and live[0] == namespace:
-            # The old connection is half-dead but not yet noticed (a polling client whose
-            # request was cut): close it now, recoverably, so its session is saved and taken.
-            eio_sid = self.manager.eio_sid_from_sid(live[1], namespace)
-            socket = self.eio.sockets.get(eio_sid) if eio_sid else None
-            if socket is not None:
-                await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_CLOSE)
         session = await self.sessions.take(pid)
+        if pid in self.pids:
+            await self.evict(pid)
+        elif session is not None and self.bus is not None:
+            # The old socket may still be open on another node: have it closed there.
+            await self.bus.publish("evict", {"pid": pid})
         if session is None or session.namespace != namespace:
             return None
         if session.epoch and session.epoch != await self.rt_manager.event_log.epoch(namespace):
@@ -316,25 +353,57 @@ class RealtimeServer(socketio.AsyncServer):
         state = self.csr.pop((namespace, sid), None) if sid else None
         if state is not None:
             self.pids.pop(state.pid, None)
-            if (reason in self._recoverable or self.shutting_down) and self.manager.is_connected(sid, namespace):
+            if state.pid in self.evicted:
+                pass
+            elif (reason in self._recoverable or self.shutting_down) and self.manager.is_connected(sid, namespace):
                 await self._save(namespace, sid, state)
+            else:
+                # A deliberate disconnect is not recoverable: forget the saved session.
+                try:
+                    await self.sessions.take(state.pid)
+                except Exception as exc:
+                    log.debug("could not drop session %s: %s", state.pid, exc)
         try:
             await super()._handle_disconnect(eio_sid, namespace, reason)
         finally:
             self.recovered.discard((namespace, sid))
 
-    async def _save(self, namespace: str, sid: str, state: CsrState) -> None:
+    async def _snapshot(self, namespace: str, sid: str, state: CsrState) -> SavedSession:
         rooms = [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
         try:
             data = await self.get_session(sid, namespace=namespace)
         except KeyError:
             data = {}
-        session = SavedSession(sid=sid, pid=state.pid, namespace=namespace, rooms=rooms,
-                               data=dict(data), origin=state.origin, epoch=state.epoch)
+        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, rooms=rooms,
+                            data=dict(data), origin=state.origin, epoch=state.epoch)
+
+    async def _save(self, namespace: str, sid: str, state: CsrState) -> None:
         try:
-            await self.sessions.save(session, self.max_disconnection_duration)
+            await self.sessions.save(await self._snapshot(namespace, sid, state), self.max_disconnection_duration)
         except Exception as exc:
             log.warning("could not save session of %s for recovery: %s", sid, exc)
+
+    async def save_session_of(self, namespace: str, sid: str) -> None:
+        """Save a live socket's session now (its rooms changed)."""
+        state = self.csr.get((namespace, sid))
+        if state is not None and self.manager.is_connected(sid, namespace):
+            await self._save(namespace, sid, state)
+
+    async def session_heartbeat(self) -> None:
+        """Keep every live socket's session saved, so it outlives a crash of this node."""
+        while True:
+            await asyncio.sleep(max(1.0, self.max_disconnection_duration / 3))
+            items = list(self.csr.items())
+            snapshots = []
+            for (namespace, sid), state in items:
+                if self.manager.is_connected(sid, namespace):
+                    snapshots.append(await self._snapshot(namespace, sid, state))
+            for i in range(0, len(snapshots), 500):
+                try:
+                    await self.sessions.save_many(snapshots[i:i + 500], self.max_disconnection_duration)
+                except Exception as exc:
+                    log.warning("session heartbeat failed: %s", exc)
+                    break
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self._buckets.pop(eio_sid, None)

@@ -1,7 +1,9 @@
-"""SessionStore: what a disconnected socket needs to be restored (connection state recovery).
+"""SessionStore: what a socket needs to be restored elsewhere (connection state recovery).
 
-A session is kept for ``max_disconnection_duration`` after a recoverable disconnect and can
-be taken exactly once: the first CONNECT presenting its private id (``pid``) wins.
+The session of every socket in a durable namespace is saved when it connects, when its rooms
+change and by a heartbeat, and kept for ``max_disconnection_duration`` after the last save.
+So a client whose node died (no disconnect handler ran) still finds its session on another
+node. A session can be taken exactly once: the first CONNECT presenting its ``pid`` wins.
 """
 
 from __future__ import annotations
@@ -60,17 +62,27 @@ class SessionStore(Protocol):
     async def take(self, pid: str) -> SavedSession | None:
         """Remove and return the session for ``pid`` (None if absent or expired)."""
 
+    async def save_many(self, sessions: list[SavedSession], ttl: float) -> None:
+        """Save several sessions (the heartbeat that keeps live sockets recoverable)."""
+
 
 class MemorySessionStore:
     def __init__(self) -> None:
         self._items: dict[str, tuple[float, SavedSession]] = {}
+        self._next_sweep = 0.0
 
     async def save(self, session: SavedSession, ttl: float) -> None:
         now = time.monotonic()
-        # Sweep on write so abandoned sessions cannot accumulate.
-        for pid in [p for p, (exp, _) in self._items.items() if exp <= now]:
-            del self._items[pid]
+        if now >= self._next_sweep:
+            # Sweep (at most once a second) so abandoned sessions cannot accumulate.
+            self._next_sweep = now + 1.0
+            for pid in [p for p, (exp, _) in self._items.items() if exp <= now]:
+                del self._items[pid]
         self._items[session.pid] = (now + ttl, session)
+
+    async def save_many(self, sessions: list[SavedSession], ttl: float) -> None:
+        for session in sessions:
+            await self.save(session, ttl)
 
     async def take(self, pid: str) -> SavedSession | None:
         item = self._items.pop(pid, None)
@@ -89,6 +101,13 @@ class RedisSessionStore:
 
     async def save(self, session: SavedSession, ttl: float) -> None:
         await self.client.set(self._key(session.pid), session.encode(), px=max(1, int(ttl * 1000)))
+
+    async def save_many(self, sessions: list[SavedSession], ttl: float) -> None:
+        ms = max(1, int(ttl * 1000))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for session in sessions:
+                pipe.set(self._key(session.pid), session.encode(), px=ms)
+            await pipe.execute()
 
     async def take(self, pid: str) -> SavedSession | None:
         raw = await self.client.getdel(self._key(pid))

@@ -264,6 +264,7 @@ class TcpProxy:
         self._conns: set[asyncio.StreamWriter] = set()
         self._next = itertools.cycle(range(len(upstream_ports)))
         self.websocket_refusals = 0
+        self.blocked = False  # while True, new connections are dropped at once (link down)
 
     @property
     def url(self) -> str:
@@ -274,6 +275,9 @@ class TcpProxy:
         return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            self._abort(writer)
+            return
         first = await reader.read(65536)
         if self.refuse_websocket and b"upgrade: websocket" in first.lower():
             self.websocket_refusals += 1
@@ -311,6 +315,18 @@ class TcpProxy:
         transport = writer.transport
         if transport is not None and not transport.is_closing():
             transport.abort()
+
+    def down(self) -> int:
+        """The link goes down: open connections are cut and new ones fail until :meth:`up`."""
+        self.blocked = True
+        return self.cut()
+
+    def up(self, upstream_ports: list[int] | None = None) -> None:
+        """The link comes back, optionally towards other servers."""
+        if upstream_ports is not None:
+            self.upstreams = upstream_ports
+            self._next = itertools.cycle(range(len(upstream_ports)))
+        self.blocked = False
 
     def cut(self) -> int:
         """Abort every open connection (RST, like a dropped network link)."""

@@ -1,0 +1,210 @@
+"""Connection state recovery with the official socket.io-client 4.8, unchanged.
+
+The subscriber's TCP connection is cut by a proxy (no Socket.IO close handshake), events
+flow while it is away, and it reconnects: every event must arrive exactly once, in order,
+with ``socket.recovered`` true — over WebSocket and polling-only, on one node and on
+another node sharing the Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harness import ServerProcess
+
+TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"]}
+
+
+async def publish(js, name: str, room: str, texts: list[str]) -> None:
+    for text in texts:
+        ack = await js.emit(name, "message", {"room": room, "text": text})
+        assert ack["ok"], ack
+
+
+def received(events: list[dict]) -> tuple[list[str], list[str]]:
+    texts = [e["args"][0]["text"] for e in events]
+    offsets = [e["args"][-1] for e in events]
+    return texts, offsets
+
+
+def offset_key(offset: str) -> tuple[int, int]:
+    ms, seq = offset.split("-")
+    return int(ms), int(seq)
+
+
+def assert_exactly_once_in_order(events: list[dict], expected: list[str]) -> None:
+    texts, offsets = received(events)
+    assert texts == expected
+    keys = [offset_key(o) for o in offsets]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys), offsets
+
+
+async def cut_and_publish(js, proxy, sub: str, pub: str, room: str, during: list[str]) -> None:
+    proxy.down()
+    await js.call("waitDisconnects", name=sub, count=1)
+    await publish(js, pub, room, during)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_recovery_after_connection_cut(servers, js, proxies, redis_url, transport, store):
+    env = {"PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    if store == "redis":
+        env["REDIS_URL"] = redis_url
+    srv = servers(env=env)
+    proxy = await proxies([srv.port])
+    sub = await js.connect("sub", proxy.url + "/chat", transports=TRANSPORTS[transport])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+
+    await publish(js, "pub", "r", ["m1", "m2", "m3"])
+    await js.wait("sub", "message", 3)
+    await cut_and_publish(js, proxy, "sub", "pub", "r", [f"gap{i}" for i in range(10)])
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True, state
+    assert state["sid"] == sub["sid"]
+    await publish(js, "pub", "r", ["after1", "after2"])
+    events = await js.wait("sub", "message", 15)
+    await asyncio.sleep(0.3)  # anything extra (a duplicate) would arrive now
+    events = await js.events("sub", "message")
+    assert_exactly_once_in_order(events, ["m1", "m2", "m3", *[f"gap{i}" for i in range(10)], "after1", "after2"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_recovery_on_another_node(servers, js, proxies, redis_url, transport):
+    env = {"REDIS_URL": redis_url, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    node1, node2 = servers(env=env), servers(env=env)
+    proxy = await proxies([node1.port])
+    sub = await js.connect("sub", proxy.url + "/chat", transports=TRANSPORTS[transport])
+    await js.connect("pub", node2.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    await publish(js, "pub", "r", ["a", "b"])
+    await js.wait("sub", "message", 2)
+
+    await cut_and_publish(js, proxy, "sub", "pub", "r", ["c", "d", "e"])
+    proxy.up([node2.port])  # the client comes back through the balancer to the other node
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True, (state, node1.output()[-2000:], node2.output()[-2000:])
+    assert state["sid"] == sub["sid"]
+    await publish(js, "pub", "r", ["f"])
+    await js.wait("sub", "message", 6)
+    await asyncio.sleep(0.3)
+    assert_exactly_once_in_order(await js.events("sub", "message"), ["a", "b", "c", "d", "e", "f"])
+
+
+async def test_recovery_of_a_client_that_received_no_event_yet(servers, js, proxies):
+    srv = servers()
+    proxy = await proxies([srv.port])
+    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    me = await js.emit("sub", "whoami")
+    assert (await js.events("sub")) == []
+    # The JS client has a pid but no offset: Node's server would refuse to recover here.
+    proxy.down()
+    await js.call("waitDisconnects", name="sub", count=1)
+    assert (await js.emit("pub", "dm", {"to": me["user"], "text": "while you were away"}))["ok"]
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True and state["sid"] == first["sid"]
+    [event] = await js.wait("sub", "dm", 1)
+    assert event["args"][0]["text"] == "while you were away"
+
+
+async def test_recovering_twice_in_a_row(servers, js, proxies):
+    srv = servers()
+    proxy = await proxies([srv.port])
+    await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        await js.emit(name, "join", {"room": "r"})
+    expected = []
+    for round_ in range(3):
+        await cut_and_publish(js, proxy, "sub", "pub", "r", [f"r{round_}"])
+        expected.append(f"r{round_}")
+        proxy.up()
+        state = await js.call("waitConnects", name="sub", count=round_ + 2)
+        assert state["recoveredHistory"][-1] is True, state
+    events = await js.wait("sub", "message", 3)
+    assert_exactly_once_in_order(events, expected)
+
+
+async def test_expired_session_gets_a_new_one(servers, js, proxies):
+    srv = servers(env={"MAX_DISCONNECTION_DURATION": "1"})
+    proxy = await proxies([srv.port])
+    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        await js.emit(name, "join", {"room": "r"})
+    await cut_and_publish(js, proxy, "sub", "pub", "r", ["lost"])
+    await asyncio.sleep(1.5)
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is False
+    assert state["sid"] != first["sid"]
+    # the application can still fetch what it missed from the room history
+    await js.emit("sub", "join", {"room": "r"})
+    history = await js.emit("sub", "history", {"room": "r", "limit": 10})
+    assert [m["text"] for m in history["messages"]] == ["lost"]
+
+
+async def test_epoch_change_makes_recovery_impossible(servers, js, proxies, own_redis):
+    env = {"REDIS_URL": own_redis.url}
+    srv = servers(env=env)
+    proxy = await proxies([srv.port])
+    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.emit("sub", "join", {"room": "r"})
+    proxy.down()
+    await js.call("waitDisconnects", name="sub", count=1)
+    # Redis loses its data (the log, the epoch, the saved session) while the client is away.
+    own_redis.cli("FLUSHALL")
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is False and state["sid"] != first["sid"]
+
+
+async def test_volatile_events_never_become_offsets(servers, js, proxies):
+    srv = servers()
+    proxy = await proxies([srv.port])
+    await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        await js.emit(name, "join", {"room": "r"})
+    await publish(js, "pub", "r", ["durable"])
+    await js.wait("sub", "message", 1)
+    # typing is volatile; its payload ends in an object, but an app volatile emit ending in a
+    # string must not be taken as an offset either (checked in test_delivery).
+    await js.send("pub", "typing", {"room": "r", "typing": True})
+    typing = await js.wait("sub", "typing", 1)
+    assert not isinstance(typing[0]["args"][-1], str)
+    await cut_and_publish(js, proxy, "sub", "pub", "r", ["missed"])
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True
+    events = await js.wait("sub", "message", 2)
+    assert [e["args"][0]["text"] for e in events] == ["durable", "missed"]
+
+
+async def test_graceful_shutdown_lets_clients_recover_on_another_node(servers, js, redis_url):
+    env = {"REDIS_URL": redis_url}
+    node1, node2 = servers(env=env), servers(env=env)
+    # the client knows both nodes: a stand-in for a load balancer that drops a stopped node
+    await js.connect("sub", node1.url + "/chat", transports=["websocket"], reconnectionAttempts=50)
+    await js.connect("pub", node2.url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        await js.emit(name, "join", {"room": "r"})
+    await js.call("eval", code="""
+        const s = ctx.sockets.get('sub').socket;
+        s.io.on('reconnect_attempt', () => { s.io.uri = %r; s.io.engine && (s.io.opts.hostname = '127.0.0.1'); });
+        return true;""" % (node2.url,))
+    assert node1.terminate() == 0
+    await js.call("waitDisconnects", name="sub", count=1)
+    await publish(js, "pub", "r", ["while moving"])
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True, (state, node1.output()[-1500:])
+    events = await js.wait("sub", "message", 1)
+    assert [e["args"][0]["text"] for e in events] == ["while moving"]
