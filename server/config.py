@@ -334,6 +334,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "ADMIN_USERNAME": ("admin", "username"),
     "ADMIN_PASSWORD": ("admin", "password"),
     "GAME_TICK_RATE": ("game", "tick_rate"),
+    "DIRECT_RETRY_INTERVAL": ("delivery", "direct_retry_interval"),
+    "EVENTS_PER_SECOND": ("limits", "events_per_second"),
 }
 
 SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}

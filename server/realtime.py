@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import engineio
 import socketio
+from engineio import packet as eio_packet
 from socketio import exceptions
 from socketio import packet as sio_packet
 
@@ -61,6 +63,22 @@ class TokenBucket:
         return False
 
 
+class RealtimeEngine(engineio.AsyncServer):
+    """python-engineio's server, closing transports for real when a session ends."""
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
+        result = await super()._trigger_event(event, *args, **kwargs)
+        if socket is not None:
+            # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
+            # it hanging), and the WebSocket writer ends, which closes the WebSocket (the JS
+            # client ignores an Engine.IO CLOSE packet on a WebSocket).
+            if not socket.upgraded:
+                socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            socket.queue.put_nowait(None)
+        return result
+
+
 class RealtimeServer(socketio.AsyncServer):
     """AsyncServer with recovery, limits and strict packet checks.
 
@@ -100,6 +118,9 @@ class RealtimeServer(socketio.AsyncServer):
         await self.manager.emit(event, data, namespace or "/", room=to or room, skip_sid=skip_sid,
                                 callback=callback, volatile=volatile, local_only=ignore_queue)
 
+    def _engineio_server_class(self) -> type:
+        return RealtimeEngine
+
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (namespace, sid) in self.recovered
 
@@ -122,17 +143,13 @@ class RealtimeServer(socketio.AsyncServer):
     async def close_transport(self, eio_sid: str, reason: str, send_close: bool = False) -> None:
         """Close an Engine.IO session and its WebSocket now.
 
-        python-engineio's ``close`` only marks the session closed: its WebSocket writer keeps
-        waiting for packets, and the JS client ignores an Engine.IO CLOSE packet on a
-        WebSocket, so the connection would linger. Ending the writer closes the WebSocket.
-
         :param send_close: send the Engine.IO CLOSE packet first (polling clients read it).
         """
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
+        # RealtimeEngine ends the transport once the session is closed.
         await socket.close(wait=False, abort=not send_close, reason=reason)
-        socket.queue.put_nowait(None)
 
     async def _close_eio(self, eio_sid: str, kind: str) -> None:
         self.metrics.protocol_errors.labels(kind).inc()

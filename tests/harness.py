@@ -265,6 +265,8 @@ class TcpProxy:
         self._next = itertools.cycle(range(len(upstream_ports)))
         self.websocket_refusals = 0
         self.blocked = False  # while True, new connections are dropped at once (link down)
+        self._downstream_open = asyncio.Event()
+        self._downstream_open.set()
 
     @property
     def url(self) -> str:
@@ -294,11 +296,13 @@ class TcpProxy:
         self._conns.update((writer, up_writer))
         up_writer.write(first)
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, downstream: bool) -> None:
             try:
                 while data := await src.read(65536):
                     if self.refuse_websocket and b"upgrade: websocket" in data.lower():
                         break
+                    if downstream:
+                        await self._downstream_open.wait()
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -306,7 +310,7 @@ class TcpProxy:
             finally:
                 self._abort(dst)
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
         self._conns.discard(writer)
         self._conns.discard(up_writer)
 
@@ -327,6 +331,13 @@ class TcpProxy:
             self.upstreams = upstream_ports
             self._next = itertools.cycle(range(len(upstream_ports)))
         self.blocked = False
+
+    def freeze(self) -> None:
+        """Hold back everything the servers send (acks included) until :meth:`thaw`."""
+        self._downstream_open.clear()
+
+    def thaw(self) -> None:
+        self._downstream_open.set()
 
     def cut(self) -> int:
         """Abort every open connection (RST, like a dropped network link)."""

@@ -1,0 +1,80 @@
+"""Configuration: one source, environment overrides, a clear one-line error for each mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import ROOT, ServerProcess, free_port
+from server.config import ConfigError, load_config
+
+
+def run_server(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=30)
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"PORT": "http"}, "server.port (from $PORT): expected an integer, got 'http'"),
+    ({"PORT": "70000"}, "server.port (from $PORT): must be between 0 and 65535, got 70000"),
+    ({"LOG_LEVEL": "loud"}, "server.log_level (from $LOG_LEVEL): must be one of"),
+    ({"REDIS_URL": "localhost:6379"}, "redis.url (from $REDIS_URL): must start with one of"),
+    ({"CORS_ORIGINS": "example.com"}, "server.cors_origins (from $CORS_ORIGINS): origin 'example.com'"),
+    ({"AUTH_REQUIRED": "true"}, "auth.required"),
+    ({"PARSER": "xml"}, "server.parser (from $PARSER): must be one of json, msgpack"),
+])
+def test_bad_environment_stops_startup_with_one_clear_line(env, fragment):
+    out = run_server(env)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and fragment in lines[0], out.stderr
+
+
+def test_bad_file_values_name_the_file_and_key(tmp_path: Path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[server]\nport = 8000\nping_interval = "soon"\n')
+    out = run_server({}, "--config", str(cfg))
+    assert out.returncode == 2
+    assert f"server.ping_interval (from {cfg}): expected a number, got 'soon'" in out.stderr
+    cfg.write_text("[server]\nprot = 1\n")
+    assert "server.prot in" in run_server({}, "--config", str(cfg)).stderr
+    cfg.write_text("[srever]\n")
+    assert "unknown section" in run_server({}, "--config", str(cfg)).stderr
+    cfg.write_text("[server\n")
+    assert "not valid TOML" in run_server({}, "--config", str(cfg)).stderr
+    assert "no such file" in run_server({}, "--config", str(tmp_path / "missing.toml")).stderr
+
+
+def test_env_overrides_file(tmp_path: Path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\nport = 1234\nlog_level = "debug"\n[delivery]\ndurable_namespaces = ["/chat"]\n')
+    config = load_config(cfg, {"PORT": "4321", "CORS_ORIGINS": "https://a.example, https://b.example"})
+    assert config.server.port == 4321
+    assert config.server.log_level == "debug"
+    assert config.server.cors_origins == ("https://a.example", "https://b.example")
+    assert config.delivery.durable_namespaces == ("/chat",)
+    with pytest.raises(ConfigError, match="unknown namespace '/nope'"):
+        load_config(cfg, {"AUTH_REQUIRED": "/nope"})
+
+
+def test_shipped_config_is_the_embedded_default():
+    config = load_config(None, {})
+    assert config.redis.url == ""
+    assert config.auth.required == () and config.auth.guests
+    assert "*" not in config.server.cors_origins
+
+
+def test_port_and_host_from_the_command_line():
+    port = free_port()
+    proc = ServerProcess(args=["--port", str(port)], port=port)
+    proc.env["PORT"] = "1"  # the flag wins over the environment
+    try:
+        proc.start()
+        assert proc.get("/healthz")[0] == 200
+    finally:
+        proc.kill()
