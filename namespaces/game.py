@@ -4,7 +4,7 @@ A lobby of game rooms (create, list, join, leave, capacity). The server owns eac
 state and advances it at a fixed tick rate; players send inputs (a direction), validated and
 rate-limited; the state goes out as *volatile* events, so a slow client skips frames instead
 of building a backlog. A player who drops keeps their slot for a grace period and can rejoin
-mid-game. First to ``WIN_SCORE`` pellets, or the best score when time runs out, wins.
+mid-game. First to ``game.win_score`` pellets, or the best score when time runs out, wins.
 Nothing here is written to the event log.
 """
 
@@ -20,8 +20,6 @@ from typing import Any
 from server.namespace import BaseNamespace, ClientError, ok, require_dict
 
 ARENA = 20
-WIN_SCORE = 5
-GAME_SECONDS = 90
 REJOIN_GRACE = 30.0
 LOBBY = "lobby"
 DIRECTIONS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0), "none": (0, 0)}
@@ -156,7 +154,7 @@ class GameNamespace(BaseNamespace):
         if len(game.players) < 2:
             raise ClientError("not_enough_players", "a game needs at least 2 players")
         game.state = "playing"
-        game.ends_at = time.time() + GAME_SECONDS
+        game.ends_at = time.time() + self.config.game.duration
         game.pellet = self._free_cell(game)
         game.task = asyncio.create_task(self._run(game), name=f"game-{game.id}")
         await self._lobby_changed()
@@ -204,7 +202,7 @@ class GameNamespace(BaseNamespace):
             if (player.x, player.y) == game.pellet:
                 player.score += 1
                 game.pellet = self._free_cell(game)
-        if any(p.score >= WIN_SCORE for p in game.players.values()) or now >= game.ends_at or \
+        if any(p.score >= self.config.game.win_score for p in game.players.values()) or now >= game.ends_at or \
                 len(game.players) < 2:
             game.state = "over"
 

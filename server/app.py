@@ -168,6 +168,9 @@ def vendor_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     base = (NODE_MODULES / VENDOR_FILES[first]).resolve()
     path = (base / rest).resolve() if rest else base
+    if rest and not path.suffix and not path.is_file():
+        # Bare ES module specifiers (``lib0/observable``) map here through the page's import map.
+        path = path.with_name(path.name + ".js")
     if not str(path).startswith(str(NODE_MODULES.resolve())) or not path.is_file():
         raise web.HTTPNotFound(text=f"{name} not installed: run the set-up command (make install)")
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})

@@ -98,6 +98,8 @@ class GameConfig:
     tick_rate: float = 20.0
     max_players: int = 4
     inputs_per_second: float = 60.0
+    duration: float = 90.0
+    win_score: int = 5
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),
         "max_players": lambda k, s, v: _int(k, s, v, 2, 64),
         "inputs_per_second": lambda k, s, v: _float(k, s, v, 1, 1000),
+        "duration": lambda k, s, v: _float(k, s, v, 1, 3600),
+        "win_score": lambda k, s, v: _int(k, s, v, 1, 1000),
     },
 }
 
@@ -334,6 +338,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "ADMIN_USERNAME": ("admin", "username"),
     "ADMIN_PASSWORD": ("admin", "password"),
     "GAME_TICK_RATE": ("game", "tick_rate"),
+    "GAME_DURATION": ("game", "duration"),
     "DIRECT_RETRY_INTERVAL": ("delivery", "direct_retry_interval"),
     "EVENTS_PER_SECOND": ("limits", "events_per_second"),
 }

@@ -64,7 +64,17 @@ class TokenBucket:
 
 
 class RealtimeEngine(engineio.AsyncServer):
-    """python-engineio's server, closing transports for real when a session ends."""
+    """python-engineio's server, closing transports for real when a session ends, and
+    accepting same-origin requests besides the configured allow-list (the pages this node
+    serves must work under whatever host name and port it is reached by)."""
+
+    def _cors_allowed_origins(self, environ: dict) -> list[str] | None:
+        allowed = super()._cors_allowed_origins(environ)
+        if allowed is None or "HTTP_HOST" not in environ:
+            return allowed
+        scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http")).split(",")[0].strip()
+        host = environ.get("HTTP_X_FORWARDED_HOST", environ["HTTP_HOST"]).split(",")[0].strip()
+        return [*allowed, f"{scheme}://{host}", f"{environ.get('wsgi.url_scheme', 'http')}://{environ['HTTP_HOST']}"]
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None

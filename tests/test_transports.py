@@ -72,3 +72,26 @@ async def test_pages_and_probes_are_served(server):
     status, body = server.get("/vendor/socket.io.min.js")
     assert status == 200 and len(body) > 10_000
     assert server.get("/vendor/../../pyproject.toml")[0] == 404
+
+
+def _handshake(server, origin: str, websocket: bool = False) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    headers = {"Origin": origin}
+    if websocket:
+        headers.update({"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    transport = "websocket" if websocket else "polling"
+    conn.request("GET", f"/socket.io/?EIO=4&transport={transport}", headers=headers)
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_cross_site_origins_are_refused_for_polling_and_websocket(server):
+    assert _handshake(server, "http://evil.example") == 400
+    assert _handshake(server, "http://evil.example", websocket=True) == 400
+    # the configured origins and the server's own origin are accepted
+    assert _handshake(server, f"http://localhost:{server.port}") == 200
+    assert _handshake(server, f"http://127.0.0.1:{server.port}", websocket=True) == 101
