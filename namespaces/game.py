@@ -6,6 +6,10 @@ rate-limited; the state goes out as *volatile* events, so a slow client skips fr
 of building a backlog. A player who drops keeps their slot for a grace period and can rejoin
 mid-game. First to ``game.win_score`` pellets, or the best score when time runs out, wins.
 Nothing here is written to the event log.
+
+With several nodes, a game lives on the node where it was created: the lobby is shared in
+Redis (with each game's owner), players connected to other nodes have their commands
+forwarded to the owner over the cluster bus, and the owner's state broadcasts reach every node.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
+from server.cluster import ClusterError
 from server.namespace import BaseNamespace, ClientError, ok, require_dict
 
 ARENA = 20
@@ -74,6 +81,9 @@ class GameNamespace(BaseNamespace):
         super().__init__(namespace, runtime)
         self.games: dict[str, Game] = {}
         self.rng = random.Random()
+        self.redis = runtime.stores.redis
+        self.lobby_key = f"{runtime.config.redis.key_prefix}:games"
+        runtime.cluster.handle("game", self._remote_command)
 
     async def stop(self) -> None:
         for game in self.games.values():
@@ -87,9 +97,65 @@ class GameNamespace(BaseNamespace):
             raise ClientError("no_such_game", "no such game")
         return game
 
-    async def _lobby_changed(self) -> None:
-        await self.emit("lobby", {"games": [g.summary() for g in self.games.values() if g.state != "over"]},
-                        room=LOBBY)
+    async def _lobby(self) -> list[dict[str, Any]]:
+        if self.redis is None:
+            return [g.summary() for g in self.games.values() if g.state != "over"]
+        out = []
+        for raw in (await self.redis.hgetall(self.lobby_key)).values():
+            try:
+                summary = msgpack.unpackb(raw)
+            except Exception:
+                continue
+            if isinstance(summary, dict) and summary.get("state") != "over":
+                out.append(summary)
+        return sorted(out, key=lambda g: g.get("id", ""))
+
+    async def _lobby_changed(self, game: Game | None = None) -> None:
+        if self.redis is not None and game is not None:
+            if game.state == "over":
+                await self.redis.hdel(self.lobby_key, game.id)
+            else:
+                await self.redis.hset(self.lobby_key, game.id,
+                                      msgpack.packb({**game.summary(), "node": self.runtime.node_id}))
+        await self.emit("lobby", {"games": await self._lobby()}, room=LOBBY)
+
+    async def _owner(self, payload: Any) -> str | None:
+        """The node that runs the game (None: this one)."""
+        gid = require_dict(payload).get("game")
+        if not isinstance(gid, str) or gid in self.games or self.redis is None:
+            return None
+        raw = await self.redis.hget(self.lobby_key, gid)
+        if raw is None:
+            raise ClientError("no_such_game", "no such game")
+        node = msgpack.unpackb(raw).get("node")
+        return node if isinstance(node, str) and node != self.runtime.node_id else None
+
+    async def _forward(self, command: str, sid: str, payload: Any) -> dict[str, Any] | None:
+        """Run ``command`` on the game's owner node when that is another node."""
+        node = await self._owner(payload)
+        if node is None:
+            return None
+        identity = self.identity(sid)
+        try:
+            answer = await self.runtime.cluster.call("game", {"cmd": command, "user": identity.user,
+                                                              "name": identity.name, "sid": sid,
+                                                              "payload": payload}, node=node, timeout=3)
+        except ClusterError:
+            raise ClientError("game_unavailable", "the node running this game does not answer") from None
+        if isinstance(answer, Exception) or not isinstance(answer, dict):
+            raise ClientError("game_unavailable", "the node running this game failed")
+        return answer
+
+    async def _remote_command(self, body: dict[str, Any]) -> dict[str, Any]:
+        command, user, name, sid, payload = (body.get(k) for k in ("cmd", "user", "name", "sid", "payload"))
+        if command not in ("join", "leave", "start", "input", "drop") or not all(
+                isinstance(v, str) for v in (user, name, sid)):
+            return ClientError("invalid_command", "bad game command").ack()
+        try:
+            game = self._game(payload)
+            return await getattr(self, "_cmd_" + command)(game, user, name, sid, payload) or ok()
+        except ClientError as exc:
+            return exc.ack()
 
     # ------------------------------------------------------------------ lobby
 
@@ -97,7 +163,7 @@ class GameNamespace(BaseNamespace):
         await self.enter_room(sid, LOBBY)
 
     async def on_list(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        return ok(games=[g.summary() for g in self.games.values() if g.state != "over"])
+        return ok(games=await self._lobby())
 
     async def on_create(self, sid: str, payload: Any = None) -> dict[str, Any]:
         payload = require_dict(payload or {})
@@ -112,42 +178,74 @@ class GameNamespace(BaseNamespace):
             raise ClientError("too_many_games", "the lobby is full")
         game = Game(id=secrets.token_hex(4), name=name, capacity=capacity, host=self.identity(sid).user)
         self.games[game.id] = game
-        await self._lobby_changed()
+        await self._lobby_changed(game)
         return ok(game=game.summary())
 
     async def on_join(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        game = self._game(payload)
+        forwarded = await self._forward("join", sid, payload)
+        if forwarded is not None:
+            if forwarded.get("ok"):
+                await self.enter_room(sid, "game:" + forwarded["game"]["id"])
+            return forwarded
         identity = self.identity(sid)
-        player = game.players.get(identity.user)
+        answer = await self._cmd_join(self._game(payload), identity.user, identity.name, sid, payload)
+        await self.enter_room(sid, "game:" + answer["game"]["id"])
+        return answer
+
+    async def _cmd_join(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
+        player = game.players.get(user)
         if player is None:
             if game.state != "waiting":
                 raise ClientError("game_started", "this game has started; only its players may rejoin")
             if len(game.players) >= game.capacity:
                 raise ClientError("game_full", "this game is full")
             x, y = self._free_cell(game)
-            player = game.players[identity.user] = Player(identity.user, identity.name, x, y)
+            player = game.players[user] = Player(user, name, x, y)
         player.sid, player.left_at = sid, None
-        await self.enter_room(sid, "game:" + game.id)
-        await self._lobby_changed()
+        await self._lobby_changed(game)
         await self.emit("state", game.snapshot(), room="game:" + game.id)
         return ok(game=game.summary(), state=game.snapshot())
 
     async def on_leave(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        game = self._game(payload)
-        user = self.identity(sid).user
-        await self.leave_room(sid, "game:" + game.id)
+        gid = require_dict(payload).get("game")
+        if isinstance(gid, str):
+            await self.leave_room(sid, "game:" + gid)
+        forwarded = await self._forward("leave", sid, payload)
+        if forwarded is not None:
+            return forwarded
+        identity = self.identity(sid)
+        return await self._cmd_leave(self._game(payload), identity.user, identity.name, sid, payload)
+
+    async def _cmd_leave(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
         player = game.players.get(user)
         if player is not None:
             if game.state == "waiting":
                 del game.players[user]
             else:
                 player.sid, player.left_at = None, time.time()
-        await self._lobby_changed()
+        await self._lobby_changed(game)
+        return ok()
+
+    async def _cmd_drop(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
+        """A player's connection ended on another node."""
+        player = game.players.get(user)
+        if player is not None and player.sid == sid:
+            if game.state == "waiting":
+                del game.players[user]
+            else:
+                player.sid, player.left_at = None, time.time()
+            await self._lobby_changed(game)
         return ok()
 
     async def on_start(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        game = self._game(payload)
-        if self.identity(sid).user != game.host:
+        forwarded = await self._forward("start", sid, payload)
+        if forwarded is not None:
+            return forwarded
+        identity = self.identity(sid)
+        return await self._cmd_start(self._game(payload), identity.user, identity.name, sid, payload)
+
+    async def _cmd_start(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
+        if user != game.host:
             raise ClientError("not_host", "only the host can start the game")
         if game.state != "waiting":
             raise ClientError("already_started", "the game has already started")
@@ -157,13 +255,20 @@ class GameNamespace(BaseNamespace):
         game.ends_at = time.time() + self.config.game.duration
         game.pellet = self._free_cell(game)
         game.task = asyncio.create_task(self._run(game), name=f"game-{game.id}")
-        await self._lobby_changed()
+        await self._lobby_changed(game)
         return ok(state=game.snapshot())
 
     async def on_input(self, sid: str, payload: Any = None) -> dict[str, Any] | None:
         payload = require_dict(payload)
-        game = self._game(payload)
-        player = game.players.get(self.identity(sid).user)
+        forwarded = await self._forward("input", sid, payload)
+        if forwarded is not None:
+            return None if forwarded.get("ok") else forwarded
+        identity = self.identity(sid)
+        answer = await self._cmd_input(self._game(payload), identity.user, identity.name, sid, payload)
+        return None if answer is None or answer.get("ok") else answer
+
+    async def _cmd_input(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any] | None:
+        player = game.players.get(user)
         if player is None or player.sid != sid:
             raise ClientError("not_a_player", "you are not playing this game")
         direction = payload.get("dir")
@@ -177,7 +282,7 @@ class GameNamespace(BaseNamespace):
             raise ClientError("rate_limited", "too many inputs")
         player.input_tokens -= 1
         player.direction = DIRECTIONS[direction]
-        return None
+        return ok()
 
     # ------------------------------------------------------------------ simulation
 
@@ -220,18 +325,19 @@ class GameNamespace(BaseNamespace):
             await self.emit("game_over", {"game": game.id, "results": results,
                                           "winner": results[0]["user"] if results else None}, room=room)
         finally:
-            await self._lobby_changed()
+            await self._lobby_changed(game)
             asyncio.get_running_loop().call_later(60, self.games.pop, game.id, None)
 
     async def disconnected(self, sid: str, identity: Any, reason: str) -> None:
-        for game in self.games.values():
-            player = game.players.get(identity.user)
-            if player is not None and player.sid == sid:
-                if game.state == "waiting":
-                    del game.players[identity.user]
-                else:
-                    player.sid, player.left_at = None, time.time()
-        await self._lobby_changed()
+        for room in self.rooms_of(sid):
+            if not room.startswith("game:"):
+                continue
+            payload = {"game": room[5:]}
+            try:
+                if await self._forward("drop", sid, payload) is None and room[5:] in self.games:
+                    await self._cmd_drop(self.games[room[5:]], identity.user, identity.name, sid, payload)
+            except ClientError:
+                pass
 
 
 def create(runtime: Any) -> GameNamespace:

@@ -16,6 +16,7 @@ from socketio.msgpack_packet import MsgPackPacket
 from . import __version__
 from .auth import Authenticator, Identity
 from .bus import Bus
+from .cluster import Cluster, ClusterError
 from .config import Config
 from .jsonmod import FastJson
 from .manager import RealtimeManager
@@ -55,6 +56,8 @@ class Runtime:
     tasks: list[asyncio.Task] = field(default_factory=list)
     namespaces: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
+    cluster: Cluster = field(init=False)
+    version: str = __version__
 
     def background(self, coro: Any, name: str) -> None:
         self.tasks.append(asyncio.create_task(coro, name=name))
@@ -93,7 +96,25 @@ def build_runtime(config: Config) -> Runtime:
         manager.bus = runtime.bus
         sio.bus = runtime.bus
         runtime.bus.on("evict", _on_evict(sio))
+    runtime.cluster = Cluster(runtime, advertised_address(config))
     return runtime
+
+
+def advertised_address(config: Config) -> str:
+    """``host:port`` other nodes reach this one at (``ADVERTISE_ADDRESS`` when set)."""
+    import os
+    import socket
+
+    explicit = os.environ.get("ADVERTISE_ADDRESS")
+    if explicit:
+        return explicit
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        try:
+            host = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            host = "127.0.0.1"
+    return f"{host}:{config.server.port}"
 
 
 def _on_evict(sio: RealtimeServer):
@@ -199,6 +220,7 @@ async def on_startup(app: web.Application) -> None:
     runtime.manager.initialize()
     if runtime.bus is not None:
         await runtime.bus.start()
+    await runtime.cluster.start()
     runtime.background(_trim_log(runtime), "log-trim")
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     for ns in runtime.namespaces.values():
@@ -250,6 +272,7 @@ async def on_cleanup(app: web.Application) -> None:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await runtime.cluster.stop()
     if runtime.bus is not None:
         await runtime.bus.stop()
     await runtime.manager.stop()

@@ -92,11 +92,16 @@ async def test_two_browsers_edit_one_document_and_converge(servers, browser, red
     assert a.errors == [] and b.errors == []
 
 
-@pytest.mark.parametrize("mode", ["one-node"])
-async def test_two_browsers_play_a_game(servers, browser, mode):
-    srv = servers(env={"GAME_DURATION": "3"})
-    host = await page_of(browser, srv.url + "/game.html")
-    guest = await page_of(browser, srv.url + "/game.html?transport=polling")
+@pytest.mark.parametrize("mode", ["one-node", "two-nodes"])
+async def test_two_browsers_play_a_game(servers, browser, redis_url, mode):
+    env = {"GAME_DURATION": "3"}
+    if mode == "one-node":
+        a_srv = b_srv = servers(env=env)
+    else:
+        env["REDIS_URL"] = redis_url
+        a_srv, b_srv = servers(env=env), servers(env=env)
+    host = await page_of(browser, a_srv.url + "/game.html")
+    guest = await page_of(browser, b_srv.url + "/game.html?transport=polling")
     for page in (host, guest):
         await expect(page.locator("#status")).to_have_text("connected")
     await host.click("#create")

@@ -91,7 +91,7 @@ const commands = {
     const values = fromWire(args);
     if (!ack) { socket.emit(event, ...values); return {}; }
     const result = await socket.timeout(timeout).emitWithAck(event, ...values);
-    return { result: toWire(result) };
+    return { result: result === undefined ? null : toWire(result) };
   },
   async emitMany({ name, event, argsList, ack = true, timeout = 8000 }) {
     const { socket } = get(name);
