@@ -182,6 +182,26 @@ class ChatNamespace(BaseNamespace):
                             "seq": joined["seq"]}
         return ok(rooms=result)
 
+    async def _resume_after_connect(self, sid: str, rooms: dict[str, Any]) -> None:
+        for _ in range(200):
+            if self.server.manager.is_connected(sid, self.namespace):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            return
+        try:
+            answer = await self.on_resume(sid, {"rooms": rooms})
+        except ClientError as exc:
+            await self.emit("resumed", exc.ack(), to=sid)
+            return
+        summary = {}
+        for room, result in answer["rooms"].items():
+            for message in result["messages"]:
+                await self.emit("message", message, to=sid)
+            summary[room] = {"complete": result["complete"], "epoch": result["epoch"], "seq": result["seq"],
+                             "count": len(result["messages"])}
+        await self.emit("resumed", ok(rooms=summary), to=sid)
+
     # ------------------------------------------------------------------ direct messages
 
     async def on_dm(self, sid: str, payload: Any = None) -> dict[str, Any]:
@@ -226,7 +246,11 @@ class ChatNamespace(BaseNamespace):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def connected(self, sid: str, identity: Any, recovered: bool) -> None:
+    async def connected(self, sid: str, identity: Any, recovered: bool, auth: dict[str, Any]) -> None:
+        if not recovered and isinstance(auth.get("resume"), dict):
+            # CONNECT auth {resume: {room: {seq, epoch?}}}: the same as a resume event, answered
+            # with the missed messages as ordinary events once the connection is established.
+            self.runtime.background(self._resume_after_connect(sid, auth["resume"]), "chat-resume")
         if recovered:
             # Rooms came back with the session; make sure presence has them again (a no-op
             # unless the entries lapsed while the client was away).

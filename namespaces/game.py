@@ -159,7 +159,7 @@ class GameNamespace(BaseNamespace):
 
     # ------------------------------------------------------------------ lobby
 
-    async def connected(self, sid: str, identity: Any, recovered: bool) -> None:
+    async def connected(self, sid: str, identity: Any, recovered: bool, auth: dict[str, Any]) -> None:
         await self.enter_room(sid, LOBBY)
 
     async def on_list(self, sid: str, payload: Any = None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from .auth import Authenticator, Identity
 from .bus import Bus
 from .cluster import Cluster, ClusterError
 from .config import Config
+from .forwarding import Forwarder
 from .jsonmod import FastJson
 from .manager import RealtimeManager
 from .metrics import Metrics
@@ -57,6 +58,7 @@ class Runtime:
     namespaces: dict[str, Any] = field(default_factory=dict)
     draining: bool = False
     cluster: Cluster = field(init=False)
+    forwarder: Forwarder = field(init=False)
     version: str = __version__
 
     def background(self, coro: Any, name: str) -> None:
@@ -97,6 +99,8 @@ def build_runtime(config: Config) -> Runtime:
         sio.bus = runtime.bus
         runtime.bus.on("evict", _on_evict(sio))
     runtime.cluster = Cluster(runtime, advertised_address(config))
+    sio.eio.node_tag = runtime.cluster.tag
+    runtime.forwarder = Forwarder(runtime)
     return runtime
 
 
@@ -221,6 +225,8 @@ async def on_startup(app: web.Application) -> None:
     if runtime.bus is not None:
         await runtime.bus.start()
     await runtime.cluster.start()
+    if runtime.stores.shared:
+        await runtime.forwarder.start()
     runtime.background(_trim_log(runtime), "log-trim")
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     for ns in runtime.namespaces.values():
@@ -273,6 +279,7 @@ async def on_cleanup(app: web.Application) -> None:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
     await runtime.cluster.stop()
+    await runtime.forwarder.stop()
     if runtime.bus is not None:
         await runtime.bus.stop()
     await runtime.manager.stop()
@@ -282,7 +289,8 @@ async def on_cleanup(app: web.Application) -> None:
 def create_app(config: Config) -> web.Application:
     runtime = build_runtime(config)
     register_namespaces(runtime)
-    app = web.Application(client_max_size=config.server.max_payload + 4096)
+    app = web.Application(client_max_size=config.server.max_payload + 4096,
+                          middlewares=[runtime.forwarder.middleware])
     app["runtime"] = runtime
     runtime.sio.attach(app, socketio_path="socket.io")
     app.router.add_get("/healthz", healthz)

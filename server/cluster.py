@@ -42,6 +42,9 @@ class Cluster:
         self.runtime = runtime
         self.node = runtime.node_id
         self.address = address
+        # Prefix of every Engine.IO session id this node creates: tells other nodes the owner.
+        self.tag = "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+                           for _ in range(6))
         self.handlers: dict[str, RequestHandler] = {}
         self._waiting: dict[str, tuple[asyncio.Future, list[Any], int]] = {}
         self._task: asyncio.Task | None = None
@@ -79,7 +82,7 @@ class Cluster:
 
     def info(self) -> dict[str, Any]:
         sio = self.runtime.sio
-        return {"node": self.node, "address": self.address, "connections": len(sio.eio.sockets),
+        return {"node": self.node, "tag": self.tag, "address": self.address, "connections": len(sio.eio.sockets),
                 "started": self.runtime.started, "draining": self.runtime.draining,
                 "version": self.runtime.version}
 

@@ -148,15 +148,15 @@ class BaseNamespace(socketio.AsyncNamespace):
         await self.save_session(sid, session)
         self.runtime.identities[(self.namespace, sid)] = identity
         await self.enter_room(sid, user_room(identity.user))
-        await self.connected(sid, identity, recovered)
+        await self.connected(sid, identity, recovered, auth)
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.runtime.identities.pop((self.namespace, sid), None)
         if identity is not None:
             await self.disconnected(sid, identity, reason)
 
-    async def connected(self, sid: str, identity: Identity, recovered: bool) -> None:
-        """Hook: a socket joined (or recovered into) this namespace."""
+    async def connected(self, sid: str, identity: Identity, recovered: bool, auth: dict[str, Any]) -> None:
+        """Hook: a socket joined (or recovered into) this namespace; ``auth`` is its CONNECT payload."""
 
     async def disconnected(self, sid: str, identity: Identity, reason: str) -> None:
         """Hook: a socket left this namespace."""

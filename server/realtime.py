@@ -68,6 +68,12 @@ class RealtimeEngine(engineio.AsyncServer):
     accepting same-origin requests besides the configured allow-list (the pages this node
     serves must work under whatever host name and port it is reached by)."""
 
+    node_tag = ""
+
+    def generate_id(self) -> str:
+        """Session ids start with this node's tag, so any node can tell who owns a session."""
+        return self.node_tag + super().generate_id()
+
     def _cors_allowed_origins(self, environ: dict) -> list[str] | None:
         allowed = super()._cors_allowed_origins(environ)
         if allowed is None or "HTTP_HOST" not in environ:

@@ -95,6 +95,22 @@ async def test_client_without_recovery_resumes_by_seq(server, js):
     await client.disconnect()
 
 
+async def test_resume_in_the_connect_auth(server, js):
+    await js.connect("pub", server.url + "/chat", transports=["websocket"])
+    joined = await js.emit("pub", "join", {"room": "r"})
+    first = await js.emit("pub", "message", {"room": "r", "text": "seen"})
+    await publish(js, "pub", "r", ["missed 1", "missed 2"])
+    await js.connect("late", server.url + "/chat", transports=["polling"],
+                     auth={"resume": {"r": {"seq": first["seq"], "epoch": joined["epoch"]}}})
+    [resumed] = await js.wait("late", "resumed", 1)
+    assert resumed["args"][0]["rooms"]["r"]["complete"] is True
+    messages = await js.events("late", "message")
+    assert [m["args"][0]["text"] for m in messages] == ["missed 1", "missed 2"]
+    # and it is in the room now: live messages follow
+    await publish(js, "pub", "r", ["live"])
+    await js.wait("late", "message", 3)
+
+
 async def test_direct_messages_are_retried_until_acked_even_after_the_sender_node_dies(servers, js, redis_url):
     env = {"REDIS_URL": redis_url}
     retry = {**env, "DIRECT_RETRY_INTERVAL": "0.3"}
