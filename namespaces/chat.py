@@ -25,7 +25,6 @@ log = logging.getLogger("namespaces.chat")
 
 MAX_TEXT = 4000
 MAX_HISTORY = 200
-PRESENCE_TTL = 30.0
 RECOVERABLE = {"transport close", "transport error", "ping timeout"}
 
 
@@ -61,7 +60,7 @@ class ChatNamespace(BaseNamespace):
             raise ClientError("too_many_rooms", f"at most {self.config.limits.max_rooms_per_socket} rooms")
         await self.enter_room(sid, "room:" + room)
         first = await self.stores.presence.join(self.namespace, room, sid, Member(identity.user, identity.name),
-                                                PRESENCE_TTL)
+                                                self.config.delivery.presence_ttl)
         if first:
             await self.emit("presence", {"room": room, "user": identity.user, "name": identity.name,
                                          "action": "join"}, room="room:" + room)
@@ -258,7 +257,7 @@ class ChatNamespace(BaseNamespace):
                 if room.startswith("room:"):
                     name = room[5:]
                     first = await self.stores.presence.join(self.namespace, name, sid,
-                                                            Member(identity.user, identity.name), PRESENCE_TTL)
+                                                            Member(identity.user, identity.name), self.config.delivery.presence_ttl)
                     if first:
                         await self.emit("presence", {"room": name, "user": identity.user, "name": identity.name,
                                                      "action": "join"}, room=room)
@@ -274,11 +273,11 @@ class ChatNamespace(BaseNamespace):
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(PRESENCE_TTL / 3)
+            await asyncio.sleep(self.config.delivery.presence_ttl / 3)
             entries = [(room[5:], sid) for (ns, sid) in list(self.runtime.identities) if ns == self.namespace
                        for room in self.rooms_of(sid) if room.startswith("room:")]
             try:
-                await self.stores.presence.refresh(self.namespace, entries, PRESENCE_TTL)
+                await self.stores.presence.refresh(self.namespace, entries, self.config.delivery.presence_ttl)
                 for room, member in await self.stores.presence.expire(self.namespace):
                     await self.emit("presence", {"room": room, "user": member.user, "name": member.name,
                                                  "action": "leave"}, room="room:" + room)

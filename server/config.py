@@ -54,6 +54,7 @@ class DeliveryConfig:
     dedupe_ttl: float = 300.0
     direct_retry_interval: float = 5.0
     direct_ttl: float = 3600.0
+    presence_ttl: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "dedupe_ttl": lambda k, s, v: _float(k, s, v, 1, 7 * 86400),
         "direct_retry_interval": lambda k, s, v: _float(k, s, v, 0.05, 3600),
         "direct_ttl": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
+        "presence_ttl": lambda k, s, v: _float(k, s, v, 0.5, 3600),
     },
     "auth": {
         "required": lambda k, s, v: _auth_required(k, s, v),
@@ -339,6 +341,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "ADMIN_PASSWORD": ("admin", "password"),
     "GAME_TICK_RATE": ("game", "tick_rate"),
     "GAME_DURATION": ("game", "duration"),
+    "PRESENCE_TTL": ("delivery", "presence_ttl"),
     "DIRECT_RETRY_INTERVAL": ("delivery", "direct_retry_interval"),
     "EVENTS_PER_SECOND": ("limits", "events_per_second"),
 }

@@ -17,6 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import socketio
+from redis.exceptions import RedisError
 
 from .auth import AuthError, Identity
 from .idempotency import PENDING, wait_for_ack
@@ -28,6 +29,7 @@ log = logging.getLogger("server.namespace")
 
 ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 EVENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+PENDING_TTL = 30.0
 
 
 class ClientError(Exception):
@@ -95,6 +97,10 @@ class BaseNamespace(socketio.AsyncNamespace):
             # Wrong number of arguments from the client.
             log.info("bad arguments for %s from %s: %s", event, sid, exc)
             return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
+        except (RedisError, OSError) as exc:
+            # Shared state unreachable: say so; the client may retry (with the same eventId).
+            log.warning("%s %s failed, store unavailable: %s", self.namespace, event, exc)
+            return ClientError("unavailable", "temporarily unavailable, retry").ack()
 
     def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:
         if not data or not isinstance(data[0], dict) or "eventId" not in data[0]:
@@ -108,7 +114,9 @@ class BaseNamespace(socketio.AsyncNamespace):
 
     async def _once(self, key: str, handler: Any, sid: str, data: tuple[Any, ...]) -> Any:
         store, ttl = self.stores.idempotency, self.config.delivery.dedupe_ttl
-        fresh, ack = await store.claim(key, ttl)
+        # A claim whose handler died with the store unreachable cannot be released: it lapses
+        # after PENDING_TTL rather than blocking retries for the whole dedupe window.
+        fresh, ack = await store.claim(key, min(ttl, PENDING_TTL))
         if not fresh and ack is PENDING:
             fresh, ack = await wait_for_ack(store, key, ttl)
         if not fresh:
