@@ -14,15 +14,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import secrets
+import signal
 import socket
 import time
 from typing import Any
 
 import socketio
 
-from server.namespace import BaseNamespace
+from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
+
+log = logging.getLogger("namespaces.admin")
+FORBIDDEN = ClientError("forbidden", "read-only operators cannot change anything").ack()
 
 ADMIN_ROOM = "operators"
 SESSION_TTL = 24 * 3600.0
@@ -56,15 +61,32 @@ class AdminNamespace(BaseNamespace):
 
     async def start(self) -> None:
         self.runtime.background(self._stats_loop(), "admin-stats")
+        self.runtime.cluster.handle("drain", self._drain_here)
+        self.runtime.cluster.handle("revoke", self._revoke_here)
+
+    async def _remember(self, session_id: str, role: str) -> None:
+        redis = self.stores.redis
+        if redis is not None:
+            # Shared, so a reloaded UI page that reaches another node is still logged in.
+            await redis.set(f"{self.config.redis.key_prefix}:admin-session:{session_id}", role,
+                            ex=int(SESSION_TTL))
+        else:
+            self.admin_sessions[session_id] = (time.time() + SESSION_TTL, role)
+
+    async def _recall(self, session_id: str) -> str | None:
+        if len(session_id) > 64:
+            return None
+        redis = self.stores.redis
+        if redis is not None:
+            role = await redis.get(f"{self.config.redis.key_prefix}:admin-session:{session_id}")
+            role = role.decode() if isinstance(role, bytes) else role
+            return role if role in ("admin", "readonly") else None
+        item = self.admin_sessions.get(session_id)
+        return item[1] if item is not None and item[0] > time.time() else None
 
     def _role_for(self, auth: dict[str, Any]) -> str | None:
         cfg = self.config.admin
         username, password = auth.get("username"), auth.get("password")
-        if isinstance(auth.get("sessionId"), str):
-            item = self.admin_sessions.get(auth["sessionId"])
-            if item is not None and item[0] > time.time():
-                return item[1]
-            return None
         if not isinstance(username, str) or not isinstance(password, str):
             return None
         if cfg.readonly_username and cfg.readonly_password and \
@@ -80,19 +102,24 @@ class AdminNamespace(BaseNamespace):
         return None
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
-        role = self._role_for(auth if isinstance(auth, dict) else {})
+        auth = auth if isinstance(auth, dict) else {}
+        if isinstance(auth.get("sessionId"), str):
+            role = await self._recall(auth["sessionId"])
+        else:
+            role = self._role_for(auth)
         if role is None:
             raise socketio.exceptions.ConnectionRefusedError("invalid credentials")
         self.roles[sid] = role
         await self.enter_room(sid, ADMIN_ROOM)
         session_id = secrets.token_urlsafe(18)
-        self.admin_sessions[session_id] = (time.time() + SESSION_TTL, role)
+        await self._remember(session_id, role)
         asyncio.get_running_loop().call_soon(asyncio.ensure_future, self._greet(sid, session_id, role))
 
     async def _greet(self, sid: str, session_id: str, role: str) -> None:
         await self.emit("session", session_id, to=sid)
         await self.emit("config", {"supportedFeatures": FEATURES_RW if role == "admin" else FEATURES_RO}, to=sid)
-        await self.emit("all_sockets", self._sockets(), to=sid)
+        await self.emit("all_sockets", [s for s in await self.runtime.operations.fetch_sockets()
+                                        if s["nsp"] != self.namespace], to=sid)
         await self.emit("server_stats", self._stats(), to=sid)
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
@@ -101,29 +128,6 @@ class AdminNamespace(BaseNamespace):
     def _writable(self, sid: str) -> bool:
         return self.roles.get(sid) == "admin"
 
-    def _sockets(self) -> list[dict[str, Any]]:
-        out = []
-        manager = self.server.manager
-        for namespace in list(manager.get_namespaces()):
-            for sid, eio_sid in list(manager.get_participants(namespace, None)):
-                environ = self.server.environ.get(eio_sid, {})
-                socket_ = self.server.eio.sockets.get(eio_sid)
-                identity = self.runtime.identities.get((namespace, sid))
-                out.append({
-                    "id": sid, "clientId": eio_sid, "nsp": namespace,
-                    "transport": "websocket" if socket_ is not None and socket_.upgraded else "polling",
-                    "data": {"user": identity.user, "name": identity.name} if identity else {},
-                    "rooms": [r for r in manager.get_rooms(sid, namespace)],
-                    "handshake": {
-                        "address": environ.get("HTTP_X_FORWARDED_FOR") or environ.get("REMOTE_ADDR", ""),
-                        "headers": {k[5:].lower().replace("_", "-"): v for k, v in environ.items()
-                                    if k.startswith("HTTP_") and k not in ("HTTP_COOKIE", "HTTP_AUTHORIZATION")},
-                        "query": {}, "issued": 0, "secure": False, "time": "", "url": environ.get("PATH_INFO", ""),
-                        "xdomain": "HTTP_ORIGIN" in environ,
-                    },
-                })
-        return out
-
     def _stats(self) -> dict[str, Any]:
         manager = self.server.manager
         sockets = list(self.server.eio.sockets.values())
@@ -131,55 +135,196 @@ class AdminNamespace(BaseNamespace):
             "serverId": self.runtime.node_id, "hostname": socket.gethostname(), "pid": os.getpid(),
             "uptime": time.time() - self.runtime.started, "clientsCount": len(sockets),
             "pollingClientsCount": sum(1 for s in sockets if not s.upgraded),
-            "aggregatedEvents": [],
-            "namespaces": [{"name": ns, "socketsCount": len(list(manager.get_participants(ns, None)))}
+            "aggregatedEvents": self._aggregated(),
+            "namespaces": [{"name": ns, "socketsCount": sum(1 for sid, _ in manager.get_participants(ns, None)
+                                                           if manager.is_connected(sid, ns))}
                            for ns in list(manager.get_namespaces())],
         }
+
+    def _aggregated(self) -> list[dict[str, Any]]:
+        """Counts since the last report, as the UI's AGGREGATED_EVENTS feature expects."""
+        m = self.metrics
+        now = {"rawConnection": _total(m.connects), "packetsIn": _total(m.events_in),
+               "packetsOut": _total(m.deliveries), "bytesIn": _total(m.bytes_in)}
+        previous, self._last_counts = getattr(self, "_last_counts", {}), now
+        stamp = int(time.time() * 1000)
+        return [{"timestamp": stamp, "type": k, "count": int(v - previous.get(k, 0))}
+                for k, v in now.items() if v - previous.get(k, 0) > 0]
 
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(2)
-            if self.roles:
-                await self.emit("server_stats", self._stats(), room=ADMIN_ROOM)
+            # Every node reports; with Redis the emit reaches operators on every node.
+            await self.emit("server_stats", self._stats(), room=ADMIN_ROOM)
 
-    # ------------------------------------------------------------------ UI commands
+    # ------------------------------------------------------------------ live socket events
 
-    def _targets(self, namespace: Any, flt: Any) -> list[str]:
-        if not isinstance(namespace, str):
-            return []
-        if flt is None:
-            return [sid for sid, _ in self.server.manager.get_participants(namespace, None)]
-        if isinstance(flt, str):
-            return [sid for sid, _ in self.server.manager.get_participants(namespace, flt)]
-        return []
-
-    async def on_emit(self, sid: str, namespace: Any = None, flt: Any = None, event: Any = None, *args: Any) -> None:
-        if not self._writable(sid) or not isinstance(namespace, str) or not isinstance(event, str):
+    async def socket_connected(self, namespace: str, sid: str) -> None:
+        if namespace == self.namespace or not self._enabled():
             return
-        await self.server.emit(event, tuple(args), to=flt, namespace=namespace)
-
-    async def on_join(self, sid: str, namespace: Any = None, room: Any = None, flt: Any = None) -> None:
-        if not self._writable(sid) or not isinstance(room, str):
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is None:
             return
-        for target in self._targets(namespace, flt):
-            await self.server.enter_room(target, room, namespace=namespace)
+        await self.emit("socket_connected", (self.runtime.operations.serialize(namespace, sid, eio_sid),
+                                             int(time.time() * 1000)), room=ADMIN_ROOM)
 
-    async def on_leave(self, sid: str, namespace: Any = None, room: Any = None, flt: Any = None) -> None:
-        if not self._writable(sid) or not isinstance(room, str):
+    async def socket_disconnected(self, namespace: str, sid: str, reason: str) -> None:
+        if namespace == self.namespace or not self._enabled():
             return
-        for target in self._targets(namespace, flt):
-            await self.server.leave_room(target, room, namespace=namespace)
+        await self.emit("socket_disconnected", (namespace, sid, reason, int(time.time() * 1000)), room=ADMIN_ROOM)
 
-    async def on__disconnect(self, sid: str, namespace: Any = None, close: Any = False, flt: Any = None) -> None:
+    def _enabled(self) -> bool:
+        cfg = self.config.admin
+        return bool(cfg.password or cfg.password_hash or cfg.readonly_password)
+
+    # ------------------------------------------------------------------ UI commands (cluster-wide)
+
+    async def on_emit(self, sid: str, namespace: Any = None, target: Any = None, event: Any = None,
+                      *args: Any) -> Any:
         if not self._writable(sid):
-            return
-        for target in self._targets(namespace, flt):
-            await self.server.disconnect(target, namespace=namespace)
+            return FORBIDDEN
+        if not isinstance(namespace, str) or not isinstance(event, str):
+            return ClientError("invalid_arguments", "emit(namespace, filter, event, ...args)").ack()
+        await self.server.emit(event, tuple(args), to=target if isinstance(target, str) else None,
+                               namespace=namespace)
+        return ok()
+
+    async def on_join(self, sid: str, namespace: Any = None, room: Any = None, target: Any = None) -> Any:
+        if not self._writable(sid):
+            return FORBIDDEN
+        if not isinstance(namespace, str) or not isinstance(room, str):
+            return ClientError("invalid_arguments", "join(namespace, room, filter)").ack()
+        return ok(count=await self.runtime.operations.sockets_join(namespace, room, _target(target)))
+
+    async def on_leave(self, sid: str, namespace: Any = None, room: Any = None, target: Any = None) -> Any:
+        if not self._writable(sid):
+            return FORBIDDEN
+        if not isinstance(namespace, str) or not isinstance(room, str):
+            return ClientError("invalid_arguments", "leave(namespace, room, filter)").ack()
+        return ok(count=await self.runtime.operations.sockets_leave(namespace, room, _target(target)))
+
+    async def on__disconnect(self, sid: str, namespace: Any = None, close: Any = False, target: Any = None) -> Any:
+        if not self._writable(sid):
+            return FORBIDDEN
+        if not isinstance(namespace, str):
+            return ClientError("invalid_arguments", "_disconnect(namespace, close, filter)").ack()
+        return ok(count=await self.runtime.operations.disconnect_sockets(namespace, _target(target), bool(close)))
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event == "_disconnect":
             return await self.on__disconnect(*args)
-        return await super().trigger_event(event, *args)
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        handler = getattr(self, "on_" + event, None)
+        if handler is None:
+            return ClientError("unknown_event", f"no event {event!r} in /admin").ack()
+        try:
+            return await handler(*args)
+        except ClientError as exc:
+            return exc.ack()
+        except TypeError:
+            return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
+
+    # ------------------------------------------------------------------ operator commands
+
+    async def on_sockets(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``sockets {namespace?, room?}`` → every matching socket on every node."""
+        payload = payload if isinstance(payload, dict) else {}
+        namespace = payload.get("namespace") if isinstance(payload.get("namespace"), str) else None
+        room = payload.get("room") if isinstance(payload.get("room"), str) else None
+        return ok(sockets=await self.runtime.operations.fetch_sockets(namespace, room))
+
+    async def on_nodes(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``nodes`` → live nodes with address, connections, version, draining."""
+        return ok(nodes=sorted(await self.runtime.cluster.nodes(), key=lambda n: n["node"]))
+
+    async def on_drain(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``drain {node}``: that node stops accepting, moves its clients (they recover on the
+        other nodes), then exits."""
+        if not self._writable(sid):
+            return FORBIDDEN
+        node = require_dict(payload).get("node")
+        if not isinstance(node, str):
+            raise ClientError("invalid_node", "node must be a node id (see nodes)")
+        if node not in {n["node"] for n in await self.runtime.cluster.nodes()}:
+            raise ClientError("no_such_node", f"no live node {node}")
+        answer = await self.runtime.cluster.call("drain", {}, node=node)
+        if isinstance(answer, Exception):
+            raise ClientError("drain_failed", str(answer))
+        return ok(node=node, moved=answer)
+
+    async def on_disconnect_user(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``disconnect_user {user}``: every connection of the user, on every node, every namespace."""
+        if not self._writable(sid):
+            return FORBIDDEN
+        user = require_dict(payload).get("user")
+        if not isinstance(user, str) or not user:
+            raise ClientError("invalid_user", "user must be a user id")
+        count = 0
+        for namespace in ("/chat", "/game", "/collab"):
+            count += await self.runtime.operations.disconnect_sockets(namespace, user_room(user))
+        return ok(count=count)
+
+    async def on_announce(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``announce {namespace, message}``: event ``announcement {message, ts}`` to everyone there."""
+        if not self._writable(sid):
+            return FORBIDDEN
+        payload = require_dict(payload)
+        namespace, message = payload.get("namespace"), payload.get("message")
+        if namespace not in ("/chat", "/game", "/collab"):
+            raise ClientError("invalid_namespace", "namespace must be /chat, /game or /collab")
+        if not isinstance(message, str) or not 1 <= len(message) <= 2000:
+            raise ClientError("invalid_message", "message must be 1-2000 characters")
+        await self.server.emit("announcement", {"message": message, "ts": int(time.time() * 1000)},
+                               namespace=namespace)
+        return ok()
+
+    async def on_room(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``room {room, limit?}``: a chat room's recent history and who is present."""
+        payload = require_dict(payload)
+        room = require_room(payload.get("room"))
+        limit = payload.get("limit", 50)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 200:
+            raise ClientError("invalid_limit", "limit must be from 1 to 200")
+        chat = self.runtime.namespaces["/chat"]
+        messages = await chat._read_history(room, None, None, limit)
+        members = await self.stores.presence.members("/chat", room)
+        return ok(room=room, messages=messages, members=[m.__dict__ for m in members])
+
+    async def on_revoke(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``revoke {user}``: the user's tokens issued until now stop working on every node, and
+        the user's connections are closed."""
+        if not self._writable(sid):
+            return FORBIDDEN
+        user = require_dict(payload).get("user")
+        if not isinstance(user, str) or not user:
+            raise ClientError("invalid_user", "user must be a user id")
+        await self.runtime.cluster.gather("revoke", {"user": user})
+        disconnected = await self.on_disconnect_user(sid, {"user": user})
+        return ok(count=disconnected["count"])
+
+    async def _drain_here(self, body: dict[str, Any]) -> int:
+        self.runtime.draining = True
+        self.server.shutting_down = True  # new namespace connections are refused, sessions kept
+        moved = await self.runtime.operations.move_sockets()
+        log.warning("drained by an operator: moved %d connections, exiting", moved)
+        asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)
+        return moved
+
+    async def _revoke_here(self, body: dict[str, Any]) -> bool:
+        user = body.get("user")
+        if isinstance(user, str):
+            self.runtime.authenticator.revoke(user)
+        return True
+
+
+def _target(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _total(counter: Any) -> float:
+    return sum(sample.value for metric in counter.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
 
 
 def create(runtime: Any) -> AdminNamespace:

@@ -19,6 +19,7 @@ from .bus import Bus
 from .cluster import Cluster, ClusterError
 from .config import Config
 from .forwarding import Forwarder
+from .operations import ClusterOperations
 from .jsonmod import FastJson
 from .manager import RealtimeManager
 from .metrics import Metrics
@@ -59,6 +60,7 @@ class Runtime:
     draining: bool = False
     cluster: Cluster = field(init=False)
     forwarder: Forwarder = field(init=False)
+    operations: ClusterOperations = field(init=False)
     version: str = __version__
 
     def background(self, coro: Any, name: str) -> None:
@@ -101,6 +103,7 @@ def build_runtime(config: Config) -> Runtime:
     runtime.cluster = Cluster(runtime, advertised_address(config))
     sio.eio.node_tag = runtime.cluster.tag
     runtime.forwarder = Forwarder(runtime)
+    runtime.operations = ClusterOperations(runtime)
     return runtime
 
 
@@ -201,12 +204,22 @@ def vendor_handler(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
+ADMIN_UI_PRESET = """<script>
+// Preconfigured for this server: its own origin, namespace /admin (operators may change them).
+if (!localStorage.getItem("server_url")) localStorage.setItem("server_url", location.origin);
+if (!localStorage.getItem("namespace")) localStorage.setItem("namespace", "/admin");
+</script>"""
+
+
 def admin_ui_handler(request: web.Request) -> web.StreamResponse:
     base = (NODE_MODULES / "@socket.io/admin-ui/ui/dist").resolve()
     rest = request.match_info.get("path") or "index.html"
     path = (base / rest).resolve()
     if not str(path).startswith(str(base)) or not path.is_file():
-        raise web.HTTPNotFound()
+        raise web.HTTPNotFound(text="Admin UI not installed: run the set-up command (make run / make test)")
+    if rest == "index.html":
+        html = path.read_text().replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
+        return web.Response(text=html, content_type="text/html")
     return web.FileResponse(path)
 
 

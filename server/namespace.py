@@ -151,17 +151,24 @@ class BaseNamespace(socketio.AsyncNamespace):
                 if previous is not None and identity.user != previous.user:
                     raise AuthError("token is for another user than the session", "forbidden")
         except AuthError as exc:
-            raise socketio.exceptions.ConnectionRefusedError({"message": str(exc), "code": exc.code}) from None
+            # The JS client gets err.message and err.data (here {code}).
+            raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": exc.code}) from None
         session["identity"] = identity.to_dict()
         await self.save_session(sid, session)
         self.runtime.identities[(self.namespace, sid)] = identity
         await self.enter_room(sid, user_room(identity.user))
         await self.connected(sid, identity, recovered, auth)
+        admin = self.runtime.namespaces.get("/admin")
+        if admin is not None:
+            await admin.socket_connected(self.namespace, sid)
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.runtime.identities.pop((self.namespace, sid), None)
         if identity is not None:
             await self.disconnected(sid, identity, reason)
+            admin = self.runtime.namespaces.get("/admin")
+            if admin is not None:
+                await admin.socket_disconnected(self.namespace, sid, reason)
 
     async def connected(self, sid: str, identity: Identity, recovered: bool, auth: dict[str, Any]) -> None:
         """Hook: a socket joined (or recovered into) this namespace; ``auth`` is its CONNECT payload."""

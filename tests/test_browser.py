@@ -121,3 +121,32 @@ async def test_two_browsers_play_a_game(servers, browser, redis_url, mode):
     await expect(host.locator("#result")).to_contain_text("Game over", timeout=8000)
     await expect(guest.locator("#result")).to_contain_text("Game over")
     assert host.errors == [] and guest.errors == []
+
+
+async def test_official_admin_ui_shows_sockets_of_two_nodes(servers, browser, js, redis_url):
+    env = {"REDIS_URL": redis_url, "ADMIN_PASSWORD": "operator-pass-1"}
+    n1, n2 = servers(env=env), servers(env=env)
+    sids = []
+    for i, node in enumerate((n1, n2)):
+        sids.append((await js.connect(f"u{i}", node.url + "/chat", transports=["websocket"]))["sid"])
+    page = await page_of(browser, n1.url + "/admin-ui/")
+    # a wrong password is refused
+    await page.get_by_label("Username").fill("admin")
+    await page.get_by_label("Password").fill("wrong")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_text("Invalid credentials")).to_be_visible()
+    await expect(page.get_by_text("connected", exact=True)).to_have_count(0)
+    status = page.locator("header").get_by_text("connected", exact=True).first
+    # the right one logs in
+    await page.get_by_label("Password").fill("operator-pass-1")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(status).to_be_visible()
+    await page.goto(n1.url + "/admin-ui/#/servers")
+    for node in (n1, n2):
+        await expect(page.get_by_text(f"node-{node.port}")).to_be_visible()
+    await page.goto(n1.url + "/admin-ui/#/sockets")
+    for sid in sids:
+        await expect(page.get_by_text(sid)).to_be_visible()
+    # a reload reconnects with the session id, without the password
+    await page.reload()
+    await expect(status).to_be_visible()
