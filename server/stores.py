@@ -46,11 +46,37 @@ class Stores:
             await self.redis.aclose()
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out."""
-    options = dict(socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
-                   retry_on_timeout=False)
+def redis_client(url: str, **overrides: object) -> aioredis.Redis:
+    """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out.
+
+    ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]`` asks the
+    sentinels for the current master of ``service`` (and again after a failover).
+    """
+    options: dict = dict(socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
+                         retry_on_timeout=False)
+    options.update(overrides)
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_master(url, options)
     return aioredis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
+    from urllib.parse import urlsplit
+
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host or item, int(port) if port.isdigit() else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a sentinel URL names the service: redis+sentinel://host:26379/mymaster")
+    service, db = path[0], int(path[1]) if len(path) > 1 else 0
+    password = parts.password
+    sentinel = Sentinel(hosts, socket_connect_timeout=options["socket_connect_timeout"])
+    return sentinel.master_for(service, db=db, password=password, **options)
 
 
 def memory_stores(config: Config) -> Stores:
@@ -68,7 +94,7 @@ def redis_stores(config: Config) -> Stores:
     client = redis_client(url)
     # XREAD BLOCK holds its connection, so the follower gets a client of its own; its socket
     # timeout must outlast the block time.
-    blocking = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=10, socket_keepalive=True)
+    blocking = redis_client(url, socket_timeout=10, health_check_interval=0)
     return Stores(
         event_log=RedisEventLog(client, blocking, prefix, config.delivery.log_max_length,
                                 config.delivery.log_max_age),

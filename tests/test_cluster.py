@@ -143,3 +143,31 @@ async def test_redis_restart_mid_traffic_loses_no_durable_event(servers, js, own
             assert node.get("/readyz")[0] == 200  # recovered by themselves
     finally:
         redis.cleanup()
+
+
+async def test_redis_sentinel_url(servers, js, own_redis, tmp_path):
+    import subprocess
+
+    from harness import free_port, wait_port
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+                    f"sentinel monitor mymaster 127.0.0.1 {own_redis.port} 1\n")
+    sentinel = subprocess.Popen(["redis-server", str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        env = {"REDIS_URL": f"redis+sentinel://127.0.0.1:{port}/mymaster/0"}
+        n1, n2 = servers(env=env), servers(env=env)
+        await js.connect("a", n1.url + "/chat", transports=["websocket"])
+        await js.connect("b", n2.url + "/chat", transports=["websocket"])
+        for name in ("a", "b"):
+            await js.emit(name, "join", {"room": "r"})
+        await js.emit("a", "message", {"room": "r", "text": "via sentinel"})
+        [event] = await js.wait("b", "message", 1)
+        assert event["args"][0]["text"] == "via sentinel"
+        assert own_redis.cli("XLEN", "rt:log:/chat") != "0"  # the data went to the monitored master
+    finally:
+        sentinel.terminate()
+        sentinel.wait(5)
