@@ -93,6 +93,9 @@ def build_runtime(config: Config) -> Runtime:
         manager=manager, sessions=stores.sessions,
         max_disconnection_duration=config.delivery.max_disconnection_duration,
         limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, **kwargs)
+    sio.eio.body_timeout = config.limits.body_timeout
+    sio.eio.max_packets_per_payload = config.limits.max_packets_per_payload
+    sio.eio.max_connections_per_ip = config.limits.max_connections_per_ip
     runtime = Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
                       manager=manager, sio=sio, node_id=config.node_id)
     if stores.redis is not None:

@@ -92,6 +92,8 @@ class LimitsConfig:
     max_connections_per_ip: int = 1000
     max_attachments: int = 10
     send_queue_max: int = 1000
+    body_timeout: float = 10.0
+    max_packets_per_payload: int = 256
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_connections_per_ip": lambda k, s, v: _int(k, s, v, 1, 10_000_000),
         "max_attachments": lambda k, s, v: _int(k, s, v, 0, 1000),
         "send_queue_max": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
+        "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
+        "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
     },
     "game": {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),
@@ -344,6 +348,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "PRESENCE_TTL": ("delivery", "presence_ttl"),
     "DIRECT_RETRY_INTERVAL": ("delivery", "direct_retry_interval"),
     "EVENTS_PER_SECOND": ("limits", "events_per_second"),
+    "MAX_CONNECTIONS_PER_IP": ("limits", "max_connections_per_ip"),
+    "CONNECT_TIMEOUT": ("server", "connect_timeout"),
 }
 
 SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}

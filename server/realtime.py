@@ -19,7 +19,9 @@ from typing import Any
 
 import engineio
 import socketio
+from aiohttp import web
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 from socketio import exceptions
 from socketio import packet as sio_packet
 
@@ -63,12 +65,51 @@ class TokenBucket:
         return False
 
 
+class _FullBody:
+    """A request body already read completely, readable the way python-engineio reads it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def read(self, n: int = -1) -> bytes:
+        return self.body if n < 0 else self.body[:n]
+
+
 class RealtimeEngine(engineio.AsyncServer):
-    """python-engineio's server, closing transports for real when a session ends, and
-    accepting same-origin requests besides the configured allow-list (the pages this node
-    serves must work under whatever host name and port it is reached by)."""
+    """python-engineio's server, made strict where the Engine.IO spec and hostile clients need it.
+
+    - HTTP: an unsupported method or a missing/unknown transport is a 400; a POST body is read
+      completely before use (python-engineio's ``read(n)`` on aiohttp can return part of it), an
+      oversized one gets 413 at once, one slower than ``body_timeout`` gets 408, one with too
+      many packets or an undecodable one gets 400 and ends the session; a POST answers ``ok``.
+    - A polling client that missed the heartbeat deadline gets 400 on its next request; two
+      concurrent GETs on one session end it (the first gets CLOSE).
+    - At most ``max_connections_per_ip`` sessions per client address.
+    - A session's transport really closes when the session ends; same-origin requests are
+      accepted besides the configured CORS allow-list; session ids carry the node's tag.
+    """
 
     node_tag = ""
+    body_timeout = 10.0
+    max_packets_per_payload = 256
+    max_connections_per_ip = 1000
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._polling: set[str] = set()
+        self._per_ip: dict[str, int] = {}
+        self._ip_of: dict[str, str] = {}
+        translate = self._async["translate_request"]
+
+        def translate_request(request: web.Request) -> dict:
+            environ = translate(request)
+            body = request.get("rt_body")
+            if body is not None:
+                environ["wsgi.input"] = _FullBody(body)
+                environ["CONTENT_LENGTH"] = str(len(body))
+            return environ
+
+        self._async = {**self._async, "translate_request": translate_request}
 
     def generate_id(self) -> str:
         """Session ids start with this node's tag, so any node can tell who owns a session."""
@@ -82,8 +123,97 @@ class RealtimeEngine(engineio.AsyncServer):
         host = environ.get("HTTP_X_FORWARDED_HOST", environ["HTTP_HOST"]).split(",")[0].strip()
         return [*allowed, f"{scheme}://{host}", f"{environ.get('wsgi.url_scheme', 'http')}://{environ['HTTP_HOST']}"]
 
+    def _ok(self, packets: Any = None, headers: Any = None, jsonp_index: Any = None) -> dict:
+        response = super()._ok(packets, headers, jsonp_index)
+        if packets is None:
+            response["response"] = b"ok"
+        return response
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        method, query = request.method, request.query
+        if method not in ("GET", "POST", "OPTIONS"):
+            return web.Response(status=400, text='"Bad Request"')
+        transport = query.get("transport")
+        if method != "OPTIONS" and transport not in ("polling", "websocket"):
+            return web.Response(status=400, text='"Invalid transport"')
+        sid = query.get("sid")
+        socket = self.sockets.get(sid) if sid else None
+        if sid is None and method == "GET":
+            address = request.remote or ""
+            if self._per_ip.get(address, 0) >= self.max_connections_per_ip:
+                return web.Response(status=429, text='"Too many connections from this address"')
+        if socket is not None and transport == "polling" and not socket.upgraded:
+            if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
+                await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
+                self.sockets.pop(sid, None)
+                return web.Response(status=400, text='"Session timed out"')
+            if method == "POST":
+                refusal = await self._read_body(request, socket)
+                if refusal is not None:
+                    return refusal
+            elif method == "GET" and request.headers.get("Upgrade", "").lower() != "websocket":
+                if sid in self._polling:
+                    socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+                    await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+                    return web.Response(status=400, text='"Overlapping polling requests"')
+                self._polling.add(sid)
+                try:
+                    return await super().handle_request(request)
+                finally:
+                    self._polling.discard(sid)
+        return await super().handle_request(request)
+
+    async def _read_body(self, request: web.Request, socket: Any) -> web.StreamResponse | None:
+        length = request.content_length
+        if length is not None and length > self.max_http_buffer_size:
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            return web.Response(status=413, text='"Payload too large"', headers={"Connection": "close"})
+        try:
+            body = await asyncio.wait_for(request.content.read(self.max_http_buffer_size + 1),
+                                          self.body_timeout)
+            while len(body) <= self.max_http_buffer_size and not request.content.at_eof():
+                chunk = await asyncio.wait_for(request.content.read(self.max_http_buffer_size + 1 - len(body)),
+                                               self.body_timeout)
+                if not chunk:
+                    break
+                body += chunk
+        except asyncio.TimeoutError:
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            return web.Response(status=408, text='"Request body too slow"', headers={"Connection": "close"})
+        if len(body) > self.max_http_buffer_size:
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            return web.Response(status=413, text='"Payload too large"', headers={"Connection": "close"})
+        if body.count(b"\x1e") >= self.max_packets_per_payload:
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            return web.Response(status=400, text='"Too many packets in one payload"')
+        try:
+            eio_payload.Payload(encoded_payload=body.decode("utf-8"))
+        except Exception:
+            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            return web.Response(status=400, text='"Undecodable payload"')
+        request["rt_body"] = body
+        return None
+
+    def count_connection(self, sid: str, environ: dict, delta: int) -> None:
+        if delta > 0:
+            address = environ.get("REMOTE_ADDR", "")
+            self._ip_of[sid] = address
+        else:
+            address = self._ip_of.pop(sid, None)
+            if address is None:
+                return
+        count = self._per_ip.get(address, 0) + delta
+        if count > 0:
+            self._per_ip[address] = count
+        else:
+            self._per_ip.pop(address, None)
+
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect" and len(args) >= 2:
+            self.count_connection(args[0], args[1], +1)
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
+        if event == "disconnect" and args:
+            self.count_connection(args[0], {}, -1)
         result = await super()._trigger_event(event, *args, **kwargs)
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
