@@ -309,6 +309,9 @@ def create_app(config: Config) -> web.Application:
                           middlewares=[runtime.forwarder.middleware])
     app["runtime"] = runtime
     runtime.sio.attach(app, socketio_path="socket.io")
+    # Other methods reach the engine too, which answers them 400 as the spec says (not 405).
+    for method in ("PUT", "DELETE", "PATCH"):
+        app.router.add_route(method, "/socket.io/", runtime.sio.handle_request)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import engineio
+import msgpack
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
@@ -35,6 +36,7 @@ log = logging.getLogger("server.realtime")
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
 MAX_ACK_ID = 2**53 - 1
+NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
 
 
 class ProtocolError(Exception):
@@ -342,6 +344,9 @@ class RealtimeServer(socketio.AsyncServer):
                 return
             return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
         if kind == 0:
+            if isinstance(pkt.data, msgpack.ExtType) and pkt.data == NOTEPACK_UNDEFINED:
+                # socket.io-msgpack-parser (notepack) encodes a missing auth as `undefined`.
+                pkt.data = None
             if pkt.data is not None and not isinstance(pkt.data, dict):
                 raise ProtocolError("CONNECT payload must be an object")
             return await self._handle_connect(eio_sid, namespace, pkt.data)
