@@ -249,6 +249,8 @@ async def on_startup(app: web.Application) -> None:
         start = getattr(ns, "start", None)
         if start is not None:
             await start()
+        if hasattr(ns, "expire_sessions") and ns.namespace != "/admin":
+            runtime.background(ns.expire_sessions(), f"expire-sessions-{ns.namespace}")
     log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
              "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
              ", ".join(runtime.config.delivery.durable_namespaces) or "none")

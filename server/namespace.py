@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -169,6 +171,22 @@ class BaseNamespace(socketio.AsyncNamespace):
             admin = self.runtime.namespaces.get("/admin")
             if admin is not None:
                 await admin.socket_disconnected(self.namespace, sid, reason)
+
+    async def expire_sessions(self) -> None:
+        """Disconnect sockets whose token expired without renewal: event ``session_expired
+        {code: "token_expired"}`` first, so the client knows to get a new token and reconnect."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for (namespace, sid), identity in list(self.runtime.identities.items()):
+                if namespace != self.namespace or identity.expires is None:
+                    continue
+                if identity.expires + self.config.auth.leeway < now:
+                    # Sent directly (not through the log) so it is queued before the DISCONNECT.
+                    await self.server.emit("session_expired", {"code": "token_expired",
+                                                               "message": "token expired; reconnect with a new token"},
+                                           to=sid, namespace=self.namespace, volatile=True)
+                    await self.disconnect(sid)
 
     async def connected(self, sid: str, identity: Identity, recovered: bool, auth: dict[str, Any]) -> None:
         """Hook: a socket joined (or recovered into) this namespace; ``auth`` is its CONNECT payload."""

@@ -43,6 +43,46 @@ class ProtocolError(Exception):
     """The client sent something the protocol does not allow; its connection is closed."""
 
 
+# What decoding client input may raise; each closes the offending connection.
+DECODE_ERRORS = (ProtocolError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
+ATTACHMENT_TIMEOUT = 10.0
+
+
+def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> Any:
+    """Decode and check one Socket.IO packet from a client, before any server state is touched.
+
+    Raises one of ``DECODE_ERRORS`` for anything the protocol does not allow from a client:
+    an unknown or server-only packet type, a bad ack id, an event that is not an array
+    starting with a name, a reserved event name, an attachment count out of range, a
+    CONNECT payload that is not an object.
+    """
+    pkt = packet_class(encoded_packet=data)
+    kind = pkt.packet_type
+    if kind not in (0, 1, 2, 3, 5, 6):
+        raise ProtocolError(f"packet type {kind!r} not allowed from a client")
+    if pkt.namespace is not None and not isinstance(pkt.namespace, str):
+        raise ProtocolError("namespace must be a string")
+    if pkt.id is not None and (isinstance(pkt.id, bool) or not isinstance(pkt.id, int)
+                               or not 0 <= pkt.id <= MAX_ACK_ID):
+        raise ProtocolError("bad ack id")
+    if kind in (2, 5):
+        if not isinstance(pkt.data, list) or not pkt.data or not isinstance(pkt.data[0], str):
+            raise ProtocolError("event payload must be an array starting with the event name")
+        if pkt.data[0] in RESERVED_EVENTS:
+            raise ProtocolError(f"reserved event name {pkt.data[0]!r}")
+    if kind == 3 and not isinstance(pkt.data, list):
+        raise ProtocolError("ack payload must be an array")
+    if kind in (5, 6) and not 0 < pkt.attachment_count <= max_attachments:
+        raise ProtocolError("attachment count out of range")
+    if kind == 0:
+        if isinstance(pkt.data, msgpack.ExtType) and pkt.data == NOTEPACK_UNDEFINED:
+            # socket.io-msgpack-parser (notepack) encodes a missing auth as `undefined`.
+            pkt.data = None
+        if pkt.data is not None and not isinstance(pkt.data, dict):
+            raise ProtocolError("CONNECT payload must be an object")
+    return pkt
+
+
 @dataclass
 class CsrState:
     pid: str
@@ -310,29 +350,19 @@ class RealtimeServer(socketio.AsyncServer):
         except ProtocolError as exc:
             log.info("closing %s: %s", eio_sid, exc)
             await self._close_eio(eio_sid, "malformed")
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        except DECODE_ERRORS as exc:
             log.info("closing %s: undecodable packet (%s)", eio_sid, exc.__class__.__name__)
             await self._close_eio(eio_sid, "undecodable")
 
     async def _dispatch(self, eio_sid: str, data: Any) -> None:
         if eio_sid in self._binary_packet:
             return await super()._handle_eio_message(eio_sid, data)
-        pkt = self.packet_class(encoded_packet=data)
+        pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
         kind = pkt.packet_type
-        if kind not in (0, 1, 2, 3, 5, 6):
-            raise ProtocolError(f"packet type {kind!r} not allowed from a client")
-        if pkt.id is not None and not (isinstance(pkt.id, int) and 0 <= pkt.id <= MAX_ACK_ID):
-            raise ProtocolError("bad ack id")
         namespace = pkt.namespace or "/"
         if kind != 0 and not self.manager.sid_from_eio_sid(eio_sid, namespace):
             raise ProtocolError(f"packet for namespace {namespace} before CONNECT")
         if kind in (2, 5):
-            if not isinstance(pkt.data, list) or not pkt.data or not isinstance(pkt.data[0], str):
-                raise ProtocolError("event payload must be an array starting with the event name")
-            if pkt.data[0] in RESERVED_EVENTS:
-                raise ProtocolError(f"reserved event name {pkt.data[0]!r}")
-            if kind == 5 and not 0 < pkt.attachment_count <= self.limits.max_attachments:
-                raise ProtocolError("attachment count out of range")
             self.metrics.events_in.labels(namespace).inc()
             refusal = self._refuse_event(eio_sid, len(data))
             if refusal is not None:
@@ -340,26 +370,27 @@ class RealtimeServer(socketio.AsyncServer):
                     raise ProtocolError(refusal)
                 return await self._refuse(eio_sid, namespace, pkt.id, refusal)
             if kind == 5:
-                self._binary_packet[eio_sid] = pkt
-                return
+                return self._await_attachments(eio_sid, pkt)
             return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
         if kind == 0:
-            if isinstance(pkt.data, msgpack.ExtType) and pkt.data == NOTEPACK_UNDEFINED:
-                # socket.io-msgpack-parser (notepack) encodes a missing auth as `undefined`.
-                pkt.data = None
-            if pkt.data is not None and not isinstance(pkt.data, dict):
-                raise ProtocolError("CONNECT payload must be an object")
             return await self._handle_connect(eio_sid, namespace, pkt.data)
         if kind == 1:
             return await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
         if kind == 3:
-            if not isinstance(pkt.data, list):
-                raise ProtocolError("ack payload must be an array")
             return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
-        if kind == 6:
-            if not 0 < pkt.attachment_count <= self.limits.max_attachments:
-                raise ProtocolError("attachment count out of range")
-            self._binary_packet[eio_sid] = pkt
+        return self._await_attachments(eio_sid, pkt)
+
+    def _await_attachments(self, eio_sid: str, pkt: Any) -> None:
+        """Hold a binary packet for its attachments, for a bounded time only."""
+        self._binary_packet[eio_sid] = pkt
+
+        def drop() -> None:
+            if self._binary_packet.get(eio_sid) is pkt:
+                log.info("dropping partial binary packet of %s", eio_sid)
+                del self._binary_packet[eio_sid]
+                self.metrics.protocol_errors.labels("partial_binary").inc()
+
+        asyncio.get_running_loop().call_later(ATTACHMENT_TIMEOUT, drop)
 
     def _refuse_event(self, eio_sid: str, size: int) -> str | None:
         if size > self.limits.max_event_bytes:
