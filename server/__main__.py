@@ -20,11 +20,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="TOML configuration file (default: config.toml in the repository)")
     parser.add_argument("--host", help="listen address (overrides server.host and $HOST)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port and $PORT)")
+    parser.add_argument("--conformance", action="store_true",
+                        help="serve only what the official protocol test suites expect, on localhost:3000")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.conformance:
+        return run_conformance(args.host or "localhost", args.port or 3000)
     try:
         config = load_config(args.config)
         overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -52,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_conformance(host: str, port: int) -> int:
+    from .conformance import create_conformance_app
+
+    logging.basicConfig(level=logging.WARNING)
+    print(f"conformance profile on http://{host}:{port} (test-only settings)", file=sys.stderr)
+    web.run_app(create_conformance_app(), host=host, port=port, print=None, access_log=None)
     return 0
 
 

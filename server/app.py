@@ -70,8 +70,8 @@ class Runtime:
 def build_runtime(config: Config) -> Runtime:
     metrics = Metrics()
     stores = build_stores(config)
-    manager = RealtimeManager(stores.event_log, config.delivery.durable_namespaces, metrics,
-                              config.limits.send_queue_max)
+    durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
+    manager = RealtimeManager(stores.event_log, durable, metrics, config.limits.send_queue_max)
     origins: Any = list(config.server.cors_origins)
     if origins == ["*"]:
         origins = "*"
@@ -138,7 +138,12 @@ def _on_evict(sio: RealtimeServer):
 def register_namespaces(runtime: Runtime) -> None:
     from namespaces import admin, chat, collab, game
 
-    for module in (chat, game, collab, admin):
+    modules = [chat, game, collab, admin]
+    if runtime.config.server.bench_namespace:
+        from namespaces import bench
+
+        modules.append(bench)
+    for module in modules:
         ns = module.create(runtime)
         runtime.namespaces[ns.namespace] = ns
         runtime.sio.register_namespace(ns)
@@ -253,13 +258,13 @@ async def on_startup(app: web.Application) -> None:
             runtime.background(ns.expire_sessions(), f"expire-sessions-{ns.namespace}")
     log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
              "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
-             ", ".join(runtime.config.delivery.durable_namespaces) or "none")
+             ", ".join(sorted(runtime.manager.durable)) or "none")
 
 
 async def _trim_log(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(30)
-        for namespace in runtime.config.delivery.durable_namespaces:
+        for namespace in runtime.manager.durable:
             try:
                 await runtime.stores.event_log.trim(namespace)
             except Exception as exc:

@@ -37,6 +37,7 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     node_id: str = ""
     websocket_compression: bool = False
+    bench_namespace: bool = False
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "shutdown_timeout": lambda k, s, v: _float(k, s, v, 0, 600),
         "node_id": lambda k, s, v: _str(k, s, v),
         "websocket_compression": _bool,
+        "bench_namespace": _bool,
     },
     "redis": {
         "url": _redis_url,
@@ -337,6 +339,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "NODE_ID": ("server", "node_id"),
     "PING_INTERVAL": ("server", "ping_interval"),
     "PING_TIMEOUT": ("server", "ping_timeout"),
+    "BENCH_NAMESPACE": ("server", "bench_namespace"),
     "REDIS_URL": ("redis", "url"),
     "REDIS_KEY_PREFIX": ("redis", "key_prefix"),
     "MAX_DISCONNECTION_DURATION": ("delivery", "max_disconnection_duration"),

@@ -236,6 +236,18 @@ class RealtimeEngine(engineio.AsyncServer):
         request["rt_body"] = body
         return None
 
+    def _fix_open_packet(self, sid: str) -> None:
+        """The handshake advertises ping times in whole milliseconds (python-engineio computes
+        ``int(seconds) * 1000``, so 0.3 s became 0). The OPEN packet is still queued when the
+        connect event fires: correct it there."""
+        socket = self.sockets.get(sid)
+        if socket is None:
+            return
+        for pkt in list(socket.queue._queue):  # asyncio.Queue keeps its items in a deque
+            if pkt is not None and pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+                pkt.data["pingInterval"] = round((self.ping_interval + self.ping_interval_grace_period) * 1000)
+                pkt.data["pingTimeout"] = round(self.ping_timeout * 1000)
+
     def count_connection(self, sid: str, environ: dict, delta: int) -> None:
         if delta > 0:
             address = environ.get("REMOTE_ADDR", "")
@@ -253,6 +265,7 @@ class RealtimeEngine(engineio.AsyncServer):
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "connect" and len(args) >= 2:
             self.count_connection(args[0], args[1], +1)
+            self._fix_open_packet(args[0])
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
