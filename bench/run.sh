@@ -26,8 +26,10 @@ OUT="$ROOT/bench/results/$(date +%Y%m%dT%H%M%S).jsonl"
 export BENCH_WORK="${BENCH_WORK:-$ROOT/.bench-work}"
 export BENCH_PY="$PY"
 # Limits raised so the harness measures throughput, not our per-connection protection.
-OURS="cd '$ROOT' && BENCH_NAMESPACE=1 LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
-exec '$PY' -m server --config '$ROOT/bench/bench.toml' --host \$BENCH_HOST --port \$BENCH_PORT"
+# The harness runs the command as `exec <command>` from its own folder; the editable install
+# makes the packages importable from there.
+OURS="env BENCH_NAMESPACE=1 LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
+'$PY' -m server --config '$ROOT/bench/bench.toml' --host \$BENCH_HOST --port \$BENCH_PORT"
 
 for rep in $(seq 1 "$REPS"); do
   "$SHARED/run.sh" --rep-start "$rep" --out "$OUT" "${PASS[@]}" node-socketio

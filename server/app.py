@@ -175,6 +175,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
     _update_gauges(runtime)
+    await _update_log_lag(runtime)
     return web.Response(body=runtime.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
@@ -195,6 +196,34 @@ def _update_gauges(runtime: Runtime) -> None:
     for (namespace, transport), n in counts.items():
         m.connections.labels(namespace, transport).set(n)
     m.send_queue.set(queued)
+    sio = runtime.sio
+    tables = {"engineio_sessions": len(sio.eio.sockets), "environ": len(sio.environ),
+              "binary_packets": len(sio._binary_packet), "rate_buckets": len(sio._buckets),
+              "recovery_states": len(sio.csr), "identities": len(runtime.identities),
+              "per_ip": sum(sio.eio._per_ip.values())}
+    for table, size in tables.items():
+        m.internal.labels(table).set(size)
+
+
+async def _update_log_lag(runtime: Runtime) -> None:
+    for namespace in runtime.manager.durable:
+        try:
+            newest = (await runtime.stores.event_log.position(namespace)).offset
+        except Exception:
+            continue
+        delivered = runtime.manager.positions.get(namespace, "0-0")
+        newest_ms, delivered_ms = (int(o.split("-")[0]) for o in (newest, delivered))
+        runtime.metrics.log_lag.labels(namespace).set(max(0, newest_ms - delivered_ms) / 1000 if newest != delivered else 0)
+
+
+async def _probe_redis(runtime: Runtime) -> None:
+    while True:
+        rtt = await runtime.stores.ping()
+        if rtt is None:
+            runtime.metrics.redis_errors.inc()
+        else:
+            runtime.metrics.redis_rtt.observe(rtt)
+        await asyncio.sleep(5)
 
 
 def vendor_handler(request: web.Request) -> web.StreamResponse:
@@ -250,6 +279,8 @@ async def on_startup(app: web.Application) -> None:
         await runtime.forwarder.start()
     runtime.background(_trim_log(runtime), "log-trim")
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
+    if runtime.stores.shared:
+        runtime.background(_probe_redis(runtime), "redis-probe")
     for ns in runtime.namespaces.values():
         start = getattr(ns, "start", None)
         if start is not None:
@@ -354,10 +385,10 @@ def configure_logging(config: Config) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.server.log_level.upper())
-    # python-socketio/engineio log every packet at INFO; keep them quiet unless debugging.
-    quiet = logging.DEBUG if config.server.log_level == "debug" else logging.WARNING
+    # python-socketio/engineio log every packet at INFO, CONNECT payloads (tokens) included:
+    # they stay at WARNING whatever the level, so no secret reaches the logs.
     for name in ("socketio", "engineio", "aiohttp.access"):
-        logging.getLogger(name).setLevel(quiet)
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def version() -> str:

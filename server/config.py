@@ -351,6 +351,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "PRESENCE_TTL": ("delivery", "presence_ttl"),
     "DIRECT_RETRY_INTERVAL": ("delivery", "direct_retry_interval"),
     "EVENTS_PER_SECOND": ("limits", "events_per_second"),
+    "EVENT_BURST": ("limits", "event_burst"),
     "MAX_CONNECTIONS_PER_IP": ("limits", "max_connections_per_ip"),
     "CONNECT_TIMEOUT": ("server", "connect_timeout"),
 }

@@ -40,6 +40,10 @@ class Recovering:
     held: list[tuple[tuple[int, int], list[eio_packet.Packet]]] = field(default_factory=list)
 
 
+def _size(packets: list[eio_packet.Packet]) -> int:
+    return sum(len(p.data) if isinstance(p.data, (str, bytes)) else 0 for p in packets)
+
+
 def normalize_args(data: Any) -> list[Any]:
     """python-socketio convention: a tuple is several arguments, None is none, else one."""
     if isinstance(data, tuple):
@@ -200,6 +204,7 @@ class RealtimeManager(AsyncManager):
         for _, eio_sid in targets:
             self.write(eio_sid, packets, volatile)
         self.metrics.deliveries.labels(namespace).inc(len(targets))
+        self.metrics.bytes_out.inc(_size(packets) * len(targets))
         return len(targets)
 
     def _deliver_entry(self, namespace: str, entry: Entry) -> None:
@@ -229,6 +234,7 @@ class RealtimeManager(AsyncManager):
             self.write(eio_sid, packets, False)
             delivered += 1
         self.metrics.deliveries.labels(namespace).inc(delivered)
+        self.metrics.bytes_out.inc(_size(packets) * delivered)
 
     def write(self, eio_sid: str, packets: list[eio_packet.Packet], volatile: bool) -> bool:
         """Queue packets on an Engine.IO socket without a task per recipient."""
@@ -244,7 +250,7 @@ class RealtimeManager(AsyncManager):
             # A slow consumer: disconnect it recoverably rather than queue without bound.
             self.metrics.slow_consumers.inc()
             asyncio.get_running_loop().create_task(
-                self.server.close_transport(eio_sid, self.server.reason.TRANSPORT_ERROR))
+                self.server.close_transport(eio_sid, self.server.reason.TRANSPORT_ERROR, abort=True))
             return False
         for p in packets:
             queue.put_nowait(p)

@@ -18,6 +18,7 @@ class Metrics:
                                      ["namespace"], registry=r)
         self.deliveries = Counter("rt_deliveries_total", "Event packets queued to sockets", ["namespace"], registry=r)
         self.bytes_in = Counter("rt_bytes_in_total", "Socket.IO payload bytes received", registry=r)
+        self.bytes_out = Counter("rt_bytes_out_total", "Socket.IO payload bytes queued to sockets", registry=r)
         self.recoveries = Counter("rt_recoveries_total", "Connection state recoveries", ["namespace", "result"],
                                   registry=r)
         self.replayed = Counter("rt_replayed_events_total", "Events replayed on recovery or resume",
@@ -35,9 +36,11 @@ class Metrics:
         self.redis_errors = Counter("rt_redis_errors_total", "Errors talking to Redis", registry=r)
         self.redis_rtt = Histogram("rt_redis_rtt_seconds", "Redis PING round-trip time", registry=r,
                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
-        self.log_lag = Gauge("rt_event_log_lag_entries", "Entries the follower has not delivered yet",
-                             ["namespace"], registry=r)
+        self.log_lag = Gauge("rt_event_log_lag_seconds", "Age of the newest log entry this node's follower "
+                             "has not delivered yet (0 when caught up)", ["namespace"], registry=r)
         self.send_queue = Gauge("rt_send_queue_packets", "Packets waiting in socket send queues (sum)", registry=r)
+        self.internal = Gauge("rt_internal_entries", "Entries in per-connection tables (leak detection)",
+                              ["table"], registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
 

@@ -139,6 +139,7 @@ class RealtimeEngine(engineio.AsyncServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._polling: set[str] = set()
+        self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
         translate = self._async["translate_request"]
@@ -184,6 +185,8 @@ class RealtimeEngine(engineio.AsyncServer):
             address = request.remote or ""
             if self._per_ip.get(address, 0) >= self.max_connections_per_ip:
                 return web.Response(status=429, text='"Too many connections from this address"')
+        if socket is not None and transport == "websocket":
+            self._websockets[sid] = request.transport  # an upgrade of this session
         if socket is not None and transport == "polling" and not socket.upgraded:
             if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
                 await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
@@ -196,7 +199,7 @@ class RealtimeEngine(engineio.AsyncServer):
             elif method == "GET" and request.headers.get("Upgrade", "").lower() != "websocket":
                 if sid in self._polling:
                     socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
-                    await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+                    await self._end(socket)
                     return web.Response(status=400, text='"Overlapping polling requests"')
                 self._polling.add(sid)
                 try:
@@ -205,10 +208,15 @@ class RealtimeEngine(engineio.AsyncServer):
                     self._polling.discard(sid)
         return await super().handle_request(request)
 
+    async def _end(self, socket: Any) -> None:
+        """End a session refused at the HTTP level, and forget it at once."""
+        await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+        self.sockets.pop(socket.sid, None)
+
     async def _read_body(self, request: web.Request, socket: Any) -> web.StreamResponse | None:
         length = request.content_length
         if length is not None and length > self.max_http_buffer_size:
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            await self._end(socket)
             return web.Response(status=413, text='"Payload too large"', headers={"Connection": "close"})
         try:
             body = await asyncio.wait_for(request.content.read(self.max_http_buffer_size + 1),
@@ -220,18 +228,18 @@ class RealtimeEngine(engineio.AsyncServer):
                     break
                 body += chunk
         except asyncio.TimeoutError:
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            await self._end(socket)
             return web.Response(status=408, text='"Request body too slow"', headers={"Connection": "close"})
         if len(body) > self.max_http_buffer_size:
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            await self._end(socket)
             return web.Response(status=413, text='"Payload too large"', headers={"Connection": "close"})
         if body.count(b"\x1e") >= self.max_packets_per_payload:
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            await self._end(socket)
             return web.Response(status=400, text='"Too many packets in one payload"')
         try:
             eio_payload.Payload(encoded_payload=body.decode("utf-8"))
         except Exception:
-            await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            await self._end(socket)
             return web.Response(status=400, text='"Undecodable payload"')
         request["rt_body"] = body
         return None
@@ -266,6 +274,9 @@ class RealtimeEngine(engineio.AsyncServer):
         if event == "connect" and len(args) >= 2:
             self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
+            request = args[1].get("aiohttp.request")
+            if request is not None and request.query.get("transport") == "websocket":
+                self._websockets[args[0]] = request.transport
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
@@ -277,7 +288,28 @@ class RealtimeEngine(engineio.AsyncServer):
             if not socket.upgraded:
                 socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
             socket.queue.put_nowait(None)
+            # python-engineio forgets a closed session only when another request for it comes;
+            # a client that never comes back would leave it behind. A client that closed needs
+            # nothing more; otherwise leave a pending poll time to read the CLOSE packet.
+            closed_by_client = len(args) > 1 and args[1] == self.reason.CLIENT_DISCONNECT
+            asyncio.get_running_loop().call_later(0 if closed_by_client else self.ping_timeout + 1,
+                                                  self._forget, socket)
         return result
+
+    def _forget(self, socket: Any) -> None:
+        if self.sockets.get(socket.sid) is socket and socket.closed:
+            del self.sockets[socket.sid]
+            self._websockets.pop(socket.sid, None)
+
+    def abort_transport(self, sid: str) -> None:
+        """Drop a session's TCP connection now: its writer may be stuck sending to a client
+        that does not read, and would never notice a close."""
+        transport = self._websockets.pop(sid, None)
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.closed:
+            self._forget(socket)
 
 
 class RealtimeServer(socketio.AsyncServer):
@@ -308,6 +340,7 @@ class RealtimeServer(socketio.AsyncServer):
         self.evicted: set[str] = set()
         self.bus: Any = None
         self._buckets: dict[str, TokenBucket] = {}
+        self._upgraded: set[str] = set()
         self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT}
 
     # ------------------------------------------------------------------ emit
@@ -329,6 +362,10 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None:
+            # Counted as an upgrade later only if the session began on long-polling.
+            socket.transport_started_as_polling = environ.get("QUERY_STRING", "").find("transport=polling") >= 0
         rate, burst = self.limits.events_per_second, self.limits.event_burst
         self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         asyncio.get_running_loop().call_later(self.connect_timeout, self._check_joined, eio_sid)
@@ -341,16 +378,20 @@ class RealtimeServer(socketio.AsyncServer):
         log.info("closing %s: no namespace joined within %ss", eio_sid, self.connect_timeout)
         asyncio.get_running_loop().create_task(self._close_eio(eio_sid, "connect timeout"))
 
-    async def close_transport(self, eio_sid: str, reason: str, send_close: bool = False) -> None:
+    async def close_transport(self, eio_sid: str, reason: str, send_close: bool = False,
+                              abort: bool = False) -> None:
         """Close an Engine.IO session and its WebSocket now.
 
         :param send_close: send the Engine.IO CLOSE packet first (polling clients read it).
+        :param abort: also drop the TCP connection at once (a client that does not read).
         """
         socket = self.eio.sockets.get(eio_sid)
         if socket is None or socket.closed:
             return
         # RealtimeEngine ends the transport once the session is closed.
         await socket.close(wait=False, abort=not send_close, reason=reason)
+        if abort:
+            self.eio.abort_transport(eio_sid)
 
     async def _close_eio(self, eio_sid: str, kind: str) -> None:
         self.metrics.protocol_errors.labels(kind).inc()
@@ -358,6 +399,12 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         self.metrics.bytes_in.inc(len(data))
+        if eio_sid not in self._upgraded:
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None and socket.upgraded:
+                self._upgraded.add(eio_sid)
+                if socket.transport_started_as_polling:
+                    self.metrics.upgrades.inc()
         try:
             await self._dispatch(eio_sid, data)
         except ProtocolError as exc:
@@ -369,7 +416,15 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _dispatch(self, eio_sid: str, data: Any) -> None:
         if eio_sid in self._binary_packet:
-            return await super()._handle_eio_message(eio_sid, data)
+            pkt = self._binary_packet[eio_sid]
+            refusal = getattr(pkt, "rt_refused", None)
+            if refusal is None:
+                return await super()._handle_eio_message(eio_sid, data)
+            # Over a limit: take its attachments off the wire, then answer like a text event.
+            if pkt.add_attachment(data):
+                del self._binary_packet[eio_sid]
+                await self._refuse(eio_sid, pkt.namespace or "/", pkt.id, refusal)
+            return None
         pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
         kind = pkt.packet_type
         namespace = pkt.namespace or "/"
@@ -380,7 +435,8 @@ class RealtimeServer(socketio.AsyncServer):
             refusal = self._refuse_event(eio_sid, len(data))
             if refusal is not None:
                 if kind == 5:
-                    raise ProtocolError(refusal)
+                    pkt.rt_refused = refusal
+                    return self._await_attachments(eio_sid, pkt)
                 return await self._refuse(eio_sid, namespace, pkt.id, refusal)
             if kind == 5:
                 return self._await_attachments(eio_sid, pkt)
@@ -619,6 +675,7 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self._buckets.pop(eio_sid, None)
+        self._upgraded.discard(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 

@@ -78,3 +78,31 @@ def test_port_and_host_from_the_command_line():
         assert proc.get("/healthz")[0] == 200
     finally:
         proc.kill()
+
+
+async def test_json_logs_carry_no_tokens(servers, js, tmp_path):
+    import json
+    import time
+
+    import jwt
+
+    secret = "a-logging-test-secret-of-32-bytes-or-more"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[auth]\nkeys = [{{ kid = "k", algorithm = "HS256", key = "{secret}" }}]\n')
+    srv = servers(env={"LOG_FORMAT": "json", "LOG_LEVEL": "debug", "ADMIN_PASSWORD": "pw-not-in-logs-123"},
+                  args=["--config", str(cfg)])
+    token = jwt.encode({"sub": "u1", "exp": time.time() + 60}, secret, headers={"kid": "k"})
+    await js.connect("a", srv.url + "/chat", transports=["polling"], auth={"token": token})
+    await js.connect("op", srv.url + "/admin", transports=["websocket"],
+                     auth={"username": "admin", "password": "pw-not-in-logs-123"})
+    await js.emit("a", "join", {"room": "r"})
+    await js.emit("a", "message", {"room": "r", "text": "hello"})
+    srv.stop()
+    output = srv.output()
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        record = json.loads(line)
+        assert {"ts", "level", "logger", "msg"} <= record.keys()
+    assert token not in output and token.split(".")[2] not in output
+    assert "pw-not-in-logs-123" not in output

@@ -301,6 +301,21 @@ async def test_event_rate_limit_answers_with_an_error_ack(servers, js):
     assert (await js.emit("a", "whoami"))["ok"]  # the bucket refills
 
 
+async def test_binary_events_over_the_rate_limit_get_an_error_ack_not_a_disconnect(servers, js):
+    srv = servers(env={"EVENTS_PER_SECOND": "5", "EVENT_BURST": "5"})
+    await js.connect("a", srv.url + "/collab", transports=["websocket"])
+    await js.emit("a", "open", {"doc": "d"})
+    update = (await js.call("eval", code="""
+        const Y = ctx.require('yjs'); const doc = new Y.Doc(); doc.getText('t').insert(0, 'x');
+        return Y.encodeStateAsUpdate(doc);"""))["value"]
+    results = (await js.call("emitMany", name="a", event="update",
+                             argsList=[[{"doc": "d", "update": update}]] * 20))["results"]
+    assert any(r.get("error", {}).get("code") == "rate_limited" for r in results)
+    assert (await js.state("a"))["connected"] and (await js.state("a"))["connects"] == 1
+    await asyncio.sleep(1.2)
+    assert (await js.emit("a", "update", {"doc": "d", "update": update}))["ok"]
+
+
 async def test_oversized_event_gets_an_error_ack(servers, js):
     srv = servers(args=["--config", _cfg("[limits]\nmax_event_bytes = 1024\n")])
     await js.connect("a", srv.url + "/chat", transports=["websocket"])
@@ -322,3 +337,110 @@ def _cfg(text: str) -> str:
 def test_b_helper_roundtrip():
     assert b(b"\x00\x01")["$bin"] == "AAE="
     assert socket is not None
+
+
+def internal(server) -> dict[str, float]:
+    _, body = server.get("/metrics")
+    out = {}
+    for line in body.splitlines():
+        if line.startswith("rt_internal_entries{"):
+            table = line.split('table="')[1].split('"')[0]
+            out[table] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+async def test_per_connection_state_returns_to_baseline(server, js, raw):
+    await bystander(js, server)
+    await asyncio.sleep(0.2)
+    baseline = internal(server)
+    assert baseline["engineio_sessions"] == 1 and baseline["identities"] == 1
+    for i in range(30):
+        c = await raw()
+        await c.open_ws()
+        await c.ws.send_str("40/chat,")
+        await c.ws.receive(timeout=5)
+        await c.ws.send_str('451-/chat,["message",{"_placeholder":true,"num":0}]' if i % 3 else "42/chat,{}")
+        await c.close()
+        p = await raw()
+        await p.open_polling()
+        if i % 2:
+            await p.post("40/chat,")
+            await p.post("1")  # a polite client closes its session
+        else:
+            assert (await p.post("\x00bad"))[0] == 400
+        await p.close()
+    for _ in range(50):
+        now = internal(server)
+        if all(now[k] == baseline[k] for k in ("engineio_sessions", "environ", "binary_packets", "rate_buckets",
+                                               "recovery_states", "identities", "per_ip")):
+            break
+        await asyncio.sleep(0.1)
+    assert now == baseline, now
+    await bystander_still_fine(js, server)
+
+
+async def test_slow_consumer_is_cut_recoverably_and_others_get_everything(servers, js):
+    srv = servers(env={"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000"},
+                  args=["--config", _cfg("[limits]\nsend_queue_max = 20\n")])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    await js.connect("fast", srv.url + "/chat", transports=["websocket"])
+    for name in ("pub", "fast"):
+        await js.emit(name, "join", {"room": "r"})
+    # a WebSocket client that joins and then never reads, with a tiny receive buffer
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.recv(4096)
+
+    def frame(text: str) -> bytes:
+        data = text.encode()
+        assert len(data) < 126
+        mask = b"\x01\x02\x03\x04"
+        return bytes([0x81, 0x80 | len(data)]) + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+
+    sock.sendall(frame("40/chat,") + frame('42/chat,1["join",{"room":"r"}]'))
+    await asyncio.sleep(0.3)
+    text = "x" * 3900
+    for i in range(0, 1500, 50):
+        results = (await js.call("emitMany", name="pub", event="message",
+                                 argsList=[[{"room": "r", "text": f"{i + k} {text}"}] for k in range(50)]))["results"]
+        assert all(r["ok"] for r in results), results[0]
+    events = await js.wait("fast", "message", 1500, timeout=20000)
+    assert len(events) == 1500
+    from test_delivery import metric
+
+    assert metric(srv, "rt_slow_consumers_total") >= 1
+    assert internal(srv)["engineio_sessions"] == 2  # the slow one is gone; pub and fast remain
+    # its TCP connection was dropped, not left to a writer that would wait forever
+    sock.settimeout(5)
+    try:
+        while sock.recv(65536):  # what was already sent, then the end: EOF or reset, not a hang
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    sock.close()
+
+
+async def test_garbage_in_redis_is_never_trusted(servers, js, redis_url, redis_server):
+    env = {"REDIS_URL": redis_url}
+    n1, n2 = servers(env=env), servers(env=env)
+    await js.connect("a", n1.url + "/chat", transports=["websocket"])
+    await js.connect("b", n2.url + "/chat", transports=["websocket"])
+    for name in ("a", "b"):
+        await js.emit(name, "join", {"room": "r"})
+    # someone with access to Redis writes junk where the nodes read
+    redis_server.cli("XADD", "rt:log:/chat", "*", "d", "\x93not-an-entry")
+    redis_server.cli("XADD", "rt:log:/chat", "*", "x", "no d field")
+    redis_server.cli("PUBLISH", "rt:bus", "cos\nsystem\n(S'echo pickle'\ntR.")
+    redis_server.cli("SET", "rt:session:forged", "junk")
+    redis_server.cli("HSET", "rt:nodes:info", "evil", "\xc1")
+    await js.connect("c", n1.url + "/chat", transports=["websocket"], auth={"pid": "forged", "offset": "0-0"})
+    assert (await js.state("c"))["recovered"] is False
+    await js.emit("a", "message", {"room": "r", "text": "still fine"})
+    [event] = await js.wait("b", "message", 1)
+    assert event["args"][0]["text"] == "still fine"
+    for node in (n1, n2):
+        assert node.get("/healthz")[0] == 200

@@ -4,6 +4,7 @@ payload gets an error ack, and the connection and other users are unaffected."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -252,3 +253,28 @@ async def test_yjs_clients_converge_with_concurrent_and_offline_edits(server, js
     late = (await js.call("eval", code="return globalThis.editors.late.text.toString();"))["value"]
     assert late == final
     await js.call("eval", code="for (const ed of Object.values(globalThis.editors)) ed.socket.disconnect(); return true;")
+
+
+async def test_collab_documents_are_compacted_and_stay_whole(servers, js):
+    server = servers(env={"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000"})
+    await js.connect("w", server.url + "/collab", transports=["websocket"])
+    await js.emit("w", "open", {"doc": "long"})
+    # 250 separate updates: past the compaction threshold (200), snapshot + tail must still be whole
+    await js.call("eval", code="""
+        const Y = ctx.require('yjs');
+        const s = ctx.sockets.get('w').socket;
+        const doc = new Y.Doc();
+        doc.on('update', (u) => s.emit('update', { doc: 'long', update: u }));
+        for (let i = 0; i < 250; i++) doc.getText('text').insert(doc.getText('text').length, i + ',');
+        await s.emitWithAck('whoami');
+        globalThis.expected = doc.getText('text').toString();
+        return true;""")
+    await js.connect("late", server.url + "/collab", transports=["polling"])
+    opened = await js.emit("late", "open", {"doc": "long"})
+    text = (await js.call("eval", code="""
+        const Y = ctx.require('yjs');
+        const doc = new Y.Doc();
+        Y.applyUpdate(doc, ctx.fromWire(%s));
+        return doc.getText('text').toString();""" % (json.dumps(opened["update"]),)))["value"]
+    expected = (await js.call("eval", code="return globalThis.expected;"))["value"]
+    assert text == expected and text.startswith("0,1,2,") and text.endswith("249,")
