@@ -37,6 +37,7 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
                              "newListener", "removeListener"})
 MAX_ACK_ID = 2**53 - 1
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
+NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
 
 
 class ProtocolError(Exception):
@@ -152,7 +153,15 @@ class RealtimeEngine(engineio.AsyncServer):
                 environ["CONTENT_LENGTH"] = str(len(body))
             return environ
 
-        self._async = {**self._async, "translate_request": translate_request}
+        class WebSocket(self._async["websocket"]):  # type: ignore[misc, valid-type]
+            async def send(self, message: Any) -> None:
+                # A NOOP only ends a pending long-poll; on a WebSocket it is a stray frame
+                # (python-engineio queues one at every upgrade).
+                if message == NOOP_FRAME:
+                    return
+                await super().send(message)
+
+        self._async = {**self._async, "translate_request": translate_request, "websocket": WebSocket}
 
     def generate_id(self) -> str:
         """Session ids start with this node's tag, so any node can tell who owns a session."""

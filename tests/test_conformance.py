@@ -164,3 +164,20 @@ async def test_unknown_namespace_and_malformed_packets(profile, http):
             msg = await ws.receive(timeout=2)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), frame
         await ws.close()
+
+
+async def test_no_stray_noop_after_an_upgrade_without_pending_poll(profile, http):
+    sid = (await handshake(http, profile, "engine.io"))["sid"]
+    ws = await http.ws_connect(url(profile, "engine.io", transport="websocket", sid=sid))
+    await ws.send_str("2probe")
+    assert (await ws.receive(timeout=2)).data == "3probe"
+    await ws.send_str("5")
+    await ws.send_str("4first")
+    assert (await ws.receive(timeout=2)).data == "4first"  # not a stray "6"
+    # a second WebSocket for the same, already upgraded, session is refused at once
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        second = await http.ws_connect(url(profile, "engine.io", transport="websocket", sid=sid))
+        msg = await second.receive(timeout=2)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        raise aiohttp.WSServerHandshakeError(None, (), status=400)  # closed at once is fine too
+    await ws.close()
