@@ -84,7 +84,6 @@ def build_runtime(config: Config) -> Runtime:
         ping_timeout=config.server.ping_timeout,
         max_http_buffer_size=config.server.max_payload,
         http_compression=True,
-        websocket_compression=config.server.websocket_compression,
         json=FastJson,
     )
     if config.server.parser == "msgpack":
@@ -93,6 +92,7 @@ def build_runtime(config: Config) -> Runtime:
         manager=manager, sessions=stores.sessions,
         max_disconnection_duration=config.delivery.max_disconnection_duration,
         limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, **kwargs)
+    sio.eio.websocket_compression = config.server.websocket_compression
     sio.eio.body_timeout = config.limits.body_timeout
     sio.eio.max_packets_per_payload = config.limits.max_packets_per_payload
     sio.eio.max_connections_per_ip = config.limits.max_connections_per_ip

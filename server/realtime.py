@@ -133,6 +133,7 @@ class RealtimeEngine(engineio.AsyncServer):
     """
 
     node_tag = ""
+    websocket_compression = False
     body_timeout = 10.0
     max_packets_per_payload = 256
     max_connections_per_ip = 1000
@@ -154,6 +155,17 @@ class RealtimeEngine(engineio.AsyncServer):
             return environ
 
         class WebSocket(self._async["websocket"]):  # type: ignore[misc, valid-type]
+            async def __call__(self, environ: dict) -> Any:
+                # python-engineio's aiohttp driver ignores websocket_compression, so every
+                # connection negotiated permessage-deflate (~100 KiB of zlib state each).
+                request = environ["aiohttp.request"]
+                self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
+                                                   compress=bool(self.server.websocket_compression))
+                await self._sock.prepare(request)
+                self.environ = environ
+                await self.handler(self)
+                return self._sock
+
             async def send(self, message: Any) -> None:
                 # A NOOP only ends a pending long-poll; on a WebSocket it is a stray frame
                 # (python-engineio queues one at every upgrade).

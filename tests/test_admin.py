@@ -8,7 +8,7 @@ import os
 import pytest
 
 from test_delivery import metric
-from test_recovery import assert_exactly_once_in_order, publish
+from test_recovery import assert_exactly_once_in_order, publish, sub_and_pub
 
 ADMIN = {"username": "admin", "password": "operator-pass-1"}
 ENV = {"ADMIN_PASSWORD": ADMIN["password"]}
@@ -185,11 +185,7 @@ async def test_revoked_tokens_stop_working_everywhere(servers, js, redis_url, tm
 async def test_drain_moves_clients_to_the_other_node_without_loss(two_nodes, js, proxies):
     n1, n2 = two_nodes
     # a balancer that sends new connections to whichever node is up: n1 first, then n2
-    proxy = await proxies([n1.port])
-    await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
-    await js.connect("pub", n2.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        await js.emit(name, "join", {"room": "r"})
+    proxy, _ = await sub_and_pub(js, proxies, n1, n2)
     await publish(js, "pub", "r", ["before drain"])
     await admin(js, "op", n2)
     proxy.up([n2.port])

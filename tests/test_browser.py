@@ -23,6 +23,16 @@ async def browser():
         await b.close()
 
 
+def two_servers(servers, redis_url, mode: str, env: dict | None = None):
+    """The same server twice on one node, or two nodes sharing a Redis."""
+    env = dict(env or {})
+    if mode == "one-node":
+        srv = servers(env=env)
+        return srv, srv
+    env["REDIS_URL"] = redis_url
+    return servers(env=env), servers(env=env)
+
+
 async def page_of(browser, url: str):
     context = await browser.new_context()
     page = await context.new_page()
@@ -44,11 +54,7 @@ async def test_landing_page_links_every_app(server, browser):
 
 @pytest.mark.parametrize("mode", ["one-node", "two-nodes"])
 async def test_two_browsers_chat(servers, browser, redis_url, mode):
-    if mode == "one-node":
-        a_srv = b_srv = servers()
-    else:
-        env = {"REDIS_URL": redis_url}
-        a_srv, b_srv = servers(env=env), servers(env=env)
+    a_srv, b_srv = two_servers(servers, redis_url, mode)
     alice = await page_of(browser, a_srv.url + "/chat.html")
     bob = await page_of(browser, b_srv.url + "/chat.html?transport=polling")
     for page in (alice, bob):
@@ -67,11 +73,7 @@ async def test_two_browsers_chat(servers, browser, redis_url, mode):
 
 @pytest.mark.parametrize("mode", ["one-node", "two-nodes"])
 async def test_two_browsers_edit_one_document_and_converge(servers, browser, redis_url, mode):
-    if mode == "one-node":
-        a_srv = b_srv = servers()
-    else:
-        env = {"REDIS_URL": redis_url}
-        a_srv, b_srv = servers(env=env), servers(env=env)
+    a_srv, b_srv = two_servers(servers, redis_url, mode)
     a = await page_of(browser, a_srv.url + "/collab.html")
     b = await page_of(browser, b_srv.url + "/collab.html")
     for page in (a, b):
@@ -94,12 +96,7 @@ async def test_two_browsers_edit_one_document_and_converge(servers, browser, red
 
 @pytest.mark.parametrize("mode", ["one-node", "two-nodes"])
 async def test_two_browsers_play_a_game(servers, browser, redis_url, mode):
-    env = {"GAME_DURATION": "3"}
-    if mode == "one-node":
-        a_srv = b_srv = servers(env=env)
-    else:
-        env["REDIS_URL"] = redis_url
-        a_srv, b_srv = servers(env=env), servers(env=env)
+    a_srv, b_srv = two_servers(servers, redis_url, mode, {"GAME_DURATION": "3"})
     host = await page_of(browser, a_srv.url + "/game.html")
     guest = await page_of(browser, b_srv.url + "/game.html?transport=polling")
     for page in (host, guest):

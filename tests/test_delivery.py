@@ -10,7 +10,7 @@ import re
 import pytest
 import socketio
 
-from test_recovery import assert_exactly_once_in_order, publish
+from test_recovery import assert_exactly_once_in_order, publish, sub_and_pub
 
 
 def metric(server, name: str) -> float:
@@ -135,11 +135,7 @@ async def test_direct_messages_are_retried_until_acked_even_after_the_sender_nod
 async def test_clients_of_a_killed_node_recover_on_another(servers, js, proxies, redis_url):
     env = {"REDIS_URL": redis_url}
     node1, node2 = servers(env=env), servers(env=env)
-    proxy = await proxies([node1.port])
-    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
-    await js.connect("pub", node2.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        await js.emit(name, "join", {"room": "r"})
+    proxy, first = await sub_and_pub(js, proxies, node1, node2)
     await publish(js, "pub", "r", ["before"])
     await js.wait("sub", "message", 1)
     node1.kill()

@@ -41,6 +41,16 @@ def assert_exactly_once_in_order(events: list[dict], expected: list[str]) -> Non
     assert keys == sorted(keys) and len(set(keys)) == len(keys), offsets
 
 
+async def sub_and_pub(js, proxies, sub_server, pub_server=None, transports=("websocket",), **sub_opts):
+    """A subscriber behind a proxy (so its link can be cut) and a publisher, both in room r."""
+    proxy = await proxies([sub_server.port])
+    first = await js.connect("sub", proxy.url + "/chat", transports=list(transports), **sub_opts)
+    await js.connect("pub", (pub_server or sub_server).url + "/chat", transports=["websocket"])
+    for name in ("sub", "pub"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    return proxy, first
+
+
 async def cut_and_publish(js, proxy, sub: str, pub: str, room: str, during: list[str]) -> None:
     proxy.down()
     await js.call("waitDisconnects", name=sub, count=1)
@@ -54,11 +64,7 @@ async def test_recovery_after_connection_cut(servers, js, proxies, redis_url, tr
     if store == "redis":
         env["REDIS_URL"] = redis_url
     srv = servers(env=env)
-    proxy = await proxies([srv.port])
-    sub = await js.connect("sub", proxy.url + "/chat", transports=TRANSPORTS[transport])
-    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    proxy, sub = await sub_and_pub(js, proxies, srv, transports=TRANSPORTS[transport])
 
     await publish(js, "pub", "r", ["m1", "m2", "m3"])
     await js.wait("sub", "message", 3)
@@ -78,11 +84,7 @@ async def test_recovery_after_connection_cut(servers, js, proxies, redis_url, tr
 async def test_recovery_on_another_node(servers, js, proxies, redis_url, transport):
     env = {"REDIS_URL": redis_url, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
     node1, node2 = servers(env=env), servers(env=env)
-    proxy = await proxies([node1.port])
-    sub = await js.connect("sub", proxy.url + "/chat", transports=TRANSPORTS[transport])
-    await js.connect("pub", node2.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    proxy, sub = await sub_and_pub(js, proxies, node1, node2, transports=TRANSPORTS[transport])
     await publish(js, "pub", "r", ["a", "b"])
     await js.wait("sub", "message", 2)
 
@@ -117,11 +119,7 @@ async def test_recovery_of_a_client_that_received_no_event_yet(servers, js, prox
 
 async def test_recovering_twice_in_a_row(servers, js, proxies):
     srv = servers()
-    proxy = await proxies([srv.port])
-    await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
-    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        await js.emit(name, "join", {"room": "r"})
+    proxy, _ = await sub_and_pub(js, proxies, srv)
     expected = []
     for round_ in range(3):
         await cut_and_publish(js, proxy, "sub", "pub", "r", [f"r{round_}"])
@@ -135,11 +133,7 @@ async def test_recovering_twice_in_a_row(servers, js, proxies):
 
 async def test_expired_session_gets_a_new_one(servers, js, proxies):
     srv = servers(env={"MAX_DISCONNECTION_DURATION": "1"})
-    proxy = await proxies([srv.port])
-    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
-    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        await js.emit(name, "join", {"room": "r"})
+    proxy, first = await sub_and_pub(js, proxies, srv)
     await cut_and_publish(js, proxy, "sub", "pub", "r", ["lost"])
     await asyncio.sleep(1.5)
     proxy.up()
@@ -169,11 +163,7 @@ async def test_epoch_change_makes_recovery_impossible(servers, js, proxies, own_
 
 async def test_volatile_events_never_become_offsets(servers, js, proxies):
     srv = servers()
-    proxy = await proxies([srv.port])
-    await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
-    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
-    for name in ("sub", "pub"):
-        await js.emit(name, "join", {"room": "r"})
+    proxy, _ = await sub_and_pub(js, proxies, srv)
     await publish(js, "pub", "r", ["durable"])
     await js.wait("sub", "message", 1)
     # typing is volatile; its payload ends in an object, but an app volatile emit ending in a

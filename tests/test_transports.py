@@ -95,3 +95,17 @@ def test_cross_site_origins_are_refused_for_polling_and_websocket(server):
     # the configured origins and the server's own origin are accepted
     assert _handshake(server, f"http://localhost:{server.port}") == 200
     assert _handshake(server, f"http://127.0.0.1:{server.port}", websocket=True) == 101
+
+
+@pytest.mark.parametrize("compression", ["false", "true"])
+async def test_websocket_compression_follows_the_config(servers, compression, tmp_path):
+    import aiohttp
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[server]\nwebsocket_compression = {compression}\n")
+    srv = servers(args=["--config", str(cfg)])
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{srv.url}/socket.io/?EIO=4&transport=websocket", compress=15) as ws:
+            extensions = ws._response.headers.get("Sec-WebSocket-Extensions", "")
+            assert ("permessage-deflate" in extensions) == (compression == "true"), extensions
+            assert (await ws.receive(timeout=5)).data.startswith("0")
