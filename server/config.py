@@ -95,6 +95,7 @@ class LimitsConfig:
     send_queue_max: int = 1000
     body_timeout: float = 10.0
     max_packets_per_payload: int = 256
+    attachment_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -309,6 +310,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "send_queue_max": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
         "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
+        "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
     },
     "game": {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),

@@ -46,7 +46,18 @@ class ProtocolError(Exception):
 
 # What decoding client input may raise; each closes the offending connection.
 DECODE_ERRORS = (ProtocolError, ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError)
-ATTACHMENT_TIMEOUT = 10.0
+
+
+def _placeholders_valid(value: Any, count: int) -> bool:
+    """Every ``{"_placeholder": true, "num": n}`` names an attachment that exists (0 <= n < count)."""
+    if isinstance(value, list):
+        return all(_placeholders_valid(v, count) for v in value)
+    if isinstance(value, dict):
+        if value.get("_placeholder") is True:
+            num = value.get("num")
+            return isinstance(num, int) and not isinstance(num, bool) and 0 <= num < count
+        return all(_placeholders_valid(v, count) for v in value.values())
+    return True
 
 
 def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> Any:
@@ -73,8 +84,11 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
             raise ProtocolError(f"reserved event name {pkt.data[0]!r}")
     if kind == 3 and not isinstance(pkt.data, list):
         raise ProtocolError("ack payload must be an array")
-    if kind in (5, 6) and not 0 < pkt.attachment_count <= max_attachments:
-        raise ProtocolError("attachment count out of range")
+    if kind in (5, 6):
+        if not 0 < pkt.attachment_count <= max_attachments:
+            raise ProtocolError("attachment count out of range")
+        if not _placeholders_valid(pkt.data, pkt.attachment_count):
+            raise ProtocolError("binary placeholder out of range")
     if kind == 0:
         if isinstance(pkt.data, msgpack.ExtType) and pkt.data == NOTEPACK_UNDEFINED:
             # socket.io-msgpack-parser (notepack) encodes a missing auth as `undefined`.
@@ -480,7 +494,7 @@ class RealtimeServer(socketio.AsyncServer):
                 del self._binary_packet[eio_sid]
                 self.metrics.protocol_errors.labels("partial_binary").inc()
 
-        asyncio.get_running_loop().call_later(ATTACHMENT_TIMEOUT, drop)
+        asyncio.get_running_loop().call_later(self.limits.attachment_timeout, drop)
 
     def _refuse_event(self, eio_sid: str, size: int) -> str | None:
         if size > self.limits.max_event_bytes:

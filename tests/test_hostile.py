@@ -278,15 +278,36 @@ async def test_invalid_utf8_closes_the_connection(server, raw, js):
     await bystander_still_fine(js, server)
 
 
-async def test_partial_binary_packet_is_dropped(server, raw, js):
+async def test_partial_binary_packet_is_dropped(servers, js):
+    server = servers(args=["--config", _cfg("[limits]\nattachment_timeout = 0.5\n")])
+    await bystander(js, server)
+    c = Raw(server)
+    try:
+        await c.open_ws()
+        await c.ws.send_str("40/chat,")
+        await c.ws.receive(timeout=5)
+        await c.ws.send_str('452-/chat,["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')
+        await c.ws.send_bytes(b"only one of two")
+        await asyncio.sleep(0.1)
+        assert internal(server)["binary_packets"] == 1  # held, waiting for the second attachment
+        await asyncio.sleep(0.8)
+        assert internal(server)["binary_packets"] == 0  # dropped after the timeout, not kept forever
+    finally:
+        await c.close()
+    await bystander_still_fine(js, server)
+
+
+@pytest.mark.parametrize("placeholder", ['{"_placeholder":true,"num":5}', '{"_placeholder":true,"num":"x"}',
+                                         '{"_placeholder":true,"num":-1}'])
+async def test_bad_binary_placeholders_close_the_connection(server, raw, js, placeholder):
     await bystander(js, server)
     c = await raw()
     await c.open_ws()
     await c.ws.send_str("40/chat,")
     await c.ws.receive(timeout=5)
-    await c.ws.send_str('451-/chat,["message",{"_placeholder":true,"num":0}]')
-    # the attachment never comes; the connection stays usable for the protocol's own traffic
-    await asyncio.sleep(0.3)
+    await c.ws.send_str(f'451-/chat,["message",{placeholder}]')
+    await c.ws.send_bytes(b"attachment")
+    assert await c.closed_within(2)  # (-1 would otherwise silently read the last attachment)
     await bystander_still_fine(js, server)
 
 
