@@ -31,6 +31,24 @@ log = logging.getLogger("server.delivery")
 # A volatile packet is dropped when the socket already has this many packets waiting:
 # a slow client skips frames instead of building a backlog.
 VOLATILE_QUEUE_LIMIT = 8
+# Direct frame writes stop when a transport has this much unsent; the queue takes over.
+DIRECT_WRITE_LIMIT = 64 * 1024
+
+
+def websocket_frame(packets: list[eio_packet.Packet]) -> bytes | None:
+    """The server-to-client WebSocket frame (unmasked, so the same bytes for every recipient)
+    of a single text Engine.IO packet; None for anything else (binary attachments)."""
+    if len(packets) != 1 or not isinstance(packets[0].data, str):
+        return None
+    payload = packets[0].encode().encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
 
 
 @dataclass
@@ -204,8 +222,9 @@ class RealtimeManager(AsyncManager):
         if not targets:
             return 0
         packets = self._encode(namespace, event, args)
+        frame = websocket_frame(packets)
         for _, eio_sid in targets:
-            self.write(eio_sid, packets, volatile)
+            self.write(eio_sid, packets, volatile, frame)
         self.metrics.deliveries.labels(namespace).inc(len(targets))
         self.metrics.bytes_out.inc(_size(packets) * len(targets))
         return len(targets)
@@ -221,6 +240,7 @@ class RealtimeManager(AsyncManager):
             return
         offset = parse_offset(entry.offset)
         packets = self._encode(namespace, event, [*args, entry.offset])
+        frame = websocket_frame(packets)
         delivered = 0
         for sid, eio_sid in targets:
             key = (namespace, sid)
@@ -234,17 +254,36 @@ class RealtimeManager(AsyncManager):
             if held is not None:
                 held.held.append((offset, packets))
                 continue
-            self.write(eio_sid, packets, False)
+            self.write(eio_sid, packets, False, frame)
             delivered += 1
         self.metrics.deliveries.labels(namespace).inc(delivered)
         self.metrics.bytes_out.inc(_size(packets) * delivered)
 
-    def write(self, eio_sid: str, packets: list[eio_packet.Packet], volatile: bool) -> bool:
-        """Queue packets on an Engine.IO socket without a task per recipient."""
+    def write(self, eio_sid: str, packets: list[eio_packet.Packet], volatile: bool,
+              frame: bytes | None = None) -> bool:
+        """Send packets to one Engine.IO socket without a task per recipient.
+
+        :param frame: the packets as one pre-encoded WebSocket frame (built once per broadcast).
+                      It is written straight to the socket's transport when that cannot
+                      overtake anything: the socket's queue has nothing unfinished (asyncio's
+                      Queue counts an item from put until the engineio writer has taken it,
+                      and the writer writes synchronously after that) and the transport is
+                      not backed up. Otherwise the packets go through the queue as usual.
+        """
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return False
         queue = socket.queue
+        if frame is not None and socket.upgraded and not socket.upgrading and queue._unfinished_tasks == 0:
+            ws = self.server.eio.websockets_out.get(eio_sid)
+            transport = ws._writer.transport if ws is not None and ws._writer is not None else None
+            if transport is not None and not transport.is_closing():
+                if transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+                    transport.write(frame)
+                    return True
+                if volatile:
+                    self.metrics.volatile_dropped.inc()
+                    return False
         size = queue.qsize()
         if volatile and size >= VOLATILE_QUEUE_LIMIT:
             self.metrics.volatile_dropped.inc()

@@ -156,6 +156,8 @@ class RealtimeEngine(engineio.AsyncServer):
         super().__init__(*args, **kwargs)
         self._polling: set[str] = set()
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
+        # sid -> its uncompressed WebSocketResponse, for writing pre-encoded frames directly
+        self.websockets_out: dict[str, web.WebSocketResponse] = {}
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
         translate = self._async["translate_request"]
@@ -177,7 +179,14 @@ class RealtimeEngine(engineio.AsyncServer):
                                                    compress=bool(self.server.websocket_compression))
                 await self._sock.prepare(request)
                 self.environ = environ
-                await self.handler(self)
+                sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
+                if sid is not None and not self._sock.compress:
+                    self.server.websockets_out[sid] = self._sock
+                try:
+                    await self.handler(self)
+                finally:
+                    if sid is not None and self.server.websockets_out.get(sid) is self._sock:
+                        del self.server.websockets_out[sid]
                 return self._sock
 
             async def send(self, message: Any) -> None:
