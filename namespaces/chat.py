@@ -25,7 +25,6 @@ log = logging.getLogger("namespaces.chat")
 
 MAX_TEXT = 4000
 MAX_HISTORY = 200
-RECOVERABLE = {"transport close", "transport error", "ping timeout"}
 
 
 def history_stream(room: str) -> str:
@@ -263,7 +262,7 @@ class ChatNamespace(BaseNamespace):
                                                      "action": "join"}, room=room)
 
     async def disconnected(self, sid: str, identity: Any, reason: str) -> None:
-        if reason in RECOVERABLE or self.server.shutting_down:
+        if self.server.is_recoverable(reason):
             # The client will probably recover with the same sid: leave its presence entries
             # to lapse by themselves instead of announcing a leave and a join again.
             return

@@ -16,7 +16,7 @@ from socketio.msgpack_packet import MsgPackPacket
 from . import __version__
 from .auth import Authenticator, Identity
 from .bus import Bus
-from .cluster import Cluster, ClusterError
+from .cluster import Cluster
 from .config import Config
 from .forwarding import Forwarder
 from .operations import ClusterOperations
@@ -158,12 +158,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
-    rtt = await runtime.stores.ping()
     problems = []
-    if rtt is None:
+    if await runtime.stores.ping() is None:
         problems.append("redis unreachable")
-    else:
-        runtime.metrics.redis_rtt.observe(rtt)
     if not runtime.manager.follower_healthy:
         problems.append("event log follower behind")
     if runtime.draining or runtime.sio.shutting_down:

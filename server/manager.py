@@ -120,7 +120,6 @@ class RealtimeManager(AsyncManager):
         # The rooms of each socket. python-socketio finds them by scanning every room of the
         # namespace (get_rooms, basic_disconnect): O(rooms) per call, O(N^2) at 10k sockets.
         self._rooms_of: dict[tuple[str, str], set[Any]] = {}
-        self._delivered_local = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
 

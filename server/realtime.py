@@ -399,6 +399,11 @@ class RealtimeServer(socketio.AsyncServer):
     def _engineio_server_class(self) -> type:
         return RealtimeEngine
 
+    def is_recoverable(self, reason: str | None) -> bool:
+        """Whether a disconnect with ``reason`` keeps the session for recovery (as Node's
+        RECOVERABLE_DISCONNECT_REASONS): transport close/error, ping timeout, server shutdown."""
+        return reason in self._recoverable or self.shutting_down
+
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (namespace, sid) in self.recovered
 
@@ -583,7 +588,8 @@ class RealtimeServer(socketio.AsyncServer):
                 if packets is not None:
                     self.rt_manager.write(eio_sid, packets, False)
                     through = parse_offset(entry.offset)
-            self.rt_manager.release(namespace, sid, through or parse_offset(auth_offset_or(session, auth)))
+            # _begin_recovery left the replay's start position in session.origin.
+            self.rt_manager.release(namespace, sid, through or parse_offset(session.origin))
             self.metrics.recoveries.labels(namespace, "recovered").inc()
             self.metrics.replayed.labels(namespace).inc(len(replay))
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
@@ -667,7 +673,7 @@ class RealtimeServer(socketio.AsyncServer):
             self.pids.pop(state.pid, None)
             if state.pid in self.evicted:
                 pass
-            elif (reason in self._recoverable or self.shutting_down) and self.manager.is_connected(sid, namespace):
+            elif self.is_recoverable(reason) and self.manager.is_connected(sid, namespace):
                 await self._save(namespace, sid, state)
             else:
                 # A deliberate disconnect is not recoverable: forget the saved session.
@@ -722,9 +728,3 @@ class RealtimeServer(socketio.AsyncServer):
         self._upgraded.discard(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 
-
-def auth_offset_or(session: SavedSession | None, auth: dict) -> str:
-    offset = auth.get("offset")
-    if is_offset(offset):
-        return offset
-    return session.origin if session is not None else "0-0"

@@ -5,9 +5,7 @@ recovery after a node is killed."""
 from __future__ import annotations
 
 import asyncio
-import re
 
-import pytest
 import socketio
 
 from test_recovery import assert_exactly_once_in_order, publish, sub_and_pub

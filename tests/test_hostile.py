@@ -10,7 +10,6 @@ import socket
 import aiohttp
 import pytest
 
-from harness import b
 
 RS = "\x1e"  # Engine.IO v4 payload record separator
 
@@ -354,10 +353,6 @@ def _cfg(text: str) -> str:
     f.close()
     return f.name
 
-
-def test_b_helper_roundtrip():
-    assert b(b"\x00\x01")["$bin"] == "AAE="
-    assert socket is not None
 
 
 def internal(server) -> dict[str, float]:

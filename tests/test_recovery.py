@@ -12,7 +12,6 @@ import asyncio
 
 import pytest
 
-from harness import ServerProcess
 
 TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"]}
 
