@@ -23,6 +23,8 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
+from .engine_socket import DIRECT_WRITE_LIMIT, RealtimeSocket
+from .engine_socket import websocket_frame as text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
 
@@ -31,24 +33,12 @@ log = logging.getLogger("server.delivery")
 # A volatile packet is dropped when the socket already has this many packets waiting:
 # a slow client skips frames instead of building a backlog.
 VOLATILE_QUEUE_LIMIT = 8
-# Direct frame writes stop when a transport has this much unsent; the queue takes over.
-DIRECT_WRITE_LIMIT = 64 * 1024
-
-
 def websocket_frame(packets: list[eio_packet.Packet]) -> bytes | None:
-    """The server-to-client WebSocket frame (unmasked, so the same bytes for every recipient)
-    of a single text Engine.IO packet; None for anything else (binary attachments)."""
+    """The WebSocket frame of a single text Engine.IO packet, built once per broadcast;
+    None for anything else (binary attachments)."""
     if len(packets) != 1 or not isinstance(packets[0].data, str):
         return None
-    payload = packets[0].encode().encode()
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 65536:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    return text_frame(packets[0].encode())
 
 
 @dataclass
@@ -264,19 +254,17 @@ class RealtimeManager(AsyncManager):
 
         :param frame: the packets as one pre-encoded WebSocket frame (built once per broadcast).
                       It is written straight to the socket's transport when that cannot
-                      overtake anything: the socket's queue has nothing unfinished (asyncio's
-                      Queue counts an item from put until the engineio writer has taken it,
-                      and the writer writes synchronously after that) and the transport is
-                      not backed up. Otherwise the packets go through the queue as usual.
+                      overtake anything and the transport is not backed up
+                      (:meth:`RealtimeSocket.direct_transport`); otherwise the packets go
+                      through the socket's queue as usual.
         """
         socket = self.server.eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return False
         queue = socket.queue
-        if frame is not None and socket.upgraded and not socket.upgrading and queue._unfinished_tasks == 0:
-            ws = self.server.eio.websockets_out.get(eio_sid)
-            transport = ws._writer.transport if ws is not None and ws._writer is not None else None
-            if transport is not None and not transport.is_closing():
+        if frame is not None:
+            transport = socket.direct_transport() if isinstance(socket, RealtimeSocket) else None
+            if transport is not None:
                 if transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
                     transport.write(frame)
                     return True

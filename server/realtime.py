@@ -23,9 +23,11 @@ import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
+from engineio.async_socket import AsyncSocket
 from socketio import exceptions
 from socketio import packet as sio_packet
 
+from .engine_socket import RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager
 from .metrics import Metrics
@@ -156,8 +158,6 @@ class RealtimeEngine(engineio.AsyncServer):
         super().__init__(*args, **kwargs)
         self._polling: set[str] = set()
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
-        # sid -> its uncompressed WebSocketResponse, for writing pre-encoded frames directly
-        self.websockets_out: dict[str, web.WebSocketResponse] = {}
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
         translate = self._async["translate_request"]
@@ -179,14 +179,7 @@ class RealtimeEngine(engineio.AsyncServer):
                                                    compress=bool(self.server.websocket_compression))
                 await self._sock.prepare(request)
                 self.environ = environ
-                sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
-                if sid is not None and not self._sock.compress:
-                    self.server.websockets_out[sid] = self._sock
-                try:
-                    await self.handler(self)
-                finally:
-                    if sid is not None and self.server.websockets_out.get(sid) is self._sock:
-                        del self.server.websockets_out[sid]
+                await self.handler(self)
                 return self._sock
 
             async def send(self, message: Any) -> None:
@@ -316,6 +309,12 @@ class RealtimeEngine(engineio.AsyncServer):
 
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "connect" and len(args) >= 2:
+            # python-engineio has just created the session (AsyncSocket is hard-wired in its
+            # _handle_connect); this is the one moment to make it a RealtimeSocket, before
+            # its heartbeat is scheduled and its transport starts.
+            created = self.sockets.get(args[0])
+            if created is not None and created.__class__ is AsyncSocket:
+                created.__class__ = RealtimeSocket
             self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
             request = args[1].get("aiohttp.request")
@@ -368,7 +367,9 @@ class RealtimeServer(socketio.AsyncServer):
 
     def __init__(self, *, manager: RealtimeManager, sessions: SessionStore, max_disconnection_duration: float,
                  limits: Any, metrics: Metrics, connect_timeout: float = 45.0, **kwargs: Any) -> None:
-        super().__init__(client_manager=manager, **kwargs)
+        # Each inbound packet already runs in its own eagerly started coroutine
+        # (RealtimeSocket), so the event handler runs inline instead of in one more Task.
+        super().__init__(client_manager=manager, async_handlers=False, **kwargs)
         self.rt_manager = manager
         self.sessions = sessions
         self.max_disconnection_duration = max_disconnection_duration

@@ -1,0 +1,203 @@
+"""RealtimeSocket: python-engineio's session, without a Task per packet or per idle socket.
+
+python-engineio spends, for every inbound WebSocket message, a Task and a ``wait_for`` to
+read it and another Task to handle it; for every outbound packet a queue hand-off that wakes
+a writer Task (through another ``wait_for``); and for every socket a Task that sleeps between
+heartbeats. Those were most of the echo path's cost and a good part of an idle connection's
+memory. This subclass keeps the library's protocol handling and changes only that:
+
+- an inbound MESSAGE is handled by :func:`~server.eager.start_eagerly` (a Task only if the
+  handler has to wait), for WebSocket and long-polling alike;
+- the WebSocket read loop waits on the read itself, with the heartbeat deadline as timeout;
+- a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
+  queued before it and the transport is not backed up; otherwise it is queued, and the
+  writer marks a packet done only once written, so "nothing unfinished" really means it;
+- the heartbeat PING is a timer, not a sleeping Task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType
+from engineio import exceptions
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+from .eager import start_eagerly
+
+log = logging.getLogger("server.engine")
+
+# Direct frame writes stop when a transport has this much unsent; the queue takes over.
+DIRECT_WRITE_LIMIT = 64 * 1024
+_DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+def websocket_frame(text: str) -> bytes:
+    """The server-to-client WebSocket text frame (unmasked, so the same bytes for any recipient)."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 65536:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+class RealtimeSocket(AsyncSocket):
+    """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
+
+    # The uncompressed WebSocketResponse while this session's WebSocket is open.
+    ws_out: Any = None
+    _ping_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ inbound
+
+    async def receive(self, pkt: eio_packet.Packet) -> None:
+        if pkt.packet_type == eio_packet.MESSAGE:
+            self._dispatch(pkt.data)
+            return
+        await super().receive(pkt)
+
+    def _dispatch(self, data: Any) -> None:
+        handler = self.server.handlers.get("message")
+        if handler is not None:
+            start_eagerly(handler(self.sid, data))
+
+    # ------------------------------------------------------------------ outbound
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        last_ping = self.last_ping
+        if self.closed or (last_ping and time.time() - last_ping > self.server.ping_timeout):
+            if not await self.check_ping_timeout():
+                return
+        self.send_nowait(pkt)
+
+    def send_nowait(self, pkt: eio_packet.Packet) -> None:
+        """Write ``pkt`` now if it cannot overtake anything, else queue it for the writer."""
+        if pkt.packet_type != eio_packet.NOOP and isinstance(pkt.data, (str, type(None))):
+            transport = self.direct_transport()
+            if transport is not None and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+                transport.write(websocket_frame(pkt.encode()))
+                return
+        self.queue.put_nowait(pkt)
+
+    def direct_transport(self) -> asyncio.Transport | None:
+        """The TCP transport to write frames to directly, or None when that could reorder
+        packets (something is queued or being written, an upgrade is under way) or the
+        WebSocket is compressed or gone."""
+        ws = self.ws_out
+        if ws is None or self.upgrading or self.queue._unfinished_tasks:  # asyncio.Queue's count
+            return None
+        writer = ws._writer
+        transport = writer.transport if writer is not None else None
+        if transport is None or transport.is_closing():
+            return None
+        return transport
+
+    # ------------------------------------------------------------------ heartbeat
+
+    def schedule_ping(self) -> None:
+        if self.last_ping:
+            self.last_ping = None
+            self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.send_nowait(eio_packet.Packet(eio_packet.PING))
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        await super().close(wait=wait, abort=abort, reason=reason)
+
+    # ------------------------------------------------------------------ WebSocket transport
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        server = self.server
+        if self.connected:
+            if not await self._upgrade_handshake(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        sock = ws._sock
+        if not sock.compress:
+            self.ws_out = sock
+        writer = asyncio.ensure_future(self._write(ws))
+        deadline = server.ping_interval + server.ping_timeout
+        limit = server.max_http_buffer_size
+        try:
+            while True:
+                try:
+                    msg = await sock.receive(deadline)
+                except Exception:  # the deadline passed, or the connection broke
+                    break
+                if msg.type not in _DATA:
+                    break
+                data = msg.data
+                if len(data) > limit:
+                    break
+                if data.__class__ is str and data[:1] == "4":
+                    self._dispatch(data[1:])  # the common case, without a Packet object
+                    continue
+                try:
+                    await self.receive(eio_packet.Packet(encoded_packet=data))
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    log.info("%s: undecodable Engine.IO packet, closing", self.sid)
+                    break
+        finally:
+            self.ws_out = None
+        self.queue.put_nowait(None)  # ends the writer
+        await writer
+        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    async def _upgrade_handshake(self, ws: Any) -> bool:
+        """The polling → WebSocket probe exchange, as python-engineio does it."""
+        self.upgrading = True
+        try:
+            data = await ws.wait()
+            pkt = eio_packet.Packet(encoded_packet=data)
+            if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                self.upgrading = False
+                return False
+            await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            data = await ws.wait()
+            if eio_packet.Packet(encoded_packet=data).packet_type != eio_packet.UPGRADE:
+                self.upgraded = False
+                self.upgrading = False
+                return False
+        except Exception:
+            self.upgrading = False
+            return False
+        self.upgraded = True
+        self.upgrading = False
+        return True
+
+    async def _write(self, ws: Any) -> None:
+        queue = self.queue
+        try:
+            while True:
+                pkt = await queue.get()
+                try:
+                    if pkt is None:
+                        break
+                    await ws.send(pkt.encode())
+                finally:
+                    queue.task_done()
+        except Exception:
+            pass
+        await ws.close()
