@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     log = logging.getLogger("server")
     app = create_app(config)
+    tune_gc()
     log.info("listening on http://%s:%d", config.server.host, config.server.port)
     try:
         web.run_app(app, host=config.server.host, port=config.server.port, print=None,
@@ -57,6 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
         return 1
     return 0
+
+
+def tune_gc() -> None:
+    """Collect young objects every 10,000 allocations instead of 700, and leave what start-up
+    built out of every collection. Each connection holds a few hundred long-lived objects, so
+    with CPython's defaults a connection storm spends much of its time re-scanning sockets
+    that are still alive (bench conns stage to 10k: 1.34k -> 1.67k connects/s; with the
+    collector off entirely 2.05k). Cyclic garbage is still collected, only in larger batches."""
+    gc.set_threshold(10_000, 10, 10)
+    gc.freeze()
 
 
 def run_conformance(host: str, port: int) -> int:

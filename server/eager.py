@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Coroutine, Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 log = logging.getLogger("server.eager")
 
@@ -33,7 +34,7 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     except Exception:
         log.exception("handler failed")
         return None
-    task = asyncio.ensure_future(_finish(coro, yielded))
+    task = asyncio.ensure_future(_Resumed(coro, yielded))
     _running.add(task)
     task.add_done_callback(_done)
     return task
@@ -45,36 +46,34 @@ def _done(task: asyncio.Task[Any]) -> None:
         log.error("handler failed", exc_info=task.exception())
 
 
-async def _finish(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
-    return await _Resume(coro, yielded)
-
-
-class _Resume:
-    """Hand the Task what the coroutine already yielded, then pass everything through."""
+class _Resumed(Coroutine[Any, Any, Any]):
+    """``coro`` as a Task sees it: the first step hands over what ``coro`` already yielded,
+    every later step (a result, or a cancellation even before that first step) goes
+    straight to ``coro``, so its ``finally`` blocks run as in a Task of its own."""
 
     __slots__ = ("coro", "yielded")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self.coro, self.yielded = coro, yielded
+        self.coro = coro
+        self.yielded = yielded
 
-    def _steps(self) -> Generator[Any, Any, Any]:
-        coro, yielded = self.coro, self.yielded
-        while True:
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # a cancellation or an error thrown in by the Task
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    yielded = coro.send(value)
-                except StopIteration as stop:
-                    return stop.value
+    def send(self, value: Any) -> Any:
+        if self.yielded is not _TAKEN:
+            yielded, self.yielded = self.yielded, _TAKEN
+            return yielded
+        return self.coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self.yielded = _TAKEN
+        if val is None and tb is None:
+            return self.coro.throw(typ)
+        return self.coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self.coro.close()
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        return self._steps()
+        raise TypeError("started by start_eagerly, not awaitable")
+
+
+_TAKEN = object()

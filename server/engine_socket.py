@@ -69,6 +69,15 @@ class RealtimeSocket(AsyncSocket):
         if handler is not None:
             start_eagerly(handler(self.sid, data))
 
+    async def handle_post_request(self, environ: dict) -> None:
+        # RealtimeEngine has already read, counted and decoded the body (rt.packets).
+        packets = environ.get("rt.packets")
+        if packets is None:
+            return await super().handle_post_request(environ)
+        for pkt in packets:
+            await self.receive(pkt)
+        return None
+
     # ------------------------------------------------------------------ outbound
 
     async def send(self, pkt: eio_packet.Packet) -> None:

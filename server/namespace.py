@@ -73,6 +73,9 @@ class BaseNamespace(socketio.AsyncNamespace):
     def __init__(self, namespace: str, runtime: "Runtime") -> None:
         super().__init__(namespace)
         self.runtime = runtime
+        # sid -> identity, for the sockets whose token expires (guests' never do), so the
+        # once-a-second expiry check does not walk every connection.
+        self._expiring: dict[str, Identity] = {}
         self.config = runtime.config
         self.stores = runtime.stores
         self.metrics = runtime.metrics
@@ -157,7 +160,7 @@ class BaseNamespace(socketio.AsyncNamespace):
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": exc.code}) from None
         session["identity"] = identity.to_dict()
         await self.save_session(sid, session)
-        self.runtime.identities[(self.namespace, sid)] = identity
+        self._set_identity(sid, identity)
         await self.enter_room(sid, user_room(identity.user))
         await self.connected(sid, identity, recovered, auth)
         admin = self.runtime.namespaces.get("/admin")
@@ -166,6 +169,7 @@ class BaseNamespace(socketio.AsyncNamespace):
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.runtime.identities.pop((self.namespace, sid), None)
+        self._expiring.pop(sid, None)
         if identity is not None:
             await self.disconnected(sid, identity, reason)
             admin = self.runtime.namespaces.get("/admin")
@@ -178,15 +182,21 @@ class BaseNamespace(socketio.AsyncNamespace):
         while True:
             await asyncio.sleep(1.0)
             now = time.time()
-            for (namespace, sid), identity in list(self.runtime.identities.items()):
-                if namespace != self.namespace or identity.expires is None:
-                    continue
-                if identity.expires + self.config.auth.leeway < now:
+            for sid, identity in list(self._expiring.items()):
+                if identity.expires is not None and identity.expires + self.config.auth.leeway < now:
                     # Sent directly (not through the log) so it is queued before the DISCONNECT.
                     await self.server.emit("session_expired", {"code": "token_expired",
                                                                "message": "token expired; reconnect with a new token"},
                                            to=sid, namespace=self.namespace, volatile=True)
+                    self._expiring.pop(sid, None)
                     await self.disconnect(sid)
+
+    def _set_identity(self, sid: str, identity: Identity) -> None:
+        self.runtime.identities[(self.namespace, sid)] = identity
+        if identity.expires is None:
+            self._expiring.pop(sid, None)
+        else:
+            self._expiring[sid] = identity
 
     async def connected(self, sid: str, identity: Identity, recovered: bool, auth: dict[str, Any]) -> None:
         """Hook: a socket joined (or recovered into) this namespace; ``auth`` is its CONNECT payload."""
@@ -221,7 +231,7 @@ class BaseNamespace(socketio.AsyncNamespace):
             raise ClientError(exc.code, str(exc)) from None
         if fresh.user != current.user:
             raise ClientError("forbidden", "token is for another user")
-        self.runtime.identities[(self.namespace, sid)] = fresh
+        self._set_identity(sid, fresh)
         async with self.session(sid) as session:
             session["identity"] = fresh.to_dict()
         return ok(expires=fresh.expires)

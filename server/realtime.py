@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from .engine_socket import RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager
 from .metrics import Metrics
+from .send_queue import SendQueue
 from .sessions import SavedSession, SessionStore
 
 log = logging.getLogger("server.realtime")
@@ -134,6 +136,15 @@ class _FullBody:
         return self.body if n < 0 else self.body[:n]
 
 
+class CountedPayload(eio_payload.Payload):
+    """A long-polling POST body. python-engineio refuses more than 16 packets in one (and the
+    session dies with "Undecodable payload"), but the JS client sends everything it buffered
+    while the previous POST was in flight in one body; RealtimeEngine counts them against
+    ``max_packets_per_payload`` before decoding."""
+
+    max_decode_packets = sys.maxsize
+
+
 class RealtimeEngine(engineio.AsyncServer):
     """python-engineio's server, made strict where the Engine.IO spec and hostile clients need it.
 
@@ -168,6 +179,7 @@ class RealtimeEngine(engineio.AsyncServer):
             if body is not None:
                 environ["wsgi.input"] = _FullBody(body)
                 environ["CONTENT_LENGTH"] = str(len(body))
+                environ["rt.packets"] = request["rt_packets"]
             return environ
 
         class WebSocket(self._async["websocket"]):  # type: ignore[misc, valid-type]
@@ -190,6 +202,10 @@ class RealtimeEngine(engineio.AsyncServer):
                 await super().send(message)
 
         self._async = {**self._async, "translate_request": translate_request, "websocket": WebSocket}
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
+        """Each session's outgoing queue (python-engineio creates an asyncio.Queue)."""
+        return SendQueue()
 
     def generate_id(self) -> str:
         """Session ids start with this node's tag, so any node can tell who owns a session."""
@@ -274,7 +290,7 @@ class RealtimeEngine(engineio.AsyncServer):
             await self._end(socket)
             return web.Response(status=400, text='"Too many packets in one payload"')
         try:
-            eio_payload.Payload(encoded_payload=body.decode("utf-8"))
+            request["rt_packets"] = CountedPayload(encoded_payload=body.decode("utf-8")).packets
         except Exception:
             await self._end(socket)
             return web.Response(status=400, text='"Undecodable payload"')
@@ -288,7 +304,7 @@ class RealtimeEngine(engineio.AsyncServer):
         socket = self.sockets.get(sid)
         if socket is None:
             return
-        for pkt in list(socket.queue._queue):  # asyncio.Queue keeps its items in a deque
+        for pkt in socket.queue.items():
             if pkt is not None and pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
                 pkt.data["pingInterval"] = round((self.ping_interval + self.ping_interval_grace_period) * 1000)
                 pkt.data["pingTimeout"] = round(self.ping_timeout * 1000)

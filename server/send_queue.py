@@ -1,0 +1,103 @@
+"""SendQueue: the part of asyncio.Queue python-engineio uses for a session's outgoing packets.
+
+An ``asyncio.Queue`` allocates three deques and an Event up front, about 3 KiB, and most
+sessions' queues are empty nearly all the time (packets to a WebSocket are written directly
+when nothing is queued). This one holds nothing until a packet is queued, and lets go of its
+storage when it is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+
+class SendQueue:
+    """A FIFO with asyncio.Queue's methods and counters: ``put``/``put_nowait``, ``get``/
+    ``get_nowait``, ``task_done``/``join``, ``qsize``/``empty``, and ``_unfinished_tasks``
+    (an item counts from its put until ``task_done``). Unbounded, like engineio's."""
+
+    __slots__ = ("_queue", "_getters", "_joiners", "_unfinished_tasks")
+
+    def __init__(self) -> None:
+        self._queue: deque[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+        self._joiners: list[asyncio.Future[None]] | None = None
+        self._unfinished_tasks = 0
+
+    def qsize(self) -> int:
+        return len(self._queue) if self._queue else 0
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def items(self) -> tuple[Any, ...]:
+        """What is queued, oldest first."""
+        return tuple(self._queue) if self._queue else ()
+
+    def put_nowait(self, item: Any) -> None:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
+        self._unfinished_tasks += 1
+        if self._getters:
+            self._wake_getter()
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        queue = self._queue
+        if not queue:
+            raise asyncio.QueueEmpty
+        item = queue.popleft()
+        if not queue:
+            self._queue = None
+        return item
+
+    async def get(self) -> Any:
+        while not self._queue:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                waiter.cancel()
+                if self._getters and waiter in self._getters:
+                    self._getters.remove(waiter)
+                if self._queue and self._getters:
+                    self._wake_getter()  # the wake-up may have been meant for this getter
+                raise
+        return self.get_nowait()
+
+    def _wake_getter(self) -> None:
+        getters = self._getters
+        while getters:
+            waiter = getters.pop(0)
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+        if not getters:
+            self._getters = None
+
+    def task_done(self) -> None:
+        if self._unfinished_tasks <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished_tasks -= 1
+        if self._unfinished_tasks == 0 and self._joiners:
+            joiners, self._joiners = self._joiners, None
+            for waiter in joiners:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def join(self) -> None:
+        while self._unfinished_tasks:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._joiners is None:
+                self._joiners = []
+            self._joiners.append(waiter)
+            await waiter
