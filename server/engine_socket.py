@@ -142,16 +142,31 @@ class RealtimeSocket(AsyncSocket):
         if not sock.compress:
             self.ws_out = sock
         writer = asyncio.ensure_future(self._write(ws))
-        deadline = server.ping_interval + server.ping_timeout
         limit = server.max_http_buffer_size
+        # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
+        # re-arms from the last read, instead of a timeout armed and disarmed on every read.
+        loop = asyncio.get_running_loop()
+        deadline = server.ping_interval + server.ping_timeout
+        last_read = loop.time()
+
+        def watchdog() -> None:
+            nonlocal timer
+            idle = loop.time() - last_read
+            if idle < deadline:
+                timer = loop.call_later(deadline - idle, watchdog)
+            elif sock._writer is not None and sock._writer.transport is not None:
+                sock._writer.transport.abort()  # ends the receive below
+
+        timer = loop.call_later(deadline, watchdog)
         try:
             while True:
                 try:
-                    msg = await sock.receive(deadline)
-                except Exception:  # the deadline passed, or the connection broke
+                    msg = await sock.receive()
+                except Exception:  # the connection broke
                     break
                 if msg.type not in _DATA:
                     break
+                last_read = loop.time()
                 data = msg.data
                 if len(data) > limit:
                     break
@@ -168,6 +183,7 @@ class RealtimeSocket(AsyncSocket):
                     log.info("%s: undecodable Engine.IO packet, closing", self.sid)
                     break
         finally:
+            timer.cancel()
             self.ws_out = None
         self.queue.put_nowait(None)  # ends the writer
         await writer
