@@ -494,7 +494,8 @@ class RealtimeServer(socketio.AsyncServer):
         pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
         kind = pkt.packet_type
         namespace = pkt.namespace or "/"
-        if kind != 0 and not self.manager.sid_from_eio_sid(eio_sid, namespace):
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace) if kind != 0 else None
+        if kind != 0 and not sid:
             raise ProtocolError(f"packet for namespace {namespace} before CONNECT")
         if kind in (2, 5):
             self.metrics.events_in.labels(namespace).inc()
@@ -506,6 +507,9 @@ class RealtimeServer(socketio.AsyncServer):
                 return await self._refuse(eio_sid, namespace, pkt.id, refusal)
             if kind == 5:
                 return self._await_attachments(eio_sid, pkt)
+            handler = self.namespace_handlers.get(namespace)
+            if handler is not None and not self.handlers:
+                return await self._handle_class_event(handler, eio_sid, sid, namespace, pkt.id, pkt.data)
             return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
         if kind == 0:
             return await self._handle_connect(eio_sid, namespace, pkt.data)
@@ -514,6 +518,30 @@ class RealtimeServer(socketio.AsyncServer):
         if kind == 3:
             return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
         return self._await_attachments(eio_sid, pkt)
+
+    async def _handle_class_event(self, handler: Any, eio_sid: str, sid: str, namespace: str,
+                                  ack_id: int | None, data: list[Any]) -> None:
+        """python-socketio's _handle_event → _handle_event_internal → _trigger_event, for the
+        case every namespace here is in: a namespace class and no decorator handlers. Same
+        result and ack, five calls fewer per event."""
+        if not self.manager.is_connected(sid, namespace):
+            return
+        result = await handler.trigger_event(data[0], sid, *data[1:])
+        if ack_id is not None:
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.ACK, namespace=namespace, id=ack_id,
+                data=[] if result is None else list(result) if isinstance(result, tuple) else [result]))
+
+    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        """As python-socketio's, handing a text packet straight to the session (python-engineio's
+        send → send_packet → _get_socket → socket.send, less the lookups)."""
+        encoded = pkt.encode()
+        if isinstance(encoded, str):
+            socket = self.eio.sockets.get(eio_sid)
+            if socket is not None and not socket.closed:
+                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=encoded))
+            return
+        await super()._send_packet(eio_sid, pkt)
 
     def _await_attachments(self, eio_sid: str, pkt: Any) -> None:
         """Hold a binary packet for its attachments, for a bounded time only."""
