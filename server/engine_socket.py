@@ -55,6 +55,7 @@ class RealtimeSocket(AsyncSocket):
     # The uncompressed WebSocketResponse while this session's WebSocket is open.
     ws_out: Any = None
     _ping_timer: asyncio.TimerHandle | None = None
+    _writer: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ inbound
 
@@ -141,7 +142,12 @@ class RealtimeSocket(AsyncSocket):
         sock = ws._sock
         if not sock.compress:
             self.ws_out = sock
-        writer = asyncio.ensure_future(self._write(ws))
+        # The writer Task exists only while packets wait in the queue (most go out directly).
+        queue = self.queue
+        self._ws = ws
+        queue.on_put = self._start_writer
+        if not queue.empty():
+            self._start_writer()
         limit = server.max_http_buffer_size
         # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
         # re-arms from the last read, instead of a timeout armed and disarmed on every read.
@@ -185,8 +191,9 @@ class RealtimeSocket(AsyncSocket):
         finally:
             timer.cancel()
             self.ws_out = None
-        self.queue.put_nowait(None)  # ends the writer
-        await writer
+        queue.put_nowait(None)  # the writer closes the WebSocket when it reaches this
+        if self._writer is not None:
+            await self._writer
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
     async def _upgrade_handshake(self, ws: Any) -> bool:
@@ -212,17 +219,29 @@ class RealtimeSocket(AsyncSocket):
         self.upgrading = False
         return True
 
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write(self._ws))
+
     async def _write(self, ws: Any) -> None:
+        """Send what is queued, in order, marking each packet done only once written; stop
+        when the queue is empty, or close the WebSocket at the None that ends the session."""
         queue = self.queue
+        close = False
         try:
-            while True:
-                pkt = await queue.get()
+            while not queue.empty():
+                pkt = queue.get_nowait()
                 try:
                     if pkt is None:
+                        close = True
                         break
                     await ws.send(pkt.encode())
                 finally:
                     queue.task_done()
         except Exception:
-            pass
-        await ws.close()
+            close = True
+        finally:
+            self._writer = None
+        if close:
+            queue.on_put = None
+            await ws.close()

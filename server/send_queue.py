@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 
 class SendQueue:
@@ -18,9 +18,11 @@ class SendQueue:
     ``get_nowait``, ``task_done``/``join``, ``qsize``/``empty``, and ``_unfinished_tasks``
     (an item counts from its put until ``task_done``). Unbounded, like engineio's."""
 
-    __slots__ = ("_queue", "_getters", "_joiners", "_unfinished_tasks")
+    __slots__ = ("_queue", "_getters", "_joiners", "_unfinished_tasks", "on_put")
 
     def __init__(self) -> None:
+        # Called after every put: a WebSocket session starts its writer from here.
+        self.on_put: Callable[[], None] | None = None
         self._queue: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
@@ -44,6 +46,8 @@ class SendQueue:
         self._unfinished_tasks += 1
         if self._getters:
             self._wake_getter()
+        if self.on_put is not None:
+            self.on_put()
 
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
