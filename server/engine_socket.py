@@ -194,6 +194,7 @@ class RealtimeSocket(AsyncSocket):
         queue.put_nowait(None)  # the writer closes the WebSocket when it reaches this
         if self._writer is not None:
             await self._writer
+        queue.on_put = self._ws = None  # no reference cycle left for the collector
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
 
     async def _upgrade_handshake(self, ws: Any) -> bool:
