@@ -714,22 +714,28 @@ class RealtimeServer(socketio.AsyncServer):
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         state = self.csr.pop((namespace, sid), None) if sid else None
+        forget = None
         if state is not None:
             self.pids.pop(state.pid, None)
             if state.pid in self.evicted:
                 pass
             elif self.is_recoverable(reason) and self.manager.is_connected(sid, namespace):
-                await self._save(namespace, sid, state)
+                await self._save(namespace, sid, state)  # needs the rooms: before they are left
             else:
-                # A deliberate disconnect is not recoverable: forget the saved session.
-                try:
-                    await self.sessions.take(state.pid)
-                except Exception as exc:
-                    log.debug("could not drop session %s: %s", state.pid, exc)
+                forget = state.pid
         try:
+            # Reached without waiting when the client disconnected: python-socketio marks the
+            # socket as leaving before the transport's close (often the very next frame) can
+            # end it again with "transport close".
             await super()._handle_disconnect(eio_sid, namespace, reason)
         finally:
             self.recovered.discard((namespace, sid))
+        if forget is not None:
+            # A deliberate disconnect is not recoverable: forget the saved session.
+            try:
+                await self.sessions.take(forget)
+            except Exception as exc:
+                log.debug("could not drop session %s: %s", forget, exc)
 
     async def _snapshot(self, namespace: str, sid: str, state: CsrState) -> SavedSession:
         rooms = [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
