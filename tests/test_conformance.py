@@ -77,6 +77,22 @@ async def test_heartbeat_is_enforced_on_time(profile, http):
         assert r.status == 400
 
 
+async def test_websocket_heartbeat_keeps_an_answering_client_and_drops_a_silent_one(profile, http):
+    # The PING is a timer re-armed by each PONG (no Task per socket): several cycles in a row.
+    ws = await http.ws_connect(url(profile, "engine.io", transport="websocket"))
+    assert (await ws.receive(timeout=2)).data.startswith("0{")
+    for _ in range(4):
+        assert (await ws.receive(timeout=2)).data == "2"
+        await ws.send_str("3")
+    # Silent from now on: closed within pingInterval + pingTimeout (0.5 s), not left open.
+    started = asyncio.get_running_loop().time()
+    while (msg := await ws.receive(timeout=3)).type == aiohttp.WSMsgType.TEXT:
+        assert msg.data in ("2", "1")  # the unanswered ping, then the CLOSE packet
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    assert asyncio.get_running_loop().time() - started < 2.0
+    await ws.close()
+
+
 async def test_client_close_ends_a_pending_poll_with_noop(profile, http):
     sid = (await handshake(http, profile, "engine.io"))["sid"]
     pending = asyncio.create_task(http.get(url(profile, "engine.io", transport="polling", sid=sid)))
