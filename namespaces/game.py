@@ -63,6 +63,14 @@ class Game:
     ends_at: float = 0.0
     task: asyncio.Task | None = None
 
+    def remove_player(self, user: str) -> None:
+        """A player leaves: gone while the game waits, kept (scored, disconnected) once it runs."""
+        if self.state == "waiting":
+            del self.players[user]
+        else:
+            player = self.players[user]
+            player.sid, player.left_at = None, time.time()
+
     def summary(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "capacity": self.capacity, "state": self.state,
                 "players": len(self.players), "host": self.host}
@@ -217,12 +225,8 @@ class GameNamespace(BaseNamespace):
         return await self._cmd_leave(self._game(payload), identity.user, identity.name, sid, payload)
 
     async def _cmd_leave(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
-        player = game.players.get(user)
-        if player is not None:
-            if game.state == "waiting":
-                del game.players[user]
-            else:
-                player.sid, player.left_at = None, time.time()
+        if user in game.players:
+            game.remove_player(user)
         await self._lobby_changed(game)
         return ok()
 
@@ -230,10 +234,7 @@ class GameNamespace(BaseNamespace):
         """A player's connection ended on another node."""
         player = game.players.get(user)
         if player is not None and player.sid == sid:
-            if game.state == "waiting":
-                del game.players[user]
-            else:
-                player.sid, player.left_at = None, time.time()
+            game.remove_player(user)
             await self._lobby_changed(game)
         return ok()
 
