@@ -8,7 +8,8 @@ memory. This subclass keeps the library's protocol handling and changes only tha
 
 - an inbound MESSAGE is handled by :func:`~server.eager.start_eagerly` (a Task only if the
   handler has to wait), for WebSocket and long-polling alike;
-- the WebSocket read loop waits on the read itself, with the heartbeat deadline as timeout;
+- the WebSocket read loop waits on the read itself; one watchdog timer per socket, re-armed
+  from the last read, cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
   queued before it and the transport is not backed up; otherwise it is queued, and the
   writer marks a packet done only once written, so "nothing unfinished" really means it;
@@ -36,7 +37,7 @@ DIRECT_WRITE_LIMIT = 64 * 1024
 _DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 
-def websocket_frame(text: str) -> bytes:
+def text_frame(text: str) -> bytes:
     """The server-to-client WebSocket text frame (unmasked, so the same bytes for any recipient)."""
     payload = text.encode()
     n = len(payload)
@@ -47,6 +48,12 @@ def websocket_frame(text: str) -> bytes:
     else:
         header = bytes((0x81, 127)) + n.to_bytes(8, "big")
     return header + payload
+
+
+def tcp_transport(ws: Any) -> asyncio.Transport | None:
+    """The TCP transport under an aiohttp WebSocketResponse (None before it is prepared)."""
+    writer = ws._writer
+    return writer.transport if writer is not None else None
 
 
 class RealtimeSocket(AsyncSocket):
@@ -93,7 +100,7 @@ class RealtimeSocket(AsyncSocket):
         if pkt.packet_type != eio_packet.NOOP and isinstance(pkt.data, (str, type(None))):
             transport = self.direct_transport()
             if transport is not None and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
-                transport.write(websocket_frame(pkt.encode()))
+                transport.write(text_frame(pkt.encode()))
                 return
         self.queue.put_nowait(pkt)
 
@@ -102,10 +109,9 @@ class RealtimeSocket(AsyncSocket):
         packets (something is queued or being written, an upgrade is under way) or the
         WebSocket is compressed or gone."""
         ws = self.ws_out
-        if ws is None or self.upgrading or self.queue._unfinished_tasks:  # asyncio.Queue's count
+        if ws is None or self.upgrading or self.queue._unfinished_tasks:
             return None
-        writer = ws._writer
-        transport = writer.transport if writer is not None else None
+        transport = tcp_transport(ws)
         if transport is None or transport.is_closing():
             return None
         return transport
@@ -160,8 +166,8 @@ class RealtimeSocket(AsyncSocket):
             idle = loop.time() - last_read
             if idle < deadline:
                 timer = loop.call_later(deadline - idle, watchdog)
-            elif sock._writer is not None and sock._writer.transport is not None:
-                sock._writer.transport.abort()  # ends the receive below
+            elif (transport := tcp_transport(sock)) is not None:
+                transport.abort()  # ends the receive below
 
         timer = loop.call_later(deadline, watchdog)
         try:

@@ -23,8 +23,7 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
-from .engine_socket import DIRECT_WRITE_LIMIT, RealtimeSocket
-from .engine_socket import websocket_frame as text_frame
+from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
 
@@ -33,6 +32,8 @@ log = logging.getLogger("server.delivery")
 # A volatile packet is dropped when the socket already has this many packets waiting:
 # a slow client skips frames instead of building a backlog.
 VOLATILE_QUEUE_LIMIT = 8
+
+
 def websocket_frame(packets: list[eio_packet.Packet]) -> bytes | None:
     """The WebSocket frame of a single text Engine.IO packet, built once per broadcast;
     None for anything else (binary attachments)."""
@@ -263,7 +264,7 @@ class RealtimeManager(AsyncManager):
             return False
         queue = socket.queue
         if frame is not None:
-            transport = socket.direct_transport() if isinstance(socket, RealtimeSocket) else None
+            transport = socket.direct_transport()  # every session is a RealtimeSocket
             if transport is not None:
                 if transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
                     transport.write(frame)

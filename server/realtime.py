@@ -30,7 +30,7 @@ from socketio import packet as sio_packet
 
 from .engine_socket import RealtimeSocket
 from .event_log import is_offset, parse_offset
-from .manager import RealtimeManager
+from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import SendQueue
 from .sessions import SavedSession, SessionStore
@@ -534,7 +534,7 @@ class RealtimeServer(socketio.AsyncServer):
         if ack_id is not None:
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.ACK, namespace=namespace, id=ack_id,
-                data=[] if result is None else list(result) if isinstance(result, tuple) else [result]))
+                data=normalize_args(result)))
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """As python-socketio's, handing a text packet straight to the session (python-engineio's
