@@ -96,6 +96,8 @@ def build_runtime(config: Config) -> Runtime:
     sio.eio.body_timeout = config.limits.body_timeout
     sio.eio.max_packets_per_payload = config.limits.max_packets_per_payload
     sio.eio.max_connections_per_ip = config.limits.max_connections_per_ip
+    sio.eio.max_inflight_events = config.limits.max_inflight_events
+    sio.eio.metrics = metrics
     runtime = Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
                       manager=manager, sio=sio, node_id=config.node_id)
     if stores.redis is not None:

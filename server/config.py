@@ -44,6 +44,8 @@ class ServerConfig:
 class RedisConfig:
     url: str = ""
     key_prefix: str = "rt"
+    max_connections: int = 100
+    pool_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class LimitsConfig:
     body_timeout: float = 10.0
     max_packets_per_payload: int = 256
     attachment_timeout: float = 10.0
+    max_inflight_events: int = 32
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
     "redis": {
         "url": _redis_url,
         "key_prefix": lambda k, s, v: _str(k, s, v),
+        "max_connections": lambda k, s, v: _int(k, s, v, 2, 100_000),
+        "pool_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
     },
     "delivery": {
         "durable_namespaces": _namespaces,
@@ -311,6 +316,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
+        "max_inflight_events": lambda k, s, v: _int(k, s, v, 1, 100_000),
     },
     "game": {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),
@@ -344,6 +350,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "BENCH_NAMESPACE": ("server", "bench_namespace"),
     "REDIS_URL": ("redis", "url"),
     "REDIS_KEY_PREFIX": ("redis", "key_prefix"),
+    "REDIS_MAX_CONNECTIONS": ("redis", "max_connections"),
     "MAX_DISCONNECTION_DURATION": ("delivery", "max_disconnection_duration"),
     "AUTH_REQUIRED": ("auth", "required"),
     "ADMIN_USERNAME": ("admin", "username"),
@@ -355,6 +362,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "EVENTS_PER_SECOND": ("limits", "events_per_second"),
     "EVENT_BURST": ("limits", "event_burst"),
     "MAX_CONNECTIONS_PER_IP": ("limits", "max_connections_per_ip"),
+    "MAX_INFLIGHT_EVENTS": ("limits", "max_inflight_events"),
     "CONNECT_TIMEOUT": ("server", "connect_timeout"),
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from asyncio import tasks as _tasks
 from collections.abc import Coroutine, Generator
 from typing import Any
 
@@ -27,6 +28,16 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
                  asyncio would for a Task nobody awaits.
     :returns: the Task carrying the rest of ``coro``, or None when it already finished.
     """
+    # While the first step runs, the current task is a stand-in for the Task that will carry
+    # the rest (as Python 3.12's eager tasks do): asyncio.timeout() and redis-py's pool and
+    # connect timeouts bind to the current task, and must cancel that Task, not the
+    # connection's reader that happened to be running (or fail for want of any task).
+    loop = asyncio.get_running_loop()
+    outer = _tasks.current_task(loop)
+    if outer is not None:
+        _tasks._leave_task(loop, outer)
+    standin = _TaskToBe()
+    _tasks._enter_task(loop, standin)
     try:
         yielded = coro.send(None)
     except StopIteration:
@@ -34,10 +45,41 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     except Exception:
         log.exception("handler failed")
         return None
+    finally:
+        _tasks._leave_task(loop, standin)
+        if outer is not None:
+            _tasks._enter_task(loop, outer)
     task = asyncio.ensure_future(_Resumed(coro, yielded))
+    standin.task = task
     _running.add(task)
     task.add_done_callback(_done)
     return task
+
+
+class _TaskToBe:
+    """The current task during a coroutine's eager first step: what is asked of a task there
+    (``cancelling``; later ``cancel``/``uncancel`` from a timeout that expires) reaches the
+    Task created when the coroutine suspends."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Any] | None = None
+
+    def cancelling(self) -> int:
+        return self.task.cancelling() if self.task is not None else 0
+
+    def uncancel(self) -> int:
+        return self.task.uncancel() if self.task is not None else 0
+
+    def cancel(self, msg: Any = None) -> bool:
+        return self.task.cancel(msg) if self.task is not None else False
+
+    def done(self) -> bool:
+        return self.task.done() if self.task is not None else False
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop() if self.task is None else self.task.get_loop()
 
 
 def _done(task: asyncio.Task[Any]) -> None:

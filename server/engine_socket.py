@@ -7,7 +7,11 @@ heartbeats. Those were most of the echo path's cost and a good part of an idle c
 memory. This subclass keeps the library's protocol handling and changes only that:
 
 - an inbound MESSAGE is handled by :func:`~server.eager.start_eagerly` (a Task only if the
-  handler has to wait), for WebSocket and long-polling alike;
+  handler has to wait), for WebSocket and long-polling alike; the packets of one connection
+  are handled one after the other in arrival order (a handler that waits holds back the next
+  one, so a later event can never reach the log before an earlier one), except acks, which a
+  waiting handler may itself be waiting for; when ``max_inflight_events`` packets wait, the
+  transport stops reading from the client until they are down again (backpressure, no loss);
 - the WebSocket read loop waits on the read itself; one watchdog timer per socket, re-armed
   from the last read, cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 from aiohttp import WSMsgType
@@ -63,6 +68,11 @@ class RealtimeSocket(AsyncSocket):
     ws_out: Any = None
     _ping_timer: asyncio.TimerHandle | None = None
     _writer: asyncio.Future[None] | None = None
+    # Inbound packets waiting for this connection's running handler to finish; None while
+    # no handler of this connection is waiting on anything.
+    _waiting: deque[Any] | None = None
+    # Resolved when the waiting packets drop below the in-flight bound (reading is paused).
+    _drained: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ inbound
 
@@ -74,8 +84,46 @@ class RealtimeSocket(AsyncSocket):
 
     def _dispatch(self, data: Any) -> None:
         handler = self.server.handlers.get("message")
-        if handler is not None:
+        if handler is None:
+            return
+        if data.__class__ is str and data[:1] == "3":
+            # An ack never waits its turn: the running handler may be waiting for it.
             start_eagerly(handler(self.sid, data))
+        elif self._waiting is not None:
+            self._waiting.append(data)
+        elif (task := start_eagerly(handler(self.sid, data))) is not None:
+            self._waiting = deque()
+            task.add_done_callback(self._next)
+
+    def _next(self, _task: Any = None) -> None:
+        """The running handler finished: start the waiting packets, in order, until one waits."""
+        waiting = self._waiting
+        handler = self.server.handlers.get("message")
+        while waiting and handler is not None:
+            if (task := start_eagerly(handler(self.sid, waiting.popleft()))) is not None:
+                task.add_done_callback(self._next)
+                break
+        else:
+            self._waiting = None
+        if self._drained is not None and self.inbound_backlog() < self.server.max_inflight_events:
+            if not self._drained.done():
+                self._drained.set_result(None)
+            self._drained = None
+
+    def inbound_backlog(self) -> int:
+        """Packets of this connection waiting for an earlier handler to finish."""
+        return len(self._waiting) if self._waiting is not None else 0
+
+    async def wait_for_backlog(self) -> None:
+        """Return once fewer than ``max_inflight_events`` packets wait (stop reading until then)."""
+        if self.inbound_backlog() < self.server.max_inflight_events:
+            return
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.backpressure_pauses.inc()
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
 
     async def handle_post_request(self, environ: dict) -> None:
         # RealtimeEngine has already read, counted and decoded the body (rt.packets).
@@ -84,6 +132,9 @@ class RealtimeSocket(AsyncSocket):
             return await super().handle_post_request(environ)
         for pkt in packets:
             await self.receive(pkt)
+            # The POST is answered only once the backlog is within bounds: a polling client
+            # sends its next POST after this one's answer, so it is held back the same way.
+            await self.wait_for_backlog()
         return None
 
     # ------------------------------------------------------------------ outbound
@@ -184,16 +235,19 @@ class RealtimeSocket(AsyncSocket):
                     break
                 if data.__class__ is str and data[:1] == "4":
                     self._dispatch(data[1:])  # the common case, without a Packet object
-                    continue
-                try:
-                    await self.receive(eio_packet.Packet(encoded_packet=data))
-                except exceptions.UnknownPacketError:
-                    pass
-                except exceptions.SocketIsClosedError:
-                    break
-                except Exception:
-                    log.info("%s: undecodable Engine.IO packet, closing", self.sid)
-                    break
+                else:
+                    try:
+                        await self.receive(eio_packet.Packet(encoded_packet=data))
+                    except exceptions.UnknownPacketError:
+                        pass
+                    except exceptions.SocketIsClosedError:
+                        break
+                    except Exception:
+                        log.info("%s: undecodable Engine.IO packet, closing", self.sid)
+                        break
+                if self._waiting is not None and len(self._waiting) >= server.max_inflight_events:
+                    await self.wait_for_backlog()  # stop reading until the handlers catch up
+                    last_read = loop.time()
         finally:
             timer.cancel()
             self.ws_out = None

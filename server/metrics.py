@@ -41,6 +41,12 @@ class Metrics:
         self.send_queue = Gauge("rt_send_queue_packets", "Packets waiting in socket send queues (sum)", registry=r)
         self.internal = Gauge("rt_internal_entries", "Entries in per-connection tables (leak detection)",
                               ["table"], registry=r)
+        self.handler_errors = Counter("rt_handler_errors_total", "Client events and connects answered with an "
+                                      "error because a store was unavailable or a handler failed",
+                                      ["namespace", "code"], registry=r)
+        self.backpressure_pauses = Counter("rt_backpressure_pauses_total", "Times reading from a connection "
+                                           "paused because max_inflight_events of its events were waiting",
+                                           registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
 

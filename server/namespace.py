@@ -105,6 +105,7 @@ class BaseNamespace(socketio.AsyncNamespace):
         except (RedisError, OSError) as exc:
             # Shared state unreachable: say so; the client may retry (with the same eventId).
             log.warning("%s %s failed, store unavailable: %s", self.namespace, event, exc)
+            self.metrics.handler_errors.labels(self.namespace, "unavailable").inc()
             return ClientError("unavailable", "temporarily unavailable, retry").ack()
 
     def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:

@@ -25,6 +25,7 @@ from aiohttp import web
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
+from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
@@ -42,6 +43,10 @@ RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconne
 MAX_ACK_ID = 2**53 - 1
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
+
+
+# Failures of shared state (Redis unreachable, no pool connection free in time).
+STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class ProtocolError(Exception):
@@ -164,6 +169,8 @@ class RealtimeEngine(engineio.AsyncServer):
     body_timeout = 10.0
     max_packets_per_payload = 256
     max_connections_per_ip = 1000
+    max_inflight_events = 32  # inbound packets of one connection waiting for its running handler
+    metrics: Metrics | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -516,7 +523,7 @@ class RealtimeServer(socketio.AsyncServer):
                 return await self._handle_class_event(handler, eio_sid, sid, namespace, pkt.id, pkt.data)
             return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
         if kind == 0:
-            return await self._handle_connect(eio_sid, namespace, pkt.data)
+            return await self._connect_or_refuse(eio_sid, namespace, pkt.data)
         if kind == 1:
             return await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
         if kind == 3:
@@ -530,11 +537,47 @@ class RealtimeServer(socketio.AsyncServer):
         result and ack, five calls fewer per event."""
         if not self.manager.is_connected(sid, namespace):
             return
-        result = await handler.trigger_event(data[0], sid, *data[1:])
+        try:
+            result = await handler.trigger_event(data[0], sid, *data[1:])
+        except Exception as exc:
+            # Never a silent failure: the client's ack says what happened.
+            result = self._handler_failed(namespace, data[0], exc)
         if ack_id is not None:
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.ACK, namespace=namespace, id=ack_id,
                 data=normalize_args(result)))
+
+    def _handler_failed(self, namespace: str, event: str, exc: BaseException) -> dict[str, Any]:
+        """The error ack for a handler that raised: ``unavailable`` when shared state could not
+        be reached (the client may retry, with the same eventId), ``internal`` otherwise."""
+        code = "unavailable" if isinstance(exc, STORE_ERRORS) else "internal"
+        if code == "unavailable":
+            log.warning("%s %s failed, store unavailable: %s", namespace, event, exc)
+        else:
+            log.error("%s %s handler failed", namespace, event, exc_info=exc)
+        self.metrics.handler_errors.labels(namespace, code).inc()
+        message = "temporarily unavailable, retry" if code == "unavailable" else "internal error"
+        return {"ok": False, "error": {"code": code, "message": message}}
+
+    async def _connect_or_refuse(self, eio_sid: str, namespace: str, data: Any) -> None:
+        """CONNECT; when a store fails on the way the client gets a CONNECT_ERROR saying so
+        (``err.data.code == "unavailable"``) instead of no answer at all."""
+        try:
+            await self._handle_connect(eio_sid, namespace, data)
+        except Exception as exc:
+            namespace = namespace or "/"
+            self._handler_failed(namespace, "connect", exc)
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None:
+                self.rt_manager.release(namespace, sid, None)
+                self.recovered.discard((namespace, sid))
+                state = self.csr.pop((namespace, sid), None)
+                if state is not None:
+                    self.pids.pop(state.pid, None)
+                await self.rt_manager.disconnect(sid, namespace, ignore_queue=True)
+            await self._send_packet(eio_sid, self.packet_class(
+                sio_packet.CONNECT_ERROR, namespace=namespace,
+                data={"message": "temporarily unavailable, retry", "data": {"code": "unavailable"}}))
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """As python-socketio's, handing a text packet straight to the session (python-engineio's

@@ -46,8 +46,15 @@ class Stores:
             await self.redis.aclose()
 
 
-def redis_client(url: str, **overrides: object) -> aioredis.Redis:
+def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.0,
+                 **overrides: object) -> aioredis.Redis:
     """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out.
+
+    :param max_connections: connections the client opens at most. redis-py's default pool
+        raises "Too many connections" at its cap, so a connect storm failed handlers; this
+        pool makes a command wait for a free connection instead.
+    :param pool_timeout: seconds a command waits for a free connection before it fails
+        (the handler then answers an "unavailable" error ack).
 
     ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]`` asks the
     sentinels for the current master of ``service`` (and again after a failover).
@@ -57,7 +64,9 @@ def redis_client(url: str, **overrides: object) -> aioredis.Redis:
     options.update(overrides)
     if url.startswith("redis+sentinel://"):
         return _sentinel_master(url, options)
-    return aioredis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
+                                                    timeout=pool_timeout, **options)
+    return aioredis.Redis.from_pool(pool)
 
 
 def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
@@ -91,7 +100,7 @@ def memory_stores(config: Config) -> Stores:
 
 def redis_stores(config: Config) -> Stores:
     url, prefix = config.redis.url, config.redis.key_prefix
-    client = redis_client(url)
+    client = redis_client(url, config.redis.max_connections, config.redis.pool_timeout)
     # XREAD BLOCK holds its connection, so the follower gets a client of its own; its socket
     # timeout must outlast the block time.
     blocking = redis_client(url, socket_timeout=10, health_check_interval=0)

@@ -1,0 +1,48 @@
+"""start_eagerly: a handler's first step runs at once, yet behaves as if in its own Task."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.eager import start_eagerly
+
+
+async def _timed(seconds: float, results: list) -> None:
+    try:
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(seconds)
+        results.append("done")
+    except TimeoutError:
+        results.append("timeout")
+
+
+async def test_a_timeout_entered_in_the_first_step_cancels_the_handler_not_the_caller():
+    results: list = []
+
+    async def reader() -> asyncio.Task:
+        task = start_eagerly(_timed(5, results))
+        await asyncio.sleep(0.2)  # the reader must survive the handler's timeout
+        return task
+
+    task = await asyncio.create_task(reader())
+    assert results == ["timeout"] and task.done()
+
+
+async def test_a_timeout_works_when_started_outside_any_task():
+    results: list = []
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future = loop.create_future()
+    loop.call_soon(lambda: started.set_result(start_eagerly(_timed(0.01, results))))
+    task = await started
+    await task
+    assert results == ["done"]
+
+
+async def test_a_handler_that_never_waits_gets_no_task():
+    results: list = []
+
+    async def quick() -> None:
+        results.append(asyncio.current_task() is not None)
+
+    assert start_eagerly(quick()) is None
+    assert results == [True]
