@@ -150,3 +150,96 @@ def test_installed_package_without_the_pages_refuses_naming_them(tmp_path: Path)
     bare = copy_package(tmp_path / "site", without=("web", "config.toml", "package.json", "package-lock.json"))
     line = one_config_error(run(bare, {}))
     assert "web" in line and "$PAGES" in line
+
+
+# ---------------------------------------------------------------------- issue 13: the lock file
+
+LOCK = ROOT / "requirements.lock"
+
+
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def locked() -> dict[str, tuple[str, str | None, int]]:
+    """requirements.lock as ``{name: (version, marker, hash count)}``; build-only packages
+    (pip-compile's "unsafe" section: the build backend) are left out."""
+    text = LOCK.read_text().split("# The following packages are considered to be unsafe")[0]
+    out: dict[str, tuple[str, str | None, int]] = {}
+    for block in re.split(r"\n(?=\S)", text):
+        first = block.split("\\")[0].strip()
+        if not first or first.startswith("#"):
+            continue
+        requirement, _, marker = first.partition(";")
+        name, sep, version = requirement.strip().partition("==")
+        assert sep, f"not pinned exactly in {LOCK.name}: {first}"
+        out[canonical(name)] = (version.strip(), marker.strip() or None, block.count("--hash=sha256:"))
+    return out
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared() -> list[str]:
+    """Every requirement pyproject.toml declares: the dependencies and the test extra."""
+    project = pyproject()["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["test"]]
+
+
+def test_socketio_and_engineio_are_pinned_exactly_and_locked_alike():
+    from packaging.requirements import Requirement
+
+    pins = {canonical(r.name): str(r.specifier) for r in map(Requirement, declared())}
+    lock = locked()
+    for name in ("python-socketio", "python-engineio"):
+        assert pins[name].startswith("=="), f"{name} is not pinned exactly in pyproject.toml: {pins[name]}"
+        assert lock[name][0] == pins[name][2:], f"{name}: pyproject.toml {pins[name]}, lock {lock[name][0]}"
+
+
+def test_lock_pins_every_dependency_with_hashes_within_what_pyproject_allows():
+    from packaging.requirements import Requirement
+
+    lock = locked()
+    for requirement in map(Requirement, declared()):
+        name = canonical(requirement.name)
+        assert name in lock, f"{name} is declared in pyproject.toml but not in {LOCK.name}: run `make lock`"
+        assert requirement.specifier.contains(lock[name][0], prereleases=True), \
+            f"{name}=={lock[name][0]} in {LOCK.name} is outside pyproject.toml's {requirement.specifier}: run `make lock`"
+    for name, (_, _, hashes) in lock.items():
+        assert hashes > 0, f"{name} has no hash in {LOCK.name}"
+    text = LOCK.read_text()
+    assert "setuptools==" in text  # the build backend is locked too: `pip install -e .` fetches nothing
+
+
+def test_installed_packages_are_the_locked_versions():
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.markers import Marker
+
+    wrong = []
+    for name, (pinned, marker, _) in locked().items():
+        if marker is not None and not Marker(marker).evaluate():
+            continue
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = "missing"
+        if installed != pinned:
+            wrong.append(f"{name} {installed} (locked {pinned})")
+    assert not wrong, f"not installed from {LOCK.name} (run `make install`): {', '.join(wrong)}"
+
+
+def test_make_installs_from_the_locks():
+    """What `make install` runs on a fresh checkout (dry run): the lock file with hashes, then the
+    project without dependencies; npm packages exactly as package-lock.json has them."""
+    out = subprocess.run(["make", "-n", "-B", "install"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert "pip install --quiet --require-hashes -r requirements.lock" in out
+    assert "pip install --quiet --no-deps --no-build-isolation -e ." in out
+    assert "npm ci " in out and "npm install" not in out
+    lock = subprocess.run(["make", "-n", "-B", "lock"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, check=True).stdout
+    assert "pip-compile" in lock and "--generate-hashes" in lock and "--output-file requirements.lock" in lock
