@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from socketio.msgpack_packet import MsgPackPacket
 
-from . import __version__
+from . import __version__, assets
 from .auth import Authenticator, Identity
 from .bus import Bus
 from .cluster import Cluster
@@ -27,19 +27,6 @@ from .realtime import RealtimeServer
 from .stores import Stores, build_stores
 
 log = logging.getLogger("server.app")
-
-ROOT = Path(__file__).resolve().parent.parent
-WEB_DIR = ROOT / "web"
-NODE_MODULES = ROOT / "node_modules"
-
-# Browser assets served from the npm packages the set-up command installs.
-VENDOR_FILES = {
-    "socket.io.min.js": "socket.io-client/dist/socket.io.min.js",
-    "socket.io.msgpack.min.js": "socket.io-client/dist/socket.io.msgpack.min.js",
-    "yjs.mjs": "yjs/dist/yjs.mjs",
-    "lib0": "lib0",
-}
-
 
 @dataclass
 class Runtime:
@@ -225,17 +212,28 @@ async def _probe_redis(runtime: Runtime) -> None:
         await asyncio.sleep(5)
 
 
+def _node_modules(request: web.Request) -> Path:
+    """The node_modules folder the browser assets are served from (``server.assets_dir``)."""
+    return assets.node_modules(request.app["runtime"].config.server.assets_dir).resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is a file within ``folder`` (no ``..`` or symlink leads out of it)."""
+    return path.is_relative_to(folder) and path.is_file()
+
+
 def vendor_handler(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     first, _, rest = name.partition("/")
-    if first not in VENDOR_FILES:
+    if first not in assets.VENDOR_FILES:
         raise web.HTTPNotFound()
-    base = (NODE_MODULES / VENDOR_FILES[first]).resolve()
+    root = _node_modules(request)
+    base = (root / assets.VENDOR_FILES[first]).resolve()
     path = (base / rest).resolve() if rest else base
     if rest and not path.suffix and not path.is_file():
         # Bare ES module specifiers (``lib0/observable``) map here through the page's import map.
         path = path.with_name(path.name + ".js")
-    if not str(path).startswith(str(NODE_MODULES.resolve())) or not path.is_file():
+    if not _inside(path, root):
         raise web.HTTPNotFound(text=f"{name} not installed: run the set-up command (make install)")
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
@@ -248,10 +246,10 @@ if (!localStorage.getItem("namespace")) localStorage.setItem("namespace", "/admi
 
 
 def admin_ui_handler(request: web.Request) -> web.StreamResponse:
-    base = (NODE_MODULES / "@socket.io/admin-ui/ui/dist").resolve()
+    base = (_node_modules(request) / assets.ADMIN_UI_DIR).resolve()
     rest = request.match_info.get("path") or "index.html"
     path = (base / rest).resolve()
-    if not str(path).startswith(str(base)) or not path.is_file():
+    if not _inside(path, base):
         raise web.HTTPNotFound(text="Admin UI not installed: run the set-up command (make run / make test)")
     if rest == "index.html":
         html = path.read_text().replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
@@ -260,7 +258,7 @@ def admin_ui_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def index_redirect(request: web.Request) -> web.StreamResponse:
-    return web.FileResponse(WEB_DIR / "index.html")
+    return web.FileResponse(assets.WEB_DIR / "index.html")
 
 
 # ---------------------------------------------------------------------- lifecycle
@@ -352,11 +350,12 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/vendor/{name:.+}", vendor_handler)
-    app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))
-    app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
-    app.router.add_get("/", index_redirect)
-    app.router.add_static("/", WEB_DIR, show_index=False, follow_symlinks=False)
+    if config.server.pages:  # off: a backend only (load_config checked the files are there when on)
+        app.router.add_get("/vendor/{name:.+}", vendor_handler)
+        app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))
+        app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
+        app.router.add_get("/", index_redirect)
+        app.router.add_static("/", assets.WEB_DIR, show_index=False, follow_symlinks=False)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

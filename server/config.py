@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import assets
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -38,6 +40,8 @@ class ServerConfig:
     node_id: str = ""
     websocket_compression: bool = False
     bench_namespace: bool = False
+    pages: bool = True
+    assets_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,12 @@ def _redis_url(key: str, source: str, value: Any) -> str:
     return url
 
 
+def _folder(key: str, source: str, value: Any) -> str:
+    """A folder path, made absolute now (a relative one is taken from the working directory)."""
+    path = _str(key, source, value).strip()
+    return str(Path(path).expanduser().absolute()) if path else ""
+
+
 def _transports(key: str, source: str, value: Any) -> tuple[str, ...]:
     names = _str_list(key, source, value)
     if not names or any(n not in ("polling", "websocket") for n in names):
@@ -273,6 +283,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "node_id": lambda k, s, v: _str(k, s, v),
         "websocket_compression": _bool,
         "bench_namespace": _bool,
+        "pages": _bool,
+        "assets_dir": _folder,
     },
     "redis": {
         "url": _redis_url,
@@ -364,6 +376,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "MAX_CONNECTIONS_PER_IP": ("limits", "max_connections_per_ip"),
     "MAX_INFLIGHT_EVENTS": ("limits", "max_inflight_events"),
     "CONNECT_TIMEOUT": ("server", "connect_timeout"),
+    "PAGES": ("server", "pages"),
+    "ASSETS_DIR": ("server", "assets_dir"),
 }
 
 SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -413,6 +427,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
     built = {name: SECTION_CLASSES[name](**values) for name, values in sections.items()}
     config = Config(**built)
     _check_consistency(config, str(file_path))
+    if config.server.pages:
+        _check_pages(config.server.assets_dir, "$ASSETS_DIR" if "ASSETS_DIR" in environ else str(file_path))
     return config
 
 
@@ -424,3 +440,29 @@ def _check_consistency(config: Config, source: str) -> None:
                           f"{', '.join(config.auth.required)} but auth.keys is empty, so no token could ever verify")
     if config.admin.password and config.admin.password_hash:
         raise ConfigError(f"admin.password and admin.password_hash (from {source}): set one, not both")
+
+
+def _check_pages(assets_dir: str, assets_source: str) -> None:
+    """The pages are on: their files must be there, else start-up says what to do (not 404s later).
+
+    :param assets_dir: ``server.assets_dir`` as validated (empty: the repository's node_modules).
+    :param assets_source: where ``assets_dir`` came from, for the message.
+    """
+    backend = "or set server.pages = false ($PAGES=false) to run without pages"
+    if not (assets.WEB_DIR / "index.html").is_file():
+        raise ConfigError(f"server.pages: the pages are not in {assets.WEB_DIR} (they are served from a "
+                          f"checkout of the repository); run from a checkout, {backend}")
+    folder = assets.node_modules(assets_dir)
+    packages = assets.missing_packages(folder)
+    if not packages:
+        return
+    what = f"the pages' npm packages ({', '.join(packages)}) are missing from {folder}"
+    if assets_dir:
+        raise ConfigError(f"{_where('server.assets_dir', assets_source)}: {what}: point it at the node_modules "
+                          f"that `npm ci` made in a checkout of the repository, {backend}")
+    if assets.is_checkout():
+        step = (f"run `npm ci` in {assets.ROOT} (`make install` does it), or set server.assets_dir "
+                f"($ASSETS_DIR) to a node_modules folder that has them")
+    else:
+        step = "run `npm ci` in a checkout of the repository and set server.assets_dir ($ASSETS_DIR) to its node_modules"
+    raise ConfigError(f"server.pages: {what}: {step}, {backend}")

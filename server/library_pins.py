@@ -1,0 +1,200 @@
+"""What this server relies on inside python-socketio and python-engineio (and a little of aiohttp).
+
+The server subclasses the libraries' classes and overrides private methods, so a new release can
+break it without any error until a client notices. ``tests/test_library_overrides.py`` checks
+every line below against the installed libraries and fails by name when something was renamed,
+removed or re-signed, when a subclass overrides a library method not listed here, or when the
+installed versions are not the pinned ones.
+
+Upgrading python-socketio or python-engineio: change :data:`PINNED` and the exact pins in
+``pyproject.toml``, run ``make lock`` and ``make install``, run that test; for each failure read
+the library's change, adapt the override, then update its line here.
+
+Keys are ``"module:Class.attribute"`` (``"module:function"`` for a module's function); a
+``[name]`` step looks up a dict key. A signature is what ``str(inspect.signature(...))`` prints
+for the library's function; ``None`` marks a data attribute (checked on a real instance).
+"""
+
+from __future__ import annotations
+
+# The exact versions everything below was written against (pyproject.toml pins the same).
+PINNED = {
+    "python-socketio": "5.18.1",
+    "python-engineio": "4.15.1",
+}
+
+# Library methods our subclasses override (server/realtime.py, engine_socket.py, manager.py,
+# namespace.py and the namespaces), with the library's signature the override was written against.
+OVERRIDDEN: dict[str, str | None] = {
+    # RealtimeEngine (server/realtime.py)
+    "engineio.async_server:AsyncServer.__init__":
+        "(self, async_mode=None, ping_interval=25, ping_timeout=20, max_http_buffer_size=1000000, "
+        "allow_upgrades=True, http_compression=True, compression_threshold=1024, cookie=None, "
+        "cors_allowed_origins=None, cors_credentials=True, logger=False, json=None, async_handlers=True, "
+        "monitor_clients=None, transports=None, **kwargs)",
+    "engineio.async_server:AsyncServer.create_queue": "(self, *args, **kwargs)",
+    "engineio.async_server:AsyncServer.generate_id": "(self)",
+    "engineio.async_server:AsyncServer._cors_allowed_origins": "(self, environ)",
+    "engineio.async_server:AsyncServer._ok": "(self, packets=None, headers=None, jsonp_index=None)",
+    "engineio.async_server:AsyncServer.handle_request": "(self, *args, **kwargs)",
+    "engineio.async_server:AsyncServer._trigger_event": "(self, event, *args, **kwargs)",
+    # RealtimeEngine's WebSocket (a subclass of the aiohttp driver's, made in RealtimeEngine.__init__)
+    "engineio.async_drivers.aiohttp:WebSocket.__call__": "(self, environ)",
+    "engineio.async_drivers.aiohttp:WebSocket.send": "(self, message)",
+    # CountedPayload (server/realtime.py): lifts the per-body packet cap
+    "engineio.payload:Payload.max_decode_packets": None,
+    # RealtimeServer (server/realtime.py)
+    "socketio.async_server:AsyncServer.__init__":
+        "(self, client_manager=None, logger=False, json=None, async_handlers=True, namespaces=None, **kwargs)",
+    "socketio.async_server:AsyncServer.emit":
+        "(self, event, data=None, to=None, room=None, skip_sid=None, namespace=None, callback=None, "
+        "ignore_queue=False)",
+    "socketio.async_server:AsyncServer._engineio_server_class": "(self)",
+    "socketio.async_server:AsyncServer._handle_eio_connect": "(self, eio_sid, environ)",
+    "socketio.async_server:AsyncServer._handle_eio_message": "(self, eio_sid, data)",
+    "socketio.async_server:AsyncServer._send_packet": "(self, eio_sid, pkt)",
+    "socketio.async_server:AsyncServer._handle_connect": "(self, eio_sid, namespace, data)",
+    "socketio.async_server:AsyncServer._handle_disconnect": "(self, eio_sid, namespace, reason=None)",
+    "socketio.async_server:AsyncServer._handle_eio_disconnect": "(self, eio_sid, reason)",
+    # RealtimeSocket (server/engine_socket.py)
+    "engineio.async_socket:AsyncSocket.receive": "(self, pkt)",
+    "engineio.async_socket:AsyncSocket.handle_post_request": "(self, environ)",
+    "engineio.async_socket:AsyncSocket.send": "(self, pkt)",
+    "engineio.async_socket:AsyncSocket.schedule_ping": "(self)",
+    "engineio.async_socket:AsyncSocket.close": "(self, wait=True, abort=False, reason=None)",
+    "engineio.async_socket:AsyncSocket._websocket_handler": "(self, ws)",
+    # RealtimeManager (server/manager.py)
+    "socketio.async_manager:AsyncManager.__init__": "(self)",
+    "socketio.async_manager:AsyncManager.emit":
+        "(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs)",
+    "socketio.async_manager:AsyncManager.pre_connect": "(self, eio_sid, namespace)",
+    "socketio.async_manager:AsyncManager.basic_enter_room": "(self, sid, namespace, room, eio_sid=None)",
+    "socketio.async_manager:AsyncManager.basic_leave_room": "(self, sid, namespace, room)",
+    "socketio.async_manager:AsyncManager.get_rooms": "(self, sid, namespace)",
+    "socketio.async_manager:AsyncManager.basic_disconnect": "(self, sid, namespace, **kwargs)",
+    "socketio.async_manager:AsyncManager.enter_room": "(self, sid, namespace, room, eio_sid=None)",
+    "socketio.async_manager:AsyncManager.leave_room": "(self, sid, namespace, room)",
+    "socketio.async_manager:AsyncManager.disconnect": "(self, sid, namespace, **kwargs)",
+    # BaseNamespace (server/namespace.py) and the namespaces, EchoNamespace (server/conformance.py)
+    "socketio.async_namespace:AsyncNamespace.__init__": "(self, namespace=None)",
+    "socketio.async_namespace:AsyncNamespace.trigger_event": "(self, event, *args)",
+}
+
+# Library methods our code calls and library attributes it reads or assigns, without overriding
+# them (found with grep over server/ and namespaces/).
+USED: dict[str, str | None] = {
+    # socketio.AsyncServer internals (server/realtime.py, app.py, operations.py)
+    "socketio.async_server:AsyncServer._handle_event": "(self, eio_sid, namespace, id, data)",
+    "socketio.async_server:AsyncServer._handle_ack": "(self, eio_sid, namespace, id, data)",
+    "socketio.async_server:AsyncServer._trigger_event": "(self, event, namespace, *args)",
+    "socketio.async_server:AsyncServer._binary_packet": None,
+    "socketio.async_server:AsyncServer.environ": None,
+    "socketio.async_server:AsyncServer.namespace_handlers": None,
+    "socketio.async_server:AsyncServer.handlers": None,
+    "socketio.async_server:AsyncServer.packet_class": None,
+    "socketio.async_server:AsyncServer.eio": None,
+    "socketio.async_server:AsyncServer.manager": None,
+    "socketio.async_server:AsyncServer.manager_initialized": None,
+    "socketio.async_server:AsyncServer.reason.CLIENT_DISCONNECT": None,
+    "socketio.async_server:AsyncServer.reason.SERVER_DISCONNECT": None,
+    "socketio.async_server:AsyncServer.reason.TRANSPORT_CLOSE": None,
+    "socketio.async_server:AsyncServer.reason.TRANSPORT_ERROR": None,
+    "socketio.async_server:AsyncServer.reason.PING_TIMEOUT": None,
+    # engineio.AsyncServer internals (RealtimeEngine replaces two entries of _async)
+    "engineio.async_server:AsyncServer._async": None,
+    "engineio.async_server:AsyncServer._async[translate_request]": None,
+    "engineio.async_server:AsyncServer._async[websocket]": None,
+    "engineio.async_server:AsyncServer.sockets": None,
+    "engineio.async_server:AsyncServer.handlers": None,
+    "engineio.async_server:AsyncServer.ping_interval": None,
+    "engineio.async_server:AsyncServer.ping_timeout": None,
+    "engineio.async_server:AsyncServer.ping_interval_grace_period": None,
+    "engineio.async_server:AsyncServer.max_http_buffer_size": None,
+    "engineio.async_server:AsyncServer.reason.PING_TIMEOUT": None,
+    "engineio.async_server:AsyncServer.reason.TRANSPORT_ERROR": None,
+    "engineio.async_server:AsyncServer.reason.TRANSPORT_CLOSE": None,
+    "engineio.async_drivers.aiohttp:translate_request": "(request)",
+    "engineio.async_drivers.aiohttp:WebSocket.__init__": "(self, handler, server)",
+    "engineio.async_drivers.aiohttp:WebSocket.wait": "(self)",
+    "engineio.async_drivers.aiohttp:WebSocket.close": "(self)",
+    "engineio.async_drivers.aiohttp:WebSocket._sock": None,
+    "engineio.async_drivers.aiohttp:WebSocket.server": None,
+    "engineio.async_drivers.aiohttp:WebSocket.handler": None,
+    # an Engine.IO session's state, which RealtimeSocket reads and sets as the library does
+    "engineio.async_socket:AsyncSocket.__init__": "(self, server, sid)",
+    "engineio.async_socket:AsyncSocket.check_ping_timeout": "(self)",
+    "engineio.async_socket:AsyncSocket.server": None,
+    "engineio.async_socket:AsyncSocket.sid": None,
+    "engineio.async_socket:AsyncSocket.queue": None,
+    "engineio.async_socket:AsyncSocket.last_ping": None,
+    "engineio.async_socket:AsyncSocket.connected": None,
+    "engineio.async_socket:AsyncSocket.upgrading": None,
+    "engineio.async_socket:AsyncSocket.upgraded": None,
+    "engineio.async_socket:AsyncSocket.closing": None,
+    "engineio.async_socket:AsyncSocket.closed": None,
+    # the client manager's tables and lookups (server/manager.py, realtime.py, operations.py, admin)
+    "socketio.async_manager:AsyncManager.rooms": None,
+    "socketio.async_manager:AsyncManager.callbacks": None,
+    "socketio.async_manager:AsyncManager.pending_connect": None,
+    "socketio.async_manager:AsyncManager.pending_disconnect": None,
+    "socketio.async_manager:AsyncManager.server": None,
+    "socketio.async_manager:AsyncManager.sid_from_eio_sid": "(self, eio_sid, namespace)",
+    "socketio.async_manager:AsyncManager.eio_sid_from_sid": "(self, sid, namespace)",
+    "socketio.async_manager:AsyncManager.is_connected": "(self, sid, namespace)",
+    "socketio.async_manager:AsyncManager.get_namespaces": "(self)",
+    "socketio.async_manager:AsyncManager.get_participants": "(self, namespace, room)",
+    "socketio.async_manager:AsyncManager.initialize": "(self)",
+    "socketio.async_manager:AsyncManager.connect": "(self, sid, namespace)",
+    # packets, built and taken apart by hand on the hot paths
+    "socketio.packet:Packet.__init__":
+        "(self, packet_type=2, data=None, namespace=None, id=None, binary=None, encoded_packet=None)",
+    "socketio.packet:Packet.encode": "(self)",
+    "socketio.packet:Packet.add_attachment": "(self, attachment)",
+    "socketio.packet:Packet.packet_type": None,
+    "socketio.packet:Packet.namespace": None,
+    "socketio.packet:Packet.id": None,
+    "socketio.packet:Packet.data": None,
+    "socketio.packet:Packet.attachment_count": None,
+    "socketio.msgpack_packet:MsgPackPacket": None,
+    "engineio.packet:Packet.__init__": "(self, packet_type=6, data=None, encoded_packet=None)",
+    "engineio.packet:Packet.encode": "(self, b64=False)",
+    "engineio.packet:Packet.packet_type": None,
+    "engineio.packet:Packet.data": None,
+    "engineio.packet:OPEN": None,
+    "engineio.packet:CLOSE": None,
+    "engineio.packet:PING": None,
+    "engineio.packet:PONG": None,
+    "engineio.packet:MESSAGE": None,
+    "engineio.packet:UPGRADE": None,
+    "engineio.packet:NOOP": None,
+    "engineio.payload:Payload.__init__": "(self, packets=None, encoded_payload=None)",
+    "engineio.payload:Payload.packets": None,
+    "engineio.exceptions:UnknownPacketError": None,
+    "engineio.exceptions:SocketIsClosedError": None,
+    "socketio.exceptions:ConnectionRefusedError.error_args": None,
+    # aiohttp internals under the direct WebSocket frame writes (server/engine_socket.py)
+    "aiohttp.web_ws:WebSocketResponse._writer": None,
+    "aiohttp.web_ws:WebSocketResponse.compress": None,
+    "aiohttp.http_websocket:WebSocketWriter.transport": None,
+}
+
+# Library functions that must still call the methods we override (else the override is dead code).
+CALLED_BY_LIBRARY: dict[str, tuple[str, ...]] = {
+    "engineio.async_server:AsyncServer._handle_connect":
+        ("generate_id", "AsyncSocket", "_trigger_event", "schedule_ping"),
+    "engineio.async_server:AsyncServer.handle_request":
+        ("_cors_allowed_origins", "_ok", "handle_post_request", "_handle_connect"),
+    "engineio.base_socket:BaseSocket.__init__": ("create_queue",),
+    "engineio.async_socket:AsyncSocket.receive": ("schedule_ping",),
+    "engineio.async_socket:AsyncSocket._upgrade_websocket": ("_websocket_handler",),
+    "engineio.payload:Payload.decode": ("max_decode_packets",),
+    "socketio.base_server:BaseServer.__init__":
+        ("_engineio_server_class", "_handle_eio_connect", "_handle_eio_message", "_handle_eio_disconnect"),
+    "socketio.async_server:AsyncServer._handle_eio_message": ("_handle_connect", "_handle_disconnect"),
+    "socketio.async_server:AsyncServer._handle_eio_disconnect": ("_handle_disconnect",),
+    "socketio.async_server:AsyncServer._trigger_event": ("trigger_event",),
+    "socketio.async_manager:AsyncManager.emit": ("_send_packet",),
+    "socketio.async_manager:AsyncManager.enter_room": ("basic_enter_room",),
+    "socketio.async_manager:AsyncManager.leave_room": ("basic_leave_room",),
+    "socketio.async_manager:AsyncManager.disconnect": ("basic_disconnect",),
+}
