@@ -238,7 +238,9 @@ class RealtimeEngine(engineio.AsyncServer):
             address = request.remote or ""
             if self._per_ip.get(address, 0) >= self.max_connections_per_ip:
                 return web.Response(status=429, text='"Too many connections from this address"')
-        if socket is not None and transport == "websocket":
+        if socket is not None and transport == "websocket" and request.headers.get("Upgrade", "").lower() == "websocket":
+            if socket.upgraded or socket.upgrading:
+                return await self._close_extra_websocket(request)
             self._websockets[sid] = request.transport  # an upgrade of this session
         if socket is not None and transport == "polling" and not socket.upgraded:
             if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
@@ -260,6 +262,16 @@ class RealtimeEngine(engineio.AsyncServer):
                 finally:
                     self._polling.discard(sid)
         return await super().handle_request(request)
+
+    @staticmethod
+    async def _close_extra_websocket(request: web.Request) -> web.StreamResponse:
+        """A WebSocket for a session that has one already, or is upgrading to one: the
+        handshake completes (101) and the WebSocket is closed at once, as the reference server
+        does; the session and its WebSocket carry on."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
 
     async def _end(self, socket: Any) -> None:
         """End a session refused at the HTTP level, and forget it at once."""
@@ -342,9 +354,11 @@ class RealtimeEngine(engineio.AsyncServer):
         result = await super()._trigger_event(event, *args, **kwargs)
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
-            # it hanging), and the WebSocket writer ends, which closes the WebSocket (the JS
-            # client ignores an Engine.IO CLOSE packet on a WebSocket).
-            if not socket.upgraded:
+            # it hanging) unless something already queued answers it (the CLOSE that ends
+            # overlapping polls goes alone, as the spec wants), and the WebSocket writer ends,
+            # which closes the WebSocket (the JS client ignores an Engine.IO CLOSE packet on a
+            # WebSocket).
+            if not socket.upgraded and socket.queue.empty():
                 socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
             socket.queue.put_nowait(None)
             # python-engineio forgets a closed session only when another request for it comes;
