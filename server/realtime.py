@@ -28,7 +28,7 @@ from engineio.async_socket import AsyncSocket
 from socketio import exceptions
 from socketio import packet as sio_packet
 
-from .engine_socket import RealtimeSocket
+from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
@@ -151,9 +151,12 @@ class RealtimeEngine(engineio.AsyncServer):
     - HTTP: an unsupported method or a missing/unknown transport is a 400; a POST body is read
       completely before use (python-engineio's ``read(n)`` on aiohttp can return part of it), an
       oversized one gets 413 at once, one slower than ``body_timeout`` gets 408, one with too
-      many packets or an undecodable one gets 400 and ends the session; a POST answers ``ok``.
+      many packets, an undecodable one or one holding a packet type a client may not send
+      (OPEN, PING, unknown) gets 400 and ends the session; a POST answers ``ok``. Every request
+      is answered: no path waits for a queue only the client's next poll would drain.
     - A polling client that missed the heartbeat deadline gets 400 on its next request; two
-      concurrent GETs on one session end it (the first gets CLOSE).
+      concurrent GETs on one session end it (the first gets CLOSE alone). A second WebSocket
+      for a session that has one is accepted and closed at once.
     - At most ``max_connections_per_ip`` sessions per client address.
     - A session's transport really closes when the session ends; same-origin requests are
       accepted besides the configured CORS allow-list; session ids carry the node's tag.
@@ -167,6 +170,7 @@ class RealtimeEngine(engineio.AsyncServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.requests_in_flight = 0
         self._polling: set[str] = set()
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
@@ -226,6 +230,15 @@ class RealtimeEngine(engineio.AsyncServer):
         return response
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request to the Engine.IO endpoint; counted while in flight (open
+        WebSockets and pending polls included), so a request that never ends shows."""
+        self.requests_in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, query = request.method, request.query
         if method not in ("GET", "POST", "OPTIONS"):
             return web.Response(status=400, text='"Bad Request"')
@@ -273,10 +286,25 @@ class RealtimeEngine(engineio.AsyncServer):
         await ws.close()
         return ws
 
-    async def _end(self, socket: Any) -> None:
-        """End a session refused at the HTTP level, and forget it at once."""
-        await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+    async def _end(self, socket: Any, reason: Any = None) -> None:
+        """End a session refused at the HTTP level, and forget it at once.
+
+        :param reason: the disconnect reason handlers see (default: transport error).
+        """
+        await socket.close(wait=False, abort=True, reason=reason or self.reason.TRANSPORT_ERROR)
         self.sockets.pop(socket.sid, None)
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        """End one session (or all) without waiting for its queue to drain.
+
+        python-engineio's waits, and only the client's next poll drains a polling session's
+        queue: its POST handler, ending a session on a bad packet, waited there forever and
+        the request was never answered.
+        """
+        sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
+        for socket in sockets:
+            if socket is not None:
+                await self._end(socket, self.reason.SERVER_DISCONNECT)
 
     async def _read_body(self, request: web.Request, socket: Any) -> web.StreamResponse | None:
         length = request.content_length
@@ -302,10 +330,17 @@ class RealtimeEngine(engineio.AsyncServer):
             await self._end(socket)
             return web.Response(status=400, text='"Too many packets in one payload"')
         try:
-            request["rt_packets"] = CountedPayload(encoded_payload=body.decode("utf-8")).packets
+            packets = CountedPayload(encoded_payload=body.decode("utf-8")).packets
         except Exception:
             await self._end(socket)
             return web.Response(status=400, text='"Undecodable payload"')
+        # Checked before any packet is handled, so a refused payload has no effect but the end.
+        refused = next((p.packet_type for p in packets if p.packet_type not in CLIENT_PACKET_TYPES), None)
+        if refused is not None:
+            log.info("closing %s: Engine.IO packet type %s not allowed from a client", socket.sid, refused)
+            await self._end(socket)
+            return web.Response(status=400, text='"Packet type not allowed"')
+        request["rt_packets"] = packets
         request["rt_body"] = body
         return None
 

@@ -1,0 +1,114 @@
+"""Hostile input at the Engine.IO / HTTP layer: every request gets an answer, nothing is left
+behind, and the log stays short. Real server processes, raw clients for the malformed input,
+the official JS client as the bystander that must not notice."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+
+from test_hostile import RS, Raw, bystander, bystander_still_fine, internal
+
+# The tables that must return to where they were once hostile sessions are gone.
+TABLES = ("engineio_sessions", "environ", "rate_buckets", "per_ip", "http_requests")
+
+
+def config_file(text: str) -> str:
+    """A TOML configuration file holding ``text``, for ``--config``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    return f.name
+
+
+async def settled(server, baseline: dict[str, float]) -> dict[str, float]:
+    """The internal-table gauges once they are back at ``baseline`` (or as they are after a while)."""
+    for _ in range(50):
+        now = internal(server)
+        if all(now.get(k) == baseline.get(k) for k in TABLES):
+            break
+        await asyncio.sleep(0.1)
+    return {k: now.get(k) for k in TABLES}
+
+
+def log_lines(server, needle: str) -> list[str]:
+    return [line for line in server.output().splitlines() if needle in line]
+
+
+# ---------------------------------------------------------------------- polling POST bodies
+
+# body -> the POST's status: a packet type a client may not send (OPEN, PING, unknown) ends the
+# session with 400 before any packet of the payload is handled; NOOP and UPGRADE are ignored
+# (as the Node server does); PONG, CLOSE and MESSAGE are handled.
+POST_BODIES = {
+    "2": 400, "0": 400, RS.join(["2"] * 3): 400, "6": 200, RS.join(["6"] * 3): 200,
+    "2" + RS + "6" + RS + "0": 400, "40/chat," + RS + "2": 400, "5": 200, "3": 200, "3probe": 200,
+    "1": 200, "4": 200,
+}
+
+
+async def test_every_polling_post_is_answered_whatever_it_holds(servers, js):
+    # A short heartbeat so the GET after a POST that keeps the session is answered (by the ping).
+    srv = servers(env={"PING_INTERVAL": "1", "PING_TIMEOUT": "2"})
+    await bystander(js, srv)
+    await asyncio.sleep(0.2)
+    baseline = internal(srv)
+    clients: list[Raw] = []
+
+    async def one(body: str) -> tuple[str, int, int]:
+        c = Raw(srv)
+        clients.append(c)
+        await c.open_polling()
+        try:
+            async with asyncio.timeout(5):
+                post_status, _ = await c.post(body)
+        except TimeoutError:
+            raise AssertionError(f"POST {body!r} was never answered") from None
+        try:
+            async with asyncio.timeout(5):
+                get_status, _ = await c.get()
+        except TimeoutError:
+            raise AssertionError(f"GET after POST {body!r} was never answered") from None
+        return body, post_status, get_status
+
+    try:
+        # Several of each at once, as the report had it (300 hanging POSTs).
+        results = await asyncio.gather(*(one(body) for body in POST_BODIES for _ in range(5)))
+        for body, post_status, get_status in results:
+            assert post_status == POST_BODIES[body], (body, post_status)
+            if post_status == 400 or body == "1":
+                assert get_status == 400, (body, get_status)  # the session is gone
+            elif body != "4":  # an empty Socket.IO packet closes the session at that level
+                assert get_status == 200, (body, get_status)
+        for c in clients:  # close the sessions that are still open
+            await c.post("1")
+    finally:
+        for c in clients:
+            await c.close()
+    # No session, no environ, no per-address slot and no request handler left behind.
+    assert await settled(srv, baseline) == {k: baseline.get(k) for k in TABLES}
+    await bystander_still_fine(js, srv)
+
+
+async def test_unknown_engineio_packet_type_gets_400_and_one_short_log_line(server, js):
+    await bystander(js, server)
+    for body in ("9hello", "7", "4hi" + RS + "8"):
+        c = Raw(server)
+        try:
+            await c.open_polling()
+            assert (await c.post(body))[0] == 400, body
+            await asyncio.sleep(0.2)
+            lines = log_lines(server, c.sid)
+            assert len(lines) == 1 and len(lines[0]) < 200, (body, lines)
+            assert (await c.get())[0] == 400, body  # the session ended
+        finally:
+            await c.close()
+    # the same over a WebSocket: closed, with no traceback either
+    c = Raw(server)
+    try:
+        await c.open_ws()
+        await c.ws.send_str("9hello")
+        assert await c.closed_within(2)
+    finally:
+        await c.close()
+    assert "Traceback" not in server.output()
+    await bystander_still_fine(js, server)
