@@ -248,9 +248,10 @@ class RealtimeEngine(engineio.AsyncServer):
         sid = query.get("sid")
         socket = self.sockets.get(sid) if sid else None
         if sid is None and method == "GET":
-            address = request.remote or ""
-            if self._per_ip.get(address, 0) >= self.max_connections_per_ip:
+            if self._per_ip.get(request.remote or "", 0) >= self.max_connections_per_ip:
                 return web.Response(status=429, text='"Too many connections from this address"')
+            if transport == "websocket":
+                return await self._open_websocket(request)
         if socket is not None and transport == "websocket" and request.headers.get("Upgrade", "").lower() == "websocket":
             if socket.upgraded or socket.upgrading:
                 return await self._close_extra_websocket(request)
@@ -275,6 +276,23 @@ class RealtimeEngine(engineio.AsyncServer):
                 finally:
                     self._polling.discard(sid)
         return await super().handle_request(request)
+
+    async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
+        """A new session that starts on a WebSocket. python-engineio creates the session
+        before the WebSocket handshake; when that handshake fails (a bad key, no
+        ``Connection: Upgrade``) the session ends here at once, instead of holding a slot of
+        its address's ``max_connections_per_ip`` until the connect timeout and after."""
+        opened = False
+        try:
+            response = await super().handle_request(request)
+            opened = True
+        finally:
+            created = self.sockets.get(request.get("rt_sid", ""))
+            if created is not None and not created.connected:  # its WebSocket never opened
+                await self._end(created)
+                if opened:  # python-engineio answered it as a poll
+                    response = web.Response(status=400, text='"Invalid WebSocket handshake"')
+        return response
 
     @staticmethod
     async def _close_extra_websocket(request: web.Request) -> web.StreamResponse:
@@ -357,8 +375,12 @@ class RealtimeEngine(engineio.AsyncServer):
                 pkt.data["pingTimeout"] = round(self.ping_timeout * 1000)
 
     def count_connection(self, sid: str, environ: dict, delta: int) -> None:
+        """Count a session against its client's address (``delta`` +1 when it starts, -1 when
+        it ends). The address is the request's peer, as in the check in ``_handle``
+        (python-engineio's aiohttp driver puts 127.0.0.1 in every environ's REMOTE_ADDR)."""
         if delta > 0:
-            address = environ.get("REMOTE_ADDR", "")
+            request = environ.get("aiohttp.request")
+            address = (request.remote if request is not None else None) or ""
             self._ip_of[sid] = address
         else:
             address = self._ip_of.pop(sid, None)
@@ -381,8 +403,10 @@ class RealtimeEngine(engineio.AsyncServer):
             self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
             request = args[1].get("aiohttp.request")
-            if request is not None and request.query.get("transport") == "websocket":
-                self._websockets[args[0]] = request.transport
+            if request is not None:
+                request["rt_sid"] = args[0]  # the session this request created
+                if request.query.get("transport") == "websocket":
+                    self._websockets[args[0]] = request.transport
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)

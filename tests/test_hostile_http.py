@@ -5,7 +5,10 @@ the official JS client as the bystander that must not notice."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
+
+import aiohttp
 
 from test_hostile import RS, Raw, bystander, bystander_still_fine, internal
 
@@ -112,3 +115,62 @@ async def test_unknown_engineio_packet_type_gets_400_and_one_short_log_line(serv
         await c.close()
     assert "Traceback" not in server.output()
     await bystander_still_fine(js, server)
+
+
+# ---------------------------------------------------------------------- sessions per address
+
+def bad_handshake(port: int, key: str = "bad key", upgrade: bool = True) -> bytes:
+    """A WebSocket handshake for a new session with a bad key, or without ``Connection: Upgrade``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                   f"Upgrade: websocket\r\n{'Connection: Upgrade' if upgrade else 'Connection: keep-alive'}\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        return s.recv(4096).split(b"\r\n")[0]
+
+
+async def test_bad_websocket_handshakes_leave_no_session_behind(servers, js):
+    srv = servers(env={"MAX_CONNECTIONS_PER_IP": "3"})
+    baseline = internal(srv)
+    for _ in range(4):
+        assert b" 400 " in bad_handshake(srv.port)
+    for _ in range(2):
+        assert b" 400 " in bad_handshake(srv.port, key="dGhlIHNhbXBsZSBub25jZQ==", upgrade=False)
+    # a good client still connects at once: the bad ones hold no slot of the per-address cap
+    state = await js.connect("ok", srv.url + "/chat", transports=["websocket"])
+    assert state["connected"], state
+    await js.emit("ok", "join", {"room": "calm"})
+    assert internal(srv)["per_ip"] == baseline["per_ip"] + 1
+    # a bad upgrade of an existing polling session refuses the upgrade, not the session
+    c = Raw(srv)
+    try:
+        await c.open_polling()
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write((f"GET /socket.io/?EIO=4&transport=websocket&sid={c.sid} HTTP/1.1\r\nHost: x\r\n"
+                      "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: bad\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert b" 400 " in await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        assert await c.post("40/chat,") == (200, "ok")
+        assert (await c.get())[1].startswith("40/chat,")
+    finally:
+        await c.close()
+    await bystander_still_fine(js, srv)
+
+
+async def test_sessions_are_counted_per_client_address(servers):
+    # 127.0.0.2 is another loopback address: a client there is another address to the server.
+    srv = servers(env={"MAX_CONNECTIONS_PER_IP": "2"})
+    url = f"{srv.url}/socket.io/?EIO=4&transport=polling"
+    other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    local = aiohttp.ClientSession()
+    try:
+        for _ in range(2):
+            async with other.get(url) as r:
+                assert r.status == 200
+        async with other.get(url) as r:
+            assert r.status == 429  # the third from the same address
+        async with local.get(url) as r:
+            assert r.status == 200  # another address is not charged for them
+    finally:
+        await other.close()
+        await local.close()
