@@ -197,7 +197,8 @@ def _update_gauges(runtime: Runtime) -> None:
     tables = {"engineio_sessions": len(sio.eio.sockets), "environ": len(sio.environ),
               "binary_packets": len(sio._binary_packet), "rate_buckets": len(sio._buckets),
               "recovery_states": len(sio.csr), "identities": len(runtime.identities),
-              "per_ip": sum(sio.eio._per_ip.values()), "http_requests": sio.eio.requests_in_flight}
+              "per_ip": sum(sio.eio._per_ip.values()), "http_requests": sio.eio.requests_in_flight,
+              "websocket_transports": len(sio.eio._websockets)}
     for table, size in tables.items():
         m.internal.labels(table).set(size)
 

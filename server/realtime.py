@@ -255,7 +255,11 @@ class RealtimeEngine(engineio.AsyncServer):
         if socket is not None and transport == "websocket" and request.headers.get("Upgrade", "").lower() == "websocket":
             if socket.upgraded or socket.upgrading:
                 return await self._close_extra_websocket(request)
-            self._websockets[sid] = request.transport  # an upgrade of this session
+            tcp = self._websockets[sid] = request.transport  # an upgrade of this session
+            try:
+                return await super().handle_request(request)
+            finally:
+                self._drop_transport(sid, tcp)
         if socket is not None and transport == "polling" and not socket.upgraded:
             if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
                 await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
@@ -283,16 +287,26 @@ class RealtimeEngine(engineio.AsyncServer):
         ``Connection: Upgrade``) the session ends here at once, instead of holding a slot of
         its address's ``max_connections_per_ip`` until the connect timeout and after."""
         opened = False
+        tcp = request.transport  # None once the connection is lost
         try:
             response = await super().handle_request(request)
             opened = True
         finally:
-            created = self.sockets.get(request.get("rt_sid", ""))
+            sid = request.get("rt_sid", "")
+            self._drop_transport(sid, tcp)
+            created = self.sockets.get(sid)
             if created is not None and not created.connected:  # its WebSocket never opened
                 await self._end(created)
                 if opened:  # python-engineio answered it as a poll
                     response = web.Response(status=400, text='"Invalid WebSocket handshake"')
         return response
+
+    def _drop_transport(self, sid: str, transport: Any) -> None:
+        """Forget the TCP transport recorded for ``sid``'s WebSocket once its request is over
+        (each one was kept until the session was forgotten, or for ever when python-engineio
+        had dropped the session first)."""
+        if self._websockets.get(sid) is transport:
+            del self._websockets[sid]
 
     @staticmethod
     async def _close_extra_websocket(request: web.Request) -> web.StreamResponse:

@@ -13,7 +13,7 @@ import aiohttp
 from test_hostile import RS, Raw, bystander, bystander_still_fine, internal
 
 # The tables that must return to where they were once hostile sessions are gone.
-TABLES = ("engineio_sessions", "environ", "rate_buckets", "per_ip", "http_requests")
+TABLES = ("engineio_sessions", "environ", "rate_buckets", "per_ip", "http_requests", "websocket_transports")
 
 
 def config_file(text: str) -> str:
@@ -23,9 +23,9 @@ def config_file(text: str) -> str:
     return f.name
 
 
-async def settled(server, baseline: dict[str, float]) -> dict[str, float]:
-    """The internal-table gauges once they are back at ``baseline`` (or as they are after a while)."""
-    for _ in range(50):
+async def settled(server, baseline: dict[str, float], within: float = 5.0) -> dict[str, float]:
+    """The internal-table gauges once they are back at ``baseline`` (or as they are after ``within`` s)."""
+    for _ in range(int(within * 10)):
         now = internal(server)
         if all(now.get(k) == baseline.get(k) for k in TABLES):
             break
@@ -174,3 +174,32 @@ async def test_sessions_are_counted_per_client_address(servers):
     finally:
         await other.close()
         await local.close()
+
+
+# ---------------------------------------------------------------------- WebSocket bookkeeping
+
+async def test_websocket_sessions_leave_no_transport_behind(servers, js):
+    # The engine keeps each WebSocket's TCP transport while it is open (to abort a stuck one).
+    srv = servers()
+    await bystander(js, srv)
+    await asyncio.sleep(0.2)
+    baseline = internal(srv)
+    for i in range(6):
+        c = Raw(srv)
+        try:
+            if i % 2:
+                await c.open_ws()
+                await c.ws.send_str("40/chat,")
+                await c.ws.receive(timeout=5)
+                if i % 3 == 0:
+                    await c.ws.send_str("1")  # a client that says goodbye
+            else:  # polling, upgraded to a WebSocket
+                await c.open_polling()
+                c.ws = await c.http.ws_connect(c.url(transport="websocket", sid=c.sid))
+                await c.ws.send_str("2probe")
+                assert (await c.ws.receive(timeout=5)).data == "3probe"
+                await c.ws.send_str("5")
+        finally:
+            await c.close()
+    assert await settled(srv, baseline) == {k: baseline.get(k) for k in TABLES}
+    await bystander_still_fine(js, srv)
