@@ -38,6 +38,7 @@ class ServerConfig:
     node_id: str = ""
     websocket_compression: bool = False
     bench_namespace: bool = False
+    bad_request_log_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "node_id": lambda k, s, v: _str(k, s, v),
         "websocket_compression": _bool,
         "bench_namespace": _bool,
+        "bad_request_log_interval": lambda k, s, v: _float(k, s, v, 0, 86400),
     },
     "redis": {
         "url": _redis_url,

@@ -117,6 +117,71 @@ async def test_unknown_engineio_packet_type_gets_400_and_one_short_log_line(serv
     await bystander_still_fine(js, server)
 
 
+# ---------------------------------------------------------------------- malformed HTTP
+
+MALFORMED_HTTP = {
+    "negative Content-Length": b"POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Length: -5\r\n\r\n",
+    "Content-Length with chunked": b"POST /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "70 KB header": b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nX-Big: "
+                    + b"a" * 70_000 + b"\r\n\r\n",
+}
+
+
+async def send_raw(port: int, data: bytes) -> bytes:
+    """Send ``data`` on a new connection and return the status line of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the server may answer and close before reading all of it
+        async with asyncio.timeout(5):
+            return await reader.readline()
+    finally:
+        writer.close()
+
+
+async def test_malformed_http_gets_400_and_a_bounded_number_of_short_log_lines(server, js):
+    await bystander(js, server)
+    for name, data in MALFORMED_HTTP.items():
+        for _ in range(20):
+            status_line = await send_raw(server.port, data)
+            assert status_line.split(b" ")[1:2] == [b"400"], (name, status_line)
+    await asyncio.sleep(0.2)
+    output = server.output()
+    assert "Traceback" not in output
+    warnings = log_lines(server, "malformed HTTP request")
+    assert 1 <= len(warnings) <= 3, warnings  # rate-limited: 60 requests, a line or two
+    assert all(len(line) < 300 for line in warnings), warnings
+    await bystander_still_fine(js, server)
+
+
+async def test_bad_request_log_interval_zero_logs_every_malformed_request(servers):
+    srv = servers(args=["--config", config_file("[server]\nbad_request_log_interval = 0\n")])
+    for _ in range(5):
+        await send_raw(srv.port, MALFORMED_HTTP["negative Content-Length"])
+    await asyncio.sleep(0.2)
+    assert len(log_lines(srv, "malformed HTTP request")) == 5
+    assert "Traceback" not in srv.output()
+
+
+async def test_engineio_errors_are_logged_once_in_the_servers_format(server):
+    # python-engineio adds a handler of its own to its logger unless that logger has a level:
+    # every line it logged was written twice, once without timestamp or level.
+    c = Raw(server)
+    try:
+        c.sid = "no-such-session"
+        assert (await c.get())[0] == 400
+    finally:
+        await c.close()
+    await asyncio.sleep(0.2)
+    lines = log_lines(server, "Invalid session no-such-session")
+    assert len(lines) == 1 and " ERROR engineio.server: " in lines[0], lines
+
+
 # ---------------------------------------------------------------------- sessions per address
 
 def bad_handshake(port: int, key: str = "bad key", upgrade: bool = True) -> bytes:
