@@ -40,6 +40,10 @@ log = logging.getLogger("server.realtime")
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
 MAX_ACK_ID = 2**53 - 1
+# Namespace names are cut to this many characters as they are decoded. No namespace served is
+# this long, so a longer name is unknown anyway; it is only echoed (the CONNECT_ERROR reply,
+# log lines), and a 500 KB name was echoed whole.
+MAX_NAMESPACE_LENGTH = 128
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
 
@@ -67,6 +71,7 @@ def _placeholders_valid(value: Any, count: int) -> bool:
 def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> Any:
     """Decode and check one Socket.IO packet from a client, before any server state is touched.
 
+    A namespace name longer than ``MAX_NAMESPACE_LENGTH`` is cut to that length.
     Raises one of ``DECODE_ERRORS`` for anything the protocol does not allow from a client:
     an unknown or server-only packet type, a bad ack id, an event that is not an array
     starting with a name, a reserved event name, an attachment count out of range, a
@@ -78,6 +83,8 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
         raise ProtocolError(f"packet type {kind!r} not allowed from a client")
     if pkt.namespace is not None and not isinstance(pkt.namespace, str):
         raise ProtocolError("namespace must be a string")
+    if pkt.namespace is not None and len(pkt.namespace) > MAX_NAMESPACE_LENGTH:
+        pkt.namespace = pkt.namespace[:MAX_NAMESPACE_LENGTH]
     if pkt.id is not None and (isinstance(pkt.id, bool) or not isinstance(pkt.id, int)
                                or not 0 <= pkt.id <= MAX_ACK_ID):
         raise ProtocolError("bad ack id")

@@ -5,6 +5,7 @@ the official JS client as the bystander that must not notice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import tempfile
 
@@ -180,6 +181,34 @@ async def test_engineio_errors_are_logged_once_in_the_servers_format(server):
     await asyncio.sleep(0.2)
     lines = log_lines(server, "Invalid session no-such-session")
     assert len(lines) == 1 and " ERROR engineio.server: " in lines[0], lines
+
+
+# ---------------------------------------------------------------------- Socket.IO CONNECT
+
+async def test_connect_to_a_huge_namespace_echoes_a_capped_name(server, js):
+    await bystander(js, server)
+    huge = "/" + "n" * 500_000
+    c, p = Raw(server), Raw(server)
+    try:
+        await c.open_ws()
+        await c.ws.send_str("40" + huge + ",")
+        reply = (await c.ws.receive(timeout=5)).data
+        assert len(reply) < 300, len(reply)
+        namespace, _, data = reply[2:].partition(",")
+        assert reply.startswith("44/") and huge.startswith(namespace)
+        assert json.loads(data) == {"message": "Invalid namespace"}
+        # the same over long-polling
+        await p.open_polling()
+        assert (await p.post("40" + huge + ","))[0] == 200
+        status, body = await p.get()
+        assert status == 200 and len(body) < 300 and body.startswith("44/"), body[:100]
+    finally:
+        await c.close()
+        await p.close()
+    # A name under the cap still gets the usual error, which the JS client understands.
+    state = await js.connect("long", server.url + "/" + "n" * 100, transports=["websocket"], expect_error=True)
+    assert state["errors"] and state["errors"][0]["message"] == "Invalid namespace", state
+    await bystander_still_fine(js, server)
 
 
 # ---------------------------------------------------------------------- sessions per address
