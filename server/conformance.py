@@ -2,9 +2,9 @@
 test suites expect (``python -m server --conformance``). Never part of a production app.
 
 - Socket.IO at ``/socket.io/`` with namespaces ``/`` and ``/custom`` only; right after the
-  CONNECT ack the server emits ``auth`` with the CONNECT payload (``{}`` when there was none); ``message`` is answered by
-  ``message-back`` with the same arguments (binary included); ``message-with-ack`` is acked
-  with its arguments.
+  CONNECT ack the server emits ``auth`` with the CONNECT payload (``{}`` when there was
+  none); ``message`` is answered by ``message-back`` with the same arguments (binary
+  included); ``message-with-ack`` is acked with its arguments.
 - A raw Engine.IO echo server at ``/engine.io/``.
 - Test-only timings: ping interval 300 ms, ping timeout 200 ms; max payload 1 000 000; CORS ``*``.
 """

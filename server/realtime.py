@@ -259,7 +259,8 @@ class RealtimeEngine(engineio.AsyncServer):
                 return web.Response(status=429, text='"Too many connections from this address"')
             if transport == "websocket":
                 return await self._open_websocket(request)
-        if socket is not None and transport == "websocket" and request.headers.get("Upgrade", "").lower() == "websocket":
+        if (socket is not None and transport == "websocket"
+                and request.headers.get("Upgrade", "").lower() == "websocket"):
             if socket.upgraded or socket.upgrading:
                 return await self._close_extra_websocket(request)
             tcp = self._websockets[sid] = request.transport  # an upgrade of this session
