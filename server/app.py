@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from socketio.msgpack_packet import MsgPackPacket
 
 from . import __version__, assets
@@ -186,7 +187,8 @@ def _update_gauges(runtime: Runtime) -> None:
     tables = {"engineio_sessions": len(sio.eio.sockets), "environ": len(sio.environ),
               "binary_packets": len(sio._binary_packet), "rate_buckets": len(sio._buckets),
               "recovery_states": len(sio.csr), "identities": len(runtime.identities),
-              "per_ip": sum(sio.eio._per_ip.values())}
+              "per_ip": sum(sio.eio._per_ip.values()), "http_requests": sio.eio.requests_in_flight,
+              "websocket_transports": len(sio.eio._websockets)}
     for table, size in tables.items():
         m.internal.labels(table).set(size)
 
@@ -374,6 +376,43 @@ def json_log_formatter() -> logging.Formatter:
     return JsonFormatter()
 
 
+class MalformedHttpFilter(logging.Filter):
+    """aiohttp logs each request it cannot parse (a negative Content-Length, Content-Length
+    with chunked encoding, a 70 KB header, ...) as an ERROR with a traceback, after answering
+    it 400: anyone could flood the log. Such a record becomes one short warning line, at most
+    one per ``interval`` seconds; the next line logged says how many were left out.
+
+    :param interval: seconds between two such lines (0: every request gets its line).
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.next_at = 0.0
+        self.left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True  # an error in a handler keeps its traceback
+        now = time.monotonic()
+        if now < self.next_at:
+            self.left_out += 1
+            return False
+        self.next_at = now + self.interval
+        # The parser's message quotes the offending bytes (escaped) under a first line that names the fault.
+        reason = (str(exc.message).splitlines() or [""])[0].rstrip(": ")[:100]
+        reason = "".join(c if c.isprintable() else "?" for c in reason)
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "malformed HTTP request from %s, answered %s: %s%s"
+        record.args = (peer, exc.code, reason,
+                       f" ({self.left_out} more since the last line)" if self.left_out else "")
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        self.left_out = 0
+        return True
+
+
 def configure_logging(config: Config) -> None:
     handler = logging.StreamHandler()
     if config.server.log_format == "json":
@@ -384,9 +423,13 @@ def configure_logging(config: Config) -> None:
     root.handlers[:] = [handler]
     root.setLevel(config.server.log_level.upper())
     # python-socketio/engineio log every packet at INFO, CONNECT payloads (tokens) included:
-    # they stay at WARNING whatever the level, so no secret reaches the logs.
-    for name in ("socketio", "engineio", "aiohttp.access"):
+    # they stay at WARNING whatever the level, so no secret reaches the logs. Their
+    # ``*.server`` loggers get a level of their own too: left unset, each library adds a
+    # handler of its own there and every line they log is written twice.
+    for name in ("socketio", "socketio.server", "engineio", "engineio.server", "aiohttp.access"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [MalformedHttpFilter(config.server.bad_request_log_interval)]
 
 
 def version() -> str:

@@ -42,6 +42,7 @@ class ServerConfig:
     bench_namespace: bool = False
     pages: bool = True
     assets_dir: str = ""
+    bad_request_log_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "bench_namespace": _bool,
         "pages": _bool,
         "assets_dir": _folder,
+        "bad_request_log_interval": lambda k, s, v: _float(k, s, v, 0, 86400),
     },
     "redis": {
         "url": _redis_url,

@@ -2,9 +2,9 @@
 test suites expect (``python -m server --conformance``). Never part of a production app.
 
 - Socket.IO at ``/socket.io/`` with namespaces ``/`` and ``/custom`` only; right after the
-  CONNECT ack the server emits ``auth`` with the CONNECT payload; ``message`` is answered by
-  ``message-back`` with the same arguments (binary included); ``message-with-ack`` is acked
-  with its arguments.
+  CONNECT ack the server emits ``auth`` with the CONNECT payload (``{}`` when there was
+  none); ``message`` is answered by ``message-back`` with the same arguments (binary
+  included); ``message-with-ack`` is acked with its arguments.
 - A raw Engine.IO echo server at ``/engine.io/``.
 - Test-only timings: ping interval 300 ms, ping timeout 200 ms; max payload 1 000 000; CORS ``*``.
 """
@@ -31,9 +31,11 @@ class EchoNamespace(socketio.AsyncNamespace):
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event == "connect":
             sid, _, auth = (list(args) + [None, None, None])[:3]
+            # A CONNECT without payload reaches the suite's handler as `{}` (the reference
+            # server's socket.handshake.auth), so it gets `42["auth",{}]`.
             # After the CONNECT ack, which the server queues before this task runs.
             asyncio.get_running_loop().call_soon(
-                asyncio.ensure_future, self.emit("auth", auth if auth is not None else (), to=sid))
+                asyncio.ensure_future, self.emit("auth", auth if auth is not None else {}, to=sid))
             return True
         if event == "disconnect":
             return None

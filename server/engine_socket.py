@@ -41,6 +41,17 @@ log = logging.getLogger("server.engine")
 DIRECT_WRITE_LIMIT = 64 * 1024
 _DATA = (WSMsgType.TEXT, WSMsgType.BINARY)
 
+# The Engine.IO packet types a client may send once its session is open: PONG, MESSAGE and
+# CLOSE are handled; NOOP and UPGRADE outside the upgrade exchange mean nothing and are
+# ignored, as the Node server does. OPEN, PING (the v4 heartbeat goes server to client) and
+# any unknown type end the session.
+CLIENT_PACKET_TYPES = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.MESSAGE,
+                                 eio_packet.UPGRADE, eio_packet.NOOP})
+
+
+class PacketNotAllowed(exceptions.EngineIOError):
+    """A client sent an Engine.IO packet type it may not send (see ``CLIENT_PACKET_TYPES``)."""
+
 
 def text_frame(text: str) -> bytes:
     """The server-to-client WebSocket text frame (unmasked, so the same bytes for any recipient)."""
@@ -77,10 +88,23 @@ class RealtimeSocket(AsyncSocket):
     # ------------------------------------------------------------------ inbound
 
     async def receive(self, pkt: eio_packet.Packet) -> None:
-        if pkt.packet_type == eio_packet.MESSAGE:
+        """Handle one packet from the client, over either transport.
+
+        Unlike python-engineio's, which answers a stray UPGRADE with a NOOP, raises for a
+        PING/OPEN/NOOP (and its POST handler then waited forever for a queue only a poll
+        drains) and fails with an IndexError on an unknown type.
+
+        :raises PacketNotAllowed: for a type not in ``CLIENT_PACKET_TYPES``.
+        """
+        kind = pkt.packet_type
+        if kind == eio_packet.MESSAGE:
             self._dispatch(pkt.data)
-            return
-        await super().receive(pkt)
+        elif kind == eio_packet.PONG:
+            self.schedule_ping()
+        elif kind == eio_packet.CLOSE:
+            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+        elif kind not in CLIENT_PACKET_TYPES:
+            raise PacketNotAllowed(kind)
 
     def _dispatch(self, data: Any) -> None:
         handler = self.server.handlers.get("message")
@@ -238,8 +262,9 @@ class RealtimeSocket(AsyncSocket):
                 else:
                     try:
                         await self.receive(eio_packet.Packet(encoded_packet=data))
-                    except exceptions.UnknownPacketError:
-                        pass
+                    except PacketNotAllowed as exc:
+                        log.info("%s: Engine.IO packet type %s not allowed from a client, closing", self.sid, exc)
+                        break
                     except exceptions.SocketIsClosedError:
                         break
                     except Exception:

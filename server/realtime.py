@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
-from .engine_socket import RealtimeSocket
+from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
@@ -41,6 +41,10 @@ log = logging.getLogger("server.realtime")
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting",
                              "newListener", "removeListener"})
 MAX_ACK_ID = 2**53 - 1
+# Namespace names are cut to this many characters as they are decoded. No namespace served is
+# this long, so a longer name is unknown anyway; it is only echoed (the CONNECT_ERROR reply,
+# log lines), and a 500 KB name was echoed whole.
+MAX_NAMESPACE_LENGTH = 128
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
 
@@ -72,6 +76,7 @@ def _placeholders_valid(value: Any, count: int) -> bool:
 def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> Any:
     """Decode and check one Socket.IO packet from a client, before any server state is touched.
 
+    A namespace name longer than ``MAX_NAMESPACE_LENGTH`` is cut to that length.
     Raises one of ``DECODE_ERRORS`` for anything the protocol does not allow from a client:
     an unknown or server-only packet type, a bad ack id, an event that is not an array
     starting with a name, a reserved event name, an attachment count out of range, a
@@ -83,6 +88,8 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
         raise ProtocolError(f"packet type {kind!r} not allowed from a client")
     if pkt.namespace is not None and not isinstance(pkt.namespace, str):
         raise ProtocolError("namespace must be a string")
+    if pkt.namespace is not None and len(pkt.namespace) > MAX_NAMESPACE_LENGTH:
+        pkt.namespace = pkt.namespace[:MAX_NAMESPACE_LENGTH]
     if pkt.id is not None and (isinstance(pkt.id, bool) or not isinstance(pkt.id, int)
                                or not 0 <= pkt.id <= MAX_ACK_ID):
         raise ProtocolError("bad ack id")
@@ -156,9 +163,12 @@ class RealtimeEngine(engineio.AsyncServer):
     - HTTP: an unsupported method or a missing/unknown transport is a 400; a POST body is read
       completely before use (python-engineio's ``read(n)`` on aiohttp can return part of it), an
       oversized one gets 413 at once, one slower than ``body_timeout`` gets 408, one with too
-      many packets or an undecodable one gets 400 and ends the session; a POST answers ``ok``.
+      many packets, an undecodable one or one holding a packet type a client may not send
+      (OPEN, PING, unknown) gets 400 and ends the session; a POST answers ``ok``. Every request
+      is answered: no path waits for a queue only the client's next poll would drain.
     - A polling client that missed the heartbeat deadline gets 400 on its next request; two
-      concurrent GETs on one session end it (the first gets CLOSE).
+      concurrent GETs on one session end it (the first gets CLOSE alone). A second WebSocket
+      for a session that has one is accepted and closed at once.
     - At most ``max_connections_per_ip`` sessions per client address.
     - A session's transport really closes when the session ends; same-origin requests are
       accepted besides the configured CORS allow-list; session ids carry the node's tag.
@@ -174,6 +184,7 @@ class RealtimeEngine(engineio.AsyncServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.requests_in_flight = 0
         self._polling: set[str] = set()
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
@@ -233,6 +244,15 @@ class RealtimeEngine(engineio.AsyncServer):
         return response
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        """Answer one request to the Engine.IO endpoint; counted while in flight (open
+        WebSockets and pending polls included), so a request that never ends shows."""
+        self.requests_in_flight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         method, query = request.method, request.query
         if method not in ("GET", "POST", "OPTIONS"):
             return web.Response(status=400, text='"Bad Request"')
@@ -242,11 +262,19 @@ class RealtimeEngine(engineio.AsyncServer):
         sid = query.get("sid")
         socket = self.sockets.get(sid) if sid else None
         if sid is None and method == "GET":
-            address = request.remote or ""
-            if self._per_ip.get(address, 0) >= self.max_connections_per_ip:
+            if self._per_ip.get(request.remote or "", 0) >= self.max_connections_per_ip:
                 return web.Response(status=429, text='"Too many connections from this address"')
-        if socket is not None and transport == "websocket":
-            self._websockets[sid] = request.transport  # an upgrade of this session
+            if transport == "websocket":
+                return await self._open_websocket(request)
+        if (socket is not None and transport == "websocket"
+                and request.headers.get("Upgrade", "").lower() == "websocket"):
+            if socket.upgraded or socket.upgrading:
+                return await self._close_extra_websocket(request)
+            tcp = self._websockets[sid] = request.transport  # an upgrade of this session
+            try:
+                return await super().handle_request(request)
+            finally:
+                self._drop_transport(sid, tcp)
         if socket is not None and transport == "polling" and not socket.upgraded:
             if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
                 await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
@@ -268,10 +296,62 @@ class RealtimeEngine(engineio.AsyncServer):
                     self._polling.discard(sid)
         return await super().handle_request(request)
 
-    async def _end(self, socket: Any) -> None:
-        """End a session refused at the HTTP level, and forget it at once."""
-        await socket.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+    async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
+        """A new session that starts on a WebSocket. python-engineio creates the session
+        before the WebSocket handshake; when that handshake fails (a bad key, no
+        ``Connection: Upgrade``) the session ends here at once, instead of holding a slot of
+        its address's ``max_connections_per_ip`` until the connect timeout and after."""
+        opened = False
+        tcp = request.transport  # None once the connection is lost
+        try:
+            response = await super().handle_request(request)
+            opened = True
+        finally:
+            sid = request.get("rt_sid", "")
+            self._drop_transport(sid, tcp)
+            created = self.sockets.get(sid)
+            if created is not None and not created.connected:  # its WebSocket never opened
+                await self._end(created)
+                if opened:  # python-engineio answered it as a poll
+                    response = web.Response(status=400, text='"Invalid WebSocket handshake"')
+        return response
+
+    def _drop_transport(self, sid: str, transport: Any) -> None:
+        """Forget the TCP transport recorded for ``sid``'s WebSocket once its request is over
+        (each one was kept until the session was forgotten, or for ever when python-engineio
+        had dropped the session first)."""
+        if self._websockets.get(sid) is transport:
+            del self._websockets[sid]
+
+    @staticmethod
+    async def _close_extra_websocket(request: web.Request) -> web.StreamResponse:
+        """A WebSocket for a session that has one already, or is upgrading to one: the
+        handshake completes (101) and the WebSocket is closed at once, as the reference server
+        does; the session and its WebSocket carry on."""
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    async def _end(self, socket: Any, reason: Any = None) -> None:
+        """End a session refused at the HTTP level, and forget it at once.
+
+        :param reason: the disconnect reason handlers see (default: transport error).
+        """
+        await socket.close(wait=False, abort=True, reason=reason or self.reason.TRANSPORT_ERROR)
         self.sockets.pop(socket.sid, None)
+
+    async def disconnect(self, sid: str | None = None) -> None:
+        """End one session (or all) without waiting for its queue to drain.
+
+        python-engineio's waits, and only the client's next poll drains a polling session's
+        queue: its POST handler, ending a session on a bad packet, waited there forever and
+        the request was never answered.
+        """
+        sockets = [self.sockets.get(sid)] if sid is not None else list(self.sockets.values())
+        for socket in sockets:
+            if socket is not None:
+                await self._end(socket, self.reason.SERVER_DISCONNECT)
 
     async def _read_body(self, request: web.Request, socket: Any) -> web.StreamResponse | None:
         length = request.content_length
@@ -297,10 +377,17 @@ class RealtimeEngine(engineio.AsyncServer):
             await self._end(socket)
             return web.Response(status=400, text='"Too many packets in one payload"')
         try:
-            request["rt_packets"] = CountedPayload(encoded_payload=body.decode("utf-8")).packets
+            packets = CountedPayload(encoded_payload=body.decode("utf-8")).packets
         except Exception:
             await self._end(socket)
             return web.Response(status=400, text='"Undecodable payload"')
+        # Checked before any packet is handled, so a refused payload has no effect but the end.
+        refused = next((p.packet_type for p in packets if p.packet_type not in CLIENT_PACKET_TYPES), None)
+        if refused is not None:
+            log.info("closing %s: Engine.IO packet type %s not allowed from a client", socket.sid, refused)
+            await self._end(socket)
+            return web.Response(status=400, text='"Packet type not allowed"')
+        request["rt_packets"] = packets
         request["rt_body"] = body
         return None
 
@@ -317,8 +404,12 @@ class RealtimeEngine(engineio.AsyncServer):
                 pkt.data["pingTimeout"] = round(self.ping_timeout * 1000)
 
     def count_connection(self, sid: str, environ: dict, delta: int) -> None:
+        """Count a session against its client's address (``delta`` +1 when it starts, -1 when
+        it ends). The address is the request's peer, as in the check in ``_handle``
+        (python-engineio's aiohttp driver puts 127.0.0.1 in every environ's REMOTE_ADDR)."""
         if delta > 0:
-            address = environ.get("REMOTE_ADDR", "")
+            request = environ.get("aiohttp.request")
+            address = (request.remote if request is not None else None) or ""
             self._ip_of[sid] = address
         else:
             address = self._ip_of.pop(sid, None)
@@ -341,17 +432,21 @@ class RealtimeEngine(engineio.AsyncServer):
             self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
             request = args[1].get("aiohttp.request")
-            if request is not None and request.query.get("transport") == "websocket":
-                self._websockets[args[0]] = request.transport
+            if request is not None:
+                request["rt_sid"] = args[0]  # the session this request created
+                if request.query.get("transport") == "websocket":
+                    self._websockets[args[0]] = request.transport
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
         result = await super()._trigger_event(event, *args, **kwargs)
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
-            # it hanging), and the WebSocket writer ends, which closes the WebSocket (the JS
-            # client ignores an Engine.IO CLOSE packet on a WebSocket).
-            if not socket.upgraded:
+            # it hanging) unless something already queued answers it (the CLOSE that ends
+            # overlapping polls goes alone, as the spec wants), and the WebSocket writer ends,
+            # which closes the WebSocket (the JS client ignores an Engine.IO CLOSE packet on a
+            # WebSocket).
+            if not socket.upgraded and socket.queue.empty():
                 socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
             socket.queue.put_nowait(None)
             # python-engineio forgets a closed session only when another request for it comes;

@@ -190,10 +190,38 @@ async def test_no_stray_noop_after_an_upgrade_without_pending_poll(profile, http
     await ws.send_str("5")
     await ws.send_str("4first")
     assert (await ws.receive(timeout=2)).data == "4first"  # not a stray "6"
-    # a second WebSocket for the same, already upgraded, session is refused at once
-    with pytest.raises(aiohttp.WSServerHandshakeError):
-        second = await http.ws_connect(url(profile, "engine.io", transport="websocket", sid=sid))
-        msg = await second.receive(timeout=2)
-        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        raise aiohttp.WSServerHandshakeError(None, (), status=400)  # closed at once is fine too
+    await ws.close()
+
+
+async def test_second_websocket_for_an_upgraded_session_is_accepted_then_closed(profile, http):
+    # The reference server completes the handshake (101) and closes that WebSocket at once.
+    sid = (await handshake(http, profile, "engine.io"))["sid"]
+    ws = await http.ws_connect(url(profile, "engine.io", transport="websocket", sid=sid))
+    await ws.send_str("2probe")
+    assert (await ws.receive(timeout=2)).data == "3probe"
+    await ws.send_str("5")
+    second = await http.ws_connect(url(profile, "engine.io", transport="websocket", sid=sid))
+    msg = await second.receive(timeout=2)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    await second.close()
+    await ws.send_str("4still here")  # the first WebSocket carries on
+    assert await next_text(ws) == "4still here"
+    await ws.close()
+
+
+async def test_overlapping_polls_answer_the_first_with_close_alone(profile, http):
+    sid = (await handshake(http, profile, "engine.io"))["sid"]
+    first = asyncio.create_task(http.get(url(profile, "engine.io", transport="polling", sid=sid)))
+    await asyncio.sleep(0.05)  # pending (the first ping is due after 300 ms)
+    async with http.get(url(profile, "engine.io", transport="polling", sid=sid)) as r:
+        assert r.status == 400
+    response = await asyncio.wait_for(first, 2)
+    assert response.status == 200 and (await response.text()) == "1"
+
+
+@pytest.mark.parametrize("namespace", ["/", "/custom"])
+async def test_connect_without_payload_hands_auth_as_empty_object(profile, http, namespace):
+    ws, prefix = await sio_ws(http, profile, namespace)
+    assert (await next_text(ws)).startswith("40" + prefix)
+    assert await next_text(ws) == "42" + prefix + '["auth",{}]'
     await ws.close()
