@@ -38,6 +38,7 @@ OVERRIDDEN: dict[str, str | None] = {
     "engineio.async_server:AsyncServer._ok": "(self, packets=None, headers=None, jsonp_index=None)",
     "engineio.async_server:AsyncServer.handle_request": "(self, *args, **kwargs)",
     "engineio.async_server:AsyncServer._trigger_event": "(self, event, *args, **kwargs)",
+    "engineio.async_server:AsyncServer.disconnect": "(self, sid=None)",
     # RealtimeEngine's WebSocket (a subclass of the aiohttp driver's, made in RealtimeEngine.__init__)
     "engineio.async_drivers.aiohttp:WebSocket.__call__": "(self, environ)",
     "engineio.async_drivers.aiohttp:WebSocket.send": "(self, message)",
