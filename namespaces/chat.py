@@ -81,6 +81,8 @@ class ChatNamespace(BaseNamespace):
 
     async def on_presence(self, sid: str, payload: Any = None) -> dict[str, Any]:
         room = require_room(require_dict(payload).get("room"))
+        if not self.identity(sid).may_use_room(room):
+            raise ClientError("forbidden", f"your token does not allow room {room}")
         members = await self.stores.presence.members(self.namespace, room)
         return ok(room=room, members=[m.__dict__ for m in members])
 

@@ -1,0 +1,117 @@
+"""Identities and how a socket ends (issue #12), with the official JS client.
+
+- Every server-initiated end of a socket (revoke, disconnect_user, token expiry, ...) goes
+  through one place: a non-recoverable end forgets the saved session, and recovery by ``pid``
+  re-checks the saved identity (not revoked, token not expired).
+- A guest keeps its id only with the signed guest token the server issued, never by naming it.
+- A token's ``rooms`` claim covers ``presence``; ``resume`` validates every room before acting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import jwt
+import pytest
+
+SECRET = "identity-test-hmac-secret-of-32-bytes!!"
+ADMIN = {"username": "admin", "password": "operator-pass-1"}
+ENV = {"ADMIN_PASSWORD": ADMIN["password"]}
+
+
+def token(user: str = "carol", **claims: Any) -> str:
+    body = {"sub": user, "name": user.title(), "exp": time.time() + 600, "iat": time.time() - 1}
+    body.update(claims)
+    return jwt.encode(body, SECRET, algorithm="HS256", headers={"kid": "k1"})
+
+
+def config_args(tmp_path, extra: str = "") -> list[str]:
+    cfg = tmp_path / "identity.toml"
+    cfg.write_text(f'[auth]\nleeway = 0\nkeys = [{{ kid = "k1", algorithm = "HS256", key = "{SECRET}" }}]\n{extra}')
+    return ["--config", str(cfg)]
+
+
+@pytest.fixture
+def node(servers, tmp_path):
+    """One node, embedded state, JWT keys (tokens optional on /chat) and an operator password."""
+    return servers(env=ENV, args=config_args(tmp_path))
+
+
+def internal(server, table: str) -> float:
+    """An ``rt_internal_entries`` gauge of ``server``'s /metrics."""
+    _, body = server.get("/metrics")
+    prefix = f'rt_internal_entries{{table="{table}"}} '
+    for line in body.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix):])
+    return 0.0
+
+
+async def until(check: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+    """Wait for ``check()`` to become true (a condition, not a duration)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def operator(js, server, name: str = "op") -> None:
+    state = await js.connect(name, server.url + "/admin", transports=["websocket"], auth=ADMIN)
+    assert state["connected"], state
+
+
+async def recovery_ids(js, name: str) -> tuple[str, str | None]:
+    """The ``pid`` and last offset socket.io-client keeps for connection state recovery."""
+    value = (await js.call("eval", code=f"""
+        const s = ctx.sockets.get({name!r}).socket;
+        return [s._pid ?? null, s._lastOffset ?? null];"""))["value"]
+    assert isinstance(value[0], str), value
+    return value[0], value[1]
+
+
+async def refusal(js, name: str) -> dict[str, Any]:
+    """The first connect error of ``name`` that came from the server (not from the link being down)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        errors = [e for e in (await js.state(name))["errors"] if e["data"]]
+        if errors:
+            return errors[0]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} was never refused by the server")
+
+
+async def assert_not_restored(js, server, name: str, pid: str, offset: str | None, victim: str,
+                              room: str = "hall") -> None:
+    """A CONNECT presenting ``victim``'s old ``pid``/offset by hand gets a fresh session:
+    another pid, not ``victim``'s identity, not in ``victim``'s rooms."""
+    auth: dict[str, Any] = {"pid": pid}
+    if offset is not None:
+        auth["offset"] = offset
+    state = await js.connect(name, server.url + "/chat", transports=["websocket"], auth=auth)
+    assert state["connected"], state
+    new_pid, _ = await recovery_ids(js, name)
+    me = await js.emit(name, "whoami")
+    assert me["user"] != victim, me
+    assert new_pid != pid
+    sent = await js.emit(name, "message", {"room": room, "text": "as the victim"})
+    assert sent["ok"] is False and sent["error"]["code"] == "not_in_room", sent
+
+
+# ---------------------------------------------------------------------- 3. presence and rooms claims
+
+
+async def test_presence_honours_the_rooms_claim(node, js):
+    await js.connect("other", node.url + "/chat", transports=["websocket"])
+    assert (await js.emit("other", "join", {"room": "general"}))["ok"]
+    await js.connect("c", node.url + "/chat", transports=["websocket"],
+                     auth={"token": token("carol", rooms=["team-"])})
+    assert (await js.emit("c", "join", {"room": "team-blue"}))["ok"]
+    assert [m["user"] for m in (await js.emit("c", "presence", {"room": "team-blue"}))["members"]] == ["carol"]
+    denied = await js.emit("c", "presence", {"room": "general"})
+    assert denied["ok"] is False and denied["error"]["code"] == "forbidden", denied
