@@ -115,3 +115,35 @@ async def test_presence_honours_the_rooms_claim(node, js):
     assert [m["user"] for m in (await js.emit("c", "presence", {"room": "team-blue"}))["members"]] == ["carol"]
     denied = await js.emit("c", "presence", {"room": "general"})
     assert denied["ok"] is False and denied["error"]["code"] == "forbidden", denied
+
+
+# ---------------------------------------------------------------------- 4. resume validates first
+
+
+@pytest.mark.parametrize("bad,code", [
+    ({"bad room!": {"seq": "0-0"}}, "invalid_room"),
+    ({"r-last": {"seq": "not-an-offset"}}, "invalid_offset"),
+    ({"general": {"seq": "0-0"}}, "forbidden"),
+])
+async def test_resume_with_one_bad_room_joins_none(node, js, bad, code):
+    await js.connect("c", node.url + "/chat", transports=["websocket"],
+                     auth={"token": token("carol", rooms=["r"])})
+    rooms = {f"r{i}": {"seq": "0-0"} for i in range(50)}
+    rooms.update(bad)
+    answer = await js.emit("c", "resume", {"rooms": rooms})
+    assert answer["ok"] is False and answer["error"]["code"] == code, answer
+    # validate first, then act: not one of the 50 good rooms was joined
+    for room in ("r0", "r49"):
+        sent = await js.emit("c", "message", {"room": room, "text": "x"})
+        assert sent["ok"] is False and sent["error"]["code"] == "not_in_room", (room, sent)
+        assert (await js.emit("c", "presence", {"room": room}))["members"] == []
+
+
+async def test_resume_counts_rooms_already_joined_against_the_limit(servers, js, tmp_path):
+    srv = servers(args=config_args(tmp_path, "[limits]\nmax_rooms_per_socket = 3\n"))
+    await js.connect("c", srv.url + "/chat", transports=["websocket"])
+    for room in ("a", "b"):
+        assert (await js.emit("c", "join", {"room": room}))["ok"]
+    answer = await js.emit("c", "resume", {"rooms": {"x": {"seq": "0-0"}, "y": {"seq": "0-0"}}})
+    assert answer["ok"] is False and answer["error"]["code"] == "too_many_rooms", answer
+    assert (await js.emit("c", "presence", {"room": "x"}))["members"] == []
