@@ -18,6 +18,7 @@ from .auth import Authenticator, Identity
 from .bus import Bus
 from .cluster import Cluster
 from .config import Config
+from .endings import SHUTDOWN
 from .forwarding import Forwarder
 from .operations import ClusterOperations
 from .jsonmod import FastJson
@@ -309,8 +310,7 @@ async def on_shutdown(app: web.Application) -> None:
     log.info("shutting down: closing %d connections", len(sockets))
 
     async def close_all() -> None:
-        await asyncio.gather(*(runtime.sio.close_transport(sid, runtime.sio.reason.SERVER_DISCONNECT, send_close=True)
-                               for sid in sockets), return_exceptions=True)
+        await asyncio.gather(*(runtime.sio.end(sid, SHUTDOWN) for sid in sockets), return_exceptions=True)
         # Give writer tasks a moment to flush.
         await asyncio.sleep(0.1)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import jwt
@@ -39,7 +39,9 @@ class Identity:
     namespaces: list[str] | None = None
     rooms: list[str] | None = None
     role: str = "user"
-    revoked_check: float = field(default=0.0)
+    # When its credential was issued (a token's iat, a guest token's time; None: unknown),
+    # so a revocation also covers a session recovered without presenting it again.
+    issued: float | None = None
 
     def may_use_room(self, room: str) -> bool:
         return self.rooms is None or any(room.startswith(prefix) for prefix in self.rooms)
@@ -101,10 +103,22 @@ class Authenticator:
         if identity.namespaces is not None and namespace not in identity.namespaces:
             raise AuthError(f"token does not allow namespace {namespace}", "forbidden")
         issued = claims.get("iat")
-        revoked_at = self.revoked.get(identity.user)
-        if revoked_at is not None and (not isinstance(issued, (int, float)) or issued <= revoked_at):
+        identity.issued = float(issued) if isinstance(issued, (int, float)) and not isinstance(issued, bool) else None
+        if self.is_revoked(identity):
             raise AuthError("token revoked", "token_revoked")
         return identity
+
+    def is_revoked(self, identity: Identity) -> bool:
+        """Whether ``identity``'s credential was issued before its user was revoked."""
+        revoked_at = self.revoked.get(identity.user)
+        return revoked_at is not None and (identity.issued is None or identity.issued <= revoked_at)
+
+    def still_valid(self, identity: Identity) -> bool:
+        """Whether a saved identity may be restored without its credential: not revoked since,
+        and its token (if it has one that expires) not expired."""
+        if self.is_revoked(identity):
+            return False
+        return identity.expires is None or identity.expires + self.config.leeway >= time.time()
 
     @staticmethod
     def _identity(claims: Mapping[str, Any]) -> Identity:
@@ -128,7 +142,7 @@ class Authenticator:
             user = requested
         else:
             user = "guest-" + secrets.token_hex(6)
-        return Identity(user=user, name=user, guest=True)
+        return Identity(user=user, name=user, guest=True, issued=time.time())
 
     def authenticate(self, namespace: str, auth: Mapping[str, Any] | None) -> Identity:
         """The identity for a CONNECT with payload ``auth`` to ``namespace``; raises AuthError."""

@@ -103,6 +103,98 @@ async def assert_not_restored(js, server, name: str, pid: str, offset: str | Non
     assert sent["ok"] is False and sent["error"]["code"] == "not_in_room", sent
 
 
+# ---------------------------------------------------------------------- 1. how a socket ends
+
+
+async def test_revoked_user_is_not_restored_by_the_old_pid(node, js):
+    await operator(js, node)
+    baseline = internal(node, "recovery_states")
+    await js.connect("carol", node.url + "/chat", transports=["websocket"], auth={"token": token("carol")})
+    assert (await js.emit("carol", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "carol")
+
+    assert (await js.emit("op", "revoke", {"user": "carol"}))["count"] == 1
+    state = await js.call("waitDisconnects", name="carol", count=1)
+    assert state["disconnects"] == ["io server disconnect"]
+    await until(lambda: internal(node, "recovery_states") == baseline, "the recovery state of carol to go")
+
+    await assert_not_restored(js, node, "thief", pid, offset, "carol")
+    await js.call("close", name="thief")
+    await until(lambda: internal(node, "recovery_states") == baseline and internal(node, "identities") == 0,
+                "internal tables back to the operator alone")
+
+
+async def test_disconnect_user_forgets_the_saved_sessions(servers, js, redis_server, redis_url, tmp_path):
+    srv = servers(env={**ENV, "REDIS_URL": redis_url}, args=config_args(tmp_path))
+    await operator(js, srv)
+    await js.connect("dave", srv.url + "/chat", transports=["websocket"], auth={"token": token("dave")})
+    await js.connect("dave2", srv.url + "/collab", transports=["polling"], auth={"token": token("dave")})
+    assert (await js.emit("dave", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "dave")
+    assert redis_server.cli("EXISTS", f"rt:session:{pid}") == "1"  # saved on connect, for recovery
+
+    assert (await js.emit("op", "disconnect_user", {"user": "dave"}))["count"] == 2
+    for name in ("dave", "dave2"):
+        state = await js.call("waitDisconnects", name=name, count=1)
+        assert state["disconnects"] == ["io server disconnect"]
+    await until(lambda: internal(srv, "recovery_states") == 0, "the recovery states of dave to go")
+    # A deliberate disconnect is not recoverable: nothing of dave's is left to take over.
+    assert redis_server.cli("KEYS", "rt:session:*") == ""
+
+    await assert_not_restored(js, srv, "thief", pid, offset, "dave")
+    await js.call("close", name="thief")
+    await until(lambda: redis_server.cli("KEYS", "rt:session:*") == "", "the thief's session to be forgotten")
+    await until(lambda: internal(srv, "recovery_states") == 0, "no recovery state left")
+
+
+async def test_token_expiry_forgets_the_saved_session(node, js):
+    await js.connect("erin", node.url + "/chat", transports=["websocket"],
+                     auth={"token": token("erin", exp=time.time() + 2)})
+    assert (await js.emit("erin", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "erin")
+    [expired] = await js.wait("erin", "session_expired", 1, timeout=8000)
+    assert expired["args"][0]["code"] == "token_expired"
+    await js.call("waitDisconnects", name="erin", count=1)
+    await until(lambda: internal(node, "recovery_states") == 0, "the recovery state of erin to go")
+
+    await assert_not_restored(js, node, "thief", pid, offset, "erin")
+
+
+async def test_recovery_rechecks_revocation_made_while_disconnected(node, js, proxies):
+    proxy = await proxies([node.port])
+    await operator(js, node)
+    await js.connect("carol", proxy.url + "/chat", transports=["websocket"], auth={"token": token("carol")})
+    assert (await js.emit("carol", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "carol")
+    proxy.down()  # a network cut: recoverable, the session is kept
+    await until(lambda: internal(node, "recovery_states") == 0, "the server to notice the cut")
+    assert (await js.emit("op", "revoke", {"user": "carol"}))["count"] == 0
+
+    await assert_not_restored(js, node, "thief", pid, offset, "carol")
+    # carol's own client comes back with its token: refused, it was revoked
+    proxy.up()
+    error = await refusal(js, "carol")
+    assert error["data"]["code"] == "token_revoked", error
+    assert not (await js.state("carol"))["connected"]
+
+
+async def test_recovery_rechecks_token_expiry_while_disconnected(node, js, proxies):
+    proxy = await proxies([node.port])
+    expires = time.time() + 3
+    await js.connect("erin", proxy.url + "/chat", transports=["websocket"],
+                     auth={"token": token("erin", exp=expires)})
+    assert (await js.emit("erin", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "erin")
+    proxy.down()
+    await until(lambda: internal(node, "recovery_states") == 0, "the server to notice the cut")
+    await until(lambda: time.time() > expires + 0.5, "erin's token to expire")
+
+    await assert_not_restored(js, node, "thief", pid, offset, "erin")
+    proxy.up()
+    error = await refusal(js, "erin")
+    assert error["data"]["code"] == "token_expired", error
+
+
 # ---------------------------------------------------------------------- 3. presence and rooms claims
 
 
