@@ -279,6 +279,7 @@ async def on_startup(app: web.Application) -> None:
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     if runtime.stores.shared:
         runtime.background(_probe_redis(runtime), "redis-probe")
+    await runtime.authenticator.start(runtime.stores.redis, runtime.config.redis.key_prefix)
     for ns in runtime.namespaces.values():
         start = getattr(ns, "start", None)
         if start is not None:

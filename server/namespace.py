@@ -1,8 +1,8 @@
 """BaseNamespace: what every application namespace shares.
 
-- Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity), kept in the socket's
-  session so connection state recovery restores it (after checking it was not revoked and has
-  not expired meanwhile).
+- Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity kept by
+  ``auth.guestToken``), kept in the socket's session so connection state recovery restores it
+  (after checking it was not revoked and has not expired meanwhile).
 - Every socket joins the room ``user:<id>`` so messages to a user reach all their connections.
 - Client event IDs: an event whose first argument is an object with ``eventId`` (a string of at
   most 128 characters) is applied once; a retry with the same ID gets the first ack again.
@@ -226,9 +226,13 @@ class BaseNamespace(socketio.AsyncNamespace):
                 if r != sid and not r.startswith("user:")]
 
     async def on_whoami(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        """``whoami`` → ``{ok, user, name, guest, expires}``."""
+        """``whoami`` → ``{ok, user, name, guest, expires}``, and ``guestToken`` for a guest (its
+        proof of the id: connect with ``auth {guestToken}`` to keep it)."""
         identity = self.identity(sid)
-        return ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
+        answer = ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
+        if identity.guest:
+            answer["guestToken"] = self.auth.guest_token(identity)
+        return answer
 
     async def on_auth(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """Token renewal without reconnecting: ``auth {token}`` → ``{ok, expires}``."""

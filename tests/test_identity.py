@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, Callable
 
@@ -195,6 +196,96 @@ async def test_recovery_rechecks_token_expiry_while_disconnected(node, js, proxi
     assert error["data"]["code"] == "token_expired", error
 
 
+# ---------------------------------------------------------------------- 2. guests
+
+
+async def test_a_guest_id_cannot_be_taken_over(servers, js):
+    srv = servers(env={"DIRECT_RETRY_INTERVAL": "0.2"})
+    await js.connect("victim", srv.url + "/chat", transports=["websocket"])
+    me = await js.emit("victim", "whoami")
+    victim = me["user"]
+    assert me["guest"] and victim.startswith("guest-")
+    # Guest ids are public (member lists show them): naming one proves nothing.
+    await js.connect("thief", srv.url + "/chat", transports=["websocket"], auth={"guest": victim})
+    thief = await js.emit("thief", "whoami")
+    assert thief["user"] != victim and thief["user"].startswith("guest-")
+    guest_token = me["guestToken"]
+    assert isinstance(guest_token, str) and guest_token
+    # Nor does the thief's own token with the victim's id pasted in, or made-up ones.
+    forged = thief["guestToken"].replace(thief["user"], victim)
+    for i, bad in enumerate((forged, victim, f"{victim}.1.abc", 42, {"user": victim})):
+        await js.connect(f"forger{i}", srv.url + "/chat", transports=["websocket"], auth={"guestToken": bad})
+        assert (await js.emit(f"forger{i}", "whoami"))["user"] != victim
+
+    await js.connect("sender", srv.url + "/chat", transports=["websocket"])
+    sent = await js.emit("sender", "dm", {"to": victim, "text": "for the victim only"})
+    assert sent["ok"]
+    [dm] = await js.wait("victim", "dm", 1)
+    assert dm["args"][0]["text"] == "for the victim only"
+    await js.wait("victim", "dm", 3)  # retried (no dm_ack yet): several rounds went out
+    assert await js.events("thief", "dm") == []
+    assert (await js.emit("thief", "dm_ack", {"ids": [sent["id"]]}))["acked"] == 0
+
+    # The real guest, on a new connection with its token, keeps its id (and gets the DM).
+    await js.call("close", name="victim")
+    await js.connect("victim-again", srv.url + "/chat", transports=["websocket"], auth={"guestToken": guest_token})
+    again = await js.emit("victim-again", "whoami")
+    assert again["user"] == victim and again["guest"]
+    [dm] = await js.wait("victim-again", "dm", 1)
+    assert dm["args"][0]["id"] == sent["id"]
+    assert (await js.emit("victim-again", "dm_ack", {"ids": [sent["id"]]}))["acked"] == 1
+    # the same token works on every namespace
+    await js.connect("victim-game", srv.url + "/game", transports=["polling"], auth={"guestToken": guest_token})
+    assert (await js.emit("victim-game", "whoami"))["user"] == victim
+
+
+async def test_guest_tokens_are_honoured_by_every_node_of_a_deployment(servers, js, redis_server, redis_url):
+    n1, n2 = servers(env={"REDIS_URL": redis_url}), servers(env={"REDIS_URL": redis_url})
+    await js.connect("g", n1.url + "/chat", transports=["websocket"])
+    me = await js.emit("g", "whoami")
+    # No guest_secret configured: the nodes share one created in Redis.
+    await js.connect("g2", n2.url + "/chat", transports=["websocket"], auth={"guestToken": me["guestToken"]})
+    assert (await js.emit("g2", "whoami"))["user"] == me["user"]
+
+
+async def test_guest_secret_from_the_environment(servers, js):
+    shared = {"GUEST_SECRET": "a-guest-secret-of-at-least-32-bytes!!"}
+    n1, n2 = servers(env=shared), servers(env=shared)
+    other = servers(env={"GUEST_SECRET": "another-guest-secret-of-32-bytes-or-more"})
+    await js.connect("g", n1.url + "/chat", transports=["websocket"])
+    me = await js.emit("g", "whoami")
+    await js.connect("g2", n2.url + "/chat", transports=["websocket"], auth={"guestToken": me["guestToken"]})
+    assert (await js.emit("g2", "whoami"))["user"] == me["user"]
+    # a node with another secret cannot verify it: a new guest id
+    await js.connect("g3", other.url + "/chat", transports=["websocket"], auth={"guestToken": me["guestToken"]})
+    assert (await js.emit("g3", "whoami"))["user"] != me["user"]
+
+
+def test_guest_secret_is_validated(tmp_path):
+    from server.config import ConfigError, load_config
+
+    short = tmp_path / "short.toml"
+    short.write_text('[auth]\nguest_secret = "too short"\n')
+    with pytest.raises(ConfigError, match=r"auth\.guest_secret .*at least 32 bytes"):
+        load_config(short, environ={})
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match=r"auth\.guest_secret \(from \$GUEST_SECRET\)"):
+        load_config(empty, environ={"GUEST_SECRET": "short"})
+    assert load_config(empty, environ={"GUEST_SECRET": "x" * 32}).auth.guest_secret == "x" * 32
+    assert load_config(empty, environ={}).auth.guest_secret == ""
+
+
+async def test_revoking_a_guest_voids_its_guest_token(node, js):
+    await operator(js, node)
+    await js.connect("g", node.url + "/chat", transports=["websocket"])
+    me = await js.emit("g", "whoami")
+    assert (await js.emit("op", "revoke", {"user": me["user"]}))["count"] == 1
+    await js.call("waitDisconnects", name="g", count=1)
+    await js.connect("g2", node.url + "/chat", transports=["websocket"], auth={"guestToken": me["guestToken"]})
+    assert (await js.emit("g2", "whoami"))["user"] != me["user"]
+
+
 # ---------------------------------------------------------------------- 3. presence and rooms claims
 
 
@@ -239,3 +330,30 @@ async def test_resume_counts_rooms_already_joined_against_the_limit(servers, js,
     answer = await js.emit("c", "resume", {"rooms": {"x": {"seq": "0-0"}, "y": {"seq": "0-0"}}})
     assert answer["ok"] is False and answer["error"]["code"] == "too_many_rooms", answer
     assert (await js.emit("c", "presence", {"room": "x"}))["members"] == []
+
+
+async def test_demo_pages_keep_a_guest_by_its_guest_token(server):
+    """The pages keep the guest token (not the id) for reloads, and no URL names an id."""
+    from playwright.async_api import async_playwright, expect
+    from test_browser import ARGS, CHROMIUM, page_of
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium is installed by make test")
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = await page_of(browser, server.url + "/chat.html")
+            await expect(page.locator("#me")).to_contain_text("you are guest-")
+            me = (await page.text_content("#me")).removeprefix("you are ")
+            stored = await page.evaluate("[sessionStorage.getItem('guestToken'), sessionStorage.getItem('guest')]")
+            assert stored[0] and stored[0].startswith(me + ".") and stored[1] is None, stored
+            await page.reload()
+            await expect(page.locator("#status")).to_have_text("connected")
+            await expect(page.locator("#me")).to_have_text(f"you are {me}")
+            # Another browser naming the id in the URL (the pages' old ?guest=) does not become it.
+            other = await page_of(browser, server.url + f"/chat.html?guest={me}")
+            await expect(other.locator("#me")).to_contain_text("you are guest-")
+            assert await other.text_content("#me") != f"you are {me}"
+            assert page.errors == [] and other.errors == []
+        finally:
+            await browser.close()
