@@ -148,6 +148,22 @@ async def test_disconnect_user_forgets_the_saved_sessions(servers, js, redis_ser
     await until(lambda: internal(srv, "recovery_states") == 0, "no recovery state left")
 
 
+@pytest.mark.parametrize("close", [False, True], ids=["namespace", "whole-connection"])
+async def test_operator_disconnect_forgets_the_saved_session(node, js, close):
+    await operator(js, node)
+    await js.connect("frank", node.url + "/chat", transports=["websocket"], auth={"token": token("frank")})
+    assert (await js.emit("frank", "join", {"room": "hall"}))["ok"]
+    pid, offset = await recovery_ids(js, "frank")
+    sid = (await js.state("frank"))["sid"]
+    # the Admin UI's _disconnect(namespace, close, filter)
+    assert (await js.emit("op", "_disconnect", "/chat", close, sid))["count"] == 1
+    await js.call("waitDisconnects", name="frank", count=1)
+    await js.call("close", name="frank")  # a whole-connection close would be retried by the client
+    await until(lambda: internal(node, "recovery_states") == 0, "the recovery state of frank to go")
+
+    await assert_not_restored(js, node, "thief", pid, offset, "frank")
+
+
 async def test_token_expiry_forgets_the_saved_session(node, js):
     await js.connect("erin", node.url + "/chat", transports=["websocket"],
                      auth={"token": token("erin", exp=time.time() + 2)})
