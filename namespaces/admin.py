@@ -24,6 +24,7 @@ from typing import Any
 
 import socketio
 
+from server.endings import REVOKED, USER_DISCONNECTED, Ending
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 
 log = logging.getLogger("namespaces.admin")
@@ -260,10 +261,13 @@ class AdminNamespace(BaseNamespace):
         user = require_dict(payload).get("user")
         if not isinstance(user, str) or not user:
             raise ClientError("invalid_user", "user must be a user id")
+        return ok(count=await self._disconnect_user(user, USER_DISCONNECTED))
+
+    async def _disconnect_user(self, user: str, ending: Ending) -> int:
         count = 0
         for namespace in ("/chat", "/game", "/collab"):
-            count += await self.runtime.operations.disconnect_sockets(namespace, user_room(user))
-        return ok(count=count)
+            count += await self.runtime.operations.disconnect_sockets(namespace, user_room(user), ending=ending)
+        return count
 
     async def on_announce(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``announce {namespace, message}``: event ``announcement {message, ts}`` to everyone there."""
@@ -300,12 +304,11 @@ class AdminNamespace(BaseNamespace):
         if not isinstance(user, str) or not user:
             raise ClientError("invalid_user", "user must be a user id")
         await self.runtime.cluster.gather("revoke", {"user": user})
-        disconnected = await self.on_disconnect_user(sid, {"user": user})
-        return ok(count=disconnected["count"])
+        return ok(count=await self._disconnect_user(user, REVOKED))
 
     async def _drain_here(self, body: dict[str, Any]) -> int:
         self.runtime.draining = True
-        self.server.shutting_down = True  # new namespace connections are refused, sessions kept
+        self.server.shutting_down = True  # new namespace connections are refused
         moved = await self.runtime.operations.move_sockets()
         log.warning("drained by an operator: moved %d connections, exiting", moved)
         asyncio.get_running_loop().call_later(0.5, os.kill, os.getpid(), signal.SIGTERM)

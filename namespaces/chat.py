@@ -81,6 +81,8 @@ class ChatNamespace(BaseNamespace):
 
     async def on_presence(self, sid: str, payload: Any = None) -> dict[str, Any]:
         room = require_room(require_dict(payload).get("room"))
+        if not self.identity(sid).may_use_room(room):
+            raise ClientError("forbidden", f"your token does not allow room {room}")
         members = await self.stores.presence.members(self.namespace, room)
         return ok(room=room, members=[m.__dict__ for m in members])
 
@@ -151,18 +153,29 @@ class ChatNamespace(BaseNamespace):
 
         Joins each room and answers with every message after ``seq``, oldest first; ``complete``
         is false for a room whose history no longer reaches back that far (or whose epoch changed),
-        and the client should then fetch ``history`` and accept a gap.
+        and the client should then fetch ``history`` and accept a gap. Every room is checked
+        before any is joined: one bad room refuses the whole request and joins none.
         """
         rooms = require_dict(require_dict(payload).get("rooms"), "rooms")
-        if len(rooms) > self.config.limits.max_rooms_per_socket:
-            raise ClientError("too_many_rooms", f"at most {self.config.limits.max_rooms_per_socket} rooms")
-        result = {}
+        limit = self.config.limits.max_rooms_per_socket
+        if len(rooms) > limit:
+            raise ClientError("too_many_rooms", f"at most {limit} rooms")
+        identity = self.identity(sid)
+        wanted: list[tuple[str, str, Any]] = []
         for room, position in rooms.items():
             room = require_room(room)
             position = position if isinstance(position, dict) else {"seq": position}
             seq, epoch = position.get("seq"), position.get("epoch")
             if not is_offset(seq):
                 raise ClientError("invalid_offset", f"seq for {room} must be like '1700000000000-0'")
+            if not identity.may_use_room(room):
+                raise ClientError("forbidden", f"your token does not allow room {room}")
+            wanted.append((room, seq, epoch))
+        joined_already = set(self.rooms_of(sid))
+        if len(joined_already | {"room:" + room for room, _, _ in wanted}) > limit:
+            raise ClientError("too_many_rooms", f"at most {limit} rooms")
+        result = {}
+        for room, seq, epoch in wanted:
             joined = await self.on_join(sid, {"room": room})
             stream = history_stream(room)
             complete = (epoch is None or epoch == joined["epoch"]) and \

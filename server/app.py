@@ -19,6 +19,7 @@ from .auth import Authenticator, Identity
 from .bus import Bus
 from .cluster import Cluster
 from .config import Config
+from .endings import SHUTDOWN
 from .forwarding import Forwarder
 from .operations import ClusterOperations
 from .jsonmod import FastJson
@@ -280,6 +281,7 @@ async def on_startup(app: web.Application) -> None:
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     if runtime.stores.shared:
         runtime.background(_probe_redis(runtime), "redis-probe")
+    await runtime.authenticator.start(runtime.stores.redis, runtime.config.redis.key_prefix)
     for ns in runtime.namespaces.values():
         start = getattr(ns, "start", None)
         if start is not None:
@@ -311,8 +313,7 @@ async def on_shutdown(app: web.Application) -> None:
     log.info("shutting down: closing %d connections", len(sockets))
 
     async def close_all() -> None:
-        await asyncio.gather(*(runtime.sio.close_transport(sid, runtime.sio.reason.SERVER_DISCONNECT, send_close=True)
-                               for sid in sockets), return_exceptions=True)
+        await asyncio.gather(*(runtime.sio.end(sid, SHUTDOWN) for sid in sockets), return_exceptions=True)
         # Give writer tasks a moment to flush.
         await asyncio.sleep(0.1)
 

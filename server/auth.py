@@ -5,14 +5,23 @@ configured key set; the ``kid`` header picks the key, so keys can be rotated by 
 one before tokens signed with it appear. Claims used: ``sub`` (the user id, required), ``name``,
 ``namespaces`` (list; absent means all), ``rooms`` (list of room-name prefixes; absent means all),
 ``role``.
+
+Guests: a guest id is public (member lists show it), so naming one proves nothing. The server
+issues each guest a guest token, ``<id>.<issued ms>.<HMAC-SHA256>`` signed with the guest
+secret, and only that token keeps the id across connections. The nodes of one deployment share
+the secret: ``auth.guest_secret``, else one created once in Redis, else (embedded mode) one per
+process.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import jwt
@@ -20,6 +29,7 @@ import jwt
 from .config import AuthConfig
 
 GUEST_ID = re.compile(r"^guest-[A-Za-z0-9]{8,32}$")
+GUEST_TOKEN = re.compile(r"^(guest-[A-Za-z0-9]{8,32})\.([0-9]{1,15})\.([A-Za-z0-9_-]{43})$")
 
 
 class AuthError(Exception):
@@ -39,7 +49,9 @@ class Identity:
     namespaces: list[str] | None = None
     rooms: list[str] | None = None
     role: str = "user"
-    revoked_check: float = field(default=0.0)
+    # When its credential was issued (a token's iat, a guest token's time; None: unknown),
+    # so a revocation also covers a session recovered without presenting it again.
+    issued: float | None = None
 
     def may_use_room(self, room: str) -> bool:
         return self.rooms is None or any(room.startswith(prefix) for prefix in self.rooms)
@@ -67,6 +79,23 @@ class Authenticator:
         self.config = config
         self._keys = {k.kid: k for k in config.keys}
         self.revoked: dict[str, float] = {}
+        # Until start() picks the deployment's secret, a per-process one (embedded mode's).
+        self._guest_key = config.guest_secret.encode() or secrets.token_bytes(32)
+
+    async def start(self, redis: Any = None, prefix: str = "rt") -> None:
+        """Pick the guest secret: ``auth.guest_secret`` when set; else, with Redis, the one the
+        first node created (SET NX), so every node verifies every node's guest tokens.
+
+        :param redis: the shared Redis client (None: embedded mode, the per-process secret).
+        :param prefix: the deployment's key prefix.
+        """
+        if self.config.guest_secret or redis is None:
+            return
+        key = f"{prefix}:guest-secret"
+        await redis.set(key, secrets.token_bytes(32), nx=True)
+        shared = await redis.get(key)
+        if isinstance(shared, bytes) and len(shared) >= 32:
+            self._guest_key = shared
 
     def requires_token(self, namespace: str) -> bool:
         return namespace in self.config.required
@@ -101,10 +130,22 @@ class Authenticator:
         if identity.namespaces is not None and namespace not in identity.namespaces:
             raise AuthError(f"token does not allow namespace {namespace}", "forbidden")
         issued = claims.get("iat")
-        revoked_at = self.revoked.get(identity.user)
-        if revoked_at is not None and (not isinstance(issued, (int, float)) or issued <= revoked_at):
+        identity.issued = float(issued) if isinstance(issued, (int, float)) and not isinstance(issued, bool) else None
+        if self.is_revoked(identity):
             raise AuthError("token revoked", "token_revoked")
         return identity
+
+    def is_revoked(self, identity: Identity) -> bool:
+        """Whether ``identity``'s credential was issued before its user was revoked."""
+        revoked_at = self.revoked.get(identity.user)
+        return revoked_at is not None and (identity.issued is None or identity.issued <= revoked_at)
+
+    def still_valid(self, identity: Identity) -> bool:
+        """Whether a saved identity may be restored without its credential: not revoked since,
+        and its token (if it has one that expires) not expired."""
+        if self.is_revoked(identity):
+            return False
+        return identity.expires is None or identity.expires + self.config.leeway >= time.time()
 
     @staticmethod
     def _identity(claims: Mapping[str, Any]) -> Identity:
@@ -122,13 +163,32 @@ class Authenticator:
         return Identity(user=sub, name=name[:64], guest=False, expires=float(claims["exp"]),
                         namespaces=lists["namespaces"], rooms=lists["rooms"], role=role)
 
-    def guest(self, requested: Any = None) -> Identity:
-        """A guest identity; a guest may keep the id it was given before (it proves nothing)."""
-        if isinstance(requested, str) and GUEST_ID.match(requested):
-            user = requested
-        else:
-            user = "guest-" + secrets.token_hex(6)
-        return Identity(user=user, name=user, guest=True)
+    def guest(self, guest_token: Any = None) -> Identity:
+        """A guest identity: the one ``guest_token`` (issued by :meth:`guest_token`) proves, or a
+        new guest id when it proves nothing (absent, forged, signed with another secret, revoked).
+
+        :param guest_token: the ``guestToken`` of the CONNECT auth.
+        """
+        if isinstance(guest_token, str) and len(guest_token) <= 128:
+            match = GUEST_TOKEN.match(guest_token)
+            if match and hmac.compare_digest(match[3], self._sign(match[1], match[2])):
+                identity = Identity(user=match[1], name=match[1], guest=True, issued=int(match[2]) / 1000)
+                if not self.is_revoked(identity):
+                    return identity
+        user = "guest-" + secrets.token_hex(6)
+        # Whole milliseconds, as in the token, so the token says exactly this issue time.
+        return Identity(user=user, name=user, guest=True, issued=int(time.time() * 1000) / 1000)
+
+    def guest_token(self, identity: Identity) -> str | None:
+        """The guest token that keeps ``identity``'s guest id on a later connect (None: not a guest)."""
+        if not identity.guest or identity.issued is None:
+            return None
+        issued = str(round(identity.issued * 1000))
+        return f"{identity.user}.{issued}.{self._sign(identity.user, issued)}"
+
+    def _sign(self, user: str, issued: str) -> str:
+        digest = hmac.new(self._guest_key, f"{user}.{issued}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def authenticate(self, namespace: str, auth: Mapping[str, Any] | None) -> Identity:
         """The identity for a CONNECT with payload ``auth`` to ``namespace``; raises AuthError."""
@@ -138,7 +198,7 @@ class Authenticator:
             return self.verify(token, namespace)
         if self.requires_token(namespace) or not self.config.guests:
             raise AuthError("a token is required", "token_required")
-        return self.guest(auth.get("guest"))
+        return self.guest(auth.get("guestToken"))
 
     def revoke(self, user: str) -> None:
         """Tokens of ``user`` issued up to now stop working."""

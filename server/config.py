@@ -80,6 +80,7 @@ class AuthConfig:
     issuer: str = ""
     keys: tuple[JwtKey, ...] = ()
     leeway: float = 5.0
+    guest_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "issuer": lambda k, s, v: _str(k, s, v),
         "keys": _keys,
         "leeway": lambda k, s, v: _float(k, s, v, 0, 600),
+        "guest_secret": lambda k, s, v: _secret(k, s, v),
     },
     "admin": {
         "username": lambda k, s, v: _str(k, s, v),
@@ -342,6 +344,15 @@ SCHEMA: dict[str, dict[str, Validator]] = {
 }
 
 
+def _secret(key: str, source: str, value: Any) -> str:
+    """Empty (then made at start-up) or an HMAC secret of at least 32 bytes."""
+    secret = _str(key, source, value)
+    if secret and len(secret.encode()) < 32:
+        raise ConfigError(f"{_where(key, source)}: a secret must be at least 32 bytes (or empty), "
+                          f"got {len(secret.encode())}")
+    return secret
+
+
 def _auth_required(key: str, source: str, value: Any) -> tuple[str, ...]:
     """``true`` means every application namespace; a list names them."""
     if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in
@@ -367,6 +378,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "REDIS_MAX_CONNECTIONS": ("redis", "max_connections"),
     "MAX_DISCONNECTION_DURATION": ("delivery", "max_disconnection_duration"),
     "AUTH_REQUIRED": ("auth", "required"),
+    "GUEST_SECRET": ("auth", "guest_secret"),
     "ADMIN_USERNAME": ("admin", "username"),
     "ADMIN_PASSWORD": ("admin", "password"),
     "GAME_TICK_RATE": ("game", "tick_rate"),

@@ -23,6 +23,7 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
+from .endings import SLOW_CONSUMER
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
@@ -279,8 +280,7 @@ class RealtimeManager(AsyncManager):
         if size >= self.send_queue_max:
             # A slow consumer: disconnect it recoverably rather than queue without bound.
             self.metrics.slow_consumers.inc()
-            asyncio.get_running_loop().create_task(
-                self.server.close_transport(eio_sid, self.server.reason.TRANSPORT_ERROR, abort=True))
+            asyncio.get_running_loop().create_task(self.server.end(eio_sid, SLOW_CONSUMER))
             return False
         for p in packets:
             queue.put_nowait(p)

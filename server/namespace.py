@@ -1,7 +1,8 @@
 """BaseNamespace: what every application namespace shares.
 
-- Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity), kept in the socket's
-  session so connection state recovery restores it.
+- Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity kept by
+  ``auth.guestToken``), kept in the socket's session so connection state recovery restores it
+  (after checking it was not revoked and has not expired meanwhile).
 - Every socket joins the room ``user:<id>`` so messages to a user reach all their connections.
 - Client event IDs: an event whose first argument is an object with ``eventId`` (a string of at
   most 128 characters) is applied once; a retry with the same ID gets the first ack again.
@@ -22,6 +23,7 @@ import socketio
 from redis.exceptions import RedisError
 
 from .auth import AuthError, Identity
+from .endings import TOKEN_EXPIRED
 from .idempotency import PENDING, wait_for_ack
 
 if TYPE_CHECKING:
@@ -168,6 +170,13 @@ class BaseNamespace(socketio.AsyncNamespace):
         if admin is not None:
             await admin.socket_connected(self.namespace, sid)
 
+    def may_recover(self, data: dict[str, Any]) -> bool:
+        """Whether a saved session (its data, ``data``) may be restored by its ``pid``: it names an
+        identity that is not revoked and whose token has not expired since. Called by
+        RealtimeServer before recovery; a refused client connects afresh."""
+        identity = Identity.from_dict(data.get("identity"))
+        return identity is not None and self.auth.still_valid(identity)
+
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         identity = self.runtime.identities.pop((self.namespace, sid), None)
         self._expiring.pop(sid, None)
@@ -190,7 +199,7 @@ class BaseNamespace(socketio.AsyncNamespace):
                                                                "message": "token expired; reconnect with a new token"},
                                            to=sid, namespace=self.namespace, volatile=True)
                     self._expiring.pop(sid, None)
-                    await self.disconnect(sid)
+                    await self.server.disconnect(sid, self.namespace, ending=TOKEN_EXPIRED)
 
     def _set_identity(self, sid: str, identity: Identity) -> None:
         self.runtime.identities[(self.namespace, sid)] = identity
@@ -218,9 +227,13 @@ class BaseNamespace(socketio.AsyncNamespace):
                 if r != sid and not r.startswith("user:")]
 
     async def on_whoami(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        """``whoami`` → ``{ok, user, name, guest, expires}``."""
+        """``whoami`` → ``{ok, user, name, guest, expires}``, and ``guestToken`` for a guest (its
+        proof of the id: connect with ``auth {guestToken}`` to keep it)."""
         identity = self.identity(sid)
-        return ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
+        answer = ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
+        if identity.guest:
+            answer["guestToken"] = self.auth.guest_token(identity)
+        return answer
 
     async def on_auth(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """Token renewal without reconnecting: ``auth {token}`` → ``{ok, expires}``."""

@@ -9,6 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
+from .endings import DRAINED, ENDINGS, USER_DISCONNECTED, Ending
+
 if TYPE_CHECKING:
     from .app import Runtime
 
@@ -46,16 +48,22 @@ class ClusterOperations:
     async def sockets_leave(self, namespace: str, room: str, target: str | None = None) -> int:
         return await self._op({"op": "leave", "ns": namespace, "room": room, "target": target})
 
-    async def disconnect_sockets(self, namespace: str, target: str | None = None, close: bool = False) -> int:
-        """Disconnect matching sockets (``close``: their whole connection). Not recoverable."""
-        return await self._op({"op": "disconnect", "ns": namespace, "target": target, "close": close})
+    async def disconnect_sockets(self, namespace: str, target: str | None = None, close: bool = False,
+                                 ending: Ending = USER_DISCONNECTED) -> int:
+        """Disconnect matching sockets (``close``: their whole connection).
+
+        :param ending: why (one of ``server.endings``, known to every node); its saved session
+                       is forgotten unless the ending is recoverable.
+        """
+        return await self._op({"op": "disconnect", "ns": namespace, "target": target, "close": close,
+                               "why": ending.reason})
 
     async def move_sockets(self) -> int:
         """Close every connection of this node recoverably (draining): clients reconnect elsewhere."""
         sio = self.runtime.sio
         sids = list(sio.eio.sockets)
         for eio_sid in sids:
-            await sio.close_transport(eio_sid, sio.reason.TRANSPORT_CLOSE, send_close=True)
+            await sio.end(eio_sid, DRAINED)
         return len(sids)
 
     def on_server_event(self, event: str, handler: ServerEventHandler) -> None:
@@ -133,10 +141,9 @@ class ClusterOperations:
                 await sio.leave_room(sid, room, namespace=namespace)
             elif op == "disconnect":
                 eio_sid = sio.manager.eio_sid_from_sid(sid, namespace)
-                if body.get("close") and eio_sid:
-                    await sio.close_transport(eio_sid, sio.reason.SERVER_DISCONNECT, send_close=True)
-                else:
-                    await sio.disconnect(sid, namespace=namespace, ignore_queue=True)
+                ending = ENDINGS.get(body.get("why"), USER_DISCONNECTED)  # type: ignore[arg-type]
+                if eio_sid:
+                    await sio.end(eio_sid, ending, None if body.get("close") else namespace)
         return len(sids)
 
     async def _local_server_event(self, body: dict[str, Any]) -> Any:

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
+from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager, normalize_args
@@ -505,7 +506,10 @@ class RealtimeServer(socketio.AsyncServer):
         self._buckets: dict[str, TokenBucket] = {}
         self._upgraded: set[str] = set()
         self._events_in: dict[str, Any] = {}  # namespace -> its events_in counter (connected ones only)
-        self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT}
+        # Reasons a disconnect keeps the session: the client's link failed (as Node's
+        # RECOVERABLE_DISCONNECT_REASONS), or a recoverable server-initiated Ending.
+        self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT,
+                             *(e.reason for e in ENDINGS.values() if e.recoverable)}
 
     # ------------------------------------------------------------------ emit
 
@@ -520,9 +524,9 @@ class RealtimeServer(socketio.AsyncServer):
         return RealtimeEngine
 
     def is_recoverable(self, reason: str | None) -> bool:
-        """Whether a disconnect with ``reason`` keeps the session for recovery (as Node's
-        RECOVERABLE_DISCONNECT_REASONS): transport close/error, ping timeout, server shutdown."""
-        return reason in self._recoverable or self.shutting_down
+        """Whether a disconnect with ``reason`` keeps the session for recovery: transport
+        close/error, ping timeout, or a recoverable :class:`Ending` (drain, shutdown, slow consumer)."""
+        return reason in self._recoverable
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (namespace, sid) in self.recovered
@@ -545,11 +549,44 @@ class RealtimeServer(socketio.AsyncServer):
         if any(self.manager.sid_from_eio_sid(eio_sid, ns) for ns in list(self.manager.get_namespaces())):
             return
         log.info("closing %s: no namespace joined within %ss", eio_sid, self.connect_timeout)
-        asyncio.get_running_loop().create_task(self._close_eio(eio_sid, "connect timeout"))
+        asyncio.get_running_loop().create_task(self._close_eio(eio_sid, "connect timeout", CONNECT_TIMEOUT))
+
+    async def end(self, eio_sid: str, ending: Ending, namespace: str | None = None) -> None:
+        """End a client's socket: every server-initiated end goes through here.
+
+        Whatever the path, the socket's disconnect is then handled by :meth:`_handle_disconnect`,
+        which keeps the saved session when ``ending`` is recoverable and forgets it otherwise.
+
+        :param eio_sid: the client's Engine.IO session.
+        :param ending: why, which says whether the session is kept for recovery.
+        :param namespace: end only the socket in this namespace: the client gets a DISCONNECT
+                          packet ("io server disconnect", it does not reconnect by itself) and
+                          keeps its connection. None: close the whole connection, every namespace.
+        """
+        if namespace is None:
+            await self.close_transport(eio_sid, ending.reason, send_close=ending.send_close, abort=ending.abort)
+            return
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return
+        await self._send_packet(eio_sid, self.packet_class(sio_packet.DISCONNECT, namespace=namespace))
+        await self._handle_disconnect(eio_sid, namespace, ending.reason)
+
+    async def disconnect(self, sid: str, namespace: str | None = None, ignore_queue: bool = False,
+                         ending: Ending = SERVER_DISCONNECTED) -> None:
+        """python-socketio's server-side disconnect of one socket, as :meth:`end` (python-socketio's
+        own skips :meth:`_handle_disconnect`, so the saved session would outlive the socket).
+
+        :param ending: why; not recoverable unless said otherwise.
+        """
+        namespace = namespace or "/"
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is not None:
+            await self.end(eio_sid, ending, namespace)
 
     async def close_transport(self, eio_sid: str, reason: str, send_close: bool = False,
                               abort: bool = False) -> None:
-        """Close an Engine.IO session and its WebSocket now.
+        """Close an Engine.IO session and its WebSocket now (the mechanics of :meth:`end`).
 
         :param send_close: send the Engine.IO CLOSE packet first (polling clients read it).
         :param abort: also drop the TCP connection at once (a client that does not read).
@@ -562,9 +599,9 @@ class RealtimeServer(socketio.AsyncServer):
         if abort:
             self.eio.abort_transport(eio_sid)
 
-    async def _close_eio(self, eio_sid: str, kind: str) -> None:
+    async def _close_eio(self, eio_sid: str, kind: str, ending: Ending = PROTOCOL_ERROR) -> None:
         self.metrics.protocol_errors.labels(kind).inc()
-        await self.close_transport(eio_sid, self.reason.SERVER_DISCONNECT)
+        await self.end(eio_sid, ending)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         self.metrics.bytes_in.inc(len(data))
@@ -799,9 +836,9 @@ class RealtimeServer(socketio.AsyncServer):
         self.evicted.add(pid)
         try:
             if socket is not None and not socket.closed:
-                await self.close_transport(eio_sid, self.reason.TRANSPORT_CLOSE)
+                await self.end(eio_sid, EVICTED)
             else:
-                await self._handle_disconnect(eio_sid, namespace, self.reason.TRANSPORT_CLOSE)
+                await self._handle_disconnect(eio_sid, namespace, EVICTED.reason)
         finally:
             self.evicted.discard(pid)
         return True
@@ -816,6 +853,11 @@ class RealtimeServer(socketio.AsyncServer):
         if session is None or session.namespace != namespace:
             return None
         if session.epoch and session.epoch != await self.rt_manager.event_log.epoch(namespace):
+            return None
+        # The namespace re-checks who the session belonged to (not revoked, token not expired
+        # since): a session it refuses is dropped here, and the client connects afresh.
+        may_recover = getattr(self.namespace_handlers.get(namespace), "may_recover", None)
+        if may_recover is not None and not may_recover(session.data):
             return None
         return session
 

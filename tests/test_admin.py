@@ -132,8 +132,9 @@ async def test_operator_commands(two_nodes, js):
     assert [n["node"] for n in nodes] == sorted([f"node-{n1.port}", f"node-{n2.port}"])
     assert all(n["version"] and "connections" in n for n in nodes)
 
-    await js.connect("alice", n1.url + "/chat", transports=["websocket"], auth={"guest": "guest-alice123"})
-    await js.connect("alice2", n2.url + "/game", transports=["polling"], auth={"guest": "guest-alice123"})
+    await js.connect("alice", n1.url + "/chat", transports=["websocket"])
+    alice = await js.emit("alice", "whoami")  # a guest keeps its id, on any node, by its guest token
+    await js.connect("alice2", n2.url + "/game", transports=["polling"], auth={"guestToken": alice["guestToken"]})
     await js.connect("bob", n2.url + "/chat", transports=["websocket"])
     await js.emit("bob", "join", {"room": "hall"})
     await js.emit("alice", "join", {"room": "hall"})
@@ -148,7 +149,7 @@ async def test_operator_commands(two_nodes, js):
         [a] = await js.wait(name, "announcement", 1)
         assert a["args"][0]["message"] == "maintenance at 5"
 
-    kicked = await js.emit("op", "disconnect_user", {"user": "guest-alice123"})
+    kicked = await js.emit("op", "disconnect_user", {"user": alice["user"]})
     assert kicked == {"ok": True, "count": 2}
     for name in ("alice", "alice2"):
         state = await js.call("waitDisconnects", name=name, count=1)

@@ -114,9 +114,10 @@ async def test_direct_messages_are_retried_until_acked_even_after_the_sender_nod
     retry = {**env, "DIRECT_RETRY_INTERVAL": "0.3"}
     sender_node = servers(env=env)
     receiver_node = servers(env=retry)
-    await js.connect("bob", receiver_node.url + "/chat", transports=["websocket"], auth={"guest": "guest-bob12345"})
+    await js.connect("bob", receiver_node.url + "/chat", transports=["websocket"])
+    bob = (await js.emit("bob", "whoami"))["user"]
     await js.connect("alice", sender_node.url + "/chat", transports=["websocket"])
-    sent = await js.emit("alice", "dm", {"to": "guest-bob12345", "text": "psst"})
+    sent = await js.emit("alice", "dm", {"to": bob, "text": "psst"})
     assert sent["ok"]
     sender_node.kill()  # kill -9: the node that sent the message is gone
     # bob does not ack: the message keeps coming, always with the same id

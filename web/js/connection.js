@@ -5,17 +5,20 @@ export function socketOptions(extra = {}) {
   const params = new URLSearchParams(location.search);
   const options = { ...extra };
   if (params.get("transport") === "polling") options.transports = ["polling"];
-  if (params.get("guest")) options.auth = { ...(options.auth || {}), guest: params.get("guest") };
   if (!options.auth) {
-    // Keep the same guest identity across page loads of this tab.
-    const saved = sessionStorage.getItem("guest");
-    options.auth = saved ? { guest: saved } : {};
+    // A guest keeps its id across reconnects and page loads of this tab only with the guest
+    // token the server issued (a guest id is public, it proves nothing); read at every connect.
+    options.auth = (send) => {
+      const saved = sessionStorage.getItem("guestToken");
+      send(saved ? { guestToken: saved } : {});
+    };
   }
   return options;
 }
 
-export function rememberGuest(user) {
-  if (user && user.startsWith("guest-")) sessionStorage.setItem("guest", user);
+// Keep the guest token of a `whoami` answer (guests only) for the next connections.
+export function rememberGuest(me) {
+  if (me && me.guest && typeof me.guestToken === "string") sessionStorage.setItem("guestToken", me.guestToken);
 }
 
 export function trackConnection(socket, badge, transportLabel) {
