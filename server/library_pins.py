@@ -51,6 +51,7 @@ OVERRIDDEN: dict[str, str | None] = {
         "(self, event, data=None, to=None, room=None, skip_sid=None, namespace=None, callback=None, "
         "ignore_queue=False)",
     "socketio.async_server:AsyncServer._engineio_server_class": "(self)",
+    "socketio.async_server:AsyncServer.disconnect": "(self, sid, namespace=None, ignore_queue=False)",
     "socketio.async_server:AsyncServer._handle_eio_connect": "(self, eio_sid, environ)",
     "socketio.async_server:AsyncServer._handle_eio_message": "(self, eio_sid, data)",
     "socketio.async_server:AsyncServer._send_packet": "(self, eio_sid, pkt)",
