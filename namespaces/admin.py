@@ -7,11 +7,18 @@ Wrong credentials give the connect error ``invalid credentials``, the message th
 A read-only operator sees everything and can change nothing.
 
 Without a configured password the namespace refuses everyone.
+
+Failed logins are counted per client address and per operator username (``admin.login_attempts``
+within ``admin.login_lockout``; shared by the nodes with Redis); past the limit every attempt
+from that address or for that username gets ``too many attempts``, the right password too,
+until the lockout passes. Each failure is logged (never the password). scrypt runs in a thread
+of its own, so guesses cannot stall the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import logging
@@ -23,7 +30,9 @@ import time
 from typing import Any
 
 import socketio
+from redis.exceptions import RedisError
 
+from server.login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 
 log = logging.getLogger("namespaces.admin")
@@ -58,6 +67,13 @@ class AdminNamespace(BaseNamespace):
         super().__init__(namespace, runtime)
         self.admin_sessions: dict[str, tuple[float, str]] = {}  # session id -> (expires, role)
         self.roles: dict[str, str] = {}
+        cfg = self.config.admin
+        redis = self.stores.redis
+        self.throttle: LoginThrottle = (
+            RedisLoginThrottle(redis, self.config.redis.key_prefix, cfg.login_attempts, cfg.login_lockout)
+            if redis is not None else MemoryLoginThrottle(cfg.login_attempts, cfg.login_lockout))
+        # One thread: password hashing never takes more than one core, and never the event loop.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-scrypt")
 
     async def start(self) -> None:
         self.runtime.background(self._stats_loop(), "admin-stats")
@@ -84,31 +100,61 @@ class AdminNamespace(BaseNamespace):
         item = self.admin_sessions.get(session_id)
         return item[1] if item is not None and item[0] > time.time() else None
 
-    def _role_for(self, auth: dict[str, Any]) -> str | None:
+    async def _role_for(self, auth: dict[str, Any]) -> str | None:
         cfg = self.config.admin
         username, password = auth.get("username"), auth.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             return None
         if cfg.readonly_username and cfg.readonly_password and \
-                hmac.compare_digest(username, cfg.readonly_username) and \
-                hmac.compare_digest(password, cfg.readonly_password):
+                _same(username, cfg.readonly_username) and _same(password, cfg.readonly_password):
             return "readonly"
-        if not hmac.compare_digest(username, cfg.username):
+        if not _same(username, cfg.username):
             return None
         if cfg.password_hash:
-            return "admin" if check_password(password, cfg.password_hash) else None
+            matches = await asyncio.get_running_loop().run_in_executor(
+                self._hasher, check_password, password, cfg.password_hash)
+            return "admin" if matches else None
         if cfg.password:
-            return "admin" if hmac.compare_digest(password, cfg.password) else None
+            return "admin" if _same(password, cfg.password) else None
         return None
+
+    def _throttle_keys(self, address: str, auth: dict[str, Any]) -> list[str]:
+        """What a login attempt counts against: its client address and, when it names one of
+        the configured operators, that username (unknown names are not worth a counter each)."""
+        keys = [f"addr:{address}"]
+        username = auth.get("username")
+        cfg = self.config.admin
+        if "sessionId" not in auth and isinstance(username, str) and \
+                username in {cfg.username, cfg.readonly_username} - {""}:
+            keys.append(f"user:{username}")
+        return keys
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
+        address = _client_address(environ)
+        keys = self._throttle_keys(address, auth)
+        try:
+            count = await self.throttle.reserve(keys)
+        except (RedisError, OSError) as exc:
+            log.warning("operator login refused: login throttle unavailable: %s", exc)
+            raise socketio.exceptions.ConnectionRefusedError("temporarily unavailable") from None
+        if count is None:
+            self.metrics.operator_logins.labels("locked").inc()
+            raise socketio.exceptions.ConnectionRefusedError("too many attempts")
         if isinstance(auth.get("sessionId"), str):
             role = await self._recall(auth["sessionId"])
         else:
-            role = self._role_for(auth)
+            role = await self._role_for(auth)
         if role is None:
+            self.metrics.operator_logins.labels("failed").inc()
+            limit = self.config.admin.login_attempts
+            who = "with an unknown session id" if isinstance(auth.get("sessionId"), str) \
+                else f"for {str(auth.get('username'))[:64]!r}"
+            locked = f"; locked out for {self.config.admin.login_lockout:g} s" if count >= limit else ""
+            log.warning("operator login failed %s from %s (failure %d of %d%s)", who, address, count, limit, locked)
             raise socketio.exceptions.ConnectionRefusedError("invalid credentials")
+        await self.throttle.release(keys)
+        self.metrics.operator_logins.labels("ok").inc()
         self.roles[sid] = role
         await self.enter_room(sid, ADMIN_ROOM)
         session_id = secrets.token_urlsafe(18)
@@ -316,6 +362,17 @@ class AdminNamespace(BaseNamespace):
         if isinstance(user, str):
             self.runtime.authenticator.revoke(user)
         return True
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison; as bytes, since ``compare_digest`` refuses non-ASCII str."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def _client_address(environ: dict) -> str:
+    """The peer address of the request that opened the session (python-engineio's aiohttp
+    driver sets REMOTE_ADDR to 127.0.0.1 for everyone)."""
+    return getattr(environ.get("aiohttp.request"), "remote", None) or environ.get("REMOTE_ADDR", "")
 
 
 def _target(value: Any) -> str | None:

@@ -82,6 +82,8 @@ class AdminConfig:
     password_hash: str = ""
     readonly_username: str = ""
     readonly_password: str = ""
+    login_attempts: int = 10
+    login_lockout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "password_hash": lambda k, s, v: _str(k, s, v),
         "readonly_username": lambda k, s, v: _str(k, s, v),
         "readonly_password": lambda k, s, v: _str(k, s, v),
+        "login_attempts": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
+        "login_lockout": lambda k, s, v: _float(k, s, v, 0.1, 7 * 86400),
     },
     "limits": {
         "events_per_second": lambda k, s, v: _float(k, s, v, 0.1, 1_000_000),

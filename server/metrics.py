@@ -41,6 +41,8 @@ class Metrics:
         self.send_queue = Gauge("rt_send_queue_packets", "Packets waiting in socket send queues (sum)", registry=r)
         self.internal = Gauge("rt_internal_entries", "Entries in per-connection tables (leak detection)",
                               ["table"], registry=r)
+        self.operator_logins = Counter("rt_operator_logins_total", "Operator logins to /admin by result "
+                                       "(ok, failed, locked: refused during a lockout)", ["result"], registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
 
