@@ -12,7 +12,8 @@ Failed logins are counted per client address and per operator username (``admin.
 within ``admin.login_lockout``; shared by the nodes with Redis); past the limit every attempt
 from that address or for that username gets ``too many attempts``, the right password too,
 until the lockout passes. Each failure is logged (never the password). scrypt runs in a thread
-of its own, so guesses cannot stall the event loop.
+of its own, so guesses cannot stall the event loop. A refused operator command is logged and
+counted (``rt_operator_commands_refused_total``): the Admin UI shows no error acks.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ SESSION_TTL = 24 * 3600.0
 FEATURES_RW = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT",
                "AGGREGATED_EVENTS", "ALL_EVENTS"]
 FEATURES_RO = ["AGGREGATED_EVENTS", "ALL_EVENTS"]
+# Refused operator commands logged one by one per second at most; the rest are summed up in
+# the next line (the metric counts every one).
+REFUSALS_LOGGED_PER_SECOND = 20
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -74,6 +78,10 @@ class AdminNamespace(BaseNamespace):
             if redis is not None else MemoryLoginThrottle(cfg.login_attempts, cfg.login_lockout))
         # One thread: password hashing never takes more than one core, and never the event loop.
         self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-scrypt")
+        self._command_locks: dict[str, asyncio.Lock] = {}  # operator sid -> its command lock
+        self._refusals_window = 0.0
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
 
     async def start(self) -> None:
         self.runtime.background(self._stats_loop(), "admin-stats")
@@ -170,6 +178,7 @@ class AdminNamespace(BaseNamespace):
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         self.roles.pop(sid, None)
+        self._command_locks.pop(sid, None)
 
     def _writable(self, sid: str) -> bool:
         return self.roles.get(sid) == "admin"
@@ -257,11 +266,23 @@ class AdminNamespace(BaseNamespace):
         return ok(count=await self.runtime.operations.disconnect_sockets(namespace, _target(target), bool(close)))
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event == "_disconnect":
-            return await self.on__disconnect(*args)
         if event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
-        handler = getattr(self, "on_" + event, None)
+        sid = args[0] if args else None
+        # One command at a time per operator connection, in the order sent: the Admin UI fires
+        # commands without waiting (1000 emits at once took every Redis connection of the
+        # pool), and an operator's emits should reach clients in the order given.
+        lock = self._command_locks.get(sid)
+        if lock is None:
+            lock = self._command_locks[sid] = asyncio.Lock()
+        async with lock:
+            result = await self._command(event, *args)
+        if isinstance(result, dict) and result.get("ok") is False:
+            self.command_refused(sid, event, str(result.get("error", {}).get("code")))
+        return result
+
+    async def _command(self, event: str, *args: Any) -> Any:
+        handler = self.on__disconnect if event == "_disconnect" else getattr(self, "on_" + event, None)
         if handler is None:
             return ClientError("unknown_event", f"no event {event!r} in /admin").ack()
         try:
@@ -270,6 +291,25 @@ class AdminNamespace(BaseNamespace):
             return exc.ack()
         except TypeError:
             return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
+        except (RedisError, OSError) as exc:
+            log.warning("/admin %s failed, store unavailable: %s", event, exc)
+            return ClientError("unavailable", "temporarily unavailable, retry").ack()
+
+    def command_refused(self, sid: str | None, event: Any, code: str) -> None:
+        """An operator command was refused (by a handler, or before it by the operator rate
+        limit or the size cap): the Admin UI never shows the error ack, so log and count it."""
+        self.metrics.operator_refused.labels(code).inc()
+        now = time.monotonic()
+        if now - self._refusals_window >= 1.0:
+            if self._refusals_unlogged:
+                log.warning("%d more operator commands refused in the last second", self._refusals_unlogged)
+            self._refusals_window, self._refusals_logged, self._refusals_unlogged = now, 0, 0
+        if self._refusals_logged >= REFUSALS_LOGGED_PER_SECOND:
+            self._refusals_unlogged += 1
+            return
+        self._refusals_logged += 1
+        role = self.roles.get(sid, "operator") if sid else "operator"
+        log.warning("operator command refused: %r from %s %s: %s", str(event)[:64], role, sid, code)
 
     # ------------------------------------------------------------------ operator commands
 

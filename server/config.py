@@ -98,6 +98,8 @@ class LimitsConfig:
     body_timeout: float = 10.0
     max_packets_per_payload: int = 256
     attachment_timeout: float = 10.0
+    operator_events_per_second: float = 1000.0
+    operator_event_burst: int = 2000
 
 
 @dataclass(frozen=True)
@@ -315,6 +317,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
+        "operator_events_per_second": lambda k, s, v: _float(k, s, v, 0.01, 1_000_000),
+        "operator_event_burst": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
     },
     "game": {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),

@@ -43,6 +43,8 @@ class Metrics:
                               ["table"], registry=r)
         self.operator_logins = Counter("rt_operator_logins_total", "Operator logins to /admin by result "
                                        "(ok, failed, locked: refused during a lockout)", ["result"], registry=r)
+        self.operator_refused = Counter("rt_operator_commands_refused_total", "Operator commands refused, by "
+                                        "error code (the Admin UI shows no error)", ["code"], registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
 

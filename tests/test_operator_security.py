@@ -1,11 +1,13 @@
-"""The operators' /admin against guessing (issue #12, item 2).
+"""The operators' /admin against guessing and overload (issue #12, items 2 and 3).
 
 - Failed logins are throttled per client address and per username, each is logged (never the
   password), and a locked-out login is refused even with the right password until the lockout
   passes; scrypt hashing runs off the event loop, so guesses do not stall other clients.
+- Operator connections have their own event limits, and a refused operator command (the
+  Admin UI has no error path) is logged and counted on /metrics.
 
 Real parts: server processes, raw WebSocket clients from chosen loopback addresses, the
-official socket.io-client.
+official socket.io-client, nginx over two nodes on Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from harness import Nginx
 from namespaces.admin import hash_password
 from test_delivery import metric
 
@@ -190,14 +193,106 @@ async def test_scrypt_guesses_do_not_stall_other_clients(servers, js, tmp_path):
     assert await login(srv.url, admin(ADMIN_PASSWORD)) == "ok"
 
 
-async def test_login_limits_are_validated(tmp_path):
+# ---------------------------------------------------------------------- item 3: operator limits
+
+
+EMIT_1000 = """
+const s = ctx.sockets.get('op').socket;
+for (let i = 0; i < 1000; i++) s.emit('emit', '/chat', null, 'notice', { i });
+return true;
+"""
+
+
+async def operator_emits_1000(js, names: list[str], url: str, **opts: Any) -> None:
+    """An operator at ``url`` sends 1000 Admin UI ``emit`` commands at once (as the UI does:
+    no waiting, no ack looked at); every client in ``names`` must get every event."""
+    state = await js.connect("op", url + "/admin", transports=["websocket"], auth=admin(ADMIN_PASSWORD), **opts)
+    assert state["connected"], state
+    await js.call("eval", code=EMIT_1000)
+    for name in names:
+        events = await js.wait(name, "notice", 1000, timeout=60000)
+        assert sorted({e["args"][0]["i"] for e in events}) == list(range(1000)), name
+
+
+async def test_an_operator_emits_1000_events_to_clients_on_two_nodes(servers, js, redis_url):
+    env = {"REDIS_URL": redis_url, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+    n1, n2 = servers(env=env), servers(env=env)
+    clients = {"p1": (n1, "polling"), "w1": (n1, "websocket"), "p2": (n2, "polling"), "w2": (n2, "websocket")}
+    for name, (node, transport) in clients.items():
+        assert (await js.connect(name, node.url + "/chat", transports=[transport]))["connected"]
+    # the client limit (50/s, burst 100) no longer applies to the operator's connection
+    await operator_emits_1000(js, list(clients), n1.url)
+    assert metric(n1, "rt_operator_commands_refused_total") == 0
+    assert metric(n1, "rt_rate_limited_total") == 0
+
+
+async def test_an_operator_reaches_polling_clients_through_round_robin_nginx(servers, js, redis_url):
+    env = {"REDIS_URL": redis_url, "ADMIN_PASSWORD": ADMIN_PASSWORD}
+    n1, n2 = servers(env=env), servers(env=env)
+    lb = Nginx([n1.port, n2.port]).start()
+    try:
+        origin = {"extraHeaders": {"Origin": f"http://127.0.0.1:{lb.port}"}}
+        names = [f"c{i}" for i in range(4)]
+        for name in names:
+            assert (await js.connect(name, lb.url + "/chat", transports=["polling"], **origin))["connected"]
+        # Long polls relayed to the session's node used to come back gzipped (the relay asked
+        # for it) to clients that had not asked and could not read them: "transport error".
+        await operator_emits_1000(js, names, lb.url, **origin)
+        for name in names:
+            assert (await js.state(name))["disconnects"] == [], name
+    finally:
+        lb.stop()
+
+
+LIMITED = """
+[admin]
+password = "%s"
+readonly_username = "viewer"
+readonly_password = "viewer-pass-1"
+
+[limits]
+operator_events_per_second = 0.1
+operator_event_burst = 2
+""" % ADMIN_PASSWORD
+
+
+async def test_refused_operator_commands_are_logged_and_counted(servers, js, tmp_path):
+    srv = servers(args=config(tmp_path, LIMITED))
+    await js.connect("u", srv.url + "/chat", transports=["websocket"])
+    await js.connect("viewer", srv.url + "/admin", transports=["websocket"], auth=VIEWER)
+    ack = await js.emit("viewer", "emit", "/chat", None, "notice", {"from": "viewer"})
+    assert ack["ok"] is False and ack["error"]["code"] == "forbidden"
+    await js.connect("op", srv.url + "/admin", transports=["websocket"], auth=admin(ADMIN_PASSWORD))
+    # without waiting for acks, as the Admin UI: 2 pass (the burst), 3 are over the limit
+    await js.call("eval", code="""
+        const s = ctx.sockets.get('op').socket;
+        for (let i = 0; i < 5; i++) s.emit('emit', '/chat', null, 'notice', { i });
+        return true;""")
+    assert len(await js.wait("u", "notice", 2)) == 2
+    for _ in range(50):
+        if metric(srv, 'rt_operator_commands_refused_total{code="rate_limited"}') == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert metric(srv, 'rt_operator_commands_refused_total{code="rate_limited"}') == 3
+    assert metric(srv, 'rt_operator_commands_refused_total{code="forbidden"}') == 1
+    lines = [line for line in srv.output().splitlines() if "operator command refused" in line]
+    assert len([line for line in lines if "rate_limited" in line and "'emit'" in line]) == 3, lines
+    assert len([line for line in lines if "forbidden" in line and "readonly" in line and "'emit'" in line]) == 1, lines
+    assert [e["args"][0]["i"] for e in await js.events("u", "notice")] == [0, 1]
+
+
+async def test_operator_limits_are_validated(tmp_path):
     from server.config import ConfigError, load_config
 
     path = tmp_path / "ok.toml"
-    path.write_text("[admin]\nlogin_attempts = 4\nlogin_lockout = 30\n")
+    path.write_text("[admin]\nlogin_attempts = 4\nlogin_lockout = 30\n"
+                    "[limits]\noperator_events_per_second = 500\noperator_event_burst = 800\n")
     loaded = load_config(path, environ={})
     assert (loaded.admin.login_attempts, loaded.admin.login_lockout) == (4, 30.0)
-    for text, message in (("[admin]\nlogin_attempts = 0\n", "admin.login_attempts (from"),
+    assert (loaded.limits.operator_events_per_second, loaded.limits.operator_event_burst) == (500.0, 800)
+    for text, message in (("[limits]\noperator_events_per_second = 0\n", "limits.operator_events_per_second (from"),
+                          ("[limits]\noperator_event_burst = 'many'\n", "limits.operator_event_burst (from"),
+                          ("[admin]\nlogin_attempts = 0\n", "admin.login_attempts (from"),
                           ("[admin]\nlogin_lockout = -1\n", "admin.login_lockout (from")):
         path.write_text(text)
         with pytest.raises(ConfigError, match=re.escape(message)):
