@@ -101,8 +101,11 @@ class CollabNamespace(BaseNamespace):
         owners = await self.documents.owners(doc, info.writes)
         if any(owners[client] != user for client in info.writes):
             known = pycrdt.get_state(await self._state(doc))
-            update = pycrdt.get_update(update, known)
-            info = read_update(update)
+            try:
+                update = pycrdt.get_update(update, known)
+                info = read_update(update)
+            except Exception:
+                raise ClientError("invalid_update", "not a Yjs update") from None
         foreign = [c for c in info.writes if owners[c] not in (None, user)]
         unbound = [c for c in info.writes if owners[c] is None]
         if unbound and not foreign:

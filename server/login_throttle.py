@@ -12,12 +12,15 @@ over nodes); without, each node counts its own.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Protocol
 
 import redis.asyncio as aioredis
 
-# Keys kept in memory at most (addresses seen failing within one lockout); the oldest go first.
+# Address keys kept in memory at most (addresses seen failing within one lockout); the oldest
+# go first. Username keys (one per configured operator) are never dropped to make room: a
+# flood of failures from many addresses must not lift a username's lockout.
 MAX_MEMORY_KEYS = 100_000
 
 
@@ -37,6 +40,7 @@ class MemoryLoginThrottle:
         self.attempts = attempts
         self.lockout = lockout
         self._counts: dict[str, tuple[int, float]] = {}  # key -> (failures, expires at)
+        self._next_sweep = 0.0
 
     def _count(self, key: str, now: float) -> int:
         item = self._counts.get(key)
@@ -57,8 +61,15 @@ class MemoryLoginThrottle:
             expires = now + self.lockout if count == 1 or count >= self.attempts else self._counts[key][1]
             self._counts.pop(key, None)  # re-inserted last: the dict stays in expiry order, roughly
             self._counts[key] = (count, expires)
-        while len(self._counts) > MAX_MEMORY_KEYS:
-            del self._counts[next(iter(self._counts))]
+        if now >= self._next_sweep:
+            # At most once a second, so expired counts do not stay until the cap pushes them out.
+            self._next_sweep = now + 1.0
+            for key in [k for k, (_, expires) in self._counts.items() if expires <= now]:
+                del self._counts[key]
+        excess = len(self._counts) - MAX_MEMORY_KEYS
+        if excess > 0:
+            for key in list(itertools.islice((k for k in self._counts if k.startswith("addr:")), excess)):
+                del self._counts[key]
         return max(counts) + 1 if counts else 1
 
     async def release(self, keys: list[str]) -> None:
