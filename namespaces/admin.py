@@ -7,11 +7,19 @@ Wrong credentials give the connect error ``invalid credentials``, the message th
 A read-only operator sees everything and can change nothing.
 
 Without a configured password the namespace refuses everyone.
+
+Failed logins are counted per client address and per operator username (``admin.login_attempts``
+within ``admin.login_lockout``; shared by the nodes with Redis); past the limit every attempt
+from that address or for that username gets ``too many attempts``, the right password too,
+until the lockout passes. Each failure is logged (never the password). scrypt runs in a thread
+of its own, so guesses cannot stall the event loop. A refused operator command is logged and
+counted (``rt_operator_commands_refused_total``): the Admin UI shows no error acks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import logging
@@ -23,8 +31,10 @@ import time
 from typing import Any
 
 import socketio
+from redis.exceptions import RedisError
 
 from server.endings import REVOKED, USER_DISCONNECTED, Ending
+from server.login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 
 log = logging.getLogger("namespaces.admin")
@@ -35,6 +45,9 @@ SESSION_TTL = 24 * 3600.0
 FEATURES_RW = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISCONNECT",
                "AGGREGATED_EVENTS", "ALL_EVENTS"]
 FEATURES_RO = ["AGGREGATED_EVENTS", "ALL_EVENTS"]
+# Refused operator commands logged one by one per second at most; the rest are summed up in
+# the next line (the metric counts every one).
+REFUSALS_LOGGED_PER_SECOND = 20
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -59,6 +72,17 @@ class AdminNamespace(BaseNamespace):
         super().__init__(namespace, runtime)
         self.admin_sessions: dict[str, tuple[float, str]] = {}  # session id -> (expires, role)
         self.roles: dict[str, str] = {}
+        cfg = self.config.admin
+        redis = self.stores.redis
+        self.throttle: LoginThrottle = (
+            RedisLoginThrottle(redis, self.config.redis.key_prefix, cfg.login_attempts, cfg.login_lockout)
+            if redis is not None else MemoryLoginThrottle(cfg.login_attempts, cfg.login_lockout))
+        # One thread: password hashing never takes more than one core, and never the event loop.
+        self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-scrypt")
+        self._command_locks: dict[str, asyncio.Lock] = {}  # operator sid -> its command lock
+        self._refusals_window = 0.0
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
 
     async def start(self) -> None:
         self.runtime.background(self._stats_loop(), "admin-stats")
@@ -85,31 +109,61 @@ class AdminNamespace(BaseNamespace):
         item = self.admin_sessions.get(session_id)
         return item[1] if item is not None and item[0] > time.time() else None
 
-    def _role_for(self, auth: dict[str, Any]) -> str | None:
+    async def _role_for(self, auth: dict[str, Any]) -> str | None:
         cfg = self.config.admin
         username, password = auth.get("username"), auth.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             return None
         if cfg.readonly_username and cfg.readonly_password and \
-                hmac.compare_digest(username, cfg.readonly_username) and \
-                hmac.compare_digest(password, cfg.readonly_password):
+                _same(username, cfg.readonly_username) and _same(password, cfg.readonly_password):
             return "readonly"
-        if not hmac.compare_digest(username, cfg.username):
+        if not _same(username, cfg.username):
             return None
         if cfg.password_hash:
-            return "admin" if check_password(password, cfg.password_hash) else None
+            matches = await asyncio.get_running_loop().run_in_executor(
+                self._hasher, check_password, password, cfg.password_hash)
+            return "admin" if matches else None
         if cfg.password:
-            return "admin" if hmac.compare_digest(password, cfg.password) else None
+            return "admin" if _same(password, cfg.password) else None
         return None
+
+    def _throttle_keys(self, address: str, auth: dict[str, Any]) -> list[str]:
+        """What a login attempt counts against: its client address and, when it names one of
+        the configured operators, that username (unknown names are not worth a counter each)."""
+        keys = [f"addr:{address}"]
+        username = auth.get("username")
+        cfg = self.config.admin
+        if "sessionId" not in auth and isinstance(username, str) and \
+                username in {cfg.username, cfg.readonly_username} - {""}:
+            keys.append(f"user:{username}")
+        return keys
 
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
+        address = _client_address(environ)
+        keys = self._throttle_keys(address, auth)
+        try:
+            count = await self.throttle.reserve(keys)
+        except (RedisError, OSError) as exc:
+            log.warning("operator login refused: login throttle unavailable: %s", exc)
+            raise socketio.exceptions.ConnectionRefusedError("temporarily unavailable") from None
+        if count is None:
+            self.metrics.operator_logins.labels("locked").inc()
+            raise socketio.exceptions.ConnectionRefusedError("too many attempts")
         if isinstance(auth.get("sessionId"), str):
             role = await self._recall(auth["sessionId"])
         else:
-            role = self._role_for(auth)
+            role = await self._role_for(auth)
         if role is None:
+            self.metrics.operator_logins.labels("failed").inc()
+            limit = self.config.admin.login_attempts
+            who = "with an unknown session id" if isinstance(auth.get("sessionId"), str) \
+                else f"for {str(auth.get('username'))[:64]!r}"
+            locked = f"; locked out for {self.config.admin.login_lockout:g} s" if count >= limit else ""
+            log.warning("operator login failed %s from %s (failure %d of %d%s)", who, address, count, limit, locked)
             raise socketio.exceptions.ConnectionRefusedError("invalid credentials")
+        await self.throttle.release(keys)
+        self.metrics.operator_logins.labels("ok").inc()
         self.roles[sid] = role
         await self.enter_room(sid, ADMIN_ROOM)
         session_id = secrets.token_urlsafe(18)
@@ -125,6 +179,7 @@ class AdminNamespace(BaseNamespace):
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         self.roles.pop(sid, None)
+        self._command_locks.pop(sid, None)
 
     def _writable(self, sid: str) -> bool:
         return self.roles.get(sid) == "admin"
@@ -212,11 +267,23 @@ class AdminNamespace(BaseNamespace):
         return ok(count=await self.runtime.operations.disconnect_sockets(namespace, _target(target), bool(close)))
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        if event == "_disconnect":
-            return await self.on__disconnect(*args)
         if event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
-        handler = getattr(self, "on_" + event, None)
+        sid = args[0] if args else None
+        # One command at a time per operator connection, in the order sent: the Admin UI fires
+        # commands without waiting (1000 emits at once took every Redis connection of the
+        # pool), and an operator's emits should reach clients in the order given.
+        lock = self._command_locks.get(sid)
+        if lock is None:
+            lock = self._command_locks[sid] = asyncio.Lock()
+        async with lock:
+            result = await self._command(event, *args)
+        if isinstance(result, dict) and result.get("ok") is False:
+            self.command_refused(sid, event, str(result.get("error", {}).get("code")))
+        return result
+
+    async def _command(self, event: str, *args: Any) -> Any:
+        handler = self.on__disconnect if event == "_disconnect" else getattr(self, "on_" + event, None)
         if handler is None:
             return ClientError("unknown_event", f"no event {event!r} in /admin").ack()
         try:
@@ -225,6 +292,25 @@ class AdminNamespace(BaseNamespace):
             return exc.ack()
         except TypeError:
             return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
+        except (RedisError, OSError) as exc:
+            log.warning("/admin %s failed, store unavailable: %s", event, exc)
+            return ClientError("unavailable", "temporarily unavailable, retry").ack()
+
+    def command_refused(self, sid: str | None, event: Any, code: str) -> None:
+        """An operator command was refused (by a handler, or before it by the operator rate
+        limit or the size cap): the Admin UI never shows the error ack, so log and count it."""
+        self.metrics.operator_refused.labels(code).inc()
+        now = time.monotonic()
+        if now - self._refusals_window >= 1.0:
+            if self._refusals_unlogged:
+                log.warning("%d more operator commands refused in the last second", self._refusals_unlogged)
+            self._refusals_window, self._refusals_logged, self._refusals_unlogged = now, 0, 0
+        if self._refusals_logged >= REFUSALS_LOGGED_PER_SECOND:
+            self._refusals_unlogged += 1
+            return
+        self._refusals_logged += 1
+        role = self.roles.get(sid, "operator") if sid else "operator"
+        log.warning("operator command refused: %r from %s %s: %s", str(event)[:64], role, sid, code)
 
     # ------------------------------------------------------------------ operator commands
 
@@ -319,6 +405,17 @@ class AdminNamespace(BaseNamespace):
         if isinstance(user, str):
             self.runtime.authenticator.revoke(user)
         return True
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison; as bytes, since ``compare_digest`` refuses non-ASCII str."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
+def _client_address(environ: dict) -> str:
+    """The peer address of the request that opened the session (python-engineio's aiohttp
+    driver sets REMOTE_ADDR to 127.0.0.1 for everyone)."""
+    return getattr(environ.get("aiohttp.request"), "remote", None) or environ.get("REMOTE_ADDR", "")
 
 
 def _target(value: Any) -> str | None:

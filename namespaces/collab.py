@@ -4,6 +4,12 @@ A client opens a document and gets its whole state as one Yjs update; it sends i
 updates (also those made while offline) and receives everyone else's as durable events, so a
 client that was cut off recovers them with connection state recovery. ``sync`` answers with
 what a client lacks given its state vector. Awareness (cursors, selections) is volatile.
+
+Yjs trusts client ids: an update written under another editor's id and next clock is taken
+as that editor's, and that editor's real operations are then dropped as duplicates. So each
+client id is bound to the user who first wrote with it in a document (in the document store,
+shared by the nodes), and an update writing new operations under someone else's id is refused
+with ``forbidden_client_id``, as is any id JavaScript numbers cannot hold (2^53 and above).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pycrdt
 
 from server.documents import MemoryDocumentStore, RedisDocumentStore
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room
+from server.yupdate import ClientIdError, UpdateInfo, read_update
 
 log = logging.getLogger("namespaces.collab")
 
@@ -66,15 +73,51 @@ class CollabNamespace(BaseNamespace):
             raise ClientError("update_too_large", f"updates are limited to {MAX_UPDATE} bytes")
         update = bytes(update)
         try:
+            info = read_update(update)
             pycrdt.Doc().apply_update(update)
+        except ClientIdError as exc:
+            raise ClientError("forbidden_client_id", str(exc)) from None
         except Exception:
             raise ClientError("invalid_update", "not a Yjs update") from None
-        count = await self.documents.append(doc, update)
-        await self.emit("update", {"doc": doc, "update": update, "user": self.identity(sid).user},
+        user = self.identity(sid).user
+        fresh = await self._authorized(doc, user, update, info)
+        if fresh is None:
+            return ok(doc=doc)  # nothing the document does not have already
+        count = await self.documents.append(doc, fresh)
+        await self.emit("update", {"doc": doc, "update": fresh, "user": user},
                         room="doc:" + doc, skip_sid=sid)
         if count >= COMPACT_AFTER:
             await self._compact(doc)
         return ok(doc=doc)
+
+    async def _authorized(self, doc: str, user: str, update: bytes, info: UpdateInfo) -> bytes | None:
+        """The part of ``update`` to store: all of it when every client id it writes is
+        ``user``'s, else only what the document lacks (a client re-sending its whole state
+        carries others' known operations). None when nothing is new.
+
+        :raises ClientError: ``forbidden_client_id`` when new operations are written under a
+            client id bound to another user (or one another user binds at the same moment).
+        """
+        owners = await self.documents.owners(doc, info.writes)
+        if any(owners[client] != user for client in info.writes):
+            known = pycrdt.get_state(await self._state(doc))
+            try:
+                update = pycrdt.get_update(update, known)
+                info = read_update(update)
+            except Exception:
+                raise ClientError("invalid_update", "not a Yjs update") from None
+        foreign = [c for c in info.writes if owners[c] not in (None, user)]
+        unbound = [c for c in info.writes if owners[c] is None]
+        if unbound and not foreign:
+            claimed = await self.documents.claim(doc, unbound, user)
+            foreign = [c for c in unbound if claimed[c] != user]
+        if foreign:
+            log.info("refused an update to %s from %s: Yjs client id %d is another user's", doc, user, foreign[0])
+            raise ClientError("forbidden_client_id",
+                              f"Yjs client id {foreign[0]} belongs to another editor of this document")
+        if not info.writes and not info.deletes:
+            return None
+        return update
 
     async def _compact(self, doc: str) -> None:
         snapshot, updates = await self.documents.load(doc)

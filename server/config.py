@@ -90,6 +90,8 @@ class AdminConfig:
     password_hash: str = ""
     readonly_username: str = ""
     readonly_password: str = ""
+    login_attempts: int = 10
+    login_lockout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class LimitsConfig:
     max_packets_per_payload: int = 256
     attachment_timeout: float = 10.0
     max_inflight_events: int = 32
+    operator_events_per_second: float = 1000.0
+    operator_event_burst: int = 2000
 
 
 @dataclass(frozen=True)
@@ -320,6 +324,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "password_hash": lambda k, s, v: _str(k, s, v),
         "readonly_username": lambda k, s, v: _str(k, s, v),
         "readonly_password": lambda k, s, v: _str(k, s, v),
+        "login_attempts": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
+        "login_lockout": lambda k, s, v: _float(k, s, v, 0.1, 7 * 86400),
     },
     "limits": {
         "events_per_second": lambda k, s, v: _float(k, s, v, 0.1, 1_000_000),
@@ -333,6 +339,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_inflight_events": lambda k, s, v: _int(k, s, v, 1, 100_000),
+        "operator_events_per_second": lambda k, s, v: _float(k, s, v, 0.01, 1_000_000),
+        "operator_event_burst": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
     },
     "game": {
         "tick_rate": lambda k, s, v: _float(k, s, v, 1, 240),

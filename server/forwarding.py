@@ -103,7 +103,7 @@ class Forwarder:
         body = await request.read()
         try:
             async with self.session.request(request.method, url, data=body, headers=self._headers(request),
-                                            allow_redirects=False) as upstream:
+                                            allow_redirects=False, skip_auto_headers=("Accept-Encoding",)) as upstream:
                 payload = await upstream.read()
                 headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
                 return web.Response(status=upstream.status, body=payload, headers=headers)

@@ -47,6 +47,10 @@ class Metrics:
         self.backpressure_pauses = Counter("rt_backpressure_pauses_total", "Times reading from a connection "
                                            "paused because max_inflight_events of its events were waiting",
                                            registry=r)
+        self.operator_logins = Counter("rt_operator_logins_total", "Operator logins to /admin by result "
+                                       "(ok, failed, locked: refused during a lockout)", ["result"], registry=r)
+        self.operator_refused = Counter("rt_operator_commands_refused_total", "Operator commands refused, by "
+                                        "error code (the Admin UI shows no error)", ["code"], registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
 

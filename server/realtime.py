@@ -46,6 +46,8 @@ MAX_ACK_ID = 2**53 - 1
 # this long, so a longer name is unknown anyway; it is only echoed (the CONNECT_ERROR reply,
 # log lines), and a 500 KB name was echoed whole.
 MAX_NAMESPACE_LENGTH = 128
+# Operators' connections: their own event limits, and refusals reported to the namespace.
+OPERATOR_NAMESPACE = "/admin"
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
 
@@ -504,6 +506,7 @@ class RealtimeServer(socketio.AsyncServer):
         self.evicted: set[str] = set()
         self.bus: Any = None
         self._buckets: dict[str, TokenBucket] = {}
+        self._operator_buckets: dict[str, TokenBucket] = {}  # eio sid -> bucket, once it sent an /admin event
         self._upgraded: set[str] = set()
         self._events_in: dict[str, Any] = {}  # namespace -> its events_in counter (connected ones only)
         # Reasons a disconnect keeps the session: the client's link failed (as Node's
@@ -629,7 +632,7 @@ class RealtimeServer(socketio.AsyncServer):
             # Over a limit: take its attachments off the wire, then answer like a text event.
             if pkt.add_attachment(data):
                 del self._binary_packet[eio_sid]
-                await self._refuse(eio_sid, pkt.namespace or "/", pkt.id, refusal)
+                await self._refuse(eio_sid, pkt.namespace or "/", pkt.id, refusal, pkt.data[0])
             return None
         pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
         kind = pkt.packet_type
@@ -642,12 +645,12 @@ class RealtimeServer(socketio.AsyncServer):
             if counter is None:  # labels() costs four times the inc() it is for
                 counter = self._events_in[namespace] = self.metrics.events_in.labels(namespace)
             counter.inc()
-            refusal = self._refuse_event(eio_sid, len(data))
+            refusal = self._refuse_event(eio_sid, len(data), namespace)
             if refusal is not None:
                 if kind == 5:
                     pkt.rt_refused = refusal
                     return self._await_attachments(eio_sid, pkt)
-                return await self._refuse(eio_sid, namespace, pkt.id, refusal)
+                return await self._refuse(eio_sid, namespace, pkt.id, refusal, pkt.data[0])
             if kind == 5:
                 return self._await_attachments(eio_sid, pkt)
             handler = self.namespace_handlers.get(namespace)
@@ -734,17 +737,27 @@ class RealtimeServer(socketio.AsyncServer):
 
         asyncio.get_running_loop().call_later(self.limits.attachment_timeout, drop)
 
-    def _refuse_event(self, eio_sid: str, size: int) -> str | None:
+    def _refuse_event(self, eio_sid: str, size: int, namespace: str = "/") -> str | None:
         if size > self.limits.max_event_bytes:
             return "payload_too_large"
-        bucket = self._buckets.get(eio_sid)
+        if namespace == OPERATOR_NAMESPACE:
+            bucket = self._operator_buckets.get(eio_sid)
+            if bucket is None:
+                rate, burst = self.limits.operator_events_per_second, self.limits.operator_event_burst
+                bucket = self._operator_buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
+        else:
+            bucket = self._buckets.get(eio_sid)
         if bucket is not None and not bucket.take():
             return "rate_limited"
         return None
 
-    async def _refuse(self, eio_sid: str, namespace: str, ack_id: int | None, code: str) -> None:
+    async def _refuse(self, eio_sid: str, namespace: str, ack_id: int | None, code: str, event: Any = None) -> None:
         if code == "rate_limited":
             self.metrics.rate_limited.labels(namespace).inc()
+        if namespace == OPERATOR_NAMESPACE:
+            operators = self.namespace_handlers.get(namespace)
+            if operators is not None:
+                operators.command_refused(self.manager.sid_from_eio_sid(eio_sid, namespace), event, code)
         if ack_id is not None:
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.ACK, namespace=namespace, id=ack_id,
@@ -960,6 +973,7 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
         self._buckets.pop(eio_sid, None)
+        self._operator_buckets.pop(eio_sid, None)
         self._upgraded.discard(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
 

@@ -206,7 +206,9 @@ ed.sync = async () => {
   Y.applyUpdate(doc, new Uint8Array(r.update), 'remote');
   await socket.emitWithAck('update', { doc: 'shared', update: Y.encodeStateAsUpdate(doc) });
 };
-socket.on('connect', () => { ed.ready = ed.sync(); });
+// Keep the guest id, as the demo page does: a reconnect that is not a recovery is still the
+// user who owns this Y.Doc's client id (/collab binds client ids to users).
+socket.on('connect', () => { ed.ready = socket.emitWithAck('whoami').then((me) => { socket.auth = { guestToken: me.guestToken }; return ed.sync(); }); });
 globalThis.editors[name] = ed;
 await ctx.until(() => ed.ready, 5000, 'connect');
 await ed.ready;
