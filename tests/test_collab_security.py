@@ -21,9 +21,10 @@ const { io } = ctx.require('socket.io-client');
 globalThis.Y = Y;
 globalThis.eds = globalThis.eds || {};
 // An editor: one Y.Doc (one Yjs client id for its whole life) and one socket at a time, as the
-// demo page; it keeps its guest id, so a reconnect is the same user.
+// demo page; it keeps its guest id by the guest token the server issued, so a reconnect is
+// the same user (``guest`` only names the editor in failure messages).
 globalThis.makeEditor = async (name, url, guest, docName) => {
-  const ed = { name, guest, docName, doc: new Y.Doc(), acks: [] };
+  const ed = { name, guest, docName, doc: new Y.Doc(), acks: [], guestToken: null };
   ed.text = ed.doc.getText('text');
   ed.doc.on('update', (update, origin) => {
     if (origin === 'remote' || !ed.socket || !ed.socket.connected) return;
@@ -33,12 +34,13 @@ globalThis.makeEditor = async (name, url, guest, docName) => {
   ed.connect = async (url) => {
     if (ed.socket) ed.socket.disconnect();
     const socket = ctx.io(url, { transports: ['websocket'], forceNew: true, reconnection: false,
-                                 auth: { guest } });
+                                 auth: ed.guestToken ? { guestToken: ed.guestToken } : {} });
     ed.socket = socket;
     socket.on('update', (u) => {
       if (u.doc === docName) Y.applyUpdate(ed.doc, new Uint8Array(u.update), 'remote');
     });
     await new Promise((resolve, reject) => { socket.once('connect', resolve); socket.once('connect_error', reject); });
+    ed.guestToken = (await socket.emitWithAck('whoami')).guestToken;
     const opened = await socket.emitWithAck('open', { doc: docName });
     Y.applyUpdate(ed.doc, new Uint8Array(opened.update), 'remote');
     // Everything it has, edits made while offline included (README: /collab).
@@ -158,7 +160,8 @@ async def test_reusing_a_client_id_is_refused_on_another_node_and_a_reconnect_ke
     await js.call("eval", code="await globalThis.eds.bob.connect(%s); return true;" % json.dumps(n2.url + "/collab"))
     assert (await acks(js, "bob"))[-1]["ok"], await acks(js, "bob")
     # ...but writing as alice, on the other node than the one alice wrote through, is not.
-    await js.connect("bob-raw", n2.url + "/collab", transports=["websocket"], auth={"guest": "guest-bob000001"})
+    bob_token = (await js.call("eval", code="return globalThis.eds.bob.guestToken;"))["value"]
+    await js.connect("bob-raw", n2.url + "/collab", transports=["websocket"], auth={"guestToken": bob_token})
     assert forbidden(await forge(js, "bob-raw", alice, 5, "!!"))
 
     # alice edits offline, comes back on the other node with the same Y.Doc (the same client id)
