@@ -79,7 +79,6 @@ class AdminNamespace(BaseNamespace):
             if redis is not None else MemoryLoginThrottle(cfg.login_attempts, cfg.login_lockout))
         # One thread: password hashing never takes more than one core, and never the event loop.
         self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-scrypt")
-        self._command_locks: dict[str, asyncio.Lock] = {}  # operator sid -> its command lock
         self._refusals_window = 0.0
         self._refusals_logged = 0
         self._refusals_unlogged = 0
@@ -179,7 +178,6 @@ class AdminNamespace(BaseNamespace):
 
     async def on_disconnect(self, sid: str, reason: str = "") -> None:
         self.roles.pop(sid, None)
-        self._command_locks.pop(sid, None)
 
     def _writable(self, sid: str) -> bool:
         return self.roles.get(sid) == "admin"
@@ -270,14 +268,9 @@ class AdminNamespace(BaseNamespace):
         if event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
         sid = args[0] if args else None
-        # One command at a time per operator connection, in the order sent: the Admin UI fires
-        # commands without waiting (1000 emits at once took every Redis connection of the
-        # pool), and an operator's emits should reach clients in the order given.
-        lock = self._command_locks.get(sid)
-        if lock is None:
-            lock = self._command_locks[sid] = asyncio.Lock()
-        async with lock:
-            result = await self._command(event, *args)
+        # Commands of one operator connection already run one at a time, in the order sent
+        # (RealtimeSocket handles a connection's events in arrival order).
+        result = await self._command(event, *args)
         if isinstance(result, dict) and result.get("ok") is False:
             self.command_refused(sid, event, str(result.get("error", {}).get("code")))
         return result
