@@ -72,6 +72,10 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
     return writer.transport if writer is not None else None
 
 
+# Stands in a connection's waiting packets for an Engine.IO CLOSE that came behind them.
+_CLOSE = object()
+
+
 class RealtimeSocket(AsyncSocket):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
@@ -102,7 +106,14 @@ class RealtimeSocket(AsyncSocket):
         elif kind == eio_packet.PONG:
             self.schedule_ping()
         elif kind == eio_packet.CLOSE:
-            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+            # As in Node's engine.io, the client closing its transport is a "transport close",
+            # recoverable: socket.io-client sends it after a polling request failed, and then
+            # reconnects to recover. A client that leaves on purpose has sent its namespace
+            # DISCONNECT first, and the CLOSE waits behind it.
+            if self._waiting is not None:
+                self._waiting.append(_CLOSE)
+            else:
+                await self._closed_by_client()
         elif kind not in CLIENT_PACKET_TYPES:
             raise PacketNotAllowed(kind)
 
@@ -124,7 +135,12 @@ class RealtimeSocket(AsyncSocket):
         waiting = self._waiting
         handler = self.server.handlers.get("message")
         while waiting and handler is not None:
-            if (task := start_eagerly(handler(self.sid, waiting.popleft()))) is not None:
+            data = waiting.popleft()
+            if data is _CLOSE:
+                waiting.clear()
+                start_eagerly(self._closed_by_client())
+                continue
+            if (task := start_eagerly(handler(self.sid, data))) is not None:
                 task.add_done_callback(self._next)
                 break
         else:
@@ -133,6 +149,9 @@ class RealtimeSocket(AsyncSocket):
             if not self._drained.done():
                 self._drained.set_result(None)
             self._drained = None
+
+    async def _closed_by_client(self) -> None:
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def inbound_backlog(self) -> int:
         """Packets of this connection waiting for an earlier handler to finish."""

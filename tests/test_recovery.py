@@ -197,3 +197,51 @@ async def test_graceful_shutdown_lets_clients_recover_on_another_node(servers, j
     assert state["recovered"] is True, (state, node1.output()[-1500:])
     events = await js.wait("sub", "message", 1)
     assert [e["args"][0]["text"] for e in events] == ["while moving"]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_recovery_after_a_polling_transport_error(servers, js, proxies, redis_url, store):
+    """A polling request fails while the link stays up: socket.io-client closes its transport
+    with an Engine.IO CLOSE (no namespace DISCONNECT) and reconnects. As in Node, that is the
+    transport closing, not the client leaving: the session is recovered."""
+    env = {"REDIS_URL": redis_url} if store == "redis" else {}
+    srv = servers(env=env)
+    proxy, sub = await sub_and_pub(js, proxies, srv, transports=["polling"])
+    await publish(js, "pub", "r", ["m1"])
+    await js.wait("sub", "message", 1)
+    # The pending long-poll fails; new connections still get through.
+    for _ in range(100):
+        if proxy.cut():
+            break
+        await asyncio.sleep(0.02)  # between two polls: no request open yet
+    else:
+        raise AssertionError("no polling request to cut")
+    await js.call("waitDisconnects", name="sub", count=1)
+    await publish(js, "pub", "r", ["gap"])
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True, (state, srv.output()[-1500:])
+    await publish(js, "pub", "r", ["after"])
+    await js.wait("sub", "message", 3)
+    await asyncio.sleep(0.3)
+    assert_exactly_once_in_order(await js.events("sub", "message"), ["m1", "gap", "after"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_deliberate_disconnect_is_not_recoverable(server, js, transport):
+    """socket.disconnect() sends the namespace DISCONNECT, then closes the transport: the session
+    is gone, and its pid recovers nothing."""
+    await js.connect("a", server.url + "/chat", transports=TRANSPORTS[transport])
+    await js.connect("pub", server.url + "/chat", transports=["websocket"])
+    for name in ("a", "pub"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    await publish(js, "pub", "r", ["m1"])
+    await js.wait("a", "message", 1)
+    saved = (await js.call("eval", code="""
+        const s = ctx.sockets.get('a').socket;
+        const kept = {pid: s._pid, offset: s._lastOffset};
+        s.disconnect();
+        return kept;"""))["value"]
+    assert saved["pid"] and saved["offset"]
+    await asyncio.sleep(0.5)
+    state = await js.connect("b", server.url + "/chat", transports=TRANSPORTS[transport], auth=saved)
+    assert state["connected"] and state["recovered"] is False, state
