@@ -71,7 +71,7 @@ def build_runtime(config: Config) -> Runtime:
     metrics = Metrics()
     stores = build_stores(config)
     durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
-    manager = RealtimeManager(stores.event_log, durable, metrics, config.limits.send_queue_max)
+    manager = RealtimeManager(stores.event_log, durable, metrics)
     origins: Any = list(config.server.cors_origins)
     if origins == ["*"]:
         origins = "*"

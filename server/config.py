@@ -93,6 +93,7 @@ class LimitsConfig:
     max_connections_per_ip: int = 1000
     max_attachments: int = 10
     send_queue_max: int = 1000
+    send_queue_max_bytes: int = 4 * 1024 * 1024
     body_timeout: float = 10.0
     max_packets_per_payload: int = 256
     attachment_timeout: float = 10.0
@@ -308,6 +309,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_connections_per_ip": lambda k, s, v: _int(k, s, v, 1, 10_000_000),
         "max_attachments": lambda k, s, v: _int(k, s, v, 0, 1000),
         "send_queue_max": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
+        "send_queue_max_bytes": lambda k, s, v: _int(k, s, v, 65_536, 100_000_000_000),
         "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),

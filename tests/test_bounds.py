@@ -1,0 +1,188 @@
+"""Memory and store bounds (issue 12): what a client can make the server hold is bounded in
+bytes and in age, per connection and per store, whatever the path and whether or not anyone
+reads or is online. Each test drives a real server process and reads its resident memory
+(/proc/<pid>/status) or its stores (Redis DBSIZE, the internal-table gauges on /metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import aiohttp
+
+from harness import b
+from test_delivery import metric
+from test_hostile import _cfg, bystander, bystander_still_fine, internal
+
+FAST = {"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000"}
+
+
+def rss_mb(server) -> float:
+    """The server process's resident memory in MiB."""
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS line")
+
+
+def ws_frame(text: str) -> bytes:
+    """A masked client-to-server WebSocket text frame."""
+    data = text.encode()
+    mask = b"\x01\x02\x03\x04"
+    n = len(data)
+    header = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big")
+    return header + mask + bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+
+
+def deaf_client(server, namespace: str = "/chat") -> socket.socket:
+    """A WebSocket client that joins ``namespace`` and then never reads (tiny receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.recv(4096)
+    sock.sendall(ws_frame(f"40{namespace},"))
+    return sock
+
+
+def cut_off(sock: socket.socket, seconds: float = 10.0) -> bool:
+    """True when the server has dropped the connection: what it had sent, then EOF or a reset."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+async def fill_room(js, name: str, room: str, count: int, size: int = 3900) -> None:
+    """``count`` messages of ``size`` characters in ``room``, sent by ``name``."""
+    await js.emit(name, "join", {"room": room})
+    text = "x" * size
+    for start in range(0, count, 50):
+        results = (await js.call("emitMany", name=name, event="message",
+                                 argsList=[[{"room": room, "text": f"{start + k} {text}"}]
+                                           for k in range(min(50, count - start))]))["results"]
+        assert all(r["ok"] for r in results), results[0]
+
+
+# ---------------------------------------------------------------------- the send queue, in bytes
+
+
+async def test_non_reading_client_asking_for_large_replies_is_cut_and_memory_stays_bounded(servers, js):
+    srv = servers(env=FAST)
+    await bystander(js, srv)
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    await fill_room(js, "pub", "big", 250)  # a resume of it is ~1 MB
+    await asyncio.sleep(0.5)
+    before = rss_mb(srv)
+    sock = deaf_client(srv)
+    request = '42/chat,{}["resume",{{"rooms":{{"big":{{"seq":"0-0"}}}}}}]'
+    sock.sendall(b"".join(ws_frame(request.format(i)) for i in range(100)))  # ~100 MB of replies
+    await asyncio.sleep(3)
+    grown = rss_mb(srv) - before
+    # default limits.send_queue_max_bytes (4 MiB) plus what is in flight, not 100 MB
+    assert grown < 50, f"server grew by {grown:.0f} MiB for a client that does not read"
+    assert cut_off(sock), "the non-reading client was not disconnected"
+    sock.close()
+    assert metric(srv, "rt_slow_consumers_total") >= 1
+    await bystander_still_fine(js, srv)
+
+
+async def test_polling_client_that_never_polls_is_cut_by_bytes(servers, js):
+    """The byte bound covers a long-polling session's queue too (no TCP buffer there)."""
+    srv = servers(env=FAST, args=["--config", _cfg("[limits]\nsend_queue_max_bytes = 1048576\n")])
+    await bystander(js, srv)
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    await fill_room(js, "pub", "big", 100)  # ~400 KB per resume
+    async with aiohttp.ClientSession() as http:
+        base = f"{srv.url}/socket.io/?EIO=4&transport=polling"
+        async with http.get(base) as r:
+            sid = json.loads((await r.text())[1:])["sid"]
+        url = f"{base}&sid={sid}"
+        async with http.post(url, data="40/chat,") as r:
+            assert r.status == 200
+        body = "\x1e".join(f'42/chat,{i}["resume",{{"rooms":{{"big":{{"seq":"0-0"}}}}}}]' for i in range(10))
+        async with http.post(url, data=body) as r:
+            assert r.status == 200
+        await asyncio.sleep(1)
+        assert metric(srv, "rt_slow_consumers_total") >= 1
+    await bystander_still_fine(js, srv)
+
+
+# ---------------------------------------------------------------------- the event cap, attachments included
+
+
+async def test_binary_event_over_the_cap_is_refused(servers, js):
+    srv = servers()  # max_event_bytes 64 KiB
+    await js.connect("a", srv.url + "/collab", transports=["websocket"])
+    await js.emit("a", "open", {"doc": "d"})
+    big = (await js.call("eval", code="""
+        const Y = ctx.require('yjs'); const doc = new Y.Doc(); doc.getText('t').insert(0, 'x'.repeat(200000));
+        return Y.encodeStateAsUpdate(doc);"""))["value"]
+    ack = await js.emit("a", "update", {"doc": "d", "update": big})
+    assert ack["ok"] is False and ack["error"]["code"] == "payload_too_large", ack
+    small = (await js.call("eval", code="""
+        const Y = ctx.require('yjs'); const doc = new Y.Doc(); doc.getText('t').insert(0, 'x');
+        return Y.encodeStateAsUpdate(doc);"""))["value"]
+    assert (await js.emit("a", "update", {"doc": "d", "update": small}))["ok"]
+    assert (await js.state("a"))["connects"] == 1
+
+
+async def test_attachments_are_counted_together_against_the_event_cap(servers, js):
+    srv = servers()
+    await bystander(js, srv)
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{srv.url}/socket.io/?EIO=4&transport=websocket")
+        await ws.receive(timeout=5)
+        await ws.send_str("40/chat,")
+        await ws.receive(timeout=5)
+        placeholders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(10))
+        await ws.send_str(f'4510-/chat,7["message",{placeholders}]')
+        for _ in range(10):  # each under the cap, together 500 KB
+            await ws.send_bytes(b"\x00" * 50_000)
+        while True:
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            if msg.data.startswith("43/chat,7"):
+                break
+        ack = json.loads(msg.data[len("43/chat,7"):])[0]
+        assert ack["ok"] is False and ack["error"]["code"] == "payload_too_large", ack
+        await ws.send_str('42/chat,8["whoami"]')  # the connection carries on
+        msg = await ws.receive(timeout=5)
+        assert msg.data.startswith("43/chat,8") and json.loads(msg.data[9:])[0]["ok"]
+        await ws.close()
+    await bystander_still_fine(js, srv)
+
+
+async def test_unfinished_binary_packets_do_not_pin_memory(servers, js):
+    srv = servers()
+    await bystander(js, srv)
+    await asyncio.sleep(0.3)
+    before = rss_mb(srv)
+    placeholders = ",".join(f'{{"_placeholder":true,"num":{i}}}' for i in range(10))
+    blob = b"\x00" * 900_000
+    async with aiohttp.ClientSession() as http:
+        sockets = []
+        for _ in range(20):
+            ws = await http.ws_connect(f"{srv.url}/socket.io/?EIO=4&transport=websocket", max_msg_size=0)
+            await ws.receive(timeout=5)
+            await ws.send_str("40/chat,")
+            await ws.receive(timeout=5)
+            await ws.send_str(f'4510-/chat,["message",{placeholders}]')
+            for _ in range(9):  # one attachment short: never finished
+                await ws.send_bytes(blob)
+            sockets.append(ws)
+        await asyncio.sleep(1)  # well within attachment_timeout (10 s)
+        grown = rss_mb(srv) - before
+        assert grown < 40, f"20 unfinished binary packets hold {grown:.0f} MiB"
+        for ws in sockets:
+            await ws.close()
+    await bystander_still_fine(js, srv)
