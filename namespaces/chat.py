@@ -203,7 +203,9 @@ class ChatNamespace(BaseNamespace):
     # ------------------------------------------------------------------ direct messages
 
     async def on_dm(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        """``dm {to, text}``: to every connection of user ``to``; retried until it sends ``dm_ack``."""
+        """``dm {to, text}``: to every connection of user ``to``; retried until it sends ``dm_ack``,
+        for ``direct_ttl`` at most; refused (``too_many_pending``) while ``direct_max_pending``
+        messages wait for ``to``."""
         payload = require_dict(payload)
         to = payload.get("to")
         if not isinstance(to, str) or not 1 <= len(to) <= 128:
@@ -212,8 +214,10 @@ class ChatNamespace(BaseNamespace):
         identity = self.identity(sid)
         message = {"id": secrets.token_hex(8), "from": identity.user, "name": identity.name, "to": to,
                    "text": text, "ts": int(time.time() * 1000)}
-        await self.stores.pending.add(to, PendingMessage(message["id"], "dm", message, time.time()),
-                                      self.config.delivery.direct_ttl)
+        if not await self.stores.pending.add(to, PendingMessage(message["id"], "dm", message, time.time()),
+                                             self.config.delivery.direct_ttl):
+            raise ClientError("too_many_pending", f"{self.config.delivery.direct_max_pending} direct messages "
+                              f"already wait for {to}; try again once they are read")
         await self.emit("dm", message, room=user_room(to))
         return ok(id=message["id"], ts=message["ts"])
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from harness import b
+from server.config import ConfigError, load_config
 from test_delivery import metric
 from test_hostile import _cfg, bystander, bystander_still_fine, internal
 
@@ -186,3 +188,94 @@ async def test_unfinished_binary_packets_do_not_pin_memory(servers, js):
         for ws in sockets:
             await ws.close()
     await bystander_still_fine(js, srv)
+
+
+# ---------------------------------------------------------------------- stores
+
+
+async def test_dedupe_store_keeps_no_large_replies(servers, js):
+    srv = servers(env=FAST)
+    await js.connect("a", srv.url + "/chat", transports=["websocket"])
+    await fill_room(js, "a", "big", 200)
+    first = await js.emit("a", "history", {"room": "big", "limit": 200, "eventId": "h-0"})
+    assert first["ok"] and len(first["messages"]) == 200
+    again = await js.emit("a", "history", {"room": "big", "limit": 200, "eventId": "h-0"})
+    assert again["ok"] is False and again["error"]["code"] == "reply_too_large", again
+    # small replies are still replayed as they were
+    sent = await js.emit("a", "message", {"room": "big", "text": "once", "eventId": "m-1"})
+    assert await js.emit("a", "message", {"room": "big", "text": "once", "eventId": "m-1"}) == sent
+    await asyncio.sleep(0.3)
+    before = rss_mb(srv)
+    for start in range(1, 91, 3):  # (90 replies of 800 KB at once would be over send_queue_max_bytes)
+        results = (await js.call("emitMany", name="a", event="history",
+                                 argsList=[[{"room": "big", "limit": 200, "eventId": f"h-{i}"}]
+                                           for i in range(start, start + 3)]))["results"]
+        assert all(r["ok"] for r in results)
+    await asyncio.sleep(0.5)
+    grown = rss_mb(srv) - before
+    assert grown < 30, f"90 history replies remembered for dedupe hold {grown:.0f} MiB"
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_reading_unused_rooms_leaves_nothing_behind(servers, js, redis_url, redis_server, store):
+    srv = servers(env={**FAST, **({"REDIS_URL": redis_url} if store == "redis" else {})})
+    await js.connect("a", srv.url + "/chat", transports=["websocket"])
+    await js.emit("a", "join", {"room": "used"})
+    await js.emit("a", "message", {"room": "used", "text": "hello"})
+    await asyncio.sleep(0.3)
+
+    def held() -> float:
+        return float(redis_server.cli("DBSIZE")) if store == "redis" else internal(srv)["log_streams"]
+
+    before = held()
+    results = []
+    for start in range(0, 300, 25):  # in batches: 100 at once would exhaust the Redis pool (100 connections)
+        results += (await js.call("emitMany", name="a", event="history",
+                                  argsList=[[{"room": f"unused-{i}", "after": "0-0"}] for i in range(start, start + 25)]
+                                  + [[{"room": f"unused-{i}"}] for i in range(start, start + 25)]))["results"]
+    assert all(r["ok"] and r["messages"] == [] and r["complete"] for r in results), [r for r in results if not r.get("complete")][:2]
+    assert held() == before
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_log_max_age_trims_room_history_on_a_timer(servers, js, redis_url, store):
+    env = {"REDIS_URL": redis_url} if store == "redis" else {}
+    srv = servers(env=env, args=["--config", _cfg("[delivery]\nlog_max_age = 1\n")])
+    await js.connect("a", srv.url + "/chat", transports=["websocket"])
+    await js.emit("a", "join", {"room": "r"})
+    await js.emit("a", "message", {"room": "r", "text": "old news"})
+    assert len((await js.emit("a", "history", {"room": "r"}))["messages"]) == 1
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if not (await js.emit("a", "history", {"room": "r"}))["messages"]:
+            break
+    else:
+        raise AssertionError("a message older than log_max_age is still in the room's history")
+    assert (await js.emit("a", "history", {"room": "r", "after": "0-0"}))["complete"] is False
+
+
+async def test_direct_messages_to_absent_users_expire_and_are_bounded(servers, js):
+    srv = servers(args=["--config", _cfg("[delivery]\ndirect_ttl = 1\ndirect_max_pending = 3\n")])
+    await js.connect("a", srv.url + "/chat", transports=["websocket"])
+    for i in range(3):
+        assert (await js.emit("a", "dm", {"to": "nobody", "text": f"hi {i}"}))["ok"]
+    full = await js.emit("a", "dm", {"to": "nobody", "text": "one too many"})
+    assert full["ok"] is False and full["error"]["code"] == "too_many_pending", full
+    assert internal(srv)["pending_messages"] == 3
+    for _ in range(50):  # nobody ever comes online: they go after direct_ttl all the same
+        await asyncio.sleep(0.1)
+        if internal(srv)["pending_messages"] == 0:
+            break
+    assert internal(srv)["pending_messages"] == 0
+    assert (await js.emit("a", "dm", {"to": "nobody", "text": "room again"}))["ok"]
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("[delivery]\nlog_max_age = 7200\nlog_idle_ttl = 3600\n", "delivery.log_idle_ttl (from"),
+    ("[limits]\nsend_queue_max_bytes = 1000\n", "limits.send_queue_max_bytes (from"),
+    ("[delivery]\ndedupe_max_reply_bytes = \"big\"\n", "delivery.dedupe_max_reply_bytes (from"),
+    ("[delivery]\ndirect_max_pending = 0\n", "delivery.direct_max_pending (from"),
+])
+def test_bound_keys_are_validated(text, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(_cfg(text), {})
