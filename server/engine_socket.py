@@ -63,6 +63,7 @@ class RealtimeSocket(AsyncSocket):
     # The uncompressed WebSocketResponse while this session's WebSocket is open.
     ws_out: Any = None
     _ws: Any = None  # python-engineio's WebSocket while this session's is open (compressed or not)
+    overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
     _ping_timer: asyncio.TimerHandle | None = None
     _writer: asyncio.Future[None] | None = None
 

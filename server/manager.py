@@ -317,9 +317,15 @@ class RealtimeManager(AsyncManager):
 
     async def replay(self, namespace: str, sid: str, rooms: list[str], after: str) -> list[Entry] | None:
         """Every logged entry after ``after`` addressed to ``sid`` or its ``rooms``, or None when
-        the log no longer covers ``after`` (recovery impossible)."""
+        recovery is impossible: the log no longer covers ``after``, or the entries weigh more
+        than half of what may wait for a socket (``send_queue_max_bytes``; half, as their
+        packets weigh a little more than the log's msgpack). The replay is written at once,
+        before the CONNECT reply: past the bound it would cut the client on every attempt."""
         if not await self.event_log.covers(namespace, after):
             return None
+        backlog = self.server.eio.backlog
+        budget = backlog.max_bytes // 2 if backlog is not None else None
+        weight = 0
         wanted = set(rooms) | {sid}
         out: list[Entry] = []
         cursor = after
@@ -334,6 +340,9 @@ class RealtimeManager(AsyncManager):
                     continue
                 if to is None or wanted.intersection(to):
                     out.append(entry)
+                    weight += len(entry.data)
+                    if budget is not None and weight > budget:
+                        return None
             if len(batch) < 1000:
                 return out
             cursor = batch[-1].offset

@@ -409,7 +409,6 @@ class RealtimeServer(socketio.AsyncServer):
         # Every packet to a session, whichever path it takes (acks, fan-out, replays, pings),
         # passes the same bounds; RealtimeSocket and RealtimeManager.write consult them.
         self.eio.backlog = Backlog(limits.send_queue_max, limits.send_queue_max_bytes, self.cut_slow_consumer)
-        self._cutting: set[str] = set()  # sessions being cut as slow consumers
         self._binary_serial = itertools.count()
 
     # ------------------------------------------------------------------ emit
@@ -470,14 +469,11 @@ class RealtimeServer(socketio.AsyncServer):
     def cut_slow_consumer(self, eio_sid: str) -> None:
         """Disconnect a session whose backlog passed a bound, recoverably (it recovers what it
         missed when it reconnects), and drop its TCP connection: it does not read, so it would
-        never see a close, and what waits for it is freed at once."""
-        if eio_sid in self._cutting:
-            return
-        self._cutting.add(eio_sid)
+        never see a close, and what waits for it is freed at once. Called once per session
+        (Backlog marks it)."""
         self.metrics.slow_consumers.inc()
-        task = asyncio.get_running_loop().create_task(
+        asyncio.get_running_loop().create_task(
             self.close_transport(eio_sid, self.reason.TRANSPORT_ERROR, abort=True))
-        task.add_done_callback(lambda _: self._cutting.discard(eio_sid))
 
     async def _close_eio(self, eio_sid: str, kind: str) -> None:
         self.metrics.protocol_errors.labels(kind).inc()

@@ -28,7 +28,8 @@ class Backlog:
     What waits is the session's queued packets plus, on a WebSocket, what its TCP transport has
     not yet handed to the kernel. A packet is always admitted when nothing waits (however big,
     or a client could never receive it); otherwise it must fit. Past a bound the session is
-    cut (``cut``), recoverably, and the packet is not kept.
+    cut (``cut``), recoverably, and neither that packet nor any later one is sent: a smaller
+    packet let through after a dropped one would move the client's offset past what it missed.
 
     :param max_packets: packets a session's queue may hold (``limits.send_queue_max``).
     :param max_bytes: bytes that may wait for a session (``limits.send_queue_max_bytes``).
@@ -45,10 +46,13 @@ class Backlog:
     def admit(self, socket: Any, size: int) -> bool:
         """Whether ``size`` more bytes may wait for ``socket`` (a RealtimeSocket). When not,
         the socket is cut and the caller drops what it was about to send."""
+        if socket.overflowed:
+            return False
         queue = socket.queue
         waiting = queue.waiting_bytes() + socket.write_buffer_size()
         if queue.qsize() < self.max_packets and (not waiting or waiting + size <= self.max_bytes):
             return True
+        socket.overflowed = True
         self.cut(socket.sid)
         return False
 

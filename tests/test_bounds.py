@@ -17,6 +17,7 @@ import pytest
 from server.config import ConfigError, load_config
 from test_delivery import metric
 from test_hostile import _cfg, bystander, bystander_still_fine, internal
+from test_recovery import publish, sub_and_pub
 
 FAST = {"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000"}
 
@@ -117,6 +118,49 @@ async def test_polling_client_that_never_polls_is_cut_by_bytes(servers, js):
         await asyncio.sleep(1)
         assert metric(srv, "rt_slow_consumers_total") >= 1
     await bystander_still_fine(js, srv)
+
+
+async def test_a_resume_reply_stays_within_the_byte_bound_and_pages(servers, js):
+    """One reply bigger than send_queue_max_bytes would still go out (nothing else waiting), so
+    a deaf client per connection could pin a whole room's history: resume answers at most half
+    the bound, with ``more`` (and ``complete`` false); resuming from the last seq gets the rest."""
+    srv = servers(env=FAST, args=["--config", _cfg("[limits]\nsend_queue_max_bytes = 262144\n")])
+    await js.connect("pub", srv.url + "/chat", transports=["websocket"])
+    await fill_room(js, "pub", "big", 250)  # ~1 MB
+    await js.connect("late", srv.url + "/chat", transports=["websocket"])
+    seq, texts, replies = "0-0", [], 0
+    while True:
+        reply = (await js.emit("late", "resume", {"rooms": {"big": {"seq": seq}}}))["rooms"]["big"]
+        replies += 1
+        texts += [m["text"] for m in reply["messages"]]
+        if not reply.get("more"):
+            break
+        assert reply["complete"] is False and reply["messages"]
+        assert sum(len(m["text"]) for m in reply["messages"]) <= 131072
+        seq = reply["messages"][-1]["seq"]
+    assert reply["complete"] is True
+    assert [t.split()[0] for t in texts] == [str(i) for i in range(250)]
+    assert replies > 1
+
+
+async def test_recovery_larger_than_the_byte_bound_is_refused_not_cut_again_and_again(servers, js, proxies):
+    """A replay of what a client missed goes out at once, before the CONNECT reply: one over
+    send_queue_max_bytes would cut the client on every reconnect. It gets a new session instead
+    (socket.recovered false) and fetches the room history, as after any failed recovery."""
+    srv = servers(env=FAST, args=["--config", _cfg("[limits]\nsend_queue_max_bytes = 65536\n")])
+    proxy, first = await sub_and_pub(js, proxies, srv)
+    await publish(js, "pub", "r", ["seen"])
+    await js.wait("sub", "message", 1)
+    proxy.down()
+    await js.call("waitDisconnects", name="sub", count=1)
+    await fill_room(js, "pub", "r", 600)  # ~2.4 MB missed
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is False and state["sid"] != first["sid"]
+    assert (await js.emit("sub", "join", {"room": "r"}))["ok"]
+    await publish(js, "pub", "r", ["live"])
+    events = await js.wait("sub", "message", 2)
+    assert events[-1]["args"][0]["text"] == "live"
 
 
 # ---------------------------------------------------------------------- the event cap, attachments included
