@@ -26,6 +26,7 @@ from socketio import packet as sio_packet
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
+from .send_queue import packet_size
 
 log = logging.getLogger("server.delivery")
 
@@ -50,7 +51,7 @@ class Recovering:
 
 
 def _size(packets: list[eio_packet.Packet]) -> int:
-    return sum(len(p.data) if isinstance(p.data, (str, bytes)) else 0 for p in packets)
+    return sum(map(packet_size, packets))
 
 
 def normalize_args(data: Any) -> list[Any]:
