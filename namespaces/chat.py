@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from server.event_log import is_offset
+from server.event_log import Entry, is_offset
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 from server.pending import PendingMessage
 from server.presence import Member
@@ -29,6 +29,18 @@ MAX_HISTORY = 200
 
 def history_stream(room: str) -> str:
     return f"/chat#room:{room}"
+
+
+def _message(entry: Entry) -> dict[str, Any] | None:
+    """The chat message logged as ``entry``, with its ``seq``; None if it is not one."""
+    try:
+        message = msgpack.unpackb(entry.data)
+    except Exception:
+        return None
+    if not isinstance(message, dict):
+        return None
+    message["seq"] = entry.offset
+    return message
 
 
 def _text(payload: dict[str, Any]) -> str:
@@ -117,16 +129,7 @@ class ChatNamespace(BaseNamespace):
         stream = history_stream(room)
         entries = await (log_.read(stream, after, limit) if after is not None else
                          log_.history(stream, limit, before))
-        out = []
-        for entry in entries:
-            try:
-                message = msgpack.unpackb(entry.data)
-            except Exception:
-                continue
-            if isinstance(message, dict):
-                message["seq"] = entry.offset
-                out.append(message)
-        return out
+        return [m for m in map(_message, entries) if m is not None]
 
     async def on_history(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``history {room, limit?, after?, before?}``: the newest ``limit`` messages, or those after a seq."""
@@ -154,7 +157,10 @@ class ChatNamespace(BaseNamespace):
         Joins each room and answers with every message after ``seq``, oldest first; ``complete``
         is false for a room whose history no longer reaches back that far (or whose epoch changed),
         and the client should then fetch ``history`` and accept a gap. Every room is checked
-        before any is joined: one bad room refuses the whole request and joins none.
+        before any is joined: one bad room refuses the whole request and joins none. The reply
+        holds at most half of ``send_queue_max_bytes`` of messages (a bigger one would pin that
+        much for a client that does not read): a room cut short has ``more: true`` (and
+        ``complete: false``), and resuming it from the last ``seq`` received gets the rest.
         """
         rooms = require_dict(require_dict(payload).get("rooms"), "rooms")
         limit = self.config.limits.max_rooms_per_socket
@@ -174,6 +180,7 @@ class ChatNamespace(BaseNamespace):
         joined_already = set(self.rooms_of(sid))
         if len(joined_already | {"room:" + room for room, _, _ in wanted}) > limit:
             raise ClientError("too_many_rooms", f"at most {limit} rooms")
+        budget = self.config.limits.send_queue_max_bytes // 2  # for the whole reply, every room
         result = {}
         for room, seq, epoch in wanted:
             joined = await self.on_join(sid, {"room": room})
@@ -181,16 +188,24 @@ class ChatNamespace(BaseNamespace):
             complete = (epoch is None or epoch == joined["epoch"]) and \
                 await self.stores.event_log.covers(stream, seq)
             messages: list[dict] = []
+            more = False
             cursor = seq
-            while complete and len(messages) < 10_000:
-                batch = await self._read_history(room, cursor, None, 500)
-                messages.extend(batch)
+            while complete and not more:
+                batch = await self.stores.event_log.read(stream, cursor, 500)
+                for entry in batch:
+                    budget -= len(entry.data)
+                    if budget < 0 or len(messages) >= 10_000:
+                        more = True
+                        break
+                    message = _message(entry)
+                    if message is not None:
+                        messages.append(message)
                 if len(batch) < 500:
                     break
-                cursor = batch[-1]["seq"]
+                cursor = batch[-1].offset
             self.metrics.replayed.labels(self.namespace).inc(len(messages))
-            result[room] = {"messages": messages, "complete": complete, "epoch": joined["epoch"],
-                            "seq": joined["seq"]}
+            result[room] = {"messages": messages, "complete": complete and not more, "more": more,
+                            "epoch": joined["epoch"], "seq": joined["seq"]}
         return ok(rooms=result)
 
     async def _resume_after_connect(self, sid: str, rooms: dict[str, Any]) -> None:
@@ -209,14 +224,16 @@ class ChatNamespace(BaseNamespace):
         for room, result in answer["rooms"].items():
             for message in result["messages"]:
                 await self.emit("message", message, to=sid)
-            summary[room] = {"complete": result["complete"], "epoch": result["epoch"], "seq": result["seq"],
-                             "count": len(result["messages"])}
+            summary[room] = {"complete": result["complete"], "more": result["more"], "epoch": result["epoch"],
+                             "seq": result["seq"], "count": len(result["messages"])}
         await self.emit("resumed", ok(rooms=summary), to=sid)
 
     # ------------------------------------------------------------------ direct messages
 
     async def on_dm(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        """``dm {to, text}``: to every connection of user ``to``; retried until it sends ``dm_ack``."""
+        """``dm {to, text}``: to every connection of user ``to``; retried until it sends ``dm_ack``,
+        for ``direct_ttl`` at most; refused (``too_many_pending``) while ``direct_max_pending``
+        messages wait for ``to``."""
         payload = require_dict(payload)
         to = payload.get("to")
         if not isinstance(to, str) or not 1 <= len(to) <= 128:
@@ -225,8 +242,10 @@ class ChatNamespace(BaseNamespace):
         identity = self.identity(sid)
         message = {"id": secrets.token_hex(8), "from": identity.user, "name": identity.name, "to": to,
                    "text": text, "ts": int(time.time() * 1000)}
-        await self.stores.pending.add(to, PendingMessage(message["id"], "dm", message, time.time()),
-                                      self.config.delivery.direct_ttl)
+        if not await self.stores.pending.add(to, PendingMessage(message["id"], "dm", message, time.time()),
+                                             self.config.delivery.direct_ttl):
+            raise ClientError("too_many_pending", f"{self.config.delivery.direct_max_pending} direct messages "
+                              f"already wait for {to}; try again once they are read")
         await self.emit("dm", message, room=user_room(to))
         return ok(id=message["id"], ts=message["ts"])
 

@@ -60,7 +60,7 @@ def build_runtime(config: Config) -> Runtime:
     metrics = Metrics()
     stores = build_stores(config)
     durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
-    manager = RealtimeManager(stores.event_log, durable, metrics, config.limits.send_queue_max)
+    manager = RealtimeManager(stores.event_log, durable, metrics)
     origins: Any = list(config.server.cors_origins)
     if origins == ["*"]:
         origins = "*"
@@ -190,6 +190,12 @@ def _update_gauges(runtime: Runtime) -> None:
               "recovery_states": len(sio.csr), "identities": len(runtime.identities),
               "per_ip": sum(sio.eio._per_ip.values()), "http_requests": sio.eio.requests_in_flight,
               "websocket_transports": len(sio.eio._websockets)}
+    # The embedded stores' sizes (Redis keeps its own counts).
+    for table, store in (("log_streams", runtime.stores.event_log), ("dedupe_entries", runtime.stores.idempotency),
+                         ("pending_messages", runtime.stores.pending)):
+        size = getattr(store, "size", None)
+        if size is not None:
+            tables[table] = size()
     for table, size in tables.items():
         m.internal.labels(table).set(size)
 
@@ -277,7 +283,7 @@ async def on_startup(app: web.Application) -> None:
     await runtime.cluster.start()
     if runtime.stores.shared:
         await runtime.forwarder.start()
-    runtime.background(_trim_log(runtime), "log-trim")
+    runtime.background(_sweep_stores(runtime), "store-sweep")
     runtime.background(runtime.sio.session_heartbeat(), "session-heartbeat")
     if runtime.stores.shared:
         runtime.background(_probe_redis(runtime), "redis-probe")
@@ -293,14 +299,23 @@ async def on_startup(app: web.Application) -> None:
              ", ".join(sorted(runtime.manager.durable)) or "none")
 
 
-async def _trim_log(runtime: Runtime) -> None:
+async def _sweep_stores(runtime: Runtime) -> None:
+    """Every store's age limit, enforced on a timer whether or not anyone reads or is online:
+    log entries older than ``log_max_age`` (every stream, per-room history included), streams
+    idle past ``log_idle_ttl``, dedupe entries past their TTL, direct messages past ``direct_ttl``."""
+    d = runtime.config.delivery
+    # At least twice per limit, so nothing outlives its limit by more than half of it.
+    interval = max(0.1, min(30.0, d.log_max_age / 2, d.dedupe_ttl / 2, d.direct_ttl / 2))
+    stores = runtime.stores
+    sweeps = (("event log", stores.event_log.sweep), ("dedupe", stores.idempotency.sweep),
+              ("direct messages", lambda: stores.pending.sweep(d.direct_ttl)))
     while True:
-        await asyncio.sleep(30)
-        for namespace in runtime.manager.durable:
+        await asyncio.sleep(interval)
+        for name, sweep in sweeps:
             try:
-                await runtime.stores.event_log.trim(namespace)
-            except Exception as exc:
-                log.debug("trim failed: %s", exc)
+                await sweep()
+            except Exception as exc:  # Redis away: the next round catches up
+                log.debug("%s sweep failed: %s", name, exc)
 
 
 async def on_shutdown(app: web.Application) -> None:

@@ -59,9 +59,13 @@ class DeliveryConfig:
     max_disconnection_duration: float = 120.0
     log_max_length: int = 10_000
     log_max_age: float = 3600.0
+    log_idle_ttl: float = 86400.0
     dedupe_ttl: float = 300.0
+    dedupe_max_reply_bytes: int = 16_384
+    dedupe_max_bytes: int = 64 * 1024 * 1024
     direct_retry_interval: float = 5.0
     direct_ttl: float = 3600.0
+    direct_max_pending: int = 1000
     presence_ttl: float = 30.0
 
 
@@ -103,6 +107,7 @@ class LimitsConfig:
     max_connections_per_ip: int = 1000
     max_attachments: int = 10
     send_queue_max: int = 1000
+    send_queue_max_bytes: int = 4 * 1024 * 1024
     body_timeout: float = 10.0
     max_packets_per_payload: int = 256
     attachment_timeout: float = 10.0
@@ -304,9 +309,13 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_disconnection_duration": lambda k, s, v: _float(k, s, v, 1, 86400),
         "log_max_length": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
         "log_max_age": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
+        "log_idle_ttl": lambda k, s, v: _float(k, s, v, 1, 365 * 86400),
         "dedupe_ttl": lambda k, s, v: _float(k, s, v, 1, 7 * 86400),
+        "dedupe_max_reply_bytes": lambda k, s, v: _int(k, s, v, 64, 100_000_000),
+        "dedupe_max_bytes": lambda k, s, v: _int(k, s, v, 65_536, 100_000_000_000),
         "direct_retry_interval": lambda k, s, v: _float(k, s, v, 0.05, 3600),
         "direct_ttl": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
+        "direct_max_pending": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "presence_ttl": lambda k, s, v: _float(k, s, v, 0.5, 3600),
     },
     "auth": {
@@ -335,6 +344,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_connections_per_ip": lambda k, s, v: _int(k, s, v, 1, 10_000_000),
         "max_attachments": lambda k, s, v: _int(k, s, v, 0, 1000),
         "send_queue_max": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
+        "send_queue_max_bytes": lambda k, s, v: _int(k, s, v, 65_536, 100_000_000_000),
         "body_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
         "max_packets_per_payload": lambda k, s, v: _int(k, s, v, 1, 100_000),
         "attachment_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
@@ -460,6 +470,9 @@ def _check_consistency(config: Config, source: str) -> None:
     if config.auth.required and not config.auth.keys:
         raise ConfigError(f"auth.required (from {source} or $AUTH_REQUIRED): tokens are required for "
                           f"{', '.join(config.auth.required)} but auth.keys is empty, so no token could ever verify")
+    if config.delivery.log_idle_ttl < config.delivery.log_max_age:
+        raise ConfigError(f"delivery.log_idle_ttl (from {source}): must be at least delivery.log_max_age "
+                          f"({config.delivery.log_max_age:g} s): a stream is forgotten only once its events have aged out")
     if config.admin.password and config.admin.password_hash:
         raise ConfigError(f"admin.password and admin.password_hash (from {source}): set one, not both")
 

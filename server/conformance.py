@@ -54,7 +54,7 @@ def create_conformance_app() -> web.Application:
                 "ping_timeout": TIMINGS["ping_timeout"], "max_payload": TIMINGS["max_http_buffer_size"]},
         delivery={"durable_namespaces": ()})
     metrics = Metrics()
-    manager = RealtimeManager(MemoryEventLog(), (), metrics, config.limits.send_queue_max)
+    manager = RealtimeManager(MemoryEventLog(), (), metrics)
     sio = RealtimeServer(manager=manager, sessions=MemorySessionStore(), max_disconnection_duration=120,
                          limits=config.limits, metrics=metrics, connect_timeout=45, async_mode="aiohttp",
                          cors_allowed_origins="*", **TIMINGS)

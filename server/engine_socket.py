@@ -34,6 +34,7 @@ from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
 from .eager import start_eagerly
+from .send_queue import packet_size
 
 log = logging.getLogger("server.engine")
 
@@ -81,6 +82,8 @@ class RealtimeSocket(AsyncSocket):
 
     # The uncompressed WebSocketResponse while this session's WebSocket is open.
     ws_out: Any = None
+    _ws: Any = None  # python-engineio's WebSocket while this session's is open (compressed or not)
+    overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
     _ping_timer: asyncio.TimerHandle | None = None
     _writer: asyncio.Future[None] | None = None
     # Inbound packets waiting for this connection's running handler to finish; None while
@@ -190,13 +193,24 @@ class RealtimeSocket(AsyncSocket):
         self.send_nowait(pkt)
 
     def send_nowait(self, pkt: eio_packet.Packet) -> None:
-        """Write ``pkt`` now if it cannot overtake anything, else queue it for the writer."""
+        """Write ``pkt`` now if it cannot overtake anything, else queue it for the writer;
+        drop it when the session's backlog is over its bounds (the session is cut then)."""
+        backlog = self.server.backlog
+        if backlog is not None and not backlog.admit(self, packet_size(pkt)):
+            return
         if pkt.packet_type != eio_packet.NOOP and isinstance(pkt.data, (str, type(None))):
             transport = self.direct_transport()
             if transport is not None and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
                 transport.write(text_frame(pkt.encode()))
                 return
         self.queue.put_nowait(pkt)
+
+    def write_buffer_size(self) -> int:
+        """Bytes written to this session's WebSocket that the kernel has not taken yet (the
+        client is not reading them); 0 without a WebSocket."""
+        ws = self._ws
+        transport = tcp_transport(ws._sock) if ws is not None else None
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     def direct_transport(self) -> asyncio.Transport | None:
         """The TCP transport to write frames to directly, or None when that could reorder

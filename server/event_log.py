@@ -6,6 +6,12 @@ an *epoch* that changes whenever its history is lost (Redis flushed, memory node
 A reader that presents an offset from another epoch, or one older than what is retained,
 is told that recovery is impossible instead of silently receiving a partial replay.
 
+Bounds: ``max_length`` entries per stream (on append) and ``max_age`` (by :meth:`sweep`, on a
+timer, for every stream); a stream with no new entry for ``idle_ttl`` is forgotten. Reading a
+stream that has no entries stores nothing: its position is ``"0-0"`` and its epoch the one it
+will have when first written. (A client holding the start position of a stream forgotten and
+then written again is the one case not told: keep ``idle_ttl`` long.)
+
 Entries are opaque bytes: the delivery layer decides their encoding.
 """
 
@@ -77,8 +83,9 @@ class EventLog(Protocol):
     async def covers(self, stream: str, offset: str) -> bool:
         """True when every entry after ``offset`` is still retained (nothing trimmed past it)."""
 
-    async def trim(self, stream: str) -> None:
-        """Drop entries older than the age limit (length is bounded on append)."""
+    async def sweep(self) -> None:
+        """Drop entries older than the age limit from every stream (length is bounded on
+        append), and forget streams idle for longer than ``idle_ttl``."""
 
     async def follow(self, positions: dict[str, str], timeout: float) -> list[tuple[str, Entry]]:
         """Wait up to ``timeout`` seconds for entries after ``positions`` (stream -> offset)."""
@@ -91,38 +98,43 @@ class EventLog(Protocol):
 
 
 class _MemoryStream:
-    __slots__ = ("entries", "epoch", "last", "trimmed_through")
+    __slots__ = ("entries", "last", "trimmed_through", "written")
 
     def __init__(self) -> None:
         self.entries: deque[Entry] = deque()
-        self.epoch = secrets.token_hex(8)
         self.last = (0, 0)
         self.trimmed_through = (0, 0)
+        self.written = 0.0  # time.time() of the last append
 
 
 class MemoryEventLog:
     """In-process log: one node, lost on restart (a restart changes every epoch).
 
     :param max_length: entries kept per stream; older ones are dropped on append.
-    :param max_age: seconds an entry is kept; older ones are dropped by :meth:`trim`.
+    :param max_age: seconds an entry is kept; older ones are dropped by :meth:`sweep`.
+    :param idle_ttl: seconds a stream is remembered after its last append (at least ``max_age``).
     """
 
-    def __init__(self, max_length: int = 10_000, max_age: float = 3600.0) -> None:
+    def __init__(self, max_length: int = 10_000, max_age: float = 3600.0, idle_ttl: float = 86400.0) -> None:
         self.max_length = max_length
         self.max_age = max_age
+        self.idle_ttl = max(idle_ttl, max_age)
+        # One epoch for every stream: they are all lost together, when the process ends.
+        self._epoch = secrets.token_hex(8)
         self._streams: dict[str, _MemoryStream] = {}
         self._changed = asyncio.Event()
 
-    def _stream(self, name: str) -> _MemoryStream:
-        stream = self._streams.get(name)
-        if stream is None:
-            stream = self._streams[name] = _MemoryStream()
-        return stream
+    def size(self) -> int:
+        """Streams held."""
+        return len(self._streams)
 
     def append_nowait(self, stream: str, data: bytes) -> str:
         """Synchronous append, for callers that must not yield between append and send."""
-        s = self._stream(stream)
+        s = self._streams.get(stream)
+        if s is None:
+            s = self._streams[stream] = _MemoryStream()
         now = int(time.time() * 1000)
+        s.written = now / 1000
         ms, seq = s.last
         s.last = (now, 0) if now > ms else (ms, seq + 1)
         offset = f"{s.last[0]}-{s.last[1]}"
@@ -137,10 +149,12 @@ class MemoryEventLog:
 
     async def read(self, stream: str, after: str, limit: int = 1000) -> list[Entry]:
         pivot = parse_offset(after)
-        entries = self._stream(stream).entries
+        s = self._streams.get(stream)
+        if s is None:
+            return []
         # Scan from the end: readers nearly always ask for the newest few entries.
         out: list[Entry] = []
-        for entry in reversed(entries):
+        for entry in reversed(s.entries):
             if parse_offset(entry.offset) <= pivot:
                 break
             out.append(entry)
@@ -148,22 +162,25 @@ class MemoryEventLog:
         return out[:limit]
 
     async def history(self, stream: str, limit: int, before: str | None = None) -> list[Entry]:
-        entries = list(self._stream(stream).entries)
+        s = self._streams.get(stream)
+        entries = list(s.entries) if s is not None else []
         if before is not None:
             pivot = parse_offset(before)
             entries = [e for e in entries if parse_offset(e.offset) < pivot]
         return entries[-limit:] if limit > 0 else []
 
     async def position(self, stream: str) -> StreamPosition:
-        s = self._stream(stream)
-        return StreamPosition(f"{s.last[0]}-{s.last[1]}", s.epoch)
+        s = self._streams.get(stream)
+        return StreamPosition(f"{s.last[0]}-{s.last[1]}" if s is not None else ZERO, self._epoch)
 
     async def epoch(self, stream: str) -> str:
-        return self._stream(stream).epoch
+        return self._epoch
 
     async def covers(self, stream: str, offset: str) -> bool:
-        s = self._stream(stream)
         wanted = parse_offset(offset)
+        s = self._streams.get(stream)
+        if s is None:
+            return wanted == (0, 0)
         if wanted == s.last:
             return True
         # Same rule as Redis: the entry at ``offset`` (or an older one) must still be retained.
@@ -172,11 +189,16 @@ class MemoryEventLog:
         return parse_offset(s.entries[0].offset) <= wanted < s.last or (
             wanted == (0, 0) and s.trimmed_through == (0, 0))
 
-    async def trim(self, stream: str) -> None:
-        s = self._stream(stream)
-        cutoff = int((time.time() - self.max_age) * 1000)
-        while s.entries and parse_offset(s.entries[0].offset)[0] < cutoff:
-            s.trimmed_through = parse_offset(s.entries.popleft().offset)
+    async def sweep(self) -> None:
+        now = time.time()
+        cutoff = int((now - self.max_age) * 1000)
+        idle = now - self.idle_ttl
+        for name, s in list(self._streams.items()):
+            entries = s.entries
+            while entries and parse_offset(entries[0].offset)[0] < cutoff:
+                s.trimmed_through = parse_offset(entries.popleft().offset)
+            if s.written < idle:  # idle_ttl >= max_age: it is empty by now
+                del self._streams[name]
 
     async def follow(self, positions: dict[str, str], timeout: float) -> list[tuple[str, Entry]]:
         deadline = time.monotonic() + timeout
@@ -205,30 +227,42 @@ class MemoryEventLog:
 class RedisEventLog:
     """Redis Streams log: shared by every node, survives node restarts.
 
-    Each stream is a Redis stream ``<prefix>:log:<name>`` bounded by ``MAXLEN ~`` on append and
-    by ``MINID ~`` in :meth:`trim`. Its epoch lives in ``<prefix>:epoch:<name>`` and is created
-    with ``SET NX``: if Redis loses its data, the epoch key goes too and a new epoch is made.
+    Each stream is a Redis stream ``<prefix>:log:<name>``, bounded by ``MAXLEN ~`` on append and
+    by ``MINID`` in :meth:`sweep`, and expiring ``idle_ttl`` after its last append. The streams
+    appended to within ``max_age`` are listed in the sorted set ``<prefix>:streams`` (score: the
+    time of the last append), which is what :meth:`sweep` trims. One epoch, ``<prefix>:epoch``,
+    serves every stream; it is created with ``SET NX``: if Redis loses its data, the epoch key
+    goes too and a new epoch is made.
 
     :param client: a ``redis.asyncio.Redis`` for ordinary commands.
     :param blocking_client: a separate client for ``XREAD BLOCK`` (it holds a connection).
     :param prefix: key prefix shared by every node of one deployment.
+    :param max_length: entries kept per stream (approximately).
+    :param max_age: seconds an entry is kept.
+    :param idle_ttl: seconds a stream is kept after its last append (at least ``max_age``).
     """
 
     def __init__(self, client: aioredis.Redis, blocking_client: aioredis.Redis, prefix: str = "rt",
-                 max_length: int = 10_000, max_age: float = 3600.0) -> None:
+                 max_length: int = 10_000, max_age: float = 3600.0, idle_ttl: float = 86400.0) -> None:
         self.client = client
         self.blocking = blocking_client
         self.prefix = prefix
         self.max_length = max_length
         self.max_age = max_age
-        self._epochs: dict[str, str] = {}
+        self.idle_ttl = max(idle_ttl, max_age)
+        self._epoch_key = f"{prefix}:epoch"
+        self._streams_key = f"{prefix}:streams"
 
     def _key(self, stream: str) -> str:
         return f"{self.prefix}:log:{stream}"
 
     async def append(self, stream: str, data: bytes) -> str:
-        offset = await self.client.xadd(self._key(stream), {"d": data}, maxlen=self.max_length,
-                                        approximate=True)
+        key = self._key(stream)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, {"d": data}, maxlen=self.max_length, approximate=True)
+            pipe.pexpire(key, max(1, int(self.idle_ttl * 1000)))
+            pipe.zadd(self._streams_key, {stream: int(time.time() * 1000)})
+            offset, _, _ = await pipe.execute()
         return offset.decode() if isinstance(offset, bytes) else offset
 
     @staticmethod
@@ -254,22 +288,28 @@ class RedisEventLog:
         return list(reversed(self._entries(raw)))
 
     async def epoch(self, stream: str) -> str:
-        key = f"{self.prefix}:epoch:{stream}"
-        fresh = secrets.token_hex(8)
-        # SET NX then GET in one round trip: the first node to ask creates the epoch.
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(key, fresh, nx=True)
-            pipe.get(key)
+            self._queue_epoch(pipe)
             _, value = await pipe.execute()
-        value = value.decode() if isinstance(value, bytes) else value
-        self._epochs[stream] = value
-        return value
+        return _text(value)
+
+    def _queue_epoch(self, pipe: aioredis.client.Pipeline) -> None:
+        # SET NX then GET in one round trip: the first node to ask creates the epoch.
+        pipe.set(self._epoch_key, secrets.token_hex(8), nx=True)
+        pipe.get(self._epoch_key)
 
     async def position(self, stream: str) -> StreamPosition:
-        epoch = await self.epoch(stream)
-        raw = await self.client.xrevrange(self._key(stream), count=1)
-        entries = self._entries(raw)
-        return StreamPosition(entries[0].offset if entries else ZERO, epoch)
+        # The last offset the stream generated, also when trimming has emptied it (a newest
+        # entry would say "0-0" then, a position no longer covered).
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xinfo_stream(self._key(stream))
+            self._queue_epoch(pipe)
+            info, _, epoch = await pipe.execute(raise_on_error=False)
+        if isinstance(epoch, Exception):
+            raise epoch
+        if isinstance(info, Exception):  # no such stream
+            return StreamPosition(ZERO, _text(epoch))
+        return StreamPosition(_text(info.get("last-generated-id")) or ZERO, _text(epoch))
 
     async def covers(self, stream: str, offset: str) -> bool:
         wanted = parse_offset(offset)
@@ -292,9 +332,21 @@ class RedisEventLog:
             return False
         return parse_offset(_text(first[0])) <= wanted
 
-    async def trim(self, stream: str) -> None:
+    async def sweep(self) -> None:
         cutoff = int((time.time() - self.max_age) * 1000)
-        await self.client.xtrim(self._key(stream), minid=f"{cutoff}-0", approximate=False)
+        start = 0
+        while True:
+            names = await self.client.zrange(self._streams_key, start, start + 499)
+            if not names:
+                break
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.xtrim(self._key(_text(name)), minid=f"{cutoff}-0", approximate=False)
+                await pipe.execute()
+            start += len(names)
+        # Streams last appended to before the cutoff are empty now: nothing more to trim there
+        # (their keys expire by themselves, idle_ttl after that append).
+        await self.client.zremrangebyscore(self._streams_key, "-inf", f"({cutoff}")
 
     async def follow(self, positions: dict[str, str], timeout: float) -> list[tuple[str, Entry]]:
         keys = {self._key(s): after for s, after in positions.items()}

@@ -3,6 +3,12 @@
 A client may put an ``_id`` on any event. The first arrival claims the ID; when its handler
 returns, the ack is stored under the ID for ``ttl`` seconds. A retry of the same ID is not
 applied again and gets the stored ack (or waits briefly while the first is still running).
+
+Bounds: an ack is kept only up to ``max_reply_bytes`` (packed); a bigger one is stored as
+:data:`TOO_LARGE`, and its retry is told the event was applied but its reply cannot be
+replayed. Every entry expires after its ``ttl`` (Redis by itself; the memory store by
+:meth:`~MemoryIdempotencyStore.sweep`, on a timer), and the memory store holds at most
+``max_bytes`` altogether, dropping its oldest entries first.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import msgpack
 import redis.asyncio as aioredis
 
 PENDING = b"\x00pending"
+# Stored instead of an ack bigger than max_reply_bytes: the retry gets an explicit error.
+TOO_LARGE = b"\x00too-large"
 
 
 class IdempotencyStore(Protocol):
@@ -27,31 +35,76 @@ class IdempotencyStore(Protocol):
     async def release(self, key: str) -> None:
         """Forget a claim whose handler failed, so a retry can run it."""
 
+    async def sweep(self) -> None:
+        """Drop expired entries (the periodic sweep; a no-op where the store expires them itself)."""
 
-def _pack(ack: Any) -> bytes:
-    return msgpack.packb(ack, default=repr)
+
+def _pack(ack: Any, max_bytes: int) -> bytes:
+    packed = msgpack.packb(ack, default=repr)
+    return packed if len(packed) <= max_bytes else TOO_LARGE
 
 
 def _unpack(raw: bytes) -> Any:
     if raw == PENDING:
         return PENDING
+    if raw == TOO_LARGE:
+        return TOO_LARGE
     try:
         return msgpack.unpackb(raw)
     except Exception:
         return None
 
 
+# What an entry costs besides its key and value: the dict slot, the tuple, the float.
+ENTRY_OVERHEAD = 120
+
+
 class MemoryIdempotencyStore:
-    def __init__(self) -> None:
+    """In-process store.
+
+    :param max_reply_bytes: largest packed ack kept; bigger ones become :data:`TOO_LARGE`.
+    :param max_bytes: what all entries may weigh together (keys, acks and overhead); past it
+                      the oldest entries are dropped.
+    """
+
+    def __init__(self, max_reply_bytes: int = 16_384, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_reply_bytes = max_reply_bytes
+        self.max_bytes = max_bytes
+        # Oldest first: an entry is moved to the end whenever it is written.
         self._items: dict[str, tuple[float, bytes]] = {}
+        self._bytes = 0
         self._next_sweep = 0.0
+
+    def size(self) -> int:
+        """Entries held."""
+        return len(self._items)
+
+    def size_bytes(self) -> int:
+        """What the entries weigh, as counted against ``max_bytes``."""
+        return self._bytes
+
+    def _put(self, key: str, expires: float, value: bytes) -> None:
+        self._drop(key)
+        self._items[key] = (expires, value)
+        self._bytes += len(key) + len(value) + ENTRY_OVERHEAD
+        while self._bytes > self.max_bytes and self._items:
+            self._drop(next(iter(self._items)))
+
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= len(key) + len(item[1]) + ENTRY_OVERHEAD
 
     def _sweep(self, now: float) -> None:
         if now < self._next_sweep:
             return
         self._next_sweep = now + 1.0
         for key in [k for k, (exp, _) in self._items.items() if exp <= now]:
-            del self._items[key]
+            self._drop(key)
+
+    async def sweep(self) -> None:
+        self._next_sweep = 0.0
+        self._sweep(time.monotonic())
 
     async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
         now = time.monotonic()
@@ -59,20 +112,26 @@ class MemoryIdempotencyStore:
         item = self._items.get(key)
         if item is not None and item[0] > now:
             return False, _unpack(item[1])
-        self._items[key] = (now + ttl, PENDING)
+        self._put(key, now + ttl, PENDING)
         return True, None
 
     async def complete(self, key: str, ack: Any, ttl: float) -> None:
-        self._items[key] = (time.monotonic() + ttl, _pack(ack))
+        self._put(key, time.monotonic() + ttl, _pack(ack, self.max_reply_bytes))
 
     async def release(self, key: str) -> None:
-        self._items.pop(key, None)
+        self._drop(key)
 
 
 class RedisIdempotencyStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
+    """Shared store: one key per event ID, with a TTL.
+
+    :param max_reply_bytes: largest packed ack kept; bigger ones become :data:`TOO_LARGE`.
+    """
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "rt", max_reply_bytes: int = 16_384) -> None:
         self.client = client
         self.prefix = prefix
+        self.max_reply_bytes = max_reply_bytes
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:dedupe:{key}"
@@ -85,10 +144,13 @@ class RedisIdempotencyStore:
         return (True, None) if raw is None else (False, _unpack(raw))
 
     async def complete(self, key: str, ack: Any, ttl: float) -> None:
-        await self.client.set(self._key(key), _pack(ack), px=max(1, int(ttl * 1000)))
+        await self.client.set(self._key(key), _pack(ack, self.max_reply_bytes), px=max(1, int(ttl * 1000)))
 
     async def release(self, key: str) -> None:
         await self.client.delete(self._key(key))
+
+    async def sweep(self) -> None:
+        return None  # every key has its TTL
 
 
 async def wait_for_ack(store: IdempotencyStore, key: str, ttl: float,

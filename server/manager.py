@@ -27,6 +27,7 @@ from .endings import SLOW_CONSUMER
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
+from .send_queue import packet_size
 
 log = logging.getLogger("server.delivery")
 
@@ -51,7 +52,7 @@ class Recovering:
 
 
 def _size(packets: list[eio_packet.Packet]) -> int:
-    return sum(len(p.data) if isinstance(p.data, (str, bytes)) else 0 for p in packets)
+    return sum(map(packet_size, packets))
 
 
 def normalize_args(data: Any) -> list[Any]:
@@ -91,17 +92,13 @@ class RealtimeManager(AsyncManager):
     :param event_log: where durable events are appended and read back from.
     :param durable_namespaces: namespaces whose events are logged and carry offsets.
     :param metrics: counters to update.
-    :param send_queue_max: packets a socket may have waiting before it is disconnected
-                           (recoverably) as a slow consumer.
     """
 
-    def __init__(self, event_log: EventLog, durable_namespaces: Iterable[str], metrics: Metrics,
-                 send_queue_max: int = 1000) -> None:
+    def __init__(self, event_log: EventLog, durable_namespaces: Iterable[str], metrics: Metrics) -> None:
         super().__init__()
         self.event_log = event_log
         self.durable = frozenset(durable_namespaces)
         self.metrics = metrics
-        self.send_queue_max = send_queue_max
         self.bus: Any = None  # set by the app when Redis links the nodes
         self.positions: dict[str, str] = {}
         self.follower_healthy = True
@@ -252,7 +249,9 @@ class RealtimeManager(AsyncManager):
 
     def write(self, eio_sid: str, packets: list[eio_packet.Packet], volatile: bool,
               frame: bytes | None = None) -> bool:
-        """Send packets to one Engine.IO socket without a task per recipient.
+        """Send packets to one Engine.IO socket without a task per recipient. A volatile packet
+        is dropped for a backed-up socket; any other packet past the server's
+        :class:`~server.send_queue.Backlog` bounds (packets or bytes waiting) cuts the socket.
 
         :param frame: the packets as one pre-encoded WebSocket frame (built once per broadcast).
                       It is written straight to the socket's transport when that cannot
@@ -260,7 +259,8 @@ class RealtimeManager(AsyncManager):
                       (:meth:`RealtimeSocket.direct_transport`); otherwise the packets go
                       through the socket's queue as usual.
         """
-        socket = self.server.eio.sockets.get(eio_sid)
+        eio = self.server.eio
+        socket = eio.sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             return False
         queue = socket.queue
@@ -268,19 +268,17 @@ class RealtimeManager(AsyncManager):
             transport = socket.direct_transport()  # every session is a RealtimeSocket
             if transport is not None:
                 if transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+                    if not eio.backlog.admit(socket, len(frame)):
+                        return False
                     transport.write(frame)
                     return True
                 if volatile:
                     self.metrics.volatile_dropped.inc()
                     return False
-        size = queue.qsize()
-        if volatile and size >= VOLATILE_QUEUE_LIMIT:
+        if volatile and queue.qsize() >= VOLATILE_QUEUE_LIMIT:
             self.metrics.volatile_dropped.inc()
             return False
-        if size >= self.send_queue_max:
-            # A slow consumer: disconnect it recoverably rather than queue without bound.
-            self.metrics.slow_consumers.inc()
-            asyncio.get_running_loop().create_task(self.server.end(eio_sid, SLOW_CONSUMER))
+        if not eio.backlog.admit(socket, _size(packets)):
             return False
         for p in packets:
             queue.put_nowait(p)
@@ -321,9 +319,15 @@ class RealtimeManager(AsyncManager):
 
     async def replay(self, namespace: str, sid: str, rooms: list[str], after: str) -> list[Entry] | None:
         """Every logged entry after ``after`` addressed to ``sid`` or its ``rooms``, or None when
-        the log no longer covers ``after`` (recovery impossible)."""
+        recovery is impossible: the log no longer covers ``after``, or the entries weigh more
+        than half of what may wait for a socket (``send_queue_max_bytes``; half, as their
+        packets weigh a little more than the log's msgpack). The replay is written at once,
+        before the CONNECT reply: past the bound it would cut the client on every attempt."""
         if not await self.event_log.covers(namespace, after):
             return None
+        backlog = self.server.eio.backlog
+        budget = backlog.max_bytes // 2 if backlog is not None else None
+        weight = 0
         wanted = set(rooms) | {sid}
         out: list[Entry] = []
         cursor = after
@@ -338,6 +342,9 @@ class RealtimeManager(AsyncManager):
                     continue
                 if to is None or wanted.intersection(to):
                     out.append(entry)
+                    weight += len(entry.data)
+                    if budget is not None and weight > budget:
+                        return None
             if len(batch) < 1000:
                 return out
             cursor = batch[-1].offset

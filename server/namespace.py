@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from .auth import AuthError, Identity
 from .endings import TOKEN_EXPIRED
-from .idempotency import PENDING, wait_for_ack
+from .idempotency import PENDING, TOO_LARGE, wait_for_ack
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -131,6 +131,10 @@ class BaseNamespace(socketio.AsyncNamespace):
             self.metrics.dedupe_hits.labels(self.namespace).inc()
             if ack is PENDING:
                 return ClientError("in_progress", "an event with this eventId is still being processed").ack()
+            if ack is TOO_LARGE:
+                # Its ack was over dedupe_max_reply_bytes, so it was not kept for replaying.
+                return ClientError("reply_too_large", "an event with this eventId was already applied; "
+                                   "its reply is too large to be sent again").ack()
             return ack
         try:
             result = await handler(sid, *data)

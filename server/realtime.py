@@ -11,6 +11,7 @@ takes that connection over instead of failing; recovery can repeat any number of
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import sys
@@ -29,12 +30,13 @@ from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
-from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, Ending)
+from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
+                      Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
-from .send_queue import SendQueue
+from .send_queue import Backlog, SendQueue
 from .sessions import SavedSession, SessionStore
 
 log = logging.getLogger("server.realtime")
@@ -184,6 +186,7 @@ class RealtimeEngine(engineio.AsyncServer):
     max_connections_per_ip = 1000
     max_inflight_events = 32  # inbound packets of one connection waiting for its running handler
     metrics: Metrics | None = None
+    backlog: Backlog | None = None  # what may wait for a session; RealtimeServer sets it (None: unbounded)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -513,6 +516,10 @@ class RealtimeServer(socketio.AsyncServer):
         # RECOVERABLE_DISCONNECT_REASONS), or a recoverable server-initiated Ending.
         self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT,
                              *(e.reason for e in ENDINGS.values() if e.recoverable)}
+        # Every packet to a session, whichever path it takes (acks, fan-out, replays, pings),
+        # passes the same bounds; RealtimeSocket and RealtimeManager.write consult them.
+        self.eio.backlog = Backlog(limits.send_queue_max, limits.send_queue_max_bytes, self.cut_slow_consumer)
+        self._binary_serial = itertools.count()
 
     # ------------------------------------------------------------------ emit
 
@@ -602,6 +609,14 @@ class RealtimeServer(socketio.AsyncServer):
         if abort:
             self.eio.abort_transport(eio_sid)
 
+    def cut_slow_consumer(self, eio_sid: str) -> None:
+        """Disconnect a session whose backlog passed a bound, recoverably (it recovers what it
+        missed when it reconnects), and drop its TCP connection: it does not read, so it would
+        never see a close, and what waits for it is freed at once. Called once per session
+        (Backlog marks it)."""
+        self.metrics.slow_consumers.inc()
+        asyncio.get_running_loop().create_task(self.end(eio_sid, SLOW_CONSUMER))
+
     async def _close_eio(self, eio_sid: str, kind: str, ending: Ending = PROTOCOL_ERROR) -> None:
         self.metrics.protocol_errors.labels(kind).inc()
         await self.end(eio_sid, ending)
@@ -625,15 +640,7 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _dispatch(self, eio_sid: str, data: Any) -> None:
         if eio_sid in self._binary_packet:
-            pkt = self._binary_packet[eio_sid]
-            refusal = getattr(pkt, "rt_refused", None)
-            if refusal is None:
-                return await super()._handle_eio_message(eio_sid, data)
-            # Over a limit: take its attachments off the wire, then answer like a text event.
-            if pkt.add_attachment(data):
-                del self._binary_packet[eio_sid]
-                await self._refuse(eio_sid, pkt.namespace or "/", pkt.id, refusal, pkt.data[0])
-            return None
+            return await self._attachment(eio_sid, data)
         pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
         kind = pkt.packet_type
         namespace = pkt.namespace or "/"
@@ -646,13 +653,10 @@ class RealtimeServer(socketio.AsyncServer):
                 counter = self._events_in[namespace] = self.metrics.events_in.labels(namespace)
             counter.inc()
             refusal = self._refuse_event(eio_sid, len(data), namespace)
-            if refusal is not None:
-                if kind == 5:
-                    pkt.rt_refused = refusal
-                    return self._await_attachments(eio_sid, pkt)
-                return await self._refuse(eio_sid, namespace, pkt.id, refusal, pkt.data[0])
             if kind == 5:
-                return self._await_attachments(eio_sid, pkt)
+                return self._await_attachments(eio_sid, pkt, len(data), refusal)
+            if refusal is not None:
+                return await self._refuse(eio_sid, namespace, pkt.id, refusal, pkt.data[0])
             handler = self.namespace_handlers.get(namespace)
             if handler is not None and not self.handlers:
                 return await self._handle_class_event(handler, eio_sid, sid, namespace, pkt.id, pkt.data)
@@ -663,7 +667,7 @@ class RealtimeServer(socketio.AsyncServer):
             return await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
         if kind == 3:
             return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
-        return self._await_attachments(eio_sid, pkt)
+        return self._await_attachments(eio_sid, pkt, len(data), self._refuse_size(len(data)))
 
     async def _handle_class_event(self, handler: Any, eio_sid: str, sid: str, namespace: str,
                                   ack_id: int | None, data: list[Any]) -> None:
@@ -725,21 +729,60 @@ class RealtimeServer(socketio.AsyncServer):
             return
         await super()._send_packet(eio_sid, pkt)
 
-    def _await_attachments(self, eio_sid: str, pkt: Any) -> None:
-        """Hold a binary packet for its attachments, for a bounded time only."""
+    def _await_attachments(self, eio_sid: str, pkt: Any, size: int, refusal: str | None) -> None:
+        """Hold a binary packet (event or ack) for its attachments, for ``attachment_timeout``
+        at most and for ``max_event_bytes`` at most: the packet and its attachments count
+        together, as they arrive (:meth:`_attachment`).
+
+        :param size: the length of the packet itself.
+        :param refusal: why the event is already refused (its attachments will only be counted).
+        """
+        pkt.rt_size = size
+        pkt.rt_received = 0
+        pkt.rt_refused = refusal
+        # The timer knows the packet by a number: holding the packet itself would keep its
+        # attachments alive until it fires, even after the packet was completed or replaced.
+        pkt.rt_serial = serial = next(self._binary_serial)
         self._binary_packet[eio_sid] = pkt
+        asyncio.get_running_loop().call_later(self.limits.attachment_timeout, self._drop_partial, eio_sid, serial)
 
-        def drop() -> None:
-            if self._binary_packet.get(eio_sid) is pkt:
-                log.info("dropping partial binary packet of %s", eio_sid)
-                del self._binary_packet[eio_sid]
-                self.metrics.protocol_errors.labels("partial_binary").inc()
+    def _drop_partial(self, eio_sid: str, serial: int) -> None:
+        pkt = self._binary_packet.get(eio_sid)
+        if pkt is not None and pkt.rt_serial == serial:
+            log.info("dropping partial binary packet of %s", eio_sid)
+            del self._binary_packet[eio_sid]
+            self.metrics.protocol_errors.labels("partial_binary").inc()
 
-        asyncio.get_running_loop().call_later(self.limits.attachment_timeout, drop)
+    async def _attachment(self, eio_sid: str, data: Any) -> None:
+        """One attachment of the binary packet held for ``eio_sid``. Once the packet and its
+        attachments together pass ``max_event_bytes`` the event is refused: what was kept is
+        dropped, the rest is only counted off the wire, then it is answered like a text event
+        over the cap (a binary ack over the cap is dropped)."""
+        pkt = self._binary_packet[eio_sid]
+        pkt.rt_size += len(data)
+        pkt.rt_received += 1
+        if pkt.rt_refused is None:
+            pkt.rt_refused = self._refuse_size(pkt.rt_size)
+            if pkt.rt_refused is None:
+                # python-socketio keeps it, and handles the event once the last one is in.
+                return await super()._handle_eio_message(eio_sid, data)
+            pkt.attachments.clear()
+        if pkt.rt_received < pkt.attachment_count:
+            return None
+        del self._binary_packet[eio_sid]
+        if pkt.packet_type == sio_packet.BINARY_EVENT:
+            await self._refuse(eio_sid, pkt.namespace or "/", pkt.id, pkt.rt_refused, pkt.data[0])
+        else:
+            log.debug("dropping binary ack of %s over max_event_bytes", eio_sid)
+        return None
+
+    def _refuse_size(self, size: int) -> str | None:
+        return "payload_too_large" if size > self.limits.max_event_bytes else None
 
     def _refuse_event(self, eio_sid: str, size: int, namespace: str = "/") -> str | None:
-        if size > self.limits.max_event_bytes:
-            return "payload_too_large"
+        refusal = self._refuse_size(size)
+        if refusal is not None:
+            return refusal
         if namespace == OPERATOR_NAMESPACE:
             bucket = self._operator_buckets.get(eio_sid)
             if bucket is None:

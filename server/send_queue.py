@@ -1,9 +1,11 @@
-"""SendQueue: the part of asyncio.Queue python-engineio uses for a session's outgoing packets.
+"""SendQueue: the part of asyncio.Queue python-engineio uses for a session's outgoing packets;
+Backlog: the bounds on what may wait for one session.
 
 An ``asyncio.Queue`` allocates three deques and an Event up front, about 3 KiB, and most
 sessions' queues are empty nearly all the time (packets to a WebSocket are written directly
 when nothing is queued). This one holds nothing until a packet is queued, and lets go of its
-storage when it is drained.
+storage when it is drained. It counts the bytes it holds, so :class:`Backlog` can bound a
+client that does not read in bytes as well as in packets.
 """
 
 from __future__ import annotations
@@ -13,12 +15,55 @@ from collections import deque
 from typing import Any, Callable
 
 
+def packet_size(pkt: Any) -> int:
+    """What an outgoing Engine.IO packet weighs: the length of its payload (characters for
+    text, bytes for binary; 0 for a control packet or the None that ends a session)."""
+    data = getattr(pkt, "data", None)
+    return len(data) if isinstance(data, (str, bytes)) else 0
+
+
+class Backlog:
+    """The bounds on what may wait for one session, shared by every session of a server.
+
+    What waits is the session's queued packets plus, on a WebSocket, what its TCP transport has
+    not yet handed to the kernel. A packet is always admitted when nothing waits (however big,
+    or a client could never receive it); otherwise it must fit. Past a bound the session is
+    cut (``cut``), recoverably, and neither that packet nor any later one is sent: a smaller
+    packet let through after a dropped one would move the client's offset past what it missed.
+
+    :param max_packets: packets a session's queue may hold (``limits.send_queue_max``).
+    :param max_bytes: bytes that may wait for a session (``limits.send_queue_max_bytes``).
+    :param cut: called with the session id of a session over a bound; disconnects it.
+    """
+
+    __slots__ = ("max_packets", "max_bytes", "cut")
+
+    def __init__(self, max_packets: int, max_bytes: int, cut: Callable[[str], None]) -> None:
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.cut = cut
+
+    def admit(self, socket: Any, size: int) -> bool:
+        """Whether ``size`` more bytes may wait for ``socket`` (a RealtimeSocket). When not,
+        the socket is cut and the caller drops what it was about to send."""
+        if socket.overflowed:
+            return False
+        queue = socket.queue
+        waiting = queue.waiting_bytes() + socket.write_buffer_size()
+        if queue.qsize() < self.max_packets and (not waiting or waiting + size <= self.max_bytes):
+            return True
+        socket.overflowed = True
+        self.cut(socket.sid)
+        return False
+
+
 class SendQueue:
     """A FIFO with asyncio.Queue's methods and counters: ``put``/``put_nowait``, ``get``/
     ``get_nowait``, ``task_done``/``join``, ``qsize``/``empty``, and ``_unfinished_tasks``
-    (an item counts from its put until ``task_done``). Unbounded, like engineio's."""
+    (an item counts from its put until ``task_done``), and ``waiting_bytes``. Unbounded, like
+    engineio's: :class:`Backlog` decides what may be put."""
 
-    __slots__ = ("_queue", "_getters", "_joiners", "_unfinished_tasks", "on_put")
+    __slots__ = ("_queue", "_getters", "_joiners", "_unfinished_tasks", "_bytes", "on_put")
 
     def __init__(self) -> None:
         # Called after every put: a WebSocket session starts its writer from here.
@@ -27,12 +72,17 @@ class SendQueue:
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished_tasks = 0
+        self._bytes = 0
 
     def qsize(self) -> int:
         return len(self._queue) if self._queue else 0
 
     def empty(self) -> bool:
         return not self._queue
+
+    def waiting_bytes(self) -> int:
+        """The summed :func:`packet_size` of what is queued."""
+        return self._bytes
 
     def items(self) -> tuple[Any, ...]:
         """What is queued, oldest first."""
@@ -43,6 +93,7 @@ class SendQueue:
         if queue is None:
             queue = self._queue = deque()
         queue.append(item)
+        self._bytes += packet_size(item)
         self._unfinished_tasks += 1
         if self._getters:
             self._wake_getter()
@@ -57,6 +108,7 @@ class SendQueue:
         if not queue:
             raise asyncio.QueueEmpty
         item = queue.popleft()
+        self._bytes -= packet_size(item)
         if not queue:
             self._queue = None
         return item

@@ -89,28 +89,28 @@ def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
 
 
 def memory_stores(config: Config) -> Stores:
+    d = config.delivery
     return Stores(
-        event_log=MemoryEventLog(config.delivery.log_max_length, config.delivery.log_max_age),
+        event_log=MemoryEventLog(d.log_max_length, d.log_max_age, d.log_idle_ttl),
         sessions=MemorySessionStore(),
-        idempotency=MemoryIdempotencyStore(),
+        idempotency=MemoryIdempotencyStore(d.dedupe_max_reply_bytes, d.dedupe_max_bytes),
         presence=MemoryPresenceRegistry(),
-        pending=MemoryPendingDeliveries(),
+        pending=MemoryPendingDeliveries(d.direct_max_pending),
     )
 
 
 def redis_stores(config: Config) -> Stores:
-    url, prefix = config.redis.url, config.redis.key_prefix
+    url, prefix, d = config.redis.url, config.redis.key_prefix, config.delivery
     client = redis_client(url, config.redis.max_connections, config.redis.pool_timeout)
     # XREAD BLOCK holds its connection, so the follower gets a client of its own; its socket
     # timeout must outlast the block time.
     blocking = redis_client(url, socket_timeout=10, health_check_interval=0)
     return Stores(
-        event_log=RedisEventLog(client, blocking, prefix, config.delivery.log_max_length,
-                                config.delivery.log_max_age),
+        event_log=RedisEventLog(client, blocking, prefix, d.log_max_length, d.log_max_age, d.log_idle_ttl),
         sessions=RedisSessionStore(client, prefix),
-        idempotency=RedisIdempotencyStore(client, prefix),
+        idempotency=RedisIdempotencyStore(client, prefix, d.dedupe_max_reply_bytes),
         presence=RedisPresenceRegistry(client, prefix),
-        pending=RedisPendingDeliveries(client, prefix),
+        pending=RedisPendingDeliveries(client, prefix, d.direct_max_pending),
         redis=client,
     )
 

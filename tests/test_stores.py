@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.event_log import MemoryEventLog, RedisEventLog, parse_offset
-from server.idempotency import PENDING, MemoryIdempotencyStore, RedisIdempotencyStore, wait_for_ack
+from server.idempotency import PENDING, TOO_LARGE, MemoryIdempotencyStore, RedisIdempotencyStore, wait_for_ack
 from server.pending import MemoryPendingDeliveries, PendingMessage, RedisPendingDeliveries
 from server.presence import Member, MemoryPresenceRegistry, RedisPresenceRegistry
 from server.sessions import MemorySessionStore, RedisSessionStore, SavedSession
@@ -100,7 +100,7 @@ async def test_trim_by_age(kind):
     old = await log.append("s", b"old")
     await asyncio.sleep(0.3)
     new = await log.append("s", b"new")
-    await log.trim("s")
+    await log.sweep()
     assert [e.data for e in await log.read("s", "0-0")] == [b"new"]
     assert not await log.covers("s", "0-0")
     assert await log.covers("s", new)
@@ -243,3 +243,147 @@ async def test_pending_until_acked(kind):
     assert [m.payload for m in await box.pending("u", 60)] == [{"text": "b"}]
     await box.add("u", PendingMessage("old", "dm", {}, now - 100), 60)
     assert [m.id for m in await box.pending("u", 60)] == ["m2"]
+
+
+# ---------------------------------------------------------------------- bounds (issue 12)
+#
+# Every store is bounded in count or bytes and in age, whether or not anyone reads it or is
+# online: the memory implementation's size() and the Redis database's DBSIZE must both come
+# back down. Reading something that does not exist stores nothing.
+
+
+async def held(kind, store) -> int:
+    """What ``store`` holds: entries of the memory implementation, keys of the Redis one."""
+    name, client = kind
+    if name == "memory":
+        return store.size()
+    c = client()
+    return int(await c.dbsize())
+
+
+async def test_reading_an_absent_stream_creates_nothing(kind):
+    log = make_log(kind)
+    await log.append("used", b"x")
+    await log.position("used")
+    before = await held(kind, log)
+    for i in range(100):
+        room = f"/chat#room:unused-{i}"
+        assert (await log.position(room)).offset == "0-0"
+        assert await log.read(room, "0-0") == []
+        assert await log.history(room, 50) == []
+        assert await log.covers(room, "0-0")
+        await log.epoch(room)
+    assert await held(kind, log) == before
+
+
+async def test_an_absent_stream_keeps_its_epoch_when_first_written(kind):
+    log = make_log(kind)
+    empty = await log.position("fresh")
+    offset = await log.append("fresh", b"first")
+    assert (await log.position("fresh")).epoch == empty.epoch
+    assert await log.covers("fresh", empty.offset)
+    assert [e.offset for e in await log.read("fresh", empty.offset)] == [offset]
+
+
+async def test_sweep_trims_every_stream_by_age(kind):
+    log = make_log(kind, max_age=0.3)
+    for stream in ("/chat", "/chat#room:a", "/chat#room:b"):
+        await log.append(stream, b"old")
+    await asyncio.sleep(0.4)
+    new = await log.append("/chat#room:a", b"new")
+    await log.sweep()
+    assert [e.data for e in await log.read("/chat#room:a", "0-0")] == [b"new"]
+    assert await log.read("/chat#room:b", "0-0") == []
+    assert await log.read("/chat", "0-0") == []
+    assert not await log.covers("/chat#room:b", "0-0")  # trimmed: a replay from the start is partial
+    assert await log.covers("/chat#room:a", new)
+
+
+async def test_idle_streams_are_forgotten(kind):
+    name, client = kind
+    log = (MemoryEventLog(100, 0.2, idle_ttl=0.4) if name == "memory"
+           else RedisEventLog(client(), client(), "t", 100, 0.2, idle_ttl=0.4))
+    await log.position("warm")  # the store's own bookkeeping, if any
+    baseline = await held(kind, log)
+    for i in range(20):
+        await log.append(f"/chat#room:{i}", b"x")
+    assert await held(kind, log) > baseline
+    await asyncio.sleep(0.6)
+    await log.sweep()
+    assert await held(kind, log) == baseline
+    assert (await log.position("/chat#room:3")).offset == "0-0"
+
+
+async def test_idempotency_keeps_large_replies_as_a_marker(kind):
+    name, client = kind
+    store = (MemoryIdempotencyStore(max_reply_bytes=1024) if name == "memory"
+             else RedisIdempotencyStore(client(), "t", max_reply_bytes=1024))
+    await store.claim("big", 10)
+    await store.complete("big", {"ok": True, "messages": ["x" * 100] * 50}, 10)
+    assert await store.claim("big", 10) == (False, TOO_LARGE)
+    await store.claim("small", 10)
+    await store.complete("small", {"ok": True, "n": 1}, 10)
+    assert await store.claim("small", 10) == (False, {"ok": True, "n": 1})
+
+
+async def test_memory_idempotency_is_bounded_in_bytes():
+    store = MemoryIdempotencyStore(max_reply_bytes=4096, max_bytes=64 * 1024)
+    for i in range(1000):
+        await store.claim(f"k{i}", 60)
+        await store.complete(f"k{i}", {"ok": True, "blob": "x" * 1000}, 60)
+    assert store.size_bytes() <= 64 * 1024
+    assert await store.claim("k999", 60) == (False, {"ok": True, "blob": "x" * 1000})
+    assert (await store.claim("k0", 60))[0] is True  # the oldest made room
+
+
+async def test_idempotency_entries_expire_without_claims(kind):
+    name, client = kind
+    store = make(kind, MemoryIdempotencyStore, RedisIdempotencyStore)
+    for i in range(10):
+        await store.claim(f"k{i}", 0.2)
+        await store.complete(f"k{i}", {"ok": True}, 0.2)
+    await asyncio.sleep(0.35)
+    await store.sweep()
+    assert await held(kind, store) == 0
+
+
+async def test_pending_expire_whether_or_not_anyone_reads_them(kind):
+    box = make(kind, MemoryPendingDeliveries, RedisPendingDeliveries)
+    await box.add("ghost", PendingMessage("m1", "dm", {}, time.time()), 0.3)
+    await asyncio.sleep(0.2)
+    await box.add("ghost", PendingMessage("m2", "dm", {}, time.time()), 0.3)
+    await asyncio.sleep(0.2)
+    await box.sweep(0.3)  # m1 is past direct_ttl, m2 is not: only m2 is still stored
+    if kind[0] == "memory":
+        assert box.size() == 1
+    else:
+        assert int(await kind[1]().hlen("t:pending:ghost")) == 1
+    assert [m.id for m in await box.pending("ghost", 0.3)] == ["m2"]
+    await asyncio.sleep(0.2)
+    await box.sweep(0.3)
+    assert await held(kind, box) == 0
+
+
+async def test_pending_are_bounded_per_user(kind):
+    name, client = kind
+    box = (MemoryPendingDeliveries(max_per_user=3) if name == "memory"
+           else RedisPendingDeliveries(client(), "t", max_per_user=3))
+    now = time.time()
+    assert [await box.add("u", PendingMessage(f"m{i}", "dm", {}, now), 60) for i in range(4)] == \
+        [True, True, True, False]
+    assert await box.add("other", PendingMessage("o", "dm", {}, now), 60) is True
+    assert await box.ack("u", ["m0"]) == 1
+    assert await box.add("u", PendingMessage("m4", "dm", {}, now), 60) is True
+    assert sorted(m.id for m in await box.pending("u", 60)) == ["m1", "m2", "m4"]
+
+
+async def test_a_stream_trimmed_empty_keeps_its_position(kind):
+    log = make_log(kind, max_age=0.2)
+    last = await log.append("s", b"x")
+    await asyncio.sleep(0.3)
+    await log.sweep()
+    assert await log.read("s", "0-0") == []
+    position = await log.position("s")
+    assert position.offset == last  # not "0-0": that one is no longer covered
+    assert await log.covers("s", position.offset)
+    assert not await log.covers("s", "0-0")
