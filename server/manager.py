@@ -23,7 +23,6 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
-from .endings import SLOW_CONSUMER
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
