@@ -91,6 +91,7 @@ class RealtimeSocket(AsyncSocket):
     _waiting: deque[Any] | None = None
     # Resolved when the waiting packets drop below the in-flight bound (reading is paused).
     _drained: asyncio.Future[None] | None = None
+    closed_by_client = False  # the client sent an Engine.IO CLOSE
 
     # ------------------------------------------------------------------ inbound
 
@@ -154,6 +155,7 @@ class RealtimeSocket(AsyncSocket):
             self._drained = None
 
     async def _closed_by_client(self) -> None:
+        self.closed_by_client = True  # it wants nothing more: the engine forgets it at once
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def inbound_backlog(self) -> int:

@@ -458,7 +458,8 @@ class RealtimeEngine(engineio.AsyncServer):
             # python-engineio forgets a closed session only when another request for it comes;
             # a client that never comes back would leave it behind. A client that closed needs
             # nothing more; otherwise leave a pending poll time to read the CLOSE packet.
-            closed_by_client = len(args) > 1 and args[1] == self.reason.CLIENT_DISCONNECT
+            closed_by_client = getattr(socket, "closed_by_client", False) or \
+                (len(args) > 1 and args[1] == self.reason.CLIENT_DISCONNECT)
             asyncio.get_running_loop().call_later(0 if closed_by_client else self.ping_timeout + 1,
                                                   self._forget, socket)
         return result
