@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,28 @@ if (!localStorage.getItem("namespace")) localStorage.setItem("namespace", "/admi
 </script>"""
 
 
+# The Admin UI's index.html links Roboto and Material Design Icons from CDNs: offline or
+# air-gapped, every icon button would be a blank box (and the narrow layout's menu invisible).
+# They are rewritten to the same files from npm packages (assets.ADMIN_UI_ASSETS).
+_CDN_ROBOTO = re.compile(r'<link rel="stylesheet" href="https://fonts\.googleapis\.com/css\?family=Roboto:([0-9,]+)">')
+_CDN_MDI = re.compile(r'<link rel="stylesheet" href="https://cdn\.jsdelivr\.net/npm/@mdi/font@[^/"]*'
+                      r'/css/materialdesignicons\.min\.css">')
+
+
+def admin_ui_index(html: str) -> str:
+    """The Admin UI's ``index.html`` as served: preset for this server, fonts from this server.
+
+    :param html: the file as the npm package ships it.
+    """
+    def roboto(match: re.Match) -> str:
+        return "".join(f'<link rel="stylesheet" href="/admin-ui-assets/roboto/{weight}.css">'
+                       for weight in match.group(1).split(","))
+
+    html = _CDN_ROBOTO.sub(roboto, html)
+    html = _CDN_MDI.sub('<link rel="stylesheet" href="/admin-ui-assets/mdi/css/materialdesignicons.min.css">', html)
+    return html.replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
+
+
 def admin_ui_handler(request: web.Request) -> web.StreamResponse:
     base = (_node_modules(request) / assets.ADMIN_UI_DIR).resolve()
     rest = request.match_info.get("path") or "index.html"
@@ -255,9 +278,20 @@ def admin_ui_handler(request: web.Request) -> web.StreamResponse:
     if not _inside(path, base):
         raise web.HTTPNotFound(text="Admin UI not installed: run the set-up command (make run / make test)")
     if rest == "index.html":
-        html = path.read_text().replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=admin_ui_index(path.read_text()), content_type="text/html")
     return web.FileResponse(path)
+
+
+def admin_ui_asset_handler(request: web.Request) -> web.StreamResponse:
+    """``/admin-ui-assets/<package>/<file>``: a stylesheet or font of the Admin UI's font packages."""
+    package = assets.ADMIN_UI_ASSETS.get(request.match_info["package"])
+    if package is None:
+        raise web.HTTPNotFound()
+    base = (_node_modules(request) / package).resolve()
+    path = (base / request.match_info["path"]).resolve()
+    if path.suffix not in assets.ADMIN_UI_ASSET_SUFFIXES or not _inside(path, base):
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
 async def index_redirect(request: web.Request) -> web.StreamResponse:
@@ -357,6 +391,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get("/vendor/{name:.+}", vendor_handler)
         app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))
         app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
+        app.router.add_get("/admin-ui-assets/{package}/{path:.+}", admin_ui_asset_handler)
         app.router.add_get("/", index_redirect)
         app.router.add_static("/", assets.WEB_DIR, show_index=False, follow_symlinks=False)
     app.on_startup.append(on_startup)
