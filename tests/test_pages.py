@@ -34,6 +34,157 @@ async def type_into(page: Page, selector: str, text: str) -> None:
     await page.keyboard.type(text)
 
 
+# ---------------------------------------------------------------------- chat: typing indicator
+
+
+async def test_typing_indicator_clears_after_the_typist_stops(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await expect(bob.locator("#presence li")).to_have_count(2)
+    await type_into(alice, "#text", "hel")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    # Alice stops typing (the text stays in her input): about 5 s later the indicator is gone.
+    await expect(bob.locator("#typing")).to_have_text(EMPTY, timeout=12_000)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_typing_indicator_clears_on_clear_and_on_send(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await type_into(alice, "#text", "hel")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    # Emptying the input says "stopped" at once (a bystander client sees the event itself,
+    # so this does not rely on the indicator's own expiry).
+    await alice.press("#text", "Control+a")
+    await alice.press("#text", "Backspace")
+    stopped = await js.wait("watcher", "typing", 2)
+    assert [e["args"][0]["typing"] for e in stopped] == [True, False]
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    # Typing again shows it again at once; sending clears it.
+    await alice.keyboard.type("hello")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    await alice.press("#text", "Enter")
+    await expect(bob.locator("#messages li .text")).to_have_text(["hello"])
+    sent = await js.wait("watcher", "typing", 4)
+    assert [e["args"][0]["typing"] for e in sent] == [True, False, True, False]
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_typing_indicator_clears_when_the_typist_leaves(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await expect(bob.locator("#presence li")).to_have_count(3)
+    await type_into(alice, "#text", "bye")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    await alice.context.close()  # the tab is closed
+    # The page said goodbye: its user left the room at once (not after the presence TTL)...
+    # (presence events: the watcher's, alice's and bob's joins, then alice's leave)
+    [left] = [e for e in await js.wait("watcher", "presence", 4) if e["args"][0]["action"] == "leave"]
+    await expect(bob.locator("#presence li")).to_have_count(2)
+    # ...and with it its typing indicator.
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    assert left["args"][0]["room"] == "lobby"
+    assert bob.errors == []
+
+
+# ---------------------------------------------------------------------- chat: switching rooms
+
+
+async def test_switching_rooms_shows_only_the_new_room_and_leaves_the_old(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    page = await chat_page(browser, server.url + "/chat.html")
+    await page.fill("#text", "said in the lobby")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the lobby"])
+    assert len((await js.emit("watcher", "presence", {"room": "lobby"}))["members"]) == 2
+
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page.locator("#messages li")).to_have_count(0)
+    await page.fill("#text", "said in the kitchen")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the kitchen"])
+    await expect(page.locator("#presence li")).to_have_count(1)
+    # The socket left the lobby: the lobby's presence no longer counts this user.
+    # (presence events: the watcher's and the page's joins, then the page's leave)
+    [left] = [e for e in await js.wait("watcher", "presence", 3) if e["args"][0]["action"] == "leave"]
+    assert left["args"][0]["room"] == "lobby"
+    assert len((await js.emit("watcher", "presence", {"room": "lobby"}))["members"]) == 1
+    assert (await js.emit("watcher", "message", {"room": "lobby", "text": "while you were away"}))["ok"]
+
+    # Back in the lobby: its whole history again, the kitchen's message gone.
+    await page.fill("#room", "lobby")
+    await page.click("#join")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the lobby", "while you were away"])
+    await expect(page.locator("#presence li")).to_have_count(2)
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------------- collab: awareness
+
+
+async def test_editor_shows_other_editors_after_an_edit(server, browser):
+    a = await page_of(browser, server.url + "/collab.html")
+    b = await page_of(browser, server.url + "/collab.html")
+    for page in (a, b):
+        await expect(page.locator("#editor")).to_be_enabled()
+    await a.click("#editor")
+    await a.keyboard.type("x")
+    await expect(b.locator("#peers")).to_have_text("1 other editor")
+    await b.click("#editor")
+    await b.keyboard.type("y")
+    await expect(a.locator("#peers")).to_have_text("1 other editor")
+    # a opens another document: b's label no longer counts it, and a counts nobody there.
+    await a.fill("#doc", "elsewhere")
+    await a.click("#open")
+    await expect(b.locator("#peers")).to_have_text(EMPTY)
+    await expect(a.locator("#peers")).to_have_text(EMPTY)
+    assert a.errors == [] and b.errors == []
+
+
+# ---------------------------------------------------------------------- the URL keeps the place
+
+
+async def test_chat_reload_keeps_the_room(server, browser):
+    page = await chat_page(browser, server.url + "/chat.html?transport=polling")
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page).to_have_url(re.compile(r"[?&]room=kitchen(&|$)"))
+    assert "transport=polling" in page.url  # the other parameters stay
+    await page.fill("#text", "still here")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["still here"])
+    await page.reload()
+    await expect(page.locator("#text")).to_be_enabled()
+    await expect(page.locator("#room")).to_have_value("kitchen")
+    await expect(page.locator("#messages li .text")).to_have_text(["still here"])
+    # A link to a room opens it.
+    other = await chat_page(browser, server.url + "/chat.html?room=kitchen")
+    await expect(other.locator("#messages li .text")).to_have_text(["still here"])
+    assert page.errors == [] and other.errors == []
+
+
+async def test_editor_reload_keeps_the_document(server, browser):
+    page = await page_of(browser, server.url + "/collab.html")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await page.fill("#doc", "notes")
+    await page.click("#open")
+    await expect(page).to_have_url(re.compile(r"[?&]doc=notes(&|$)"))
+    await page.click("#editor")
+    await page.keyboard.type("kept")
+    await page.wait_for_function("collabDebug.text() === 'kept'")
+    await page.reload()
+    await expect(page.locator("#doc")).to_have_value("notes")
+    await expect(page.locator("#editor")).to_have_value("kept")
+    assert page.errors == []
+
+
 # ---------------------------------------------------------------------- no request leaves the machine
 
 

@@ -38,3 +38,16 @@ export function trackConnection(socket, badge, transportLabel) {
   socket.on("connect_error", (err) => set("error", `error: ${err.message}`));
   socket.io.on("reconnect_attempt", () => set("reconnecting"));
 }
+
+// Where a page is (its chat room, its document) lives in the URL, so a reload or a shared link
+// opens the same place; the other parameters (?transport=polling) stay as they are.
+export function pageParam(name, fallback) {
+  return new URLSearchParams(location.search).get(name) || fallback;
+}
+
+export function setPageParam(name, value) {
+  const url = new URL(location.href);
+  if (url.searchParams.get(name) === value) return;
+  url.searchParams.set(name, value);
+  history.replaceState(history.state, "", url);
+}
