@@ -280,3 +280,45 @@ def test_busy_port_fails_first_with_one_line():
     # One line, naming the address and the cause; nothing claimed listening or ready before it.
     assert len(lines) == 1, lines
     assert f"127.0.0.1:{port}" in lines[0] and "address already in use" in lines[0].lower(), lines
+
+
+# ---------------------------------------------------------------------- the connection badge
+
+BADGE_HISTORY = """() => {
+    // Every text the badge shows from now on, in order.
+    window.badgeTexts = [];
+    new MutationObserver(() => window.badgeTexts.push(document.querySelector("#status").textContent))
+        .observe(document.querySelector("#status"), {childList: true, characterData: true, subtree: true});
+}"""
+
+
+async def test_badge_says_offline_with_a_countdown_and_hides_the_transport(servers, browser):
+    srv = servers()
+    page = await page_of(browser, srv.url + "/chat.html")
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#transport")).to_have_text("WebSocket")
+    await page.evaluate(BADGE_HISTORY)
+    srv.kill()
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^offline — retrying in \d+ s$"))
+    await expect(page.locator("#transport")).to_have_text("")
+    # An attempt fails (the server is still down): back to the countdown, never "error: ...".
+    await page.wait_for_function("window.badgeTexts.includes('reconnecting…')")
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^offline — retrying in \d+ s$"))
+    texts = set(await page.evaluate("window.badgeTexts"))
+    assert all(t == "reconnecting…" or t.startswith("offline — retrying") for t in texts), texts
+    servers(port=srv.port)  # the server is back on the same address
+    await expect(page.locator("#status")).to_have_text("connected", timeout=15_000)
+    await expect(page.locator("#transport")).to_have_text("WebSocket")
+    assert page.errors == []
+
+
+async def test_transport_label_polling_forced_and_fallback(server, browser, proxies):
+    forced = await page_of(browser, server.url + "/game.html?transport=polling")
+    await expect(forced.locator("#status")).to_have_text("connected")
+    await expect(forced.locator("#transport")).to_have_text("polling (forced)")
+    # Behind a proxy that refuses WebSocket the upgrade fails: polling as a fallback.
+    proxy = await proxies([server.port], refuse_websocket=True)
+    behind = await page_of(browser, proxy.url + "/game.html")
+    await expect(behind.locator("#status")).to_have_text("connected")
+    await expect(behind.locator("#transport")).to_have_text("polling fallback")
+    assert forced.errors == [] and behind.errors == []
