@@ -226,20 +226,36 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.is_relative_to(folder) and path.is_file()
 
 
+def not_found(request: web.Request, why: str = "") -> web.HTTPNotFound:
+    """A 404 with a short plain-text body naming the path (and why, when it is not just absent)."""
+    return web.HTTPNotFound(text=f"404 Not Found: {request.path}{': ' + why if why else ''}\n")
+
+
 def vendor_handler(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     first, _, rest = name.partition("/")
     if first not in assets.VENDOR_FILES:
-        raise web.HTTPNotFound()
+        raise not_found(request)
     root = _node_modules(request)
     base = (root / assets.VENDOR_FILES[first]).resolve()
+    if not base.exists():
+        raise not_found(request, f"{first} not installed: run the set-up command (make install)")
     path = (base / rest).resolve() if rest else base
     if rest and not path.suffix and not path.is_file():
         # Bare ES module specifiers (``lib0/observable``) map here through the page's import map.
         path = path.with_name(path.name + ".js")
     if not _inside(path, root):
-        raise web.HTTPNotFound(text=f"{name} not installed: run the set-up command (make install)")
+        raise not_found(request)
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+def web_handler(request: web.Request) -> web.StreamResponse:
+    """A file of ``web/`` (the pages). Instead of aiohttp's static route, whose 404 for a
+    missing file is an empty ``application/octet-stream``, a missing file gets :func:`not_found`."""
+    path = (assets.WEB_DIR / request.match_info["path"]).resolve()
+    if not _inside(path, assets.WEB_DIR.resolve()):
+        raise not_found(request)
+    return web.FileResponse(path)
 
 
 ADMIN_UI_PRESET = """<script>
@@ -274,9 +290,11 @@ def admin_ui_index(html: str) -> str:
 def admin_ui_handler(request: web.Request) -> web.StreamResponse:
     base = (_node_modules(request) / assets.ADMIN_UI_DIR).resolve()
     rest = request.match_info.get("path") or "index.html"
+    if not (base / "index.html").is_file():
+        raise not_found(request, "Admin UI not installed: run the set-up command (make run / make test)")
     path = (base / rest).resolve()
     if not _inside(path, base):
-        raise web.HTTPNotFound(text="Admin UI not installed: run the set-up command (make run / make test)")
+        raise not_found(request)
     if rest == "index.html":
         return web.Response(text=admin_ui_index(path.read_text()), content_type="text/html")
     return web.FileResponse(path)
@@ -286,11 +304,11 @@ def admin_ui_asset_handler(request: web.Request) -> web.StreamResponse:
     """``/admin-ui-assets/<package>/<file>``: a stylesheet or font of the Admin UI's font packages."""
     package = assets.ADMIN_UI_ASSETS.get(request.match_info["package"])
     if package is None:
-        raise web.HTTPNotFound()
+        raise not_found(request)
     base = (_node_modules(request) / package).resolve()
     path = (base / request.match_info["path"]).resolve()
     if path.suffix not in assets.ADMIN_UI_ASSET_SUFFIXES or not _inside(path, base):
-        raise web.HTTPNotFound()
+        raise not_found(request)
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
@@ -393,7 +411,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
         app.router.add_get("/admin-ui-assets/{package}/{path:.+}", admin_ui_asset_handler)
         app.router.add_get("/", index_redirect)
-        app.router.add_static("/", assets.WEB_DIR, show_index=False, follow_symlinks=False)
+        app.router.add_get("/{path:.+}", web_handler)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

@@ -322,3 +322,33 @@ async def test_transport_label_polling_forced_and_fallback(server, browser, prox
     await expect(behind.locator("#status")).to_have_text("connected")
     await expect(behind.locator("#transport")).to_have_text("polling fallback")
     assert forced.errors == [] and behind.errors == []
+
+
+# ---------------------------------------------------------------------- 404s
+
+
+def raw_get(url: str) -> tuple[int, str, bytes]:
+    """GET ``url``: status, Content-Type and body, whatever the status."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def test_not_found_is_a_short_text_naming_the_path(server):
+    for path in ("/nope", "/nope.html", "/js/nope.js", "/healthz/x", "/vendor/lib0/nope",
+                 "/admin-ui/nope.js", "/admin-ui-assets/mdi/nope.css", "/admin-ui-assets/nope/a.css",
+                 "/%2e%2e/server/app.py", "/js/%2e%2e/%2e%2e/config.toml"):
+        status, kind, body = raw_get(server.url + path)
+        assert status == 404, (path, status)
+        assert kind.startswith("text/plain"), (path, kind)
+        text = body.decode()
+        assert 0 < len(text) < 200 and text.startswith("404"), (path, text)
+        assert "not installed" not in text, (path, text)  # the packages are installed: the file is not there
+    # what exists is still served
+    for path in ("/", "/chat.html", "/js/connection.js", "/style.css"):
+        assert raw_get(server.url + path)[0] == 200, path
