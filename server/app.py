@@ -340,6 +340,11 @@ async def on_startup(app: web.Application) -> None:
             await start()
         if hasattr(ns, "expire_sessions") and ns.namespace != "/admin":
             runtime.background(ns.expire_sessions(), f"expire-sessions-{ns.namespace}")
+    admin = runtime.namespaces.get("/admin")
+    if admin is not None and not admin._enabled():
+        # Otherwise an operator only ever sees "invalid credentials" in the Admin UI.
+        log.warning("/admin is disabled: no operator password is set (admin.password or admin.password_hash "
+                    "in config.toml, or $ADMIN_PASSWORD); the Admin UI cannot log in")
     log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
              "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
              ", ".join(sorted(runtime.manager.durable)) or "none")

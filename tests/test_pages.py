@@ -352,3 +352,15 @@ def test_not_found_is_a_short_text_naming_the_path(server):
     # what exists is still served
     for path in ("/", "/chat.html", "/js/connection.js", "/style.css"):
         assert raw_get(server.url + path)[0] == 200, path
+
+
+# ---------------------------------------------------------------------- /admin without a password
+
+
+def test_a_warning_when_admin_is_disabled_for_lack_of_a_password(servers):
+    without = servers()
+    [line] = [line for line in without.output().splitlines() if "WARNING" in line and "/admin" in line]
+    assert "disabled" in line and "ADMIN_PASSWORD" in line and "admin.password" in line, line
+    with_password = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
+    assert "ready" in with_password.output()
+    assert not [line for line in with_password.output().splitlines() if "WARNING" in line and "/admin" in line]
