@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import gc
 import logging
+import os
+import socket
 import sys
 
 from aiohttp import web
@@ -39,6 +42,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
 
+    # Bind first: on a busy port the server stops here, with one line, before it starts any
+    # part of itself or logs that it is listening or ready.
+    try:
+        sockets = listen_sockets(config.server.host, config.server.port)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(f"cannot listen on {config.server.host}:{config.server.port}: {reason.lower()}", file=sys.stderr)
+        return 1
+
     from .app import configure_logging, create_app
 
     configure_logging(config)
@@ -52,13 +64,45 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(config)
     tune_gc()
     log.info("listening on http://%s:%d", config.server.host, config.server.port)
-    try:
-        web.run_app(app, host=config.server.host, port=config.server.port, print=None,
-                    shutdown_timeout=config.server.shutdown_timeout, access_log=None)
-    except OSError as exc:
-        print(f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}", file=sys.stderr)
-        return 1
+    web.run_app(app, sock=sockets, print=None, shutdown_timeout=config.server.shutdown_timeout, access_log=None)
     return 0
+
+
+def listen_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Listening sockets on every address ``host`` resolves to, as aiohttp's own site would
+    open them (address reuse, IPv6 sockets IPv6-only), ready to hand to ``web.run_app``.
+
+    :param host: the listen address (``server.host``); empty means every interface.
+    :param port: the listen port.
+    :param backlog: connections the kernel queues before the server accepts them (aiohttp's default).
+    :raises OSError: the address cannot be resolved or bound (a busy port); nothing stays open.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    opened: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            opened.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # That address family is not enabled here (IPv6, say): skip it, as asyncio does.
+                opened.pop().close()
+                continue
+            sock.listen(backlog)
+            sock.setblocking(False)
+        if not opened:
+            raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+    except OSError:
+        for sock in opened:
+            sock.close()
+        raise
+    return opened
 
 
 def tune_gc() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,20 +232,36 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.is_relative_to(folder) and path.is_file()
 
 
+def not_found(request: web.Request, why: str = "") -> web.HTTPNotFound:
+    """A 404 with a short plain-text body naming the path (and why, when it is not just absent)."""
+    return web.HTTPNotFound(text=f"404 Not Found: {request.path}{': ' + why if why else ''}\n")
+
+
 def vendor_handler(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     first, _, rest = name.partition("/")
     if first not in assets.VENDOR_FILES:
-        raise web.HTTPNotFound()
+        raise not_found(request)
     root = _node_modules(request)
     base = (root / assets.VENDOR_FILES[first]).resolve()
+    if not base.exists():
+        raise not_found(request, f"{first} not installed: run the set-up command (make install)")
     path = (base / rest).resolve() if rest else base
     if rest and not path.suffix and not path.is_file():
         # Bare ES module specifiers (``lib0/observable``) map here through the page's import map.
         path = path.with_name(path.name + ".js")
     if not _inside(path, root):
-        raise web.HTTPNotFound(text=f"{name} not installed: run the set-up command (make install)")
+        raise not_found(request)
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+
+
+def web_handler(request: web.Request) -> web.StreamResponse:
+    """A file of ``web/`` (the pages). Instead of aiohttp's static route, whose 404 for a
+    missing file is an empty ``application/octet-stream``, a missing file gets :func:`not_found`."""
+    path = (assets.WEB_DIR / request.match_info["path"]).resolve()
+    if not _inside(path, assets.WEB_DIR.resolve()):
+        raise not_found(request)
+    return web.FileResponse(path)
 
 
 ADMIN_UI_PRESET = """<script>
@@ -254,16 +271,51 @@ if (!localStorage.getItem("namespace")) localStorage.setItem("namespace", "/admi
 </script>"""
 
 
+# The Admin UI's index.html links Roboto and Material Design Icons from CDNs: offline or
+# air-gapped, every icon button would be a blank box (and the narrow layout's menu invisible).
+# They are rewritten to the same files from npm packages (assets.ADMIN_UI_ASSETS).
+_CDN_ROBOTO = re.compile(r'<link rel="stylesheet" href="https://fonts\.googleapis\.com/css\?family=Roboto:([0-9,]+)">')
+_CDN_MDI = re.compile(r'<link rel="stylesheet" href="https://cdn\.jsdelivr\.net/npm/@mdi/font@[^/"]*'
+                      r'/css/materialdesignicons\.min\.css">')
+
+
+def admin_ui_index(html: str) -> str:
+    """The Admin UI's ``index.html`` as served: preset for this server, fonts from this server.
+
+    :param html: the file as the npm package ships it.
+    """
+    def roboto(match: re.Match) -> str:
+        return "".join(f'<link rel="stylesheet" href="/admin-ui-assets/roboto/{weight}.css">'
+                       for weight in match.group(1).split(","))
+
+    html = _CDN_ROBOTO.sub(roboto, html)
+    html = _CDN_MDI.sub('<link rel="stylesheet" href="/admin-ui-assets/mdi/css/materialdesignicons.min.css">', html)
+    return html.replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
+
+
 def admin_ui_handler(request: web.Request) -> web.StreamResponse:
     base = (_node_modules(request) / assets.ADMIN_UI_DIR).resolve()
     rest = request.match_info.get("path") or "index.html"
+    if not (base / "index.html").is_file():
+        raise not_found(request, "Admin UI not installed: run the set-up command (make run / make test)")
     path = (base / rest).resolve()
     if not _inside(path, base):
-        raise web.HTTPNotFound(text="Admin UI not installed: run the set-up command (make run / make test)")
+        raise not_found(request)
     if rest == "index.html":
-        html = path.read_text().replace("<head>", "<head>" + ADMIN_UI_PRESET, 1)
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=admin_ui_index(path.read_text()), content_type="text/html")
     return web.FileResponse(path)
+
+
+def admin_ui_asset_handler(request: web.Request) -> web.StreamResponse:
+    """``/admin-ui-assets/<package>/<file>``: a stylesheet or font of the Admin UI's font packages."""
+    package = assets.ADMIN_UI_ASSETS.get(request.match_info["package"])
+    if package is None:
+        raise not_found(request)
+    base = (_node_modules(request) / package).resolve()
+    path = (base / request.match_info["path"]).resolve()
+    if path.suffix not in assets.ADMIN_UI_ASSET_SUFFIXES or not _inside(path, base):
+        raise not_found(request)
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 
 async def index_redirect(request: web.Request) -> web.StreamResponse:
@@ -294,6 +346,11 @@ async def on_startup(app: web.Application) -> None:
             await start()
         if hasattr(ns, "expire_sessions") and ns.namespace != "/admin":
             runtime.background(ns.expire_sessions(), f"expire-sessions-{ns.namespace}")
+    admin = runtime.namespaces.get("/admin")
+    if admin is not None and not admin._enabled():
+        # Otherwise an operator only ever sees "invalid credentials" in the Admin UI.
+        log.warning("/admin is disabled: no operator password is set (admin.password or admin.password_hash "
+                    "in config.toml, or $ADMIN_PASSWORD); the Admin UI cannot log in")
     log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
              "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
              ", ".join(sorted(runtime.manager.durable)) or "none")
@@ -372,8 +429,9 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get("/vendor/{name:.+}", vendor_handler)
         app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))
         app.router.add_get("/admin-ui/{path:.*}", admin_ui_handler)
+        app.router.add_get("/admin-ui-assets/{package}/{path:.+}", admin_ui_asset_handler)
         app.router.add_get("/", index_redirect)
-        app.router.add_static("/", assets.WEB_DIR, show_index=False, follow_symlinks=False)
+        app.router.add_get("/{path:.+}", web_handler)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

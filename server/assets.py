@@ -24,7 +24,12 @@ VENDOR_FILES = {
 }
 # The official Admin UI's built files, served under /admin-ui/.
 ADMIN_UI_DIR = "@socket.io/admin-ui/ui/dist"
-REQUIRED = (*VENDOR_FILES.values(), f"{ADMIN_UI_DIR}/index.html")
+# Its index.html links its fonts (Roboto, Material Design Icons) from CDNs; they are served from
+# these npm packages instead, as /admin-ui-assets/<name>/<file>, so the UI works air-gapped.
+ADMIN_UI_ASSETS = {"roboto": "@fontsource/roboto", "mdi": "@mdi/font"}
+ADMIN_UI_ASSET_SUFFIXES = (".css", ".woff2", ".woff", ".ttf", ".eot")
+REQUIRED = (*VENDOR_FILES.values(), f"{ADMIN_UI_DIR}/index.html",
+            f"{ADMIN_UI_ASSETS['roboto']}/400.css", f"{ADMIN_UI_ASSETS['mdi']}/css/materialdesignicons.min.css")
 
 
 def node_modules(assets_dir: str) -> Path:

@@ -60,7 +60,7 @@ async def test_two_browsers_chat(servers, browser, redis_url, mode):
     for page in (alice, bob):
         await expect(page.locator("#status")).to_have_text("connected")
         await expect(page.locator("#text")).to_be_enabled()
-    await expect(bob.locator("#transport")).to_have_text("polling fallback")
+    await expect(bob.locator("#transport")).to_have_text("polling (forced)")
     await alice.fill("#text", "hello bob")
     await alice.press("#text", "Enter")
     await expect(bob.locator("#messages li .text")).to_have_text(["hello bob"])

@@ -1,5 +1,3 @@
-// Shows a socket's connection state: connecting / connected / reconnecting / recovered,
-// and the transport (WebSocket, or "polling fallback" when WebSocket is not available).
 // ?transport=polling in a page's URL forces long-polling, as behind a proxy that blocks WebSocket.
 export function socketOptions(extra = {}) {
   const params = new URLSearchParams(location.search);
@@ -21,20 +19,78 @@ export function rememberGuest(me) {
   if (me && me.guest && typeof me.guestToken === "string") sessionStorage.setItem("guestToken", me.guestToken);
 }
 
+// The badge: connecting / connected / recovered; while the connection is down "offline —
+// retrying in N s" (counting down to socket.io-client's next attempt), "reconnecting…" during
+// an attempt; "refused: …" when the server refused the connection (no retry), "disconnected
+// by the server". The transport label shows only while connected: "WebSocket", "polling"
+// (before an upgrade), "polling fallback" (WebSocket failed), "polling (forced)" (?transport=polling).
 export function trackConnection(socket, badge, transportLabel) {
-  const set = (state, text) => { badge.dataset.state = state; badge.textContent = text || state; };
-  const showTransport = () => {
-    const name = socket.io.engine && socket.io.engine.transport ? socket.io.engine.transport.name : "?";
-    transportLabel.textContent = name === "websocket" ? "WebSocket" : "polling fallback";
-    transportLabel.dataset.transport = name;
+  const forced = new URLSearchParams(location.search).get("transport") === "polling";
+  let retryAt = 0, ticker = null, upgradeFailed = false;
+  const set = (state, text) => {
+    clearInterval(ticker);
+    badge.dataset.state = state;
+    badge.textContent = text || state;
   };
+  const showTransport = () => {
+    const name = socket.io.engine && socket.io.engine.transport ? socket.io.engine.transport.name : "";
+    transportLabel.dataset.transport = name;
+    transportLabel.textContent = name === "websocket" ? "WebSocket" : name === "webtransport" ? "WebTransport"
+      : forced ? "polling (forced)" : upgradeFailed ? "polling fallback" : "polling";
+  };
+  const hideTransport = () => { transportLabel.textContent = ""; delete transportLabel.dataset.transport; };
+  const offline = () => {
+    hideTransport();
+    const tick = () => {
+      const left = Math.ceil((retryAt - Date.now()) / 1000);
+      badge.textContent = left > 0 ? `offline — retrying in ${left} s` : "offline — retrying now";
+    };
+    set("offline");
+    tick();
+    ticker = setInterval(tick, 250);
+  };
+  // socket.io-client picks each retry's delay (exponential backoff with jitter) without
+  // announcing it: its backoff's duration() is wrapped to learn when the next attempt is.
+  const backoff = socket.io.backoff;
+  if (backoff && typeof backoff.duration === "function") {
+    const duration = backoff.duration.bind(backoff);
+    backoff.duration = () => {
+      const ms = duration();
+      retryAt = Date.now() + ms;
+      if (!socket.connected && socket.active) offline();
+      return ms;
+    };
+  }
   set("connecting");
   socket.on("connect", () => {
     set(socket.recovered ? "recovered" : "connected");
+    upgradeFailed = false;
     showTransport();
     socket.io.engine.on("upgrade", showTransport);
+    socket.io.engine.on("upgradeError", () => { upgradeFailed = true; showTransport(); });
   });
-  socket.on("disconnect", () => set("reconnecting"));
-  socket.on("connect_error", (err) => set("error", `error: ${err.message}`));
-  socket.io.on("reconnect_attempt", () => set("reconnecting"));
+  socket.on("disconnect", (reason) => {
+    if (socket.active) return offline();  // it reconnects by itself
+    hideTransport();
+    set("disconnected", reason === "io server disconnect" ? "disconnected by the server" : "disconnected");
+  });
+  socket.on("connect_error", (err) => {
+    if (socket.active) return offline();  // the server was not reached: it retries
+    hideTransport();
+    set("error", `refused: ${err.message}`);  // the server said no: socket.io-client gives up
+  });
+  socket.io.on("reconnect_attempt", () => set("reconnecting", "reconnecting…"));
+}
+
+// Where a page is (its chat room, its document) lives in the URL, so a reload or a shared link
+// opens the same place; the other parameters (?transport=polling) stay as they are.
+export function pageParam(name, fallback) {
+  return new URLSearchParams(location.search).get(name) || fallback;
+}
+
+export function setPageParam(name, value) {
+  const url = new URL(location.href);
+  if (url.searchParams.get(name) === value) return;
+  url.searchParams.set(name, value);
+  history.replaceState(history.state, "", url);
 }

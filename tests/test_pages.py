@@ -1,0 +1,380 @@
+"""The demo pages and the Admin UI as a person sees them (issue 17, "Visible bugs"), in a real
+headless Chromium, and the server's start-up on a busy port (a real process)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import socket
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.async_api import BrowserContext, Page, expect
+
+from harness import ROOT
+from test_browser import CHROMIUM, browser, page_of  # noqa: F401  (browser is a fixture)
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is installed by make test")
+
+EMPTY = re.compile(r"^\s*$")  # an indicator showing nothing (the pages keep a no-break space)
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+async def chat_page(browser, url: str) -> Page:
+    """A chat page that has joined its room (the input is enabled once it has)."""
+    page = await page_of(browser, url)
+    await expect(page.locator("#text")).to_be_enabled()
+    return page
+
+
+async def type_into(page: Page, selector: str, text: str) -> None:
+    await page.click(selector)
+    await page.keyboard.type(text)
+
+
+# ---------------------------------------------------------------------- chat: typing indicator
+
+
+async def typing_changes(js, name: str, count: int) -> list[bool]:
+    """The ``typing`` values client ``name`` received, repeats collapsed (a typist refreshes
+    "typing" every 2 s), once there are ``count`` changes (or after 10 s, whatever there are)."""
+    changes: list[bool] = []
+    for _ in range(100):
+        values = [e["args"][0]["typing"] for e in await js.events(name, "typing")]
+        changes = [value for value, _ in itertools.groupby(values)]
+        if len(changes) >= count:
+            break
+        await asyncio.sleep(0.1)
+    return changes
+
+
+
+async def test_typing_indicator_clears_after_the_typist_stops(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await expect(bob.locator("#presence li")).to_have_count(2)
+    await type_into(alice, "#text", "hel")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    # Alice stops typing (the text stays in her input): about 5 s later the indicator is gone.
+    await expect(bob.locator("#typing")).to_have_text(EMPTY, timeout=12_000)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_typing_indicator_clears_on_clear_and_on_send(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await type_into(alice, "#text", "hel")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    # Emptying the input says "stopped" at once (a bystander client sees the event itself,
+    # so this does not rely on the indicator's own expiry).
+    await alice.press("#text", "Control+a")
+    await alice.press("#text", "Backspace")
+    assert await typing_changes(js, "watcher", 2) == [True, False]
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    # Typing again shows it again at once; sending clears it.
+    await alice.keyboard.type("hello")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    await alice.press("#text", "Enter")
+    await expect(bob.locator("#messages li .text")).to_have_text(["hello"])
+    assert await typing_changes(js, "watcher", 4) == [True, False, True, False]
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_typing_indicator_clears_when_the_typist_leaves(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await expect(bob.locator("#presence li")).to_have_count(3)
+    await type_into(alice, "#text", "bye")
+    await expect(bob.locator("#typing")).to_contain_text("typing")
+    await alice.context.close()  # the tab is closed
+    # The page said goodbye: its user left the room at once (not after the presence TTL)...
+    # (presence events: the watcher's, alice's and bob's joins, then alice's leave)
+    [left] = [e for e in await js.wait("watcher", "presence", 4) if e["args"][0]["action"] == "leave"]
+    await expect(bob.locator("#presence li")).to_have_count(2)
+    # ...and with it its typing indicator.
+    await expect(bob.locator("#typing")).to_have_text(EMPTY)
+    assert left["args"][0]["room"] == "lobby"
+    assert bob.errors == []
+
+
+# ---------------------------------------------------------------------- chat: switching rooms
+
+
+async def test_switching_rooms_shows_only_the_new_room_and_leaves_the_old(server, browser, js):
+    await js.connect("watcher", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("watcher", "join", {"room": "lobby"}))["ok"]
+    page = await chat_page(browser, server.url + "/chat.html")
+    await page.fill("#text", "said in the lobby")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the lobby"])
+    assert len((await js.emit("watcher", "presence", {"room": "lobby"}))["members"]) == 2
+
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page.locator("#messages li")).to_have_count(0)
+    await page.fill("#text", "said in the kitchen")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the kitchen"])
+    await expect(page.locator("#presence li")).to_have_count(1)
+    # The socket left the lobby: the lobby's presence no longer counts this user.
+    # (presence events: the watcher's and the page's joins, then the page's leave)
+    [left] = [e for e in await js.wait("watcher", "presence", 3) if e["args"][0]["action"] == "leave"]
+    assert left["args"][0]["room"] == "lobby"
+    assert len((await js.emit("watcher", "presence", {"room": "lobby"}))["members"]) == 1
+    assert (await js.emit("watcher", "message", {"room": "lobby", "text": "while you were away"}))["ok"]
+
+    # Back in the lobby: its whole history again, the kitchen's message gone.
+    await page.fill("#room", "lobby")
+    await page.click("#join")
+    await expect(page.locator("#messages li .text")).to_have_text(["said in the lobby", "while you were away"])
+    await expect(page.locator("#presence li")).to_have_count(2)
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------------- collab: awareness
+
+
+async def test_editor_shows_other_editors_after_an_edit(server, browser):
+    a = await page_of(browser, server.url + "/collab.html")
+    b = await page_of(browser, server.url + "/collab.html")
+    for page in (a, b):
+        await expect(page.locator("#editor")).to_be_enabled()
+    await a.click("#editor")
+    await a.keyboard.type("x")
+    await expect(b.locator("#peers")).to_have_text("1 other editor")
+    await b.click("#editor")
+    await b.keyboard.type("y")
+    await expect(a.locator("#peers")).to_have_text("1 other editor")
+    # a opens another document: b's label no longer counts it, and a counts nobody there.
+    await a.fill("#doc", "elsewhere")
+    await a.click("#open")
+    await expect(b.locator("#peers")).to_have_text(EMPTY)
+    await expect(a.locator("#peers")).to_have_text(EMPTY)
+    assert a.errors == [] and b.errors == []
+
+
+# ---------------------------------------------------------------------- the URL keeps the place
+
+
+async def test_chat_reload_keeps_the_room(server, browser):
+    page = await chat_page(browser, server.url + "/chat.html?transport=polling")
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page).to_have_url(re.compile(r"[?&]room=kitchen(&|$)"))
+    assert "transport=polling" in page.url  # the other parameters stay
+    await page.fill("#text", "still here")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#messages li .text")).to_have_text(["still here"])
+    await page.reload()
+    await expect(page.locator("#text")).to_be_enabled()
+    await expect(page.locator("#room")).to_have_value("kitchen")
+    await expect(page.locator("#messages li .text")).to_have_text(["still here"])
+    # A link to a room opens it.
+    other = await chat_page(browser, server.url + "/chat.html?room=kitchen")
+    await expect(other.locator("#messages li .text")).to_have_text(["still here"])
+    assert page.errors == [] and other.errors == []
+
+
+async def test_editor_reload_keeps_the_document(server, browser):
+    page = await page_of(browser, server.url + "/collab.html")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await page.fill("#doc", "notes")
+    await page.click("#open")
+    await expect(page).to_have_url(re.compile(r"[?&]doc=notes(&|$)"))
+    await page.click("#editor")
+    await page.keyboard.type("kept")
+    await page.wait_for_function("collabDebug.text() === 'kept'")
+    await page.reload()
+    await expect(page.locator("#doc")).to_have_value("notes")
+    await expect(page.locator("#editor")).to_have_value("kept")
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------------- no request leaves the machine
+
+
+async def offline_context(browser, **options) -> tuple[BrowserContext, dict[str, list[str]]]:
+    """A browser context on an air-gapped machine: every request to another host fails.
+
+    :param options: passed to ``new_context`` (a viewport, say).
+    :returns: the context and what happened: ``outside`` (requests that tried to leave
+              loopback), ``failed`` (requests that failed), ``bad`` (answers 400 or above).
+    """
+    context = await browser.new_context(**options)
+    seen: dict[str, list[str]] = {"outside": [], "failed": [], "bad": []}
+
+    async def route(r) -> None:
+        if urlsplit(r.request.url).hostname in LOOPBACK or r.request.url.startswith("data:"):
+            await r.continue_()
+        else:
+            seen["outside"].append(r.request.url)
+            await r.abort("internetdisconnected")
+
+    await context.route("**/*", route)
+    context.on("requestfailed", lambda r: seen["failed"].append(f"{r.url} {r.failure}"))
+    context.on("response", lambda r: r.status >= 400 and seen["bad"].append(f"{r.status} {r.url}"))
+    return context, seen
+
+
+@pytest.mark.parametrize("path", ["/", "/chat.html", "/game.html", "/collab.html"])
+async def test_demo_pages_work_offline(servers, browser, path):
+    srv = servers()
+    context, seen = await offline_context(browser)
+    page = await context.new_page()
+    await page.goto(srv.url + path)
+    await page.wait_for_load_state("networkidle")
+    if path != "/":
+        await expect(page.locator("#status")).to_have_text("connected")
+    assert seen == {"outside": [], "failed": [], "bad": []}
+
+
+async def icon_fonts(page: Page) -> dict[str, list[str]]:
+    """The status of every loaded font face of the Admin UI's two families."""
+    return await page.evaluate("""async () => {
+        await document.fonts.ready;
+        await Promise.all([document.fonts.load('24px "Material Design Icons"'), document.fonts.load('16px Roboto')]);
+        const out = {mdi: [], roboto: []};
+        for (const face of document.fonts) {
+            const family = face.family.replace(/["']/g, "");
+            if (family === "Material Design Icons") out.mdi.push(face.status);
+            if (family === "Roboto") out.roboto.push(face.status);
+        }
+        return out;
+    }""")
+
+
+async def test_admin_ui_works_offline_icons_and_narrow_navigation(servers, browser):
+    srv = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
+    # Below 1264 px the navigation sits behind the app bar's menu icon button.
+    context, seen = await offline_context(browser, viewport={"width": 1000, "height": 800})
+    page = await context.new_page()
+    await page.goto(srv.url + "/admin-ui/")
+    await page.get_by_label("Username").fill("admin")
+    await page.get_by_label("Password").fill("operator-pass-1")
+    await page.get_by_role("button", name="Connect").click()
+    await expect(page.get_by_label("Password")).to_be_hidden()  # logged in: the dialog is gone
+    fonts = await icon_fonts(page)
+    assert "loaded" in fonts["mdi"], fonts  # the icons are drawn, not blank boxes
+    assert "loaded" in fonts["roboto"], fonts
+    menu = page.locator("header .v-app-bar__nav-icon")
+    await expect(menu).to_be_visible()
+    box = await menu.locator(".v-icon").bounding_box()
+    assert box is not None and box["width"] > 0
+    await menu.click()
+    nav = page.locator("nav.v-navigation-drawer")
+    await expect(nav).to_have_class(re.compile(r"v-navigation-drawer--open"))
+    await nav.get_by_text("Sockets").click()
+    await expect(page).to_have_url(re.compile(r"#/sockets$"))
+    await page.wait_for_load_state("networkidle")
+    assert seen == {"outside": [], "failed": [], "bad": []}
+
+
+# ---------------------------------------------------------------------- start-up on a busy port
+
+
+def test_busy_port_fails_first_with_one_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1"}
+        out = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+    lines = (out.stdout + out.stderr).strip().splitlines()
+    assert out.returncode == 1, (out.returncode, lines)
+    # One line, naming the address and the cause; nothing claimed listening or ready before it.
+    assert len(lines) == 1, lines
+    assert f"127.0.0.1:{port}" in lines[0] and "address already in use" in lines[0].lower(), lines
+
+
+# ---------------------------------------------------------------------- the connection badge
+
+BADGE_HISTORY = """() => {
+    // Every text the badge shows from now on, in order.
+    window.badgeTexts = [];
+    new MutationObserver(() => window.badgeTexts.push(document.querySelector("#status").textContent))
+        .observe(document.querySelector("#status"), {childList: true, characterData: true, subtree: true});
+}"""
+
+
+async def test_badge_says_offline_with_a_countdown_and_hides_the_transport(servers, browser):
+    srv = servers()
+    page = await page_of(browser, srv.url + "/chat.html")
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#transport")).to_have_text("WebSocket")
+    await page.evaluate(BADGE_HISTORY)
+    srv.kill()
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^offline — retrying in \d+ s$"))
+    await expect(page.locator("#transport")).to_have_text("")
+    # An attempt fails (the server is still down): back to the countdown, never "error: ...".
+    await page.wait_for_function("window.badgeTexts.includes('reconnecting…')")
+    await expect(page.locator("#status")).to_have_text(re.compile(r"^offline — retrying in \d+ s$"))
+    texts = set(await page.evaluate("window.badgeTexts"))
+    assert all(t == "reconnecting…" or t.startswith("offline — retrying") for t in texts), texts
+    servers(port=srv.port)  # the server is back on the same address
+    await expect(page.locator("#status")).to_have_text("connected", timeout=15_000)
+    await expect(page.locator("#transport")).to_have_text("WebSocket")
+    assert page.errors == []
+
+
+async def test_transport_label_polling_forced_and_fallback(server, browser, proxies):
+    forced = await page_of(browser, server.url + "/game.html?transport=polling")
+    await expect(forced.locator("#status")).to_have_text("connected")
+    await expect(forced.locator("#transport")).to_have_text("polling (forced)")
+    # Behind a proxy that refuses WebSocket the upgrade fails: polling as a fallback.
+    proxy = await proxies([server.port], refuse_websocket=True)
+    behind = await page_of(browser, proxy.url + "/game.html")
+    await expect(behind.locator("#status")).to_have_text("connected")
+    await expect(behind.locator("#transport")).to_have_text("polling fallback")
+    assert forced.errors == [] and behind.errors == []
+
+
+# ---------------------------------------------------------------------- 404s
+
+
+def raw_get(url: str) -> tuple[int, str, bytes]:
+    """GET ``url``: status, Content-Type and body, whatever the status."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def test_not_found_is_a_short_text_naming_the_path(server):
+    for path in ("/nope", "/nope.html", "/js/nope.js", "/healthz/x", "/vendor/lib0/nope",
+                 "/admin-ui/nope.js", "/admin-ui-assets/mdi/nope.css", "/admin-ui-assets/nope/a.css",
+                 "/%2e%2e/server/app.py", "/js/%2e%2e/%2e%2e/config.toml"):
+        status, kind, body = raw_get(server.url + path)
+        assert status == 404, (path, status)
+        assert kind.startswith("text/plain"), (path, kind)
+        text = body.decode()
+        assert 0 < len(text) < 200 and text.startswith("404"), (path, text)
+        assert "not installed" not in text, (path, text)  # the packages are installed: the file is not there
+    # what exists is still served
+    for path in ("/", "/chat.html", "/js/connection.js", "/style.css"):
+        assert raw_get(server.url + path)[0] == 200, path
+
+
+# ---------------------------------------------------------------------- /admin without a password
+
+
+def test_a_warning_when_admin_is_disabled_for_lack_of_a_password(servers):
+    without = servers()
+    [line] = [line for line in without.output().splitlines() if "WARNING" in line and "/admin" in line]
+    assert "disabled" in line and "ADMIN_PASSWORD" in line and "admin.password" in line, line
+    with_password = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
+    assert "ready" in with_password.output()
+    assert not [line for line in with_password.output().splitlines() if "WARNING" in line and "/admin" in line]
