@@ -132,7 +132,8 @@ SCHEMAS: dict[str, Any] = {
             "offset": {"type": "string", "description": "The newest offset of the room's history (opaque)."},
             "epoch": {"type": "string", "description": "The history's epoch (opaque)."},
             "complete": {"type": "boolean", "description": "False when events after `since` were already dropped "
-                         "(too old) or `since` is from another epoch."},
+                         "(too old). Compare `epoch` with the one `since` came with: when it changed, the history "
+                         "was lost and offsets from before mean nothing."},
         },
     },
     "Member": {"type": "object", "required": ["user", "name"], "additionalProperties": False,

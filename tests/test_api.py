@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,23 @@ async def test_no_key_and_wrong_key_are_401_and_no_key_is_ever_logged(servers):
     for secret in (KEY, OTHER, wrong):
         assert secret not in log
     assert "Traceback" not in log
+
+
+async def test_requests_without_a_valid_key_cannot_flood_the_log(servers):
+    srv = servers(env=ENV)
+    started = time.monotonic()
+    for i in range(40):
+        status, _, _ = await call(srv, "POST", "/publish", {}, key=f"made-up-key-{i:04d}-abcdefghijklmn")
+        assert status == 401
+    elapsed = time.monotonic() - started
+    await publish(srv, namespace="/chat", room="r", event="e")  # an authenticated request is always logged
+    await asyncio.sleep(0.2)
+    lines = [line for line in srv.output().splitlines() if "server.api" in line]
+    unauthenticated = [line for line in lines if "api key=- " in line]
+    # at most one line per second (UNAUTHENTICATED_LOG_INTERVAL) for requests anyone can send
+    assert 1 <= len(unauthenticated) <= elapsed + 1, unauthenticated
+    assert sum(1 for line in lines if "api key=billing POST /api/v1/publish -> 200" in line) == 1
+    assert "made-up-key" not in srv.output()
 
 
 async def test_requests_are_counted_per_key_route_and_status(servers):
