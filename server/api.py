@@ -120,22 +120,38 @@ async def sockets(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def join(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
-    """``{namespace, room, sid | user}`` → ``{count}``: those sockets join the room, every node."""
-    return await _room_op(caller, params, caller.runtime.operations.sockets_join)
+    """``{namespace, room, sid | user}`` → ``{count}``: those sockets join the room, every node.
+    None joins when one of them is in ``limits.max_rooms_per_socket`` rooms already (409)."""
+    return await _room_op(caller, params, join=True)
 
 
 async def leave(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     """``{namespace, room, sid | user}`` → ``{count}``: those sockets leave the room, every node."""
-    return await _room_op(caller, params, caller.runtime.operations.sockets_leave)
+    return await _room_op(caller, params, join=False)
 
 
-async def _room_op(caller: Caller, params: dict[str, Any], op: Callable[..., Awaitable[int]]) -> dict[str, Any]:
+async def _room_op(caller: Caller, params: dict[str, Any], join: bool) -> dict[str, Any]:
     p.only(params, ("namespace", "room", "sid", "user"))
     namespace = p.namespace(params)
-    room = p.room(params) or ""
-    who = p.target(params, {"sid": "sid", "user": "user"})
-    count = await op(namespace, Target("room", room).socketio_room(namespace), who.socketio_room(namespace))
-    return {"count": count}
+    room = Target("room", p.room(params) or "").socketio_room(namespace)
+    who = p.target(params, {"sid": "sid", "user": "user"}).socketio_room(namespace)
+    operations = caller.runtime.operations
+    if not join:
+        return {"count": await operations.sockets_leave(namespace, room, who)}
+    # The cap a client's own join has holds here too. Checked first, so the request is refused
+    # whole rather than half done (a client joining at the same moment may still pass it by one).
+    limit = caller.runtime.config.limits.max_rooms_per_socket
+    full = [s for s in await operations.fetch_sockets(namespace, who)
+            if room not in s.get("rooms", ()) and len(_app_rooms(s)) >= limit]
+    if full:
+        raise ApiError(409, "too_many_rooms", f"room: {len(full)} of these sockets are in {limit} rooms already "
+                       f"(limits.max_rooms_per_socket); none joined", "room")
+    return {"count": await operations.sockets_join(namespace, room, who)}
+
+
+def _app_rooms(socket: dict[str, Any]) -> list[str]:
+    """The rooms a socket has joined (as BaseNamespace.rooms_of counts them: not its own, not its user's)."""
+    return [r for r in socket.get("rooms", ()) if r != socket.get("id") and not str(r).startswith("user:")]
 
 
 async def disconnect(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:

@@ -201,7 +201,9 @@ PATHS: dict[str, Any] = {
                            "Sockets at most (`truncated` says when there were more).")])},
     "/join": {"post": _operation(
         "join", "Make a socket, or every connection of a user, join a room (on every node).",
-        _ok("CountResult", "How many sockets joined."), body="RoomRequest")},
+        _ok("CountResult", "How many sockets joined."), body="RoomRequest",
+        extra={"409": _error("`too_many_rooms`: one of the sockets is in `limits.max_rooms_per_socket` rooms "
+                             "already; none joined.")})},
     "/leave": {"post": _operation(
         "leave", "Make a socket, or every connection of a user, leave a room (on every node).",
         _ok("CountResult", "How many sockets left."), body="RoomRequest")},

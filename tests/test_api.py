@@ -446,6 +446,26 @@ async def test_join_leave_and_disconnect_a_user_on_every_node(servers, js, redis
         assert status == 400 and answer["error"]["field"] == field, (bad, answer)
 
 
+async def test_join_keeps_to_the_rooms_per_socket_cap(servers, js, tmp_path: Path):
+    config = tmp_path / "rooms.toml"
+    config.write_text("[limits]\nmax_rooms_per_socket = 2\n")
+    srv = servers(env=ENV, args=["--config", str(config)])
+    await js.connect("a", srv.url + "/chat", transports=["websocket"])
+    await js.connect("b", srv.url + "/chat", transports=["websocket"])
+    user_b = (await js.emit("b", "whoami"))["user"]
+    for room in ("one", "two"):
+        assert (await js.emit("a", "join", {"room": room}))["ok"]
+    sid = await sid_of(js, "a")
+    status, answer, _ = await call(srv, "POST", "/join", {"namespace": "/chat", "room": "three", "sid": sid})
+    assert status == 409 and answer["error"]["code"] == "too_many_rooms", answer
+    status, answer, _ = await call(srv, "POST", "/join", {"namespace": "/chat", "room": "two", "sid": sid})
+    assert status == 200 and answer == {"count": 1}  # a room it is in already takes no place
+    status, answer, _ = await call(srv, "POST", "/join", {"namespace": "/chat", "room": "three", "user": user_b})
+    assert status == 200 and answer == {"count": 1}
+    status, answer, _ = await call(srv, "GET", "/sockets", query={"namespace": "/chat", "room": "three"})
+    assert [s["sid"] for s in answer["sockets"]] == [await sid_of(js, "b")]
+
+
 # ---------------------------------------------------------------------- bad input
 
 
