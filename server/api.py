@@ -77,7 +77,7 @@ async def publish(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
 
 async def history(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     """``{namespace, room, since?, limit?}`` → ``{events, offset, epoch, complete}`` of a /chat room."""
-    from namespaces.chat import history_stream, read_history
+    from namespaces.chat import history_stream, read_history  # /chat keeps room history (its own streams)
 
     p.only(params, ("namespace", "room", "since", "limit"))
     p.namespace(params, ("/chat",))
@@ -284,7 +284,8 @@ class Api:
             request["caller"] = Caller(self.runtime, self.publisher, key)
             response = await handler(request)
         except web.HTTPNotFound:
-            response = self._error(ApiError(404, "not_found", f"no such API route: {request.method} {request.path[:128]}"))
+            response = self._error(ApiError(404, "not_found",
+                                            f"no such API route: {request.method} {request.path[:128]}"))
         except web.HTTPMethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.allowed_methods))
             response = self._error(ApiError(405, "method_not_allowed", f"{request.path[:128]} takes {allowed}",

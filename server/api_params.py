@@ -100,6 +100,8 @@ def namespace(params: Mapping[str, Any], allowed: tuple[str, ...] = tuple(ROOM_P
     value = params.get("namespace")
     if value is None:
         raise bad("namespace", "required", "missing_field")
+    if value in ROOM_PREFIX and value not in allowed:
+        raise bad("namespace", f"this operation is for {', '.join(allowed)} only", "not_supported")
     if value not in allowed:
         raise bad("namespace", f"unknown namespace {echo(value)} (here: {', '.join(allowed)})", "unknown_namespace")
     return value

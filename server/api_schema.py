@@ -24,7 +24,8 @@ NAMESPACE = {"type": "string", "enum": ["/chat", "/collab", "/game"]}
 ROOM = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
         "description": "An application room: a /chat room, a /collab document, a /game game."}
 SID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{20,64}$", "description": "A socket id (Socket.IO `socket.id`)."}
-USER = {"type": "string", "minLength": 1, "maxLength": 128, "description": "A user id (a token's `sub`, or a guest id)."}
+USER = {"type": "string", "minLength": 1, "maxLength": 128,
+        "description": "A user id (a token's `sub`, or a guest id)."}
 
 
 def _ref(name: str) -> dict[str, str]:
