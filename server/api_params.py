@@ -69,7 +69,8 @@ async def read_json(request: web.Request, max_bytes: int, timeout: float) -> dic
     body = bytearray()
     try:
         async with asyncio.timeout(timeout):
-            while chunk := await request.content.read(65536):
+            # Never more than one byte past the cap is read: enough to know it was passed.
+            while chunk := await request.content.read(min(65536, max_bytes + 1 - len(body))):
                 body += chunk
                 if len(body) > max_bytes:
                     raise too_large

@@ -179,6 +179,27 @@ async def test_rate_limit_per_key_and_hashed_keys(servers, tmp_path: Path):
     assert "ops-key" not in srv.output() and KEY not in srv.output()
 
 
+def test_the_hash_command_makes_a_key_hash_the_config_takes(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "server.api_keys", "hash"], input=KEY + "\n", cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    digest = out.stdout.strip()
+    assert digest.startswith("scrypt$") and KEY not in digest
+    config = tmp_path / "hashed.toml"
+    config.write_text(f'[api]\nkeys = [{{name = "billing", key_hash = "{digest}"}}]\n')
+    from server.api_keys import KeyRing
+    from server.config import load_config
+
+    ring = KeyRing(load_config(config, environ={"PAGES": "false"}).api.keys)
+    assert asyncio.run(ring.name_of(KEY)) == "billing" and asyncio.run(ring.name_of(OTHER)) is None
+    short = subprocess.run([sys.executable, "-m", "server.api_keys", "hash"], input="short\n", cwd=ROOT,
+                           capture_output=True, text=True, timeout=30)
+    assert short.returncode == 2 and "at least 24" in short.stderr
+
+
 @pytest.mark.parametrize("value,fragment", [
     ("billing:short", "api.keys[0].key (from $API_KEYS): must be 24 to 256 characters long, got 5"),
     (f"billing:{KEY},billing:{OTHER}", "api.keys[1].name (from $API_KEYS): the name 'billing' is used twice"),
