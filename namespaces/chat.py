@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from server.event_log import Entry, is_offset
+from server.event_log import Entry, EventLog, is_offset
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 from server.pending import PendingMessage
 from server.presence import Member
@@ -41,6 +41,17 @@ def _message(entry: Entry) -> dict[str, Any] | None:
         return None
     message["seq"] = entry.offset
     return message
+
+
+async def read_history(event_log: EventLog, room: str, after: str | None, before: str | None,
+                       limit: int) -> list[dict]:
+    """Messages of ``room``, oldest first, each with its ``seq``: the first ``limit`` after
+    ``after`` when given, else the newest ``limit`` (older than ``before`` when given).
+    Used by the ``history`` event, the operators' ``room`` and the server API."""
+    stream = history_stream(room)
+    entries = await (event_log.read(stream, after, limit) if after is not None else
+                     event_log.history(stream, limit, before))
+    return [m for m in map(_message, entries) if m is not None]
 
 
 def _text(payload: dict[str, Any]) -> str:
@@ -125,11 +136,7 @@ class ChatNamespace(BaseNamespace):
         return None
 
     async def _read_history(self, room: str, after: str | None, before: str | None, limit: int) -> list[dict]:
-        log_ = self.stores.event_log
-        stream = history_stream(room)
-        entries = await (log_.read(stream, after, limit) if after is not None else
-                         log_.history(stream, limit, before))
-        return [m for m in map(_message, entries) if m is not None]
+        return await read_history(self.stores.event_log, room, after, before, limit)
 
     async def on_history(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``history {room, limit?, after?, before?}``: the newest ``limit`` messages, or those after a seq."""

@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from socketio.msgpack_packet import MsgPackPacket
 
 from . import __version__, assets
+from .api import add_api
 from .auth import Authenticator, Identity
 from .bus import Bus
 from .cluster import Cluster
@@ -425,6 +426,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    add_api(app, runtime)  # /api/v1/: the server API (server/api.py); answers api_disabled without keys
     if config.server.pages:  # off: a backend only (load_config checked the files are there when on)
         app.router.add_get("/vendor/{name:.+}", vendor_handler)
         app.router.add_get("/admin-ui", lambda r: web.HTTPFound("/admin-ui/"))

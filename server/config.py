@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -117,6 +118,25 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One server API key: ``name`` appears in logs and metrics; ``key`` (plain) or ``key_hash``
+    (``scrypt$<salt>$<hash>``) is the secret, never shown (left out of ``repr``)."""
+
+    name: str
+    key: str = field(default="", repr=False)
+    key_hash: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    keys: tuple[ApiKey, ...] = ()
+    requests_per_second: float = 100.0
+    burst: int = 200
+    max_body_bytes: int = 1_048_576
+    max_batch_commands: int = 100
+
+
+@dataclass(frozen=True)
 class GameConfig:
     tick_rate: float = 20.0
     max_players: int = 4
@@ -134,6 +154,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     game: GameConfig = field(default_factory=GameConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     @property
     def node_id(self) -> str:
@@ -274,6 +295,70 @@ def _keys(key: str, source: str, value: Any) -> tuple[JwtKey, ...]:
     return tuple(keys)
 
 
+API_KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# RFC 6750 token characters, so a key travels in ``Authorization: Bearer`` unchanged.
+API_KEY_TEXT = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+API_KEY_MIN = 24
+
+
+def _api_key_secret(where: str, source: str, key: str) -> str:
+    """A plain API key: checked without ever echoing it (a config error goes to the terminal/logs)."""
+    if not isinstance(key, str):
+        raise ConfigError(f"{_where(where, source)}: expected a string")
+    if len(key) < API_KEY_MIN or len(key) > 256:
+        raise ConfigError(f"{_where(where, source)}: must be {API_KEY_MIN} to 256 characters long, "
+                          f"got {len(key)}")
+    if not API_KEY_TEXT.match(key):
+        raise ConfigError(f"{_where(where, source)}: may hold only letters, digits and . _ ~ + / = -")
+    return key
+
+
+def _api_key_hash(where: str, source: str, value: Any) -> str:
+    parts = value.split("$") if isinstance(value, str) else []
+    if len(parts) != 3 or parts[0] != "scrypt" or not all(re.fullmatch(r"[0-9a-f]+", p) for p in parts[1:]):
+        raise ConfigError(f"{_where(where, source)}: expected scrypt$<salt hex>$<hash hex> "
+                          f"(make one with: python -m server.api_keys hash)")
+    return value
+
+
+def _api_keys(key: str, source: str, value: Any) -> tuple[ApiKey, ...]:
+    """``[{name, key} | {name, key_hash}, ...]``, or (from $API_KEYS) ``"name:key,name2:key2"``.
+    Names must be unique (they label logs and metrics), and so must plain keys."""
+    if isinstance(value, str):
+        items: list[Any] = []
+        for i, pair in enumerate(p.strip() for p in value.split(",") if p.strip()):
+            name, sep, secret = pair.partition(":")
+            if not sep:
+                raise ConfigError(f"{_where(key, source)}: entry {i + 1} is not name:key")
+            items.append({"name": name.strip(), "key": secret.strip()})
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"{_where(key, source)}: expected a list of tables with name and key (or key_hash)")
+    keys: list[ApiKey] = []
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{_where(where, source)}: expected a table with name and key (or key_hash)")
+        unknown = set(item) - {"name", "key", "key_hash"}
+        if unknown:
+            raise ConfigError(f"{_where(where, source)}: unknown field(s) {', '.join(sorted(unknown))}")
+        name = item.get("name")
+        if not isinstance(name, str) or not API_KEY_NAME.match(name):
+            raise ConfigError(f"{_where(where + '.name', source)}: 1-64 characters of letters, digits, _ . -")
+        if ("key" in item) == ("key_hash" in item):
+            raise ConfigError(f"{_where(where, source)}: set exactly one of key and key_hash")
+        secret = _api_key_secret(where + ".key", source, item["key"]) if "key" in item else ""
+        digest = _api_key_hash(where + ".key_hash", source, item["key_hash"]) if "key_hash" in item else ""
+        for j, other in enumerate(keys):
+            if other.name == name:
+                raise ConfigError(f"{_where(where + '.name', source)}: the name {name!r} is used twice")
+            if secret and other.key == secret:
+                raise ConfigError(f"{_where(where + '.key', source)}: the same key as {key}[{j}] ({other.name})")
+        keys.append(ApiKey(name=name, key=secret, key_hash=digest))
+    return tuple(keys)
+
+
 Validator = Callable[[str, str, Any], Any]
 
 # key -> validator; every key a section accepts is listed here.
@@ -359,6 +444,13 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "duration": lambda k, s, v: _float(k, s, v, 1, 3600),
         "win_score": lambda k, s, v: _int(k, s, v, 1, 1000),
     },
+    "api": {
+        "keys": _api_keys,
+        "requests_per_second": lambda k, s, v: _float(k, s, v, 0.01, 1_000_000),
+        "burst": lambda k, s, v: _int(k, s, v, 1, 1_000_000),
+        "max_body_bytes": lambda k, s, v: _int(k, s, v, 1024, 100_000_000),
+        "max_batch_commands": lambda k, s, v: _int(k, s, v, 1, 10_000),
+    },
 }
 
 
@@ -410,12 +502,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "CONNECT_TIMEOUT": ("server", "connect_timeout"),
     "PAGES": ("server", "pages"),
     "ASSETS_DIR": ("server", "assets_dir"),
+    "API_KEYS": ("api", "keys"),
 }
 
 SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}
 SECTION_CLASSES = {
     "server": ServerConfig, "redis": RedisConfig, "delivery": DeliveryConfig, "auth": AuthConfig,
-    "admin": AdminConfig, "limits": LimitsConfig, "game": GameConfig,
+    "admin": AdminConfig, "limits": LimitsConfig, "game": GameConfig, "api": ApiConfig,
 }
 
 
@@ -475,6 +568,10 @@ def _check_consistency(config: Config, source: str) -> None:
                           f"({config.delivery.log_max_age:g} s): a stream is forgotten only once its events have aged out")
     if config.admin.password and config.admin.password_hash:
         raise ConfigError(f"admin.password and admin.password_hash (from {source}): set one, not both")
+    if config.api.max_batch_commands > config.api.burst:
+        raise ConfigError(f"api.max_batch_commands (from {source}): {config.api.max_batch_commands} is more than "
+                          f"api.burst ({config.api.burst}); every command of a batch takes a request from the "
+                          f"key's allowance, so such a batch could never run")
 
 
 def _check_pages(assets_dir: str, assets_source: str) -> None:

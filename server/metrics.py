@@ -53,6 +53,9 @@ class Metrics:
                                         "error code (the Admin UI shows no error)", ["code"], registry=r)
         self.direct_pending = Counter("rt_direct_retries_total", "Direct messages re-sent awaiting an ack",
                                       registry=r)
+        self.api_requests = Counter("rt_api_requests_total", "Server API requests by key name (\"-\" before a "
+                                    "key is recognised), route and HTTP status", ["key", "route", "status"],
+                                    registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
