@@ -655,6 +655,31 @@ async def test_resubscribes_after_redis_restarts(own_redis):
     await client.aclose()
 
 
+async def test_a_silent_pubsub_connection_is_replaced(redis_client, redis_server, proxies):
+    """A connection that stays open but carries nothing (a frozen network path) is found out by
+    its unanswered PING, replaced, and its channels resynced."""
+    proxy = await proxies([redis_server.port])
+    subscriber = Collector()
+    client = aioredis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync, ping_interval=0.3)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    await node.subscribe(["a"])
+    epoch = (await publisher.publish("a", b"1")).position.epoch
+    await eventually(lambda: subscriber.offsets("a") == [1], what="the first notification")
+    proxy.freeze()
+    await publisher.publish("a", b"2")
+    await asyncio.sleep(1.5)  # several ping intervals of silence
+    proxy.thaw()
+    await eventually(lambda: subscriber.resyncs == ["a"], what="a resync after the silence")
+    gap = await node.history("a", since=StreamPosition(1, epoch), limit=10)
+    assert gap.recoverable and [p.data for p in gap.publications] == [b"2"]
+    await publisher.publish("a", b"3")
+    await eventually(lambda: 3 in subscriber.offsets("a"), what="a notification on the new connection")
+    await node.close()
+    await client.aclose()
+
+
 async def test_subscribe_waits_for_confirmation_so_a_following_read_misses_nothing(redis_client, redis_url):
     subscriber = Collector()
     node = RedisChannelLog(redis_client, prefix=PREFIX, on_publication=subscriber.on_publication)

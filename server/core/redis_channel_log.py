@@ -22,15 +22,14 @@ no server imports, so an emitter outside the server publishes through the very s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import msgpack
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from .channel_log import (
@@ -53,6 +52,7 @@ from .channel_log import (
     new_epoch,
     read_start,
 )
+from .redis_pubsub import Subscriptions, Throttled
 
 log = logging.getLogger("server.core.redis_channel_log")
 
@@ -340,35 +340,16 @@ def _meta(epoch: object, top: object, where: str) -> tuple[str, int]:
 # ------------------------------------------------------------------------- the log
 
 
-class _Throttled:
-    """One log line per ``interval`` seconds at most, so bad input cannot flood the log."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._suppressed = 0
-
-    def warning(self, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        self._next = now + self.interval
-        if self._suppressed:
-            message += f" ({self._suppressed} similar suppressed)"
-            self._suppressed = 0
-        log.warning(message, *args, exc_info=exc_info)
-
-
 class RedisChannelLog:
     """The channel log on Redis (or Valkey), shared by every node and by emitters.
 
-    :param client: a ``redis.asyncio.Redis`` with ``decode_responses=False``; the log does not
-        close it.
+    :param client: a ``redis.asyncio.Redis`` or ``RedisCluster`` with ``decode_responses=False``;
+        the log does not close it.
     :param prefix: key prefix shared by every node of one deployment.
     :param bounds: the limits.
     :param sharded: notify with SPUBLISH and listen with SSUBSCRIBE (Redis/Valkey ≥ 7), so a
-        cluster routes each notification only within the channel's shard.
+        cluster routes each notification only within the channel's shard; required with a
+        ``RedisCluster``.
     :param on_publication: called with (channel, publication) for each notification of a
         subscribed channel, in the order Redis delivers them (offset order per channel).
     :param on_resync: called with a channel after its subscription was re-established on a
@@ -379,7 +360,7 @@ class RedisChannelLog:
         silence for twice this long counts as a dead connection and it is replaced.
     """
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "rt",
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
                  bounds: ChannelBounds = ChannelBounds(), sharded: bool = False,
                  on_publication: OnPublication | None = None, on_resync: OnResync | None = None,
                  subscribe_timeout: float = 10.0, ping_interval: float = 15.0) -> None:
@@ -397,18 +378,12 @@ class RedisChannelLog:
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._trim_script = client.register_script(TRIM_SCRIPT)
         self._notify_command = "spublish" if sharded else "publish"
-        # Subscription state: wanted channels by notification name and back, and the
-        # subscribe() calls waiting for Redis to confirm (a confirmation nobody waits for
-        # is a resubscription: the owner is told to resync).
-        self._wanted: dict[str, bytes] = {}
         self._by_notify: dict[bytes, str] = {}
-        self._waiters: dict[str, list[asyncio.Future]] = {}
-        self._pubsub: aioredis.client.PubSub | None = None
-        self._reader: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self._bad_input = _Throttled()
-        self._failures = _Throttled()
+        self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
+                                            on_resync=self._resync, subscribe_timeout=subscribe_timeout,
+                                            ping_interval=ping_interval)
+        self._bad_input = Throttled(log)
+        self._failures = Throttled(log)
 
     def keys(self, channel: str) -> ChannelKeys:
         return channel_keys(self.prefix, channel)
@@ -492,181 +467,36 @@ class RedisChannelLog:
     # ---------------------------------------------------------------- subscriptions
 
     async def subscribe(self, channels: Iterable[str]) -> None:
-        if self._closed:
-            raise RuntimeError("channel log is closed")
-        names = list(dict.fromkeys(check_channel(c) for c in channels))
-        loop = asyncio.get_running_loop()
-        waits: list[tuple[str, asyncio.Future]] = []
-        async with self._lock:
-            fresh = [c for c in names if c not in self._wanted]
-            for channel in names:
-                if channel in self._wanted and channel not in self._waiters:
-                    continue  # already confirmed
-                future = loop.create_future()
-                self._waiters.setdefault(channel, []).append(future)
-                waits.append((channel, future))
-            for channel in fresh:
-                notify = self.keys(channel).notify.encode()
-                self._wanted[channel] = notify
-                self._by_notify[notify] = channel
-            if fresh:
-                await self._send_subscribe([self._wanted[c] for c in fresh])
-        if not waits:
-            return
-        try:
-            await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self.subscribe_timeout)
-        finally:
-            # Whoever gave up stops waiting; the channels stay wanted, and their confirmation,
-            # when it comes, tells the owner to resync them.
-            for channel, future in waits:
-                pending = self._waiters.get(channel)
-                if pending and future in pending:
-                    pending.remove(future)
-                    if not pending:
-                        del self._waiters[channel]
-
-    async def _send_subscribe(self, names: list[bytes]) -> None:
-        """Send SUBSCRIBE for ``names`` on the current connection, making one if needed.
-        Called with the lock held. A failure leaves the reader to rebuild the connection."""
-        try:
-            if self._pubsub is None:
-                self._pubsub = self.client.pubsub()
-            for start in range(0, len(names), 1000):
-                batch = names[start:start + 1000]
-                if self.sharded:
-                    await self._pubsub.ssubscribe(*batch)
-                else:
-                    await self._pubsub.subscribe(*batch)
-        except Exception as exc:
-            self._failures.warning("channel log: subscribing failed, will retry: %s", exc)
-            await self._drop_connection()
-        if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        """Receive notifications for ``channels``; returns once Redis confirmed them all. On
+        TimeoutError they stay subscribed, and each gets ``on_resync`` once confirmed."""
+        names = []
+        for channel in channels:
+            name = self.keys(check_channel(channel)).notify.encode()
+            self._by_notify[name] = channel
+            names.append(name)
+        await self._subscriptions.subscribe(names)
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
-        async with self._lock:
-            names = []
-            for channel in channels:
-                notify = self._wanted.pop(channel, None)
-                if notify is None:
-                    continue
-                self._by_notify.pop(notify, None)
-                # A subscribe() still waiting for this channel returns: it is no longer wanted.
-                for future in self._waiters.pop(channel, []):
-                    if not future.done():
-                        future.set_result(None)
-                names.append(notify)
-            if names and self._pubsub is not None:
-                try:
-                    await self._unsubscribe(self._pubsub, names)
-                except Exception as exc:
-                    # Harmless: the next connection subscribes only wanted channels, and a
-                    # notification of an unwanted one is dropped.
-                    self._failures.warning("channel log: unsubscribing failed: %s", exc)
+        names = [self.keys(c).notify.encode() for c in channels if isinstance(c, str)]
+        await self._subscriptions.unsubscribe(names)
+        for name in names:
+            self._by_notify.pop(name, None)
 
-    async def _unsubscribe(self, pubsub: aioredis.client.PubSub, names: list[bytes]) -> None:
-        for start in range(0, len(names), 1000):
-            batch = names[start:start + 1000]
-            if self.sharded:
-                await pubsub.sunsubscribe(*batch)
-            else:
-                await pubsub.unsubscribe(*batch)
+    def _message(self, name: bytes, payload: bytes) -> None:
+        channel = self._by_notify.get(name)
+        if channel is None:
+            return
+        try:
+            publication = decode_notification(payload, self.bounds.max_data_size)
+        except ValueError as exc:
+            self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
+            return
+        self._call(self.on_publication, channel, publication)
 
-    async def _drop_connection(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except Exception:
-                pass
-
-    async def _reconnect(self, failed: aioredis.client.PubSub | None) -> bool:
-        """Replace the pub/sub connection ``failed`` (None: there is none) and subscribe every
-        wanted channel on the new one, retrying with backoff until Redis answers; their
-        confirmations then tell the owner to resync. Returns False, ending the reader, when
-        no channel is wanted."""
-        delay = 0.05
-        while not self._closed:
-            async with self._lock:
-                if self._pubsub is not failed:
-                    return True  # someone else already replaced it
-                await self._drop_connection()
-                if not self._wanted:
-                    self._reader = None
-                    return False
-                pubsub = self._pubsub = self.client.pubsub()
-                try:
-                    names = list(self._wanted.values())
-                    for start in range(0, len(names), 1000):
-                        batch = names[start:start + 1000]
-                        if self.sharded:
-                            await pubsub.ssubscribe(*batch)
-                        else:
-                            await pubsub.subscribe(*batch)
-                    return True
-                except Exception as exc:
-                    self._failures.warning("channel log: Redis pub/sub unavailable, retrying: %s", exc)
-                    failed = pubsub
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-        return False
-
-    async def _read_loop(self) -> None:
-        awaiting_pong = False
-        while not self._closed:
-            pubsub = self._pubsub
-            if pubsub is None:
-                if not await self._reconnect(None):
-                    return
-                continue
-            try:
-                message = await pubsub.get_message(timeout=self.ping_interval)
-                if message is None:
-                    if awaiting_pong:
-                        raise ConnectionError("no answer to PING on the pub/sub connection")
-                    awaiting_pong = True
-                    await pubsub.ping()
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failures.warning("channel log: pub/sub connection lost, resubscribing: %s", exc)
-                awaiting_pong = False
-                if not await self._reconnect(pubsub):
-                    return
-                continue
-            awaiting_pong = False
-            await self._handle(pubsub, message)
-
-    async def _handle(self, pubsub: aioredis.client.PubSub, message: dict) -> None:
-        kind = message.get("type")
-        name = message.get("channel")
-        if kind in ("message", "smessage"):
-            channel = self._by_notify.get(name)
-            if channel is None:
-                return
-            try:
-                publication = decode_notification(message.get("data"), self.bounds.max_data_size)
-            except ValueError as exc:
-                self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
-                return
-            self._call(self.on_publication, channel, publication)
-        elif kind in ("subscribe", "ssubscribe"):
-            channel = self._by_notify.get(name)
-            if channel is None:
-                # Subscribed again by redis-py's own reconnect after we let go of it.
-                try:
-                    await self._unsubscribe(pubsub, [name])
-                except Exception:
-                    pass
-                return
-            waiters = self._waiters.pop(channel, None)
-            if waiters:
-                for future in waiters:
-                    if not future.done():
-                        future.set_result(None)
-            else:
-                self._call(self.on_resync, channel)
+    def _resync(self, name: bytes) -> None:
+        channel = self._by_notify.get(name)
+        if channel is not None:
+            self._call(self.on_resync, channel)
 
     def _call(self, callback: Any, *args: Any) -> None:
         if callback is None:
@@ -677,21 +507,8 @@ class RedisChannelLog:
             self._failures.warning("channel log: a notification callback failed", exc_info=True)
 
     async def close(self) -> None:
-        self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
-            self._reader = None
-        for futures in self._waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-        self._waiters.clear()
-        async with self._lock:
-            await self._drop_connection()
+        await self._subscriptions.close()
+        self._by_notify.clear()
 
 
 def _position(epoch: object, top: object, where: str) -> StreamPosition:
