@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable
 import msgpack
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
@@ -80,8 +81,8 @@ class Backend:
         self.logs: list[Any] = []
         self.shared_memory: MemoryChannelLog | None = None
 
-    def client(self) -> aioredis.Redis:
-        c = aioredis.from_url(self.redis_url)
+    def client(self) -> aioredis.Redis | RedisCluster:
+        c = RedisCluster.from_url(self.redis_url) if self.kind == "cluster" else aioredis.from_url(self.redis_url)
         self.clients.append(c)
         return c
 
@@ -94,7 +95,7 @@ class Backend:
                                                    "on_resync": subscriber.on_resync}
         if self.kind != "memory":
             log = RedisChannelLog(self.client(), prefix=PREFIX, bounds=bounds,
-                                  sharded=self.kind == "redis-sharded", **callbacks)
+                                  sharded=self.kind in ("redis-sharded", "cluster"), **callbacks)
         else:
             if self.shared_memory is not None and not fresh:
                 if subscriber is not None:
@@ -107,8 +108,10 @@ class Backend:
 
     async def stored(self, log) -> int:
         """How many things the store holds: Redis keys, or memory channels + idempotency keys."""
+        if self.kind == "cluster":
+            return await self.clients[0].dbsize(target_nodes=RedisCluster.PRIMARIES)
         if self.kind != "memory":
-            return await self.clients[0].dbsize() if self.clients else 0
+            return await self.clients[0].dbsize()
         return log.channel_count + log.idempotency_count
 
     async def entries(self, log, channel: str) -> int:
@@ -121,7 +124,7 @@ class Backend:
     async def lose_history(self, log):
         """Redis: FLUSHALL. Memory: the node restarts (a new instance)."""
         if self.kind != "memory":
-            await self.clients[0].flushall()
+            await self.clients[0].flushall()  # a cluster client sends it to every primary
             return log
         return self.make(log.bounds, fresh=True)
 
@@ -132,10 +135,16 @@ class Backend:
             await c.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-sharded"])
+@pytest.fixture(params=["memory", "redis", "redis-sharded", "cluster"])
 async def backend(request):
-    """Memory; Redis with PUBLISH/SUBSCRIBE; Redis with SPUBLISH/SSUBSCRIBE (Redis >= 7)."""
-    url = request.getfixturevalue("redis_url") if request.param != "memory" else None
+    """Memory; Redis with PUBLISH/SUBSCRIBE; Redis with SPUBLISH/SSUBSCRIBE (Redis >= 7); a
+    Redis Cluster of 3 primaries and 3 replicas with sharded pub/sub."""
+    if request.param == "memory":
+        url = None
+    elif request.param == "cluster":
+        url = request.getfixturevalue("cluster_url")
+    else:
+        url = request.getfixturevalue("redis_url")
     b = Backend(request.param, url)
     yield b
     await b.close()
@@ -381,17 +390,13 @@ async def test_twenty_concurrent_publishers_get_unique_contiguous_offsets(backen
 # ------------------------------------------------------------------ bad arguments
 
 
-@pytest.mark.parametrize("channel", ["", "a{b", "a}b", "x\x00", "tab\there", "x" * 257, None, 5, b"bytes"])
-async def test_bad_channel_names_are_refused(backend, channel):
+async def test_bad_channel_names_are_refused(backend):
     log = backend.make()
-    with pytest.raises(ValueError):
-        await log.publish(channel, b"x")
-    with pytest.raises(ValueError):
-        await log.history(channel, limit=1)
-    with pytest.raises(ValueError):
-        await log.position(channel)
-    with pytest.raises(ValueError):
-        await log.subscribe([channel])
+    for channel in ("", "a{b", "a}b", "x\x00", "tab\there", "x" * 257, None, 5, b"bytes"):
+        for call in (lambda: log.publish(channel, b"x"), lambda: log.history(channel, limit=1),
+                     lambda: log.position(channel), lambda: log.subscribe([channel])):
+            with pytest.raises(ValueError):
+                await call()
     assert await backend.stored(log) == 0
 
 
@@ -694,3 +699,95 @@ async def test_subscribe_waits_for_confirmation_so_a_following_read_misses_nothi
     assert sorted(c for c, _ in subscriber.publications) == sorted(names)
     await node.close()
     await other.aclose()
+
+
+# ------------------------------------------------------------------ Redis Cluster only
+
+
+def _channel_on(cluster, node, avoid: str = "") -> str:
+    """A channel name whose slot belongs to primary ``node``."""
+    for i in range(10_000):
+        name = f"room-{i}"
+        if name != avoid and cluster.primary_for(channel_keys(PREFIX, name).meta).port == node.port:
+            return name
+    raise LookupError("no channel name maps to that node")
+
+
+async def _publish_until_done(log: RedisChannelLog, channel: str, data: bytes, key: str) -> PublishResult:
+    """Publish through a failover the way an application does: retry with the same
+    idempotency key until Redis answers (it is applied once)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await log.publish(channel, data, idempotency_key=key)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_cluster_failover_resubscribes_on_the_new_primary_and_signals_a_gap_read(own_redis_cluster):
+    cluster = own_redis_cluster
+    victim, bystander_node = cluster.primaries()[:2]
+    lost_channel = _channel_on(cluster, victim)
+    kept_channel = _channel_on(cluster, bystander_node)
+    subscriber = Collector()
+    node_client = RedisCluster.from_url(cluster.url)
+    node = RedisChannelLog(node_client, prefix=PREFIX, sharded=True, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    publisher_client = RedisCluster.from_url(f"redis://127.0.0.1:{bystander_node.port}/0")
+    publisher = RedisChannelLog(publisher_client, prefix=PREFIX, sharded=True)
+    await node.subscribe([lost_channel, kept_channel])
+    epoch = (await publisher.publish(lost_channel, b"1")).position.epoch
+    await publisher.publish(kept_channel, b"1")
+    await eventually(lambda: len(subscriber.publications) == 2, what="the first notifications")
+    cluster.wait_healthy()  # the replicas have everything: the failover loses nothing
+
+    victim.kill()
+    second = await _publish_until_done(publisher, lost_channel, b"2", "second")
+    await _publish_until_done(publisher, kept_channel, b"2", "kept-second")
+    cluster.wait_failover(victim)
+    assert second.position == StreamPosition(2, epoch)  # the replica carried the channel on
+    await eventually(lambda: lost_channel in subscriber.resyncs, timeout=30,
+                     what="a resync of the channel whose primary died")
+    # The owner's gap read after the resync, merged with what was notified.
+    last = max(subscriber.offsets(lost_channel))
+    gap = await node.history(lost_channel, since=StreamPosition(last, epoch), limit=10)
+    assert gap.recoverable
+    delivered = sorted(set(subscriber.offsets(lost_channel)) | {p.offset for p in gap.publications})
+    assert delivered == [1, 2]
+    # Notifications flow again, from the new primary; the other shard never stopped.
+    await _publish_until_done(publisher, lost_channel, b"3", "third")
+    await eventually(lambda: 3 in subscriber.offsets(lost_channel), timeout=30,
+                     what="a notification from the new primary")
+    await eventually(lambda: subscriber.offsets(kept_channel) == [1, 2], what="the bystander channel")
+    await node.close()
+    await node_client.aclose()
+    await publisher_client.aclose()
+
+
+async def test_a_planned_failover_moves_the_subscription_to_the_new_primary(redis_cluster, cluster_url):
+    """Redis drops a shard channel's subscribers when its slot changes owner (the connection
+    stays up): the subscription follows the slot and the owner is told to resync."""
+    primary = redis_cluster.primaries()[0]
+    channel = _channel_on(redis_cluster, primary)
+    subscriber = Collector()
+    client = RedisCluster.from_url(cluster_url)
+    node = RedisChannelLog(client, prefix=PREFIX, sharded=True, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    publisher_client = RedisCluster.from_url(cluster_url)
+    publisher = RedisChannelLog(publisher_client, prefix=PREFIX, sharded=True)
+    await node.subscribe([channel])
+    epoch = (await publisher.publish(channel, b"1")).position.epoch
+    await eventually(lambda: subscriber.offsets(channel) == [1], what="the first notification")
+    redis_cluster.wait_healthy()
+
+    redis_cluster.manual_failover(primary)
+    await eventually(lambda: subscriber.resyncs == [channel], timeout=30, what="a resync after the switch")
+    second = await _publish_until_done(publisher, channel, b"2", "second")
+    assert second.position == StreamPosition(2, epoch)
+    await eventually(lambda: subscriber.offsets(channel) == [1, 2], timeout=30,
+                     what="a notification from the new primary")
+    await node.close()
+    await client.aclose()
+    await publisher_client.aclose()
