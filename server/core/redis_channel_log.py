@@ -13,6 +13,9 @@ publishes to disappears entirely and its next publication starts a new epoch; en
 ``max_age`` in a live channel are trimmed on publish, hidden from reads, and dropped by
 :meth:`RedisChannelLog.trim_expired`. Reads run read-only scripts and never create a key.
 
+Subscriptions (per-channel SUBSCRIBE or SSUBSCRIBE, kept alive across lost connections and
+failovers, with a resync signal to the owner) live in :mod:`.redis_pubsub`.
+
 A notification is the msgpack array ``[1, offset, epoch, time_ms, data]`` (built in Lua with
 ``cmsgpack``; :func:`encode_notification` makes the same bytes).
 

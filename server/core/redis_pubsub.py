@@ -150,12 +150,13 @@ class Subscriptions:
             self._waiters.setdefault(name, []).append(future)
             waits.append((name, future))
         fresh = [n for n in dict.fromkeys(names) if n not in self._link_of]
-        for link, assigned in self._route(fresh).items():
-            await self._send(link, assigned)
-        if not waits:
-            return
         try:
-            await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self.subscribe_timeout)
+            # Routing raises while a cluster slot has no owner (mid-failover): then the
+            # waiters are withdrawn below and the caller sees the error.
+            for link, assigned in self._route(fresh).items():
+                await self._send(link, assigned)
+            if waits:
+                await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self.subscribe_timeout)
         finally:
             for name, future in waits:
                 pending = self._waiters.get(name)
