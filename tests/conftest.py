@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster_harness import RedisClusterServers, cluster_available  # noqa: E402
 from harness import JSClient, RedisServer, ServerProcess, TcpProxy  # noqa: E402
 
 
@@ -43,6 +44,33 @@ def own_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A shared Redis Cluster (3 primaries, 3 replicas); skipped where redis-server < 7."""
+    if not cluster_available():
+        pytest.skip("Redis Cluster tests need redis-server >= 7 (sharded pub/sub)")
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The shared Redis Cluster, emptied before each test."""
+    redis_cluster.flushall()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def own_redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test's own, for tests that kill its nodes."""
+    if not cluster_available():
+        pytest.skip("Redis Cluster tests need redis-server >= 7 (sharded pub/sub)")
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.cleanup()
 
 
 @pytest.fixture

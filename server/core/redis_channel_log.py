@@ -1,0 +1,519 @@
+"""The Redis channel log: one stream and one meta hash per channel, one Lua script per publish.
+
+Key layout (every key of a channel shares the hash tag ``{<channel>}``, so each script touches
+exactly one Redis Cluster slot)::
+
+    <prefix>:{<channel>}:stream      XADD'ed with the explicit ID "<offset>-0", fields d (data), t (ms)
+    <prefix>:{<channel>}:meta        hash: e (epoch), o (newest offset), t (newest entry's ms)
+    <prefix>:{<channel>}:idem:<key>  hash: o, e of the first publication with that key
+    <prefix>:{<channel>}:pub         the notification channel (PUBLISH, or SPUBLISH when sharded)
+
+Stream and meta expire ``max_age`` after the channel's last publication, so a channel nobody
+publishes to disappears entirely and its next publication starts a new epoch; entries older than
+``max_age`` in a live channel are trimmed on publish, hidden from reads, and dropped by
+:meth:`RedisChannelLog.trim_expired`. Reads run read-only scripts and never create a key.
+
+Subscriptions (per-channel SUBSCRIBE or SSUBSCRIBE, kept alive across lost connections and
+failovers, with a resync signal to the owner) live in :mod:`.redis_pubsub`.
+
+A notification is the msgpack array ``[1, offset, epoch, time_ms, data]`` (built in Lua with
+``cmsgpack``; :func:`encode_notification` makes the same bytes).
+
+The key layout, the script texts and the payload codec are plain module-level definitions with
+no server imports, so an emitter outside the server publishes through the very same script.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from .channel_log import (
+    EMPTY,
+    ChannelBounds,
+    ChannelLogError,
+    HistoryResult,
+    OnPublication,
+    OnResync,
+    Publication,
+    PublishResult,
+    StreamPosition,
+    check_channel,
+    check_data,
+    check_idempotency_key,
+    check_limit,
+    check_since,
+    is_recoverable,
+    is_valid_epoch,
+    new_epoch,
+    read_start,
+)
+from .redis_pubsub import Subscriptions, Throttled
+
+log = logging.getLogger("server.core.redis_channel_log")
+
+NOTIFICATION_VERSION = 1
+_PREFIX_FORBIDDEN = re.compile(r"[{}\x00-\x20\x7f]")
+_OFFSET_ID = re.compile(rb"(\d{1,15})-0")
+_DIGITS = re.compile(rb"\d{1,15}")
+
+# ------------------------------------------------------------------------- key layout
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKeys:
+    """The Redis names of one channel (all in one hash slot)."""
+
+    stream: str
+    meta: str
+    notify: str
+
+
+def check_prefix(prefix: object) -> str:
+    """Return ``prefix`` if it can start key names (1–64 characters, no braces, spaces or
+    control characters: they would change the hash tag), else raise ValueError."""
+    if not isinstance(prefix, str) or not 1 <= len(prefix) <= 64 or _PREFIX_FORBIDDEN.search(prefix):
+        raise ValueError(f"prefix must be 1-64 characters without braces or spaces, got {prefix!r:.80}")
+    return prefix
+
+
+def _tag(prefix: str, channel: str) -> str:
+    return f"{prefix}:{{{channel}}}"
+
+
+def channel_keys(prefix: str, channel: str) -> ChannelKeys:
+    """The stream, meta and notification names of ``channel`` under ``prefix``."""
+    tag = _tag(prefix, channel)
+    return ChannelKeys(f"{tag}:stream", f"{tag}:meta", f"{tag}:pub")
+
+
+def idempotency_key_name(prefix: str, channel: str, key: str) -> str:
+    """The Redis key remembering idempotency ``key`` of ``channel``."""
+    return f"{_tag(prefix, channel)}:idem:{key}"
+
+
+def stream_key_pattern(prefix: str) -> str:
+    """A SCAN pattern matching every channel stream under ``prefix`` (glob characters of the
+    prefix escaped)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*}:stream"
+
+
+# ------------------------------------------------------------------------- scripts
+# Each script writes only after every check that can fail has passed: Redis does not roll a
+# script back on error.
+
+# Helpers shared by the scripts. Entry times never decrease along a stream (the publish
+# script makes sure), so the oldest entry that has not expired is found by a binary search
+# over offsets: O(log n) XRANGE calls instead of a walk over every expired entry.
+_LUA_HELPERS = r"""
+local function entry_offset(entry)
+  return tonumber(string.match(entry[1], '^(%d+)%-'))
+end
+
+local function entry_time(entry)
+  local fields = entry[2]
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 't' then return tonumber(fields[i + 1]) end
+  end
+  return nil
+end
+
+local function alive(entry, cutoff)
+  local t = entry_time(entry)
+  return t ~= nil and t >= cutoff
+end
+
+-- The offset of the oldest entry of `stream` whose time is >= cutoff, or nil.
+local function first_retained(stream, cutoff)
+  local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if head == nil then return nil end
+  if alive(head, cutoff) then return entry_offset(head) end
+  local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if not alive(tail, cutoff) then return nil end
+  local lo, hi = entry_offset(head) + 1, entry_offset(tail)
+  local found = hi
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    local entry = redis.call('XRANGE', stream, string.format('%d', mid), '+', 'COUNT', 1)[1]
+    local offset = entry_offset(entry)
+    if alive(entry, cutoff) then
+      found = offset
+      hi = mid - 1
+    else
+      lo = offset + 1
+    end
+  end
+  return found
+end
+
+local function now_ms()
+  local clock = redis.call('TIME')
+  return tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+end
+
+local function valid_meta(epoch, offset, last)
+  return type(epoch) == 'string' and #epoch <= 64 and string.match(epoch, '^[%w_-]+$') ~= nil
+    and type(offset) == 'string' and string.match(offset, '^%d+$') ~= nil and #offset <= 15
+    and (last == nil or (type(last) == 'string' and string.match(last, '^%d+$') ~= nil and #last <= 15))
+end
+"""
+
+PUBLISH_SCRIPT = _LUA_HELPERS + r"""
+-- KEYS: stream, meta[, idempotency key]
+-- ARGV: data, max_length, max_age_ms, dedupe_ttl_ms, fresh epoch, notification channel,
+--       notification command (publish or spublish)
+-- Returns {offset, epoch, duplicate (0/1)}.
+local stream, meta, idem = KEYS[1], KEYS[2], KEYS[3]
+local data, max_length, max_age_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+if idem ~= nil then
+  local seen = redis.call('HMGET', idem, 'o', 'e')
+  if seen[1] then return {tonumber(seen[1]), seen[2], 1} end
+end
+
+local now = now_ms()
+local state = redis.call('HMGET', meta, 'e', 'o', 't')
+local epoch, top, last = state[1], state[2], state[3]
+if epoch then
+  if not valid_meta(epoch, top, last or nil) then
+    return redis.error_reply('ERR corrupt channel meta in ' .. meta)
+  end
+  top, last = tonumber(top), tonumber(last or '0')
+else
+  -- A new epoch. A stream left without its meta (evicted) holds offsets of a lost epoch.
+  epoch, top, last = ARGV[5], 0, 0
+  redis.call('DEL', stream)
+end
+
+local offset = top + 1
+-- Entry times never go backwards within a channel, even when the clock does.
+local t = math.max(now, last)
+local id = string.format('%d-0', offset)
+-- The append first, in pcall: if the stream was tampered with, nothing has been written yet.
+local added = redis.pcall('XADD', stream, 'MAXLEN', max_length, id, 'd', data, 't', string.format('%d', t))
+if type(added) == 'table' and added.err then
+  return redis.error_reply('ERR corrupt channel stream in ' .. stream .. ': ' .. added.err)
+end
+-- The notification next, also in pcall (SPUBLISH is unknown before Redis 7): on failure the
+-- append is undone and nothing else has been written. Nobody sees the order: a script is atomic.
+local notified = redis.pcall(ARGV[7], ARGV[6], cmsgpack.pack({1, offset, epoch, t, data}))
+if type(notified) == 'table' and notified.err then
+  if top == 0 then
+    redis.call('DEL', stream)
+  else
+    -- A stream remembers its highest ID even after XDEL: set it back, or the next append
+    -- of this offset would be refused.
+    redis.call('XDEL', stream, id)
+    redis.pcall('XSETID', stream, string.format('%d-0', top))
+  end
+  return redis.error_reply('ERR cannot notify with ' .. ARGV[7] .. ': ' .. notified.err)
+end
+if top == 0 then redis.call('HSET', meta, 'e', epoch) end
+redis.call('HINCRBY', meta, 'o', 1)
+redis.call('HSET', meta, 't', string.format('%d', t))
+
+local first = first_retained(stream, now - max_age_ms)
+local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+if first ~= nil and entry_offset(head) < first then
+  redis.call('XTRIM', stream, 'MINID', string.format('%d', first))
+end
+redis.call('PEXPIRE', stream, max_age_ms)
+redis.call('PEXPIRE', meta, max_age_ms)
+
+if idem ~= nil then
+  redis.call('HSET', idem, 'o', string.format('%d', offset), 'e', epoch)
+  redis.call('PEXPIRE', idem, ARGV[4])
+end
+return {offset, epoch, 0}
+"""
+
+HISTORY_SCRIPT = _LUA_HELPERS + r"""
+-- KEYS: stream, meta
+-- ARGV: mode ('newest' or 'since'), the offset to start from in the same epoch, the reader's
+--       epoch, limit, max_age_ms
+-- Returns {} when the channel does not exist, else
+-- {epoch, newest offset, oldest retained offset or nil, entries (oldest first for 'since',
+--  newest first for 'newest')}. Read-only: creates nothing.
+local stream, meta = KEYS[1], KEYS[2]
+local state = redis.call('HMGET', meta, 'e', 'o')
+if not state[1] then return {} end
+local epoch, top = state[1], state[2]
+if not valid_meta(epoch, top, nil) then return {epoch, top, false, {}} end
+local first = first_retained(stream, now_ms() - tonumber(ARGV[5]))
+local limit = tonumber(ARGV[4])
+local entries = {}
+if first ~= nil and limit > 0 then
+  if ARGV[1] == 'newest' then
+    entries = redis.call('XREVRANGE', stream, '+', string.format('%d', first), 'COUNT', limit)
+  else
+    local start = 1
+    if ARGV[3] == epoch then start = tonumber(ARGV[2]) end
+    start = math.max(start, first)
+    entries = redis.call('XRANGE', stream, string.format('%d', start), '+', 'COUNT', limit)
+  end
+end
+return {epoch, top, first or false, entries}
+"""
+
+TRIM_SCRIPT = _LUA_HELPERS + r"""
+-- KEYS: stream. ARGV: max_age_ms. Drops entries older than max_age; returns how many.
+local stream = KEYS[1]
+local first = first_retained(stream, now_ms() - tonumber(ARGV[1]))
+if first == nil then return redis.call('XTRIM', stream, 'MAXLEN', 0) end
+return redis.call('XTRIM', stream, 'MINID', string.format('%d', first))
+"""
+
+
+# ------------------------------------------------------------------------- payloads
+
+
+def _pack_raw(value: bytes) -> bytes:
+    # Lua's cmsgpack writes every string as msgpack "str" with the smallest header (str8
+    # included), which msgpack-python only does for text, so the header is written here.
+    n = len(value)
+    if n < 32:
+        return bytes([0xA0 | n]) + value
+    if n <= 0xFF:
+        return b"\xd9" + bytes([n]) + value
+    if n <= 0xFFFF:
+        return b"\xda" + n.to_bytes(2, "big") + value
+    return b"\xdb" + n.to_bytes(4, "big") + value
+
+
+def encode_notification(publication: Publication) -> bytes:
+    """The notification payload of ``publication``, byte for byte what the publish script
+    sends: the msgpack array ``[1, offset, epoch, time_ms, data]`` as Lua's cmsgpack packs it."""
+    return b"".join((b"\x95", msgpack.packb(NOTIFICATION_VERSION), msgpack.packb(publication.offset),
+                     _pack_raw(publication.epoch.encode()), msgpack.packb(publication.time_ms),
+                     _pack_raw(publication.data)))
+
+
+def decode_notification(payload: object, max_data_size: int) -> Publication:
+    """Parse a notification; raise ValueError for anything that is not one we made."""
+    if not isinstance(payload, bytes) or len(payload) > max_data_size + 128:
+        raise ValueError("notification is not bytes or is too large")
+    try:
+        value = msgpack.unpackb(payload, raw=True, max_str_len=max_data_size, max_bin_len=max_data_size,
+                                max_array_len=5, max_map_len=0, max_ext_len=0)
+    except Exception as exc:
+        raise ValueError(f"notification is not msgpack: {exc}") from None
+    if not (isinstance(value, list) and len(value) == 5 and value[0] == NOTIFICATION_VERSION):
+        raise ValueError("notification is not [1, offset, epoch, time, data]")
+    _, offset, epoch, time_ms, data = value
+    if not (isinstance(offset, int) and 1 <= offset < 10**15 and isinstance(time_ms, int)
+            and 0 <= time_ms < 10**15 and isinstance(data, bytes) and isinstance(epoch, bytes)):
+        raise ValueError("notification fields have the wrong types")
+    epoch_text = epoch.decode("ascii", "replace")
+    if not is_valid_epoch(epoch_text):
+        raise ValueError("notification epoch is malformed")
+    return Publication(offset, data, time_ms, epoch_text)
+
+
+def decode_entry(entry: object, epoch: str, max_data_size: int) -> Publication | None:
+    """One raw stream entry ``[b"<offset>-0", [b"d", data, b"t", ms]]``; None when malformed."""
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], bytes)):
+        return None
+    match = _OFFSET_ID.fullmatch(entry[0])
+    fields = entry[1]
+    if match is None or not (isinstance(fields, list) and len(fields) == 4 and fields[0] == b"d"
+                             and fields[2] == b"t" and isinstance(fields[1], bytes)
+                             and isinstance(fields[3], bytes) and _DIGITS.fullmatch(fields[3])):
+        return None
+    if len(fields[1]) > max_data_size:
+        return None
+    return Publication(int(match.group(1)), fields[1], int(fields[3]), epoch)
+
+
+def _meta(epoch: object, top: object, where: str) -> tuple[str, int]:
+    """Validate an (epoch, offset) pair read from Redis."""
+    if isinstance(epoch, bytes) and isinstance(top, bytes) and _DIGITS.fullmatch(top):
+        text = epoch.decode("ascii", "replace")
+        if is_valid_epoch(text):
+            return text, int(top)
+    raise ChannelLogError(f"corrupt channel meta in {where}")
+
+
+# ------------------------------------------------------------------------- the log
+
+
+class RedisChannelLog:
+    """The channel log on Redis (or Valkey), shared by every node and by emitters.
+
+    :param client: a ``redis.asyncio.Redis`` or ``RedisCluster`` with ``decode_responses=False``;
+        the log does not close it.
+    :param prefix: key prefix shared by every node of one deployment.
+    :param bounds: the limits.
+    :param sharded: notify with SPUBLISH and listen with SSUBSCRIBE (Redis/Valkey ≥ 7), so a
+        cluster routes each notification only within the channel's shard; required with a
+        ``RedisCluster``.
+    :param on_publication: called with (channel, publication) for each notification of a
+        subscribed channel, in the order Redis delivers them (offset order per channel).
+    :param on_resync: called with a channel after its subscription was re-established on a
+        new connection: notifications in between may be lost, so the owner reads the
+        channel's history from the last offset it delivered.
+    :param subscribe_timeout: seconds :meth:`subscribe` waits for Redis to confirm.
+    :param ping_interval: seconds of silence after which the pub/sub connection is pinged;
+        silence for twice this long counts as a dead connection and it is replaced.
+    """
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
+                 bounds: ChannelBounds = ChannelBounds(), sharded: bool = False,
+                 on_publication: OnPublication | None = None, on_resync: OnResync | None = None,
+                 subscribe_timeout: float = 10.0, ping_interval: float = 15.0) -> None:
+        if client.get_encoder().decode_responses:
+            raise ValueError("the Redis client must use decode_responses=False (data is binary)")
+        self.client = client
+        self.prefix = check_prefix(prefix)
+        self.bounds = bounds
+        self.sharded = sharded
+        self.on_publication = on_publication
+        self.on_resync = on_resync
+        self.subscribe_timeout = subscribe_timeout
+        self.ping_interval = ping_interval
+        self._publish_script = client.register_script(PUBLISH_SCRIPT)
+        self._history_script = client.register_script(HISTORY_SCRIPT)
+        self._trim_script = client.register_script(TRIM_SCRIPT)
+        self._notify_command = "spublish" if sharded else "publish"
+        self._by_notify: dict[bytes, str] = {}
+        self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
+                                            on_resync=self._resync, subscribe_timeout=subscribe_timeout,
+                                            ping_interval=ping_interval)
+        self._bad_input = Throttled(log)
+        self._failures = Throttled(log)
+
+    def keys(self, channel: str) -> ChannelKeys:
+        return channel_keys(self.prefix, channel)
+
+    # ---------------------------------------------------------------- publish and read
+
+    async def publish(self, channel: str, data: bytes, *,
+                      idempotency_key: str | None = None) -> PublishResult:
+        check_channel(channel)
+        data = check_data(data, self.bounds)
+        keys = self.keys(channel)
+        script_keys = [keys.stream, keys.meta]
+        if idempotency_key is not None:
+            script_keys.append(idempotency_key_name(self.prefix, channel, check_idempotency_key(idempotency_key)))
+        try:
+            reply = await self._publish_script(keys=script_keys, args=[
+                data, self.bounds.max_length, self.bounds.max_age_ms, self.bounds.dedupe_ttl_ms,
+                new_epoch(), keys.notify, self._notify_command])
+        except ResponseError as exc:
+            if "corrupt channel" in str(exc):
+                raise ChannelLogError(str(exc)) from None
+            raise
+        if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[0], int)
+                and reply[0] >= 1 and reply[2] in (0, 1)):
+            raise ChannelLogError(f"unexpected publish reply for {keys.meta}")
+        epoch = reply[1].decode("ascii", "replace") if isinstance(reply[1], bytes) else ""
+        if not is_valid_epoch(epoch):
+            raise ChannelLogError(f"corrupt idempotency record or meta for {keys.meta}")
+        return PublishResult(StreamPosition(reply[0], epoch), bool(reply[2]))
+
+    async def history(self, channel: str, *, since: StreamPosition | None = None,
+                      limit: int) -> HistoryResult:
+        check_channel(channel)
+        since = check_since(since)
+        limit = check_limit(limit, self.bounds)
+        keys = self.keys(channel)
+        args = (["newest", 0, "", limit] if since is None
+                else ["since", since.offset + 1, since.epoch, limit])
+        reply = await self._history_script(keys=[keys.stream, keys.meta],
+                                           args=[*args, self.bounds.max_age_ms])
+        if reply == []:
+            return HistoryResult([], EMPTY, since is None or is_recoverable(since, "", 0, 1))
+        if not (isinstance(reply, list) and len(reply) == 4 and isinstance(reply[3], list)):
+            raise ChannelLogError(f"unexpected history reply for {keys.meta}")
+        epoch, top = _meta(reply[0], reply[1], keys.meta)
+        first = reply[2] if isinstance(reply[2], int) else top + 1
+        position = StreamPosition(top, epoch)
+        raw = reply[3] if since is not None else list(reversed(reply[3]))
+        publications = [decode_entry(e, epoch, self.bounds.max_data_size) for e in raw]
+        valid = [p for p in publications if p is not None]
+        # Offsets must run without a hole from where the read started; anything else means
+        # an entry was unreadable or the stream was tampered with: not trusted as complete.
+        expected = (max(read_start(since, epoch), first) if since is not None
+                    else (valid[0].offset if valid else 0))
+        intact = len(valid) == len(publications) and all(
+            p.offset == expected + i for i, p in enumerate(valid)) and all(p.offset <= top for p in valid)
+        if since is not None and 0 < len(raw) < limit:
+            intact = intact and valid[-1].offset == top  # a short read must end at the newest
+        if len(valid) != len(publications):
+            self._bad_input.warning("dropped %d malformed entries of %s", len(publications) - len(valid),
+                                    keys.stream)
+        if since is None:
+            return HistoryResult(valid, position, intact)
+        return HistoryResult(valid, position, intact and is_recoverable(since, epoch, top, first))
+
+    async def position(self, channel: str) -> StreamPosition:
+        check_channel(channel)
+        meta = self.keys(channel).meta
+        epoch, top = await self.client.hmget(meta, ["e", "o"])
+        if epoch is None:
+            return EMPTY
+        return _position(epoch, top, meta)
+
+    async def trim_expired(self) -> int:
+        removed = 0
+        async for key in self.client.scan_iter(match=stream_key_pattern(self.prefix), count=500,
+                                               _type="STREAM"):
+            removed += int(await self._trim_script(keys=[key], args=[self.bounds.max_age_ms]))
+        return removed
+
+    # ---------------------------------------------------------------- subscriptions
+
+    async def subscribe(self, channels: Iterable[str]) -> None:
+        """Receive notifications for ``channels``; returns once Redis confirmed them all. On
+        TimeoutError they stay subscribed, and each gets ``on_resync`` once confirmed."""
+        names = []
+        for channel in channels:
+            name = self.keys(check_channel(channel)).notify.encode()
+            self._by_notify[name] = channel
+            names.append(name)
+        await self._subscriptions.subscribe(names)
+
+    async def unsubscribe(self, channels: Iterable[str]) -> None:
+        names = [self.keys(c).notify.encode() for c in channels if isinstance(c, str)]
+        await self._subscriptions.unsubscribe(names)
+        for name in names:
+            self._by_notify.pop(name, None)
+
+    def _message(self, name: bytes, payload: bytes) -> None:
+        channel = self._by_notify.get(name)
+        if channel is None:
+            return
+        try:
+            publication = decode_notification(payload, self.bounds.max_data_size)
+        except ValueError as exc:
+            self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
+            return
+        self._call(self.on_publication, channel, publication)
+
+    def _resync(self, name: bytes) -> None:
+        channel = self._by_notify.get(name)
+        if channel is not None:
+            self._call(self.on_resync, channel)
+
+    def _call(self, callback: Any, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            self._failures.warning("channel log: a notification callback failed", exc_info=True)
+
+    async def close(self) -> None:
+        await self._subscriptions.close()
+        self._by_notify.clear()
+
+
+def _position(epoch: object, top: object, where: str) -> StreamPosition:
+    text, offset = _meta(epoch, top, where)
+    return StreamPosition(offset, text)

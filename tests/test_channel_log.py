@@ -1,0 +1,793 @@
+"""The channel log contract: one suite run against the memory and the Redis implementation,
+then what only Redis can do wrong (lost connections, garbage written by someone else)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import msgpack
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError, ResponseError
+
+from server.core.channel_log import (
+    EMPTY,
+    ChannelBounds,
+    ChannelLogError,
+    MemoryChannelLog,
+    Publication,
+    PublishResult,
+    StreamPosition,
+)
+from server.core.redis_channel_log import (
+    PUBLISH_SCRIPT,
+    RedisChannelLog,
+    channel_keys,
+    decode_notification,
+    encode_notification,
+    idempotency_key_name,
+)
+
+PREFIX = "t"
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """Wait until ``check()`` is true; fail after ``timeout`` (a bound on a hang, not a speed
+    assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+class Collector:
+    """The owner's callbacks: records every notification and resync signal."""
+
+    def __init__(self) -> None:
+        self.publications: list[tuple[str, Publication]] = []
+        self.resyncs: list[str] = []
+
+    def on_publication(self, channel: str, publication: Publication) -> None:
+        self.publications.append((channel, publication))
+
+    def on_resync(self, channel: str) -> None:
+        self.resyncs.append(channel)
+
+    def offsets(self, channel: str) -> list[int]:
+        return [p.offset for c, p in self.publications if c == channel]
+
+
+class Backend:
+    """Makes logs of one implementation and looks at what they store, for the contract suite."""
+
+    def __init__(self, kind: str, redis_url: str | None) -> None:
+        self.kind = kind
+        self.redis_url = redis_url
+        self.clients: list[aioredis.Redis] = []
+        self.logs: list[Any] = []
+        self.shared_memory: MemoryChannelLog | None = None
+
+    def client(self) -> aioredis.Redis | RedisCluster:
+        c = RedisCluster.from_url(self.redis_url) if self.kind == "cluster" else aioredis.from_url(self.redis_url)
+        self.clients.append(c)
+        return c
+
+    def make(self, bounds: ChannelBounds = ChannelBounds(max_length=100), *, subscriber: Collector | None = None,
+             fresh: bool = False, sweep: bool = True):
+        """A log. Redis: a new instance on its own client (another node). Memory: the one
+        instance of this process (a node talks to its own memory log), unless ``fresh``;
+        ``sweep=False`` turns its background sweep off."""
+        callbacks = {} if subscriber is None else {"on_publication": subscriber.on_publication,
+                                                   "on_resync": subscriber.on_resync}
+        if self.kind != "memory":
+            log = RedisChannelLog(self.client(), prefix=PREFIX, bounds=bounds,
+                                  sharded=self.kind in ("redis-sharded", "cluster"), **callbacks)
+        else:
+            if self.shared_memory is not None and not fresh:
+                if subscriber is not None:
+                    self.shared_memory.on_publication = subscriber.on_publication
+                return self.shared_memory
+            log = MemoryChannelLog(bounds, sweep_interval=None if sweep else 3600.0, **callbacks)
+            self.shared_memory = log
+        self.logs.append(log)
+        return log
+
+    async def stored(self, log) -> int:
+        """How many things the store holds: Redis keys, or memory channels + idempotency keys."""
+        if self.kind == "cluster":
+            return await self.clients[0].dbsize(target_nodes=RedisCluster.PRIMARIES)
+        if self.kind != "memory":
+            return await self.clients[0].dbsize()
+        return log.channel_count + log.idempotency_count
+
+    async def entries(self, log, channel: str) -> int:
+        """Publications physically held for ``channel`` (expired or not)."""
+        if self.kind != "memory":
+            return await self.clients[0].xlen(channel_keys(PREFIX, channel).stream)
+        state = log._channels.get(channel)
+        return 0 if state is None else len(state.entries)
+
+    async def lose_history(self, log):
+        """Redis: FLUSHALL. Memory: the node restarts (a new instance)."""
+        if self.kind != "memory":
+            await self.clients[0].flushall()  # a cluster client sends it to every primary
+            return log
+        return self.make(log.bounds, fresh=True)
+
+    async def close(self) -> None:
+        for log in self.logs:
+            await log.close()
+        for c in self.clients:
+            await c.aclose()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-sharded", "cluster"])
+async def backend(request):
+    """Memory; Redis with PUBLISH/SUBSCRIBE; Redis with SPUBLISH/SSUBSCRIBE (Redis >= 7); a
+    Redis Cluster of 3 primaries and 3 replicas with sharded pub/sub."""
+    if request.param == "memory":
+        url = None
+    elif request.param == "cluster":
+        url = request.getfixturevalue("cluster_url")
+    else:
+        url = request.getfixturevalue("redis_url")
+    b = Backend(request.param, url)
+    yield b
+    await b.close()
+
+
+# ------------------------------------------------------------------ offsets and epochs
+
+
+async def test_offsets_count_up_by_one_per_channel_with_a_stable_epoch(backend):
+    log = backend.make()
+    results = [await log.publish("room", f"m{i}".encode()) for i in range(1, 6)]
+    assert [r.position.offset for r in results] == [1, 2, 3, 4, 5]
+    assert not any(r.duplicate for r in results)
+    epoch = results[0].position.epoch
+    assert epoch and all(r.position.epoch == epoch for r in results)
+    assert await log.position("room") == StreamPosition(5, epoch)
+    other = await log.publish("other", b"x")
+    assert other.position.offset == 1 and other.position.epoch != epoch
+    history = await log.history("room", limit=10)
+    assert [(p.offset, p.data, p.epoch) for p in history.publications] == [
+        (i, f"m{i}".encode(), epoch) for i in range(1, 6)]
+    times = [p.time_ms for p in history.publications]
+    assert times == sorted(times) and abs(times[-1] / 1000 - time.time()) < 60
+
+
+async def test_epoch_changes_when_history_is_lost(backend):
+    log = backend.make()
+    for i in range(3):
+        before = await log.publish("room", b"old%d" % i)
+    old = before.position
+    log = await backend.lose_history(log)
+    assert await log.position("room") == EMPTY
+    after = [await log.publish("room", b"new%d" % i) for i in range(5)]
+    assert [r.position.offset for r in after] == [1, 2, 3, 4, 5]
+    assert after[0].position.epoch != old.epoch
+    # A reader from the lost epoch is told so, although offset 3 exists again, and is given
+    # everything of the new epoch (it has seen none of it).
+    result = await log.history("room", since=old, limit=10)
+    assert not result.recoverable
+    assert [p.data for p in result.publications] == [b"new%d" % i for i in range(5)]
+    assert result.position == after[-1].position
+
+
+# ------------------------------------------------------------------ history
+
+
+async def test_history_newest_and_paging_since_an_offset(backend):
+    log = backend.make()
+    for i in range(1, 11):
+        epoch = (await log.publish("room", b"%d" % i)).position.epoch
+    top = StreamPosition(10, epoch)
+
+    newest = await log.history("room", limit=3)
+    assert [p.offset for p in newest.publications] == [8, 9, 10]
+    assert newest.position == top and newest.recoverable
+
+    pages, since = [], StreamPosition(0, epoch)
+    while True:
+        page = await log.history("room", since=since, limit=4)
+        assert page.recoverable and page.position == top
+        if not page.publications:
+            break
+        pages.append([p.offset for p in page.publications])
+        since = page.publications[-1].position
+    assert pages == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+
+    after = await log.history("room", since=StreamPosition(4, epoch), limit=100)
+    assert [p.data for p in after.publications] == [b"%d" % i for i in range(5, 11)]
+    only_position = await log.history("room", since=StreamPosition(4, epoch), limit=0)
+    assert only_position.publications == [] and only_position.position == top and only_position.recoverable
+    # A reader that saw the channel before it existed continues from its first publication.
+    from_nothing = await log.history("room", since=EMPTY, limit=2)
+    assert [p.offset for p in from_nothing.publications] == [1, 2] and from_nothing.recoverable
+    # An offset this channel never reached is not trusted.
+    future = await log.history("room", since=StreamPosition(11, epoch), limit=10)
+    assert not future.recoverable and future.publications == []
+
+
+async def test_history_of_a_channel_that_does_not_exist(backend):
+    log = backend.make()
+    result = await log.history("nobody", limit=10)
+    assert result.publications == [] and result.position == EMPTY and result.recoverable
+    assert (await log.history("nobody", since=EMPTY, limit=10)).recoverable
+    # A reader that had an epoch of it: the history it knew is gone.
+    gone = await log.history("nobody", since=StreamPosition(3, "0123abcd"), limit=10)
+    assert not gone.recoverable and gone.position == EMPTY
+
+
+async def test_reads_never_create_anything(backend):
+    log = backend.make()
+    for i in range(500):
+        name = f"unused-{i}"
+        assert await log.position(name) == EMPTY
+        await log.history(name, limit=50)
+        await log.history(name, since=StreamPosition(7, "feedface00000000"), limit=50)
+    assert await backend.stored(log) == 0
+
+
+# ------------------------------------------------------------------ bounds
+
+
+async def test_count_bound_trims_oldest_and_reports_unrecoverable(backend):
+    log = backend.make(ChannelBounds(max_length=5))
+    for i in range(1, 13):
+        epoch = (await log.publish("room", b"%d" % i)).position.epoch
+    assert await backend.entries(log, "room") == 5
+    newest = await log.history("room", limit=100)
+    assert [p.offset for p in newest.publications] == [8, 9, 10, 11, 12]
+    kept = await log.history("room", since=StreamPosition(7, epoch), limit=100)
+    assert kept.recoverable and [p.offset for p in kept.publications] == [8, 9, 10, 11, 12]
+    for lost in (0, 2, 6):
+        result = await log.history("room", since=StreamPosition(lost, epoch), limit=100)
+        assert not result.recoverable, lost
+        assert [p.offset for p in result.publications] == [8, 9, 10, 11, 12]
+    assert (await log.history("room", since=StreamPosition(12, epoch), limit=100)).recoverable
+
+
+async def test_publications_older_than_max_age_are_hidden_then_trimmed(backend):
+    # No background sweep here: reads alone must hide what has expired.
+    log = backend.make(ChannelBounds(max_length=100, max_age=2.0, dedupe_ttl=60.0), sweep=False)
+    await log.publish("room", b"a1")
+    epoch = (await log.publish("room", b"a2")).position.epoch
+    await asyncio.sleep(1.2)
+    await log.publish("room", b"a3")
+    await asyncio.sleep(1.2)
+    # a1 and a2 are older than max_age: gone from reads although nobody published since.
+    assert await backend.entries(log, "room") == 3
+    newest = await log.history("room", limit=10)
+    assert [p.data for p in newest.publications] == [b"a3"]
+    assert newest.position == StreamPosition(3, epoch)
+    lost = await log.history("room", since=StreamPosition(1, epoch), limit=10)
+    assert not lost.recoverable and [p.data for p in lost.publications] == [b"a3"]
+    kept = await log.history("room", since=StreamPosition(2, epoch), limit=10)
+    assert kept.recoverable and [p.data for p in kept.publications] == [b"a3"]
+    # trim_expired removes them for good, where nobody publishes.
+    assert await log.trim_expired() >= 2
+    assert await backend.entries(log, "room") == 1
+    assert [p.data for p in (await log.history("room", limit=10)).publications] == [b"a3"]
+
+
+async def test_a_channel_without_publications_disappears_by_itself(backend):
+    log = backend.make(ChannelBounds(max_length=100, max_age=1.0, dedupe_ttl=60.0))
+    epoch = (await log.publish("room", b"a1")).position.epoch
+    await log.publish("other", b"b1")
+    # With no publication for max_age a channel disappears entirely, meta included, with no
+    # call from anyone (Redis key expiry, the memory sweep): nothing is left...
+    await eventually(lambda: _equals(backend.stored(log), 0), what="an empty store")
+    # ...reading creates nothing, and the next publication starts a new epoch.
+    assert await log.position("room") == EMPTY
+    assert (await log.history("room", limit=10)).publications == []
+    assert await backend.stored(log) == 0
+    again = await log.publish("room", b"a2")
+    assert again.position.offset == 1 and again.position.epoch != epoch
+
+
+async def test_idempotency_keys_expire_after_dedupe_ttl(backend):
+    log = backend.make(ChannelBounds(max_length=100, max_age=3600.0, dedupe_ttl=0.5))
+    first = await log.publish("room", b"x", idempotency_key="k")
+    assert (await log.publish("room", b"x", idempotency_key="k")).duplicate
+    # Only the channel itself is left once the key's ttl has passed.
+    expected = 1 if backend.kind == "memory" else 2
+    await eventually(lambda: _equals(backend.stored(log), expected), what="idempotency key expired")
+    again = await log.publish("room", b"x", idempotency_key="k")
+    assert not again.duplicate and again.position.offset == first.position.offset + 1
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+async def test_idempotent_publish_returns_the_first_result_and_appends_nothing(backend):
+    subscriber = Collector()
+    log = backend.make(subscriber=subscriber)
+    reader = backend.make(subscriber=subscriber)
+    await reader.subscribe(["room"])
+    first = await log.publish("room", b"hello", idempotency_key="req-1")
+    assert first == PublishResult(first.position, False) and first.position.offset == 1
+    for _ in range(5):
+        retry = await log.publish("room", b"hello again", idempotency_key="req-1")
+        assert retry == PublishResult(first.position, True)
+    other = await log.publish("room", b"second", idempotency_key="req-2")
+    assert other.position == StreamPosition(2, first.position.epoch) and not other.duplicate
+    # The key is per channel: the same key elsewhere is a new publication.
+    elsewhere = await log.publish("lobby", b"x", idempotency_key="req-1")
+    assert elsewhere.position.offset == 1 and not elsewhere.duplicate
+    history = await log.history("room", limit=100)
+    assert [(p.offset, p.data) for p in history.publications] == [(1, b"hello"), (2, b"second")]
+    # Retries notify nobody: exactly the two publications arrive.
+    await eventually(lambda: len(subscriber.offsets("room")) >= 2, what="two notifications")
+    await log.publish("room", b"barrier")
+    await eventually(lambda: 3 in subscriber.offsets("room"), what="the barrier")
+    assert subscriber.offsets("room") == [1, 2, 3]
+
+
+# ------------------------------------------------------------------ notifications
+
+
+async def test_notifications_only_for_subscribed_channels_in_offset_order(backend):
+    subscriber = Collector()
+    node = backend.make(subscriber=subscriber)
+    publisher = backend.make()
+    await node.subscribe(["a", "c"])
+    for i in range(1, 11):
+        await publisher.publish("a", b"a%d" % i)
+        await publisher.publish("b", b"b%d" % i)
+    # Notifications of one publisher arrive in publish order, so once the last "a" is here,
+    # any "b" would have been too.
+    await eventually(lambda: 10 in subscriber.offsets("a"), what="ten notifications")
+    assert [c for c, _ in subscriber.publications] == ["a"] * 10
+    assert subscriber.offsets("a") == list(range(1, 11))
+    # A notification is the stored publication: same offset, data, time and epoch.
+    stored = (await publisher.history("a", limit=10)).publications
+    assert [p for _, p in subscriber.publications] == stored
+
+    await node.unsubscribe(["a"])
+    await publisher.publish("a", b"after")
+    await publisher.publish("c", b"barrier")
+    await eventually(lambda: subscriber.offsets("c") == [1], what="the barrier")
+    assert subscriber.offsets("a") == list(range(1, 11))
+
+
+async def test_twenty_concurrent_publishers_get_unique_contiguous_offsets(backend):
+    publishers = [backend.make(ChannelBounds(max_length=1000)) for _ in range(20)]
+
+    async def publish_five(n: int) -> list[PublishResult]:
+        return [await publishers[n].publish("room", b"%d-%d" % (n, i)) for i in range(5)]
+
+    results = [r for batch in await asyncio.gather(*(publish_five(n) for n in range(20))) for r in batch]
+    offsets = sorted(r.position.offset for r in results)
+    assert offsets == list(range(1, 101))
+    assert len({r.position.epoch for r in results}) == 1
+    history = await publishers[0].history("room", limit=1000)
+    by_offset = {p.offset: p.data for p in history.publications}
+    # Every publisher's own offset points at its own data.
+    for n in range(20):
+        own = [r.position.offset for r in results[n * 5:(n + 1) * 5]]
+        assert [by_offset[o] for o in own] == [b"%d-%d" % (n, i) for i in range(5)]
+
+
+# ------------------------------------------------------------------ bad arguments
+
+
+async def test_bad_channel_names_are_refused(backend):
+    log = backend.make()
+    for channel in ("", "a{b", "a}b", "x\x00", "tab\there", "x" * 257, None, 5, b"bytes"):
+        for call in (lambda: log.publish(channel, b"x"), lambda: log.history(channel, limit=1),
+                     lambda: log.position(channel), lambda: log.subscribe([channel])):
+            with pytest.raises(ValueError):
+                await call()
+    assert await backend.stored(log) == 0
+
+
+async def test_bad_publish_and_history_arguments_are_refused(backend):
+    log = backend.make(ChannelBounds(max_length=10, max_data_size=100))
+    for key in ("", "k{1}", "k\n", "k" * 129, 7):
+        with pytest.raises(ValueError):
+            await log.publish("room", b"x", idempotency_key=key)
+    for data in ("text", 5, None, b"x" * 101):
+        with pytest.raises(ValueError):
+            await log.publish("room", data)
+    assert await backend.stored(log) == 0
+    assert (await log.publish("room", bytearray(b"y" * 100))).position.offset == 1
+    for limit in (-1, True, 2.5, "3"):
+        with pytest.raises(ValueError):
+            await log.history("room", limit=limit)
+    for since in ((1, "e"), StreamPosition(-1, "e"), StreamPosition(1, None)):
+        with pytest.raises(ValueError):
+            await log.history("room", since=since, limit=1)
+    # A limit beyond max_length is capped, not an error.
+    assert len((await log.history("room", limit=10**9)).publications) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"max_length": 0}, {"max_length": 2.5}, {"max_age": 0},
+                                    {"max_age": float("inf")}, {"dedupe_ttl": -1}, {"max_data_size": 0}])
+def test_bounds_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        ChannelBounds(**kwargs)
+
+
+# ------------------------------------------------------------------ Redis only
+
+
+@pytest.fixture
+async def redis_client(redis_url):
+    client = aioredis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def test_every_key_of_a_channel_is_in_one_slot(redis_client):
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    await log.publish("room:1", b"x", idempotency_key="k")
+    keys = sorted(k.decode() for k in await redis_client.keys("*"))
+    layout = channel_keys(PREFIX, "room:1")
+    assert keys == sorted([layout.stream, layout.meta, idempotency_key_name(PREFIX, "room:1", "k")])
+    assert len({key_slot(k.encode()) for k in [*keys, layout.notify]}) == 1
+    await log.close()
+
+
+async def test_a_decode_responses_client_is_refused(redis_url):
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    with pytest.raises(ValueError):
+        RedisChannelLog(client)
+    await client.aclose()
+    client = aioredis.from_url(redis_url)
+    for prefix in ("a{b}", "", "a b", "x" * 65):
+        with pytest.raises(ValueError):
+            RedisChannelLog(client, prefix=prefix)
+    await client.aclose()
+
+
+async def test_notification_payload_is_the_shared_codec(redis_client):
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    raw = redis_client.pubsub()
+    await raw.subscribe(channel_keys(PREFIX, "room").notify)
+    assert (await raw.get_message(timeout=5))["type"] == "subscribe"
+    sizes = [0, 5, 31, 32, 255, 256, 65535, 65536]
+    for size in sizes:
+        await log.publish("room", bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+    stored = (await log.history("room", limit=100)).publications
+    for publication in stored:
+        message = None
+        while message is None:
+            message = await raw.get_message(timeout=5)
+        assert message["data"] == encode_notification(publication)
+        assert decode_notification(message["data"], 1 << 20) == publication
+    assert [len(p.data) for p in stored] == sizes
+    await raw.aclose()
+
+
+async def test_garbage_notifications_are_dropped_and_logged_once(redis_client, caplog):
+    subscriber = Collector()
+    log = RedisChannelLog(redis_client, prefix=PREFIX, on_publication=subscriber.on_publication)
+    await log.subscribe(["room"])
+    notify = channel_keys(PREFIX, "room").notify
+    good = Publication(1, b"d", 1, "abcd")
+    garbage = [b"", b"junk", b"\xc1", msgpack.packb([1, 2, 3]), msgpack.packb({"a": 1}),
+               encode_notification(good)[:-1], encode_notification(good) + b"x",
+               msgpack.packb([2, 1, b"abcd", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, 0, b"abcd", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, -5, b"abcd", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, "1", b"abcd", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, 1, b"ab cd", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, 1, b"", 1, b"d"], use_bin_type=False),
+               msgpack.packb([1, 1, b"abcd", -1, b"d"], use_bin_type=False),
+               msgpack.packb([1, 1, b"abcd", 1, 7], use_bin_type=False),
+               msgpack.packb([1, 1, b"abcd", 1, b"d" * (2 << 20)], use_bin_type=False),
+               msgpack.packb([1, 2 ** 63, b"abcd", 1, b"d"], use_bin_type=False)]
+    with caplog.at_level(logging.WARNING, logger="server.core.redis_channel_log"):
+        for payload in garbage:
+            await redis_client.publish(notify, payload)
+        result = await log.publish("room", b"real")
+        await eventually(lambda: len(subscriber.publications) >= 1, what="the real notification")
+    assert subscriber.publications == [("room", Publication(1, b"real", subscriber.publications[0][1].time_ms,
+                                                            result.position.epoch))]
+    warnings = [r for r in caplog.records if "malformed notification" in r.getMessage()]
+    assert len(warnings) == 1 and not warnings[0].exc_info
+    await log.close()
+
+
+async def test_garbage_stream_entries_are_not_trusted(redis_client):
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    for i in range(1, 4):
+        epoch = (await log.publish("room", b"%d" % i)).position.epoch
+    keys = channel_keys(PREFIX, "room")
+    # Someone else writes entry 4 without the fields we write, and moves the offset on.
+    await redis_client.xadd(keys.stream, {"x": "y"}, id="4-0")
+    await redis_client.hset(keys.meta, "o", 4)
+    assert (await log.publish("room", b"5")).position.offset == 5
+    since = await log.history("room", since=StreamPosition(3, epoch), limit=10)
+    assert not since.recoverable and [p.offset for p in since.publications] == [5]
+    newest = await log.history("room", limit=10)
+    assert not newest.recoverable and [p.offset for p in newest.publications] == [1, 2, 3, 5]
+    # Entries from before the damage are still exact.
+    before = await log.history("room", since=StreamPosition(1, epoch), limit=2)
+    assert before.recoverable and [p.data for p in before.publications] == [b"2", b"3"]
+    # A non-numeric time, an ID that is not "<offset>-0": rejected the same way.
+    await redis_client.xadd(keys.stream, {"d": "x", "t": "soon"}, id="6-0")
+    await redis_client.xadd(keys.stream, {"d": "x", "t": "1"}, id="7-1")
+    await redis_client.hset(keys.meta, "o", 7)
+    tail = await log.history("room", since=StreamPosition(5, epoch), limit=10)
+    assert not tail.recoverable and tail.publications == []
+    # An entry ahead of the meta's offset: the next publish ("8-0") cannot append after it,
+    # so it fails clearly and changes nothing.
+    await redis_client.xadd(keys.stream, {"d": "x", "t": "1"}, id="8-1")
+    with pytest.raises(ChannelLogError):
+        await log.publish("room", b"8")
+    assert await log.position("room") == StreamPosition(7, epoch)
+    await log.close()
+
+
+@pytest.mark.parametrize("field,value", [("o", "abc"), ("o", "-3"), ("e", "bad epoch!"), ("e", "x" * 65)])
+async def test_corrupt_meta_is_a_clear_error_and_harms_no_other_channel(redis_client, field, value):
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    await log.publish("room", b"1")
+    await log.publish("bystander", b"1")
+    await redis_client.hset(channel_keys(PREFIX, "room").meta, field, value)
+    for call in (lambda: log.publish("room", b"2"), lambda: log.history("room", limit=5),
+                 lambda: log.position("room"), lambda: log.history("room", since=StreamPosition(1, "abc"), limit=5)):
+        with pytest.raises(ChannelLogError):
+            await call()
+    assert (await log.publish("bystander", b"2")).position.offset == 2
+    assert await redis_client.xlen(channel_keys(PREFIX, "room").stream) == 1
+    await log.close()
+
+
+async def test_a_publish_that_cannot_notify_writes_nothing(redis_client):
+    """The script undoes its append when the notification fails (e.g. SPUBLISH on Redis 6)."""
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    bounds = log.bounds
+
+    async def publish_with(command: str, channel: str) -> Any:
+        keys = channel_keys(PREFIX, channel)
+        return await redis_client.eval(PUBLISH_SCRIPT, 2, keys.stream, keys.meta, b"x", bounds.max_length,
+                                       bounds.max_age_ms, bounds.dedupe_ttl_ms, "0123456789abcdef",
+                                       keys.notify, command)
+
+    with pytest.raises(ResponseError, match="cannot notify"):
+        await publish_with("nosuchcommand", "new")
+    assert await redis_client.dbsize() == 0
+    before = (await log.publish("room", b"1")).position
+    with pytest.raises(ResponseError, match="cannot notify"):
+        await publish_with("nosuchcommand", "room")
+    assert await log.position("room") == before
+    assert [p.data for p in (await log.history("room", limit=10)).publications] == [b"1"]
+    assert (await log.publish("room", b"2")).position.offset == 2
+    await log.close()
+
+
+async def test_a_stream_left_without_its_meta_starts_a_new_epoch(redis_client):
+    """Eviction can drop the meta and keep the stream: its offsets belong to a lost epoch."""
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    for i in range(3):
+        old = (await log.publish("room", b"old")).position
+    await redis_client.delete(channel_keys(PREFIX, "room").meta)
+    new = (await log.publish("room", b"new")).position
+    assert new.offset == 1 and new.epoch != old.epoch
+    assert [p.data for p in (await log.history("room", limit=10)).publications] == [b"new"]
+    await log.close()
+
+
+async def _kill_and_publish(client: aioredis.Redis, channel: str, datas: list[bytes],
+                            bounds: ChannelBounds) -> None:
+    """Kill every pub/sub connection and publish ``datas`` in one transaction: these
+    publications are certainly missed by the subscribers."""
+    keys = channel_keys(PREFIX, channel)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        for data in datas:
+            pipe.eval(PUBLISH_SCRIPT, 2, keys.stream, keys.meta, data, bounds.max_length, bounds.max_age_ms,
+                      bounds.dedupe_ttl_ms, "0123456789abcdef", keys.notify, "publish")
+        await pipe.execute()
+
+
+@pytest.mark.parametrize("retries", [0, 3], ids=["log-reconnects", "redis-py-reconnects"])
+async def test_resubscribes_after_the_connection_is_killed_and_signals_a_gap_read(redis_url, retries):
+    # Without retries the log's reader rebuilds the connection; with them redis-py reconnects
+    # and resubscribes by itself: both must end in a resync of every channel.
+    subscriber = Collector()
+    client = aioredis.from_url(redis_url, retry=Retry(ExponentialBackoff(), retries),
+                               retry_on_error=[ConnectionError])
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    admin = aioredis.from_url(redis_url)
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    await node.subscribe(["a", "b"])
+    epoch = (await publisher.publish("a", b"1")).position.epoch
+    await eventually(lambda: subscriber.offsets("a") == [1], what="the first notification")
+
+    await _kill_and_publish(admin, "a", [b"2", b"3"], publisher.bounds)
+    await eventually(lambda: sorted(subscriber.resyncs) == ["a", "b"], what="a resync of both channels")
+    # The owner's gap read: everything after the last offset it delivered.
+    delivered = subscriber.offsets("a")
+    assert delivered == [1]  # 2 and 3 were published while nobody listened
+    gap = await node.history("a", since=StreamPosition(delivered[-1], epoch), limit=100)
+    assert gap.recoverable and [p.data for p in gap.publications] == [b"2", b"3"]
+    # And the subscription works again.
+    await publisher.publish("a", b"4")
+    await publisher.publish("b", b"1")
+    await eventually(lambda: subscriber.offsets("a") == [1, 4] and subscriber.offsets("b") == [1],
+                     what="notifications after the resubscription")
+    assert sorted(subscriber.resyncs) == ["a", "b"]
+    await node.close()
+    await admin.aclose()
+    await client.aclose()
+
+
+async def test_resubscribes_after_redis_restarts(own_redis):
+    subscriber = Collector()
+    client = aioredis.from_url(own_redis.url)
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    await node.subscribe(["a"])
+    old = (await node.publish("a", b"1")).position
+    await eventually(lambda: subscriber.offsets("a") == [1], what="the first notification")
+    own_redis.stop()
+    await asyncio.sleep(1.0)  # long enough for redis-py's own reconnect attempts to give up
+    own_redis.start()
+    await eventually(lambda: subscriber.resyncs == ["a"], timeout=30, what="a resync after the restart")
+    # The pool's connections died with the server (this client has no retries): drop them.
+    await client.connection_pool.disconnect(inuse_connections=False)
+    # The restarted Redis has no data: the gap read says the history is lost.
+    gap = await node.history("a", since=old, limit=10)
+    assert not gap.recoverable and gap.position == EMPTY
+    new = await node.publish("a", b"2")
+    assert new.position.offset == 1 and new.position.epoch != old.epoch
+    await eventually(lambda: len(subscriber.publications) == 2, what="a notification after the restart")
+    assert subscriber.publications[1][1].position == new.position
+    await node.close()
+    await client.aclose()
+
+
+async def test_a_silent_pubsub_connection_is_replaced(redis_client, redis_server, proxies):
+    """A connection that stays open but carries nothing (a frozen network path) is found out by
+    its unanswered PING, replaced, and its channels resynced."""
+    proxy = await proxies([redis_server.port])
+    subscriber = Collector()
+    client = aioredis.from_url(f"redis://127.0.0.1:{proxy.port}/0")
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync, ping_interval=0.3)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    await node.subscribe(["a"])
+    epoch = (await publisher.publish("a", b"1")).position.epoch
+    await eventually(lambda: subscriber.offsets("a") == [1], what="the first notification")
+    proxy.freeze()
+    await publisher.publish("a", b"2")
+    await asyncio.sleep(1.5)  # several ping intervals of silence
+    proxy.thaw()
+    await eventually(lambda: subscriber.resyncs == ["a"], what="a resync after the silence")
+    gap = await node.history("a", since=StreamPosition(1, epoch), limit=10)
+    assert gap.recoverable and [p.data for p in gap.publications] == [b"2"]
+    await publisher.publish("a", b"3")
+    await eventually(lambda: 3 in subscriber.offsets("a"), what="a notification on the new connection")
+    await node.close()
+    await client.aclose()
+
+
+async def test_subscribe_waits_for_confirmation_so_a_following_read_misses_nothing(redis_client, redis_url):
+    subscriber = Collector()
+    node = RedisChannelLog(redis_client, prefix=PREFIX, on_publication=subscriber.on_publication)
+    other = aioredis.from_url(redis_url)
+    publisher = RedisChannelLog(other, prefix=PREFIX)
+    names = [f"room-{i}" for i in range(300)]
+    await node.subscribe(names)
+    # Every channel is subscribed once subscribe() returns: one publication each arrives.
+    for name in names:
+        await publisher.publish(name, b"x")
+    await eventually(lambda: len(subscriber.publications) == 300, what="300 notifications")
+    assert sorted(c for c, _ in subscriber.publications) == sorted(names)
+    await node.close()
+    await other.aclose()
+
+
+# ------------------------------------------------------------------ Redis Cluster only
+
+
+def _channel_on(cluster, node, avoid: str = "") -> str:
+    """A channel name whose slot belongs to primary ``node``."""
+    for i in range(10_000):
+        name = f"room-{i}"
+        if name != avoid and cluster.primary_for(channel_keys(PREFIX, name).meta).port == node.port:
+            return name
+    raise LookupError("no channel name maps to that node")
+
+
+async def _publish_until_done(log: RedisChannelLog, channel: str, data: bytes, key: str) -> PublishResult:
+    """Publish through a failover the way an application does: retry with the same
+    idempotency key until Redis answers (it is applied once)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return await log.publish(channel, data, idempotency_key=key)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_cluster_failover_resubscribes_on_the_new_primary_and_signals_a_gap_read(own_redis_cluster):
+    cluster = own_redis_cluster
+    victim, bystander_node = cluster.primaries()[:2]
+    lost_channel = _channel_on(cluster, victim)
+    kept_channel = _channel_on(cluster, bystander_node)
+    subscriber = Collector()
+    node_client = RedisCluster.from_url(cluster.url)
+    node = RedisChannelLog(node_client, prefix=PREFIX, sharded=True, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    publisher_client = RedisCluster.from_url(f"redis://127.0.0.1:{bystander_node.port}/0")
+    publisher = RedisChannelLog(publisher_client, prefix=PREFIX, sharded=True)
+    await node.subscribe([lost_channel, kept_channel])
+    epoch = (await publisher.publish(lost_channel, b"1")).position.epoch
+    await publisher.publish(kept_channel, b"1")
+    await eventually(lambda: len(subscriber.publications) == 2, what="the first notifications")
+    cluster.wait_healthy()  # the replicas have everything: the failover loses nothing
+
+    victim.kill()
+    second = await _publish_until_done(publisher, lost_channel, b"2", "second")
+    await _publish_until_done(publisher, kept_channel, b"2", "kept-second")
+    cluster.wait_failover(victim)
+    assert second.position == StreamPosition(2, epoch)  # the replica carried the channel on
+    await eventually(lambda: lost_channel in subscriber.resyncs, timeout=30,
+                     what="a resync of the channel whose primary died")
+    # The owner's gap read after the resync, merged with what was notified.
+    last = max(subscriber.offsets(lost_channel))
+    gap = await node.history(lost_channel, since=StreamPosition(last, epoch), limit=10)
+    assert gap.recoverable
+    delivered = sorted(set(subscriber.offsets(lost_channel)) | {p.offset for p in gap.publications})
+    assert delivered == [1, 2]
+    # Notifications flow again, from the new primary; the other shard never stopped.
+    await _publish_until_done(publisher, lost_channel, b"3", "third")
+    await eventually(lambda: 3 in subscriber.offsets(lost_channel), timeout=30,
+                     what="a notification from the new primary")
+    await eventually(lambda: subscriber.offsets(kept_channel) == [1, 2], what="the bystander channel")
+    await node.close()
+    await node_client.aclose()
+    await publisher_client.aclose()
+
+
+async def test_a_planned_failover_moves_the_subscription_to_the_new_primary(redis_cluster, cluster_url):
+    """Redis drops a shard channel's subscribers when its slot changes owner (the connection
+    stays up): the subscription follows the slot and the owner is told to resync."""
+    primary = redis_cluster.primaries()[0]
+    channel = _channel_on(redis_cluster, primary)
+    subscriber = Collector()
+    client = RedisCluster.from_url(cluster_url)
+    node = RedisChannelLog(client, prefix=PREFIX, sharded=True, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    publisher_client = RedisCluster.from_url(cluster_url)
+    publisher = RedisChannelLog(publisher_client, prefix=PREFIX, sharded=True)
+    await node.subscribe([channel])
+    epoch = (await publisher.publish(channel, b"1")).position.epoch
+    await eventually(lambda: subscriber.offsets(channel) == [1], what="the first notification")
+    redis_cluster.wait_healthy()
+
+    redis_cluster.manual_failover(primary)
+    await eventually(lambda: subscriber.resyncs == [channel], timeout=30, what="a resync after the switch")
+    second = await _publish_until_done(publisher, channel, b"2", "second")
+    assert second.position == StreamPosition(2, epoch)
+    await eventually(lambda: subscriber.offsets(channel) == [1, 2], timeout=30,
+                     what="a notification from the new primary")
+    await node.close()
+    await client.aclose()
+    await publisher_client.aclose()
