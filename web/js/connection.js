@@ -62,12 +62,17 @@ export function trackConnection(socket, badge, transportLabel) {
     };
   }
   set("connecting");
+  // The engine starts its WebSocket probe as soon as it opens, before the namespace is
+  // connected: listen from the engine's open, or a quickly refused probe goes unnoticed.
+  socket.io.on("open", () => {
+    upgradeFailed = false;
+    const engine = socket.io.engine;
+    engine.on("upgrade", () => { if (socket.connected) showTransport(); });
+    engine.on("upgradeError", () => { upgradeFailed = true; if (socket.connected) showTransport(); });
+  });
   socket.on("connect", () => {
     set(socket.recovered ? "recovered" : "connected");
-    upgradeFailed = false;
     showTransport();
-    socket.io.engine.on("upgrade", showTransport);
-    socket.io.engine.on("upgradeError", () => { upgradeFailed = true; showTransport(); });
   });
   socket.on("disconnect", (reason) => {
     if (socket.active) return offline();  // it reconnects by itself
