@@ -16,42 +16,16 @@ from typing import Any
 
 import msgpack
 
-from server.event_log import Entry, EventLog, is_offset
+from server.event_log import is_offset
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 from server.pending import PendingMessage
+from server.room_history import history_stream, message_of, read_history
 from server.presence import Member
 
 log = logging.getLogger("namespaces.chat")
 
 MAX_TEXT = 4000
 MAX_HISTORY = 200
-
-
-def history_stream(room: str) -> str:
-    return f"/chat#room:{room}"
-
-
-def _message(entry: Entry) -> dict[str, Any] | None:
-    """The chat message logged as ``entry``, with its ``seq``; None if it is not one."""
-    try:
-        message = msgpack.unpackb(entry.data)
-    except Exception:
-        return None
-    if not isinstance(message, dict):
-        return None
-    message["seq"] = entry.offset
-    return message
-
-
-async def read_history(event_log: EventLog, room: str, after: str | None, before: str | None,
-                       limit: int) -> list[dict]:
-    """Messages of ``room``, oldest first, each with its ``seq``: the first ``limit`` after
-    ``after`` when given, else the newest ``limit`` (older than ``before`` when given).
-    Used by the ``history`` event, the operators' ``room`` and the server API."""
-    stream = history_stream(room)
-    entries = await (event_log.read(stream, after, limit) if after is not None else
-                     event_log.history(stream, limit, before))
-    return [m for m in map(_message, entries) if m is not None]
 
 
 def _text(payload: dict[str, Any]) -> str:
@@ -204,7 +178,7 @@ class ChatNamespace(BaseNamespace):
                     if budget < 0 or len(messages) >= 10_000:
                         more = True
                         break
-                    message = _message(entry)
+                    message = message_of(entry)
                     if message is not None:
                         messages.append(message)
                 if len(batch) < 500:

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     log = logging.getLogger("server")
-    app = create_app(config)
+    from namespaces import factories  # the one place the server and the applications meet
+
+    app = create_app(config, factories(bench=config.server.bench_namespace))
     tune_gc()
     log.info("listening on http://%s:%d", config.server.host, config.server.port)
     web.run_app(app, sock=sockets, print=None, shutdown_timeout=config.server.shutdown_timeout, access_log=None)

@@ -27,6 +27,7 @@ from .api_params import ApiError
 from .api_schema import openapi_document
 from .endings import USER_DISCONNECTED
 from .publisher import ROOM_PREFIX, PublishConflict, Publisher, Target
+from .room_history import history_stream, read_history
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -77,8 +78,6 @@ async def publish(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
 
 async def history(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     """``{namespace, room, since?, limit?}`` → ``{events, offset, epoch, complete}`` of a /chat room."""
-    from namespaces.chat import history_stream, read_history  # /chat keeps room history (its own streams)
-
     p.only(params, ("namespace", "room", "since", "limit"))
     p.namespace(params, ("/chat",))
     room = p.room(params) or ""

@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -31,6 +31,10 @@ from .realtime import RealtimeServer
 from .stores import Stores, build_stores
 
 log = logging.getLogger("server.app")
+
+# Builds one application namespace for a runtime (each namespace module's ``create``).
+NamespaceFactory = Callable[["Runtime"], Any]
+
 
 @dataclass
 class Runtime:
@@ -128,16 +132,9 @@ def _on_evict(sio: RealtimeServer):
     return handler
 
 
-def register_namespaces(runtime: Runtime) -> None:
-    from namespaces import admin, chat, collab, game
-
-    modules = [chat, game, collab, admin]
-    if runtime.config.server.bench_namespace:
-        from namespaces import bench
-
-        modules.append(bench)
-    for module in modules:
-        ns = module.create(runtime)
+def register_namespaces(runtime: Runtime, factories: Sequence[NamespaceFactory]) -> None:
+    for create in factories:
+        ns = create(runtime)
         runtime.namespaces[ns.namespace] = ns
         runtime.sio.register_namespace(ns)
 
@@ -413,9 +410,15 @@ async def on_cleanup(app: web.Application) -> None:
     await runtime.stores.close()
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, namespaces: Sequence[NamespaceFactory] = ()) -> web.Application:
+    """The application of one node.
+
+    :param config: the validated configuration.
+    :param namespaces: ``create(runtime)`` of each application namespace to serve; the entry
+        point composes them (``namespaces.factories``), so this package never imports them.
+    """
     runtime = build_runtime(config)
-    register_namespaces(runtime)
+    register_namespaces(runtime, namespaces)
     app = web.Application(client_max_size=config.server.max_payload + 4096,
                           middlewares=[runtime.forwarder.middleware])
     app["runtime"] = runtime

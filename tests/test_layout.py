@@ -1,0 +1,36 @@
+"""The package boundaries the README's layout promises, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative ones as ``.name``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
+
+
+def test_the_server_package_never_imports_the_applications_but_at_its_entry_point():
+    offenders = {str(path.relative_to(ROOT)): sorted(m for m in imported_modules(path)
+                                                     if m == "namespaces" or m.startswith("namespaces."))
+                 for path in (ROOT / "server").rglob("*.py") if path.name != "__main__.py"}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_core_package_depends_on_no_library_adapter_and_no_other_server_module():
+    forbidden = ("socketio", "engineio", "aiohttp", "server", "namespaces")
+    for path in (ROOT / "server" / "core").rglob("*.py"):
+        for module in imported_modules(path):
+            top = module.split(".")[0]
+            assert top not in forbidden, f"{path.relative_to(ROOT)} imports {module}"
+            # relative imports may only reach inside server/core
+            assert not module.startswith(".."), f"{path.relative_to(ROOT)} imports {module}"
