@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import hmac
 import logging
 import os
@@ -35,6 +34,7 @@ from redis.exceptions import RedisError
 
 from server.endings import REVOKED, USER_DISCONNECTED, Ending
 from server.login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
+from server.scrypt_hash import scrypt_hash, scrypt_matches
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 
 log = logging.getLogger("namespaces.admin")
@@ -50,21 +50,9 @@ FEATURES_RO = ["AGGREGATED_EVENTS", "ALL_EVENTS"]
 REFUSALS_LOGGED_PER_SECOND = 20
 
 
-def hash_password(password: str, salt: bytes | None = None) -> str:
-    """``scrypt$<salt hex>$<hash hex>``, the format ``admin.password_hash`` takes."""
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def check_password(password: str, stored_hash: str) -> bool:
-    try:
-        scheme, salt, digest = stored_hash.split("$")
-        if scheme != "scrypt":
-            return False
-        return hmac.compare_digest(hash_password(password, bytes.fromhex(salt)), stored_hash)
-    except ValueError:
-        return False
+# The stored form of an operator password (``admin.password_hash``), and its check.
+hash_password = scrypt_hash
+check_password = scrypt_matches
 
 
 class AdminNamespace(BaseNamespace):

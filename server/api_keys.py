@@ -14,13 +14,13 @@ import asyncio
 import hashlib
 import hmac
 import math
-import secrets
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from .config import ApiKey
+from .scrypt_hash import scrypt_hash, scrypt_matches
 
 # Answers of scrypt checks kept per process: this many at most, each for CACHE_TTL seconds.
 CACHE_SIZE = 1024
@@ -30,20 +30,9 @@ CACHE_TTL = 300.0
 MAX_WAITING_CHECKS = 32
 
 
-def hash_key(key: str, salt: bytes | None = None) -> str:
-    """``scrypt$<salt hex>$<hash hex>``, the format ``[api] keys`` ``key_hash`` takes
-    (the same as ``admin.password_hash``)."""
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(key.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def _matches_hash(key: str, stored: str) -> bool:
-    try:
-        _, salt, _ = stored.split("$")
-        return hmac.compare_digest(hash_key(key, bytes.fromhex(salt)), stored)
-    except ValueError:
-        return False
+# The stored form of an API key (``[api] keys`` ``key_hash``; the format admin.password_hash takes).
+hash_key = scrypt_hash
+_matches_hash = scrypt_matches
 
 
 class KeyBusy(Exception):
