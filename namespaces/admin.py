@@ -33,7 +33,6 @@ import socketio
 from redis.exceptions import RedisError
 
 from server.endings import REVOKED, USER_DISCONNECTED, Ending
-from server.login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
 from server.scrypt_hash import scrypt_hash, scrypt_matches
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 
@@ -58,13 +57,8 @@ check_password = scrypt_matches
 class AdminNamespace(BaseNamespace):
     def __init__(self, namespace: str, runtime: Any) -> None:
         super().__init__(namespace, runtime)
-        self.admin_sessions: dict[str, tuple[float, str]] = {}  # session id -> (expires, role)
         self.roles: dict[str, str] = {}
-        cfg = self.config.admin
-        redis = self.stores.redis
-        self.throttle: LoginThrottle = (
-            RedisLoginThrottle(redis, self.config.redis.key_prefix, cfg.login_attempts, cfg.login_lockout)
-            if redis is not None else MemoryLoginThrottle(cfg.login_attempts, cfg.login_lockout))
+        self.throttle = self.stores.login_throttle
         # One thread: password hashing never takes more than one core, and never the event loop.
         self._hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="admin-scrypt")
         self._refusals_window = 0.0
@@ -77,24 +71,13 @@ class AdminNamespace(BaseNamespace):
         self.runtime.cluster.handle("revoke", self._revoke_here)
 
     async def _remember(self, session_id: str, role: str) -> None:
-        redis = self.stores.redis
-        if redis is not None:
-            # Shared, so a reloaded UI page that reaches another node is still logged in.
-            await redis.set(f"{self.config.redis.key_prefix}:admin-session:{session_id}", role,
-                            ex=int(SESSION_TTL))
-        else:
-            self.admin_sessions[session_id] = (time.time() + SESSION_TTL, role)
+        # Shared with Redis, so a reloaded UI page that reaches another node is still logged in.
+        await self.stores.operator_sessions.remember(session_id, role, SESSION_TTL)
 
     async def _recall(self, session_id: str) -> str | None:
         if len(session_id) > 64:
             return None
-        redis = self.stores.redis
-        if redis is not None:
-            role = await redis.get(f"{self.config.redis.key_prefix}:admin-session:{session_id}")
-            role = role.decode() if isinstance(role, bytes) else role
-            return role if role in ("admin", "readonly") else None
-        item = self.admin_sessions.get(session_id)
-        return item[1] if item is not None and item[0] > time.time() else None
+        return await self.stores.operator_sessions.recall(session_id)
 
     async def _role_for(self, auth: dict[str, Any]) -> str | None:
         cfg = self.config.admin

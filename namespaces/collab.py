@@ -19,7 +19,6 @@ from typing import Any
 
 import pycrdt
 
-from server.documents import MemoryDocumentStore, RedisDocumentStore
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room
 from server.yupdate import ClientIdError, UpdateInfo, read_update
 
@@ -34,9 +33,7 @@ class CollabNamespace(BaseNamespace):
 
     def __init__(self, namespace: str, runtime: Any) -> None:
         super().__init__(namespace, runtime)
-        redis = runtime.stores.redis
-        self.documents = RedisDocumentStore(redis, runtime.config.redis.key_prefix) if redis is not None \
-            else MemoryDocumentStore()
+        self.documents = runtime.stores.documents
 
     async def _state(self, doc: str) -> bytes:
         snapshot, updates = await self.documents.load(doc)

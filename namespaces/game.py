@@ -15,20 +15,25 @@ forwarded to the owner over the cluster bus, and the owner's state broadcasts re
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 
 from server.cluster import ClusterError
+from server.game_lobby import LobbyFull
 from server.namespace import BaseNamespace, ClientError, ok, require_dict
 
 ARENA = 20
 REJOIN_GRACE = 30.0
 LOBBY = "lobby"
+# Seconds a game stays listed unless its node refreshes it (every third of this).
+LOBBY_TTL = 60.0
+
+log = logging.getLogger("namespaces.game")
 DIRECTIONS = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0), "none": (0, 0)}
 
 
@@ -89,9 +94,22 @@ class GameNamespace(BaseNamespace):
         super().__init__(namespace, runtime)
         self.games: dict[str, Game] = {}
         self.rng = random.Random()
-        self.redis = runtime.stores.redis
-        self.lobby_key = f"{runtime.config.redis.key_prefix}:games"
+        self.lobby = runtime.stores.game_lobby
         runtime.cluster.handle("game", self._remote_command)
+
+    async def start(self) -> None:
+        self.runtime.background(self._keep_listed(), "game-lobby")
+
+    async def _keep_listed(self) -> None:
+        """Refresh this node's games in the lobby: a dead node's games leave it by themselves."""
+        while True:
+            await asyncio.sleep(LOBBY_TTL / 3)
+            for game in list(self.games.values()):
+                if game.state != "over":
+                    try:
+                        await self.lobby.put(game.id, self._listing(game), LOBBY_TTL)
+                    except Exception as exc:  # LobbyFull cannot happen for a listed game
+                        log.debug("lobby refresh of %s failed: %s", game.id, exc)
 
     async def stop(self) -> None:
         for game in self.games.values():
@@ -106,36 +124,31 @@ class GameNamespace(BaseNamespace):
         return game
 
     async def _lobby(self) -> list[dict[str, Any]]:
-        if self.redis is None:
-            return [g.summary() for g in self.games.values() if g.state != "over"]
-        out = []
-        for raw in (await self.redis.hgetall(self.lobby_key)).values():
-            try:
-                summary = msgpack.unpackb(raw)
-            except Exception:
-                continue
-            if isinstance(summary, dict) and summary.get("state") != "over":
-                out.append(summary)
-        return sorted(out, key=lambda g: g.get("id", ""))
+        return [g for g in await self.lobby.games() if g.get("state") != "over"]
+
+    def _listing(self, game: Game) -> dict[str, Any]:
+        return {**game.summary(), "node": self.runtime.node_id}
 
     async def _lobby_changed(self, game: Game | None = None) -> None:
-        if self.redis is not None and game is not None:
+        if game is not None:
             if game.state == "over":
-                await self.redis.hdel(self.lobby_key, game.id)
+                await self.lobby.remove(game.id)
             else:
-                await self.redis.hset(self.lobby_key, game.id,
-                                      msgpack.packb({**game.summary(), "node": self.runtime.node_id}))
+                try:
+                    await self.lobby.put(game.id, self._listing(game), LOBBY_TTL)
+                except LobbyFull:
+                    raise ClientError("too_many_games", "the lobby is full") from None
         await self.emit("lobby", {"games": await self._lobby()}, room=LOBBY)
 
     async def _owner(self, payload: Any) -> str | None:
         """The node that runs the game (None: this one)."""
         gid = require_dict(payload).get("game")
-        if not isinstance(gid, str) or gid in self.games or self.redis is None:
+        if not isinstance(gid, str) or gid in self.games:
             return None
-        raw = await self.redis.hget(self.lobby_key, gid)
-        if raw is None:
+        listed = await self.lobby.get(gid)
+        if listed is None:
             raise ClientError("no_such_game", "no such game")
-        node = msgpack.unpackb(raw).get("node")
+        node = listed.get("node")
         return node if isinstance(node, str) and node != self.runtime.node_id else None
 
     async def _forward(self, command: str, sid: str, payload: Any) -> dict[str, Any] | None:
@@ -186,7 +199,11 @@ class GameNamespace(BaseNamespace):
             raise ClientError("too_many_games", "the lobby is full")
         game = Game(id=secrets.token_hex(4), name=name, capacity=capacity, host=self.identity(sid).user)
         self.games[game.id] = game
-        await self._lobby_changed(game)
+        try:
+            await self._lobby_changed(game)
+        except ClientError:
+            del self.games[game.id]
+            raise
         return ok(game=game.summary())
 
     async def on_join(self, sid: str, payload: Any = None) -> dict[str, Any]:

@@ -9,8 +9,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from .config import Config
+from .documents import DocumentStore, MemoryDocumentStore, RedisDocumentStore
 from .event_log import EventLog, MemoryEventLog, RedisEventLog
+from .game_lobby import GameLobbyStore, MemoryGameLobbyStore, RedisGameLobbyStore
 from .idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
+from .login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
+from .operator_sessions import MemoryOperatorSessionStore, OperatorSessionStore, RedisOperatorSessionStore
 from .pending import MemoryPendingDeliveries, PendingDeliveries, RedisPendingDeliveries
 from .presence import MemoryPresenceRegistry, PresenceRegistry, RedisPresenceRegistry
 from .sessions import MemorySessionStore, RedisSessionStore, SessionStore
@@ -23,6 +27,10 @@ class Stores:
     idempotency: IdempotencyStore
     presence: PresenceRegistry
     pending: PendingDeliveries
+    documents: DocumentStore
+    game_lobby: GameLobbyStore
+    operator_sessions: OperatorSessionStore
+    login_throttle: LoginThrottle
     redis: aioredis.Redis | None = None
 
     @property
@@ -96,6 +104,10 @@ def memory_stores(config: Config) -> Stores:
         idempotency=MemoryIdempotencyStore(d.dedupe_max_reply_bytes, d.dedupe_max_bytes),
         presence=MemoryPresenceRegistry(),
         pending=MemoryPendingDeliveries(d.direct_max_pending),
+        documents=MemoryDocumentStore(),
+        game_lobby=MemoryGameLobbyStore(),
+        operator_sessions=MemoryOperatorSessionStore(),
+        login_throttle=MemoryLoginThrottle(config.admin.login_attempts, config.admin.login_lockout),
     )
 
 
@@ -111,6 +123,10 @@ def redis_stores(config: Config) -> Stores:
         idempotency=RedisIdempotencyStore(client, prefix, d.dedupe_max_reply_bytes),
         presence=RedisPresenceRegistry(client, prefix),
         pending=RedisPendingDeliveries(client, prefix, d.direct_max_pending),
+        documents=RedisDocumentStore(client, prefix),
+        game_lobby=RedisGameLobbyStore(client, prefix),
+        operator_sessions=RedisOperatorSessionStore(client, prefix),
+        login_throttle=RedisLoginThrottle(client, prefix, config.admin.login_attempts, config.admin.login_lockout),
         redis=client,
     )
 

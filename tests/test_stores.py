@@ -387,3 +387,83 @@ async def test_a_stream_trimmed_empty_keeps_its_position(kind):
     assert position.offset == last  # not "0-0": that one is no longer covered
     assert await log.covers("s", position.offset)
     assert not await log.covers("s", "0-0")
+
+
+# ---------------------------------------------------------------------- operator sessions, game lobby
+
+from server.game_lobby import LobbyFull, MemoryGameLobbyStore, RedisGameLobbyStore  # noqa: E402
+from server.operator_sessions import MemoryOperatorSessionStore, RedisOperatorSessionStore  # noqa: E402
+
+
+def make_operator_sessions(kind, max_sessions=10_000):
+    name, client = kind
+    return MemoryOperatorSessionStore(max_sessions) if name == "memory" else RedisOperatorSessionStore(client(), "t")
+
+
+def make_lobby(kind, max_games=1000):
+    name, client = kind
+    return MemoryGameLobbyStore(max_games) if name == "memory" else RedisGameLobbyStore(client(), "t", max_games)
+
+
+async def test_operator_sessions_are_recalled_until_they_expire(kind):
+    store = make_operator_sessions(kind)
+    await store.remember("s1", "admin", 0.3)
+    await store.remember("s2", "readonly", 60)
+    assert await store.recall("s1") == "admin" and await store.recall("s2") == "readonly"
+    assert await store.recall("nope") is None
+    await asyncio.sleep(0.4)
+    assert await store.recall("s1") is None and await store.recall("s2") == "readonly"
+
+
+async def test_memory_operator_sessions_are_bounded_in_count():
+    store = MemoryOperatorSessionStore(max_sessions=3)
+    for i in range(10):
+        await store.remember(f"s{i}", "admin", 60)
+    assert store.size() == 3
+    assert [await store.recall(f"s{i}") for i in (6, 7, 8, 9)] == [None, "admin", "admin", "admin"]
+
+
+async def test_a_role_redis_holds_that_is_not_a_role_is_not_trusted(redis_url):
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.set("t:admin-session:forged", "root")
+        assert await RedisOperatorSessionStore(client, "t").recall("forged") is None
+    finally:
+        await client.aclose()
+
+
+async def test_lobby_lists_live_games_in_order_and_forgets_them_after_their_ttl(kind):
+    lobby = make_lobby(kind)
+    await lobby.put("b", {"id": "b", "node": "n1"}, 60)
+    await lobby.put("a", {"id": "a", "node": "n2"}, 0.3)
+    assert [g["id"] for g in await lobby.games()] == ["a", "b"]
+    assert (await lobby.get("a"))["node"] == "n2"
+    await asyncio.sleep(0.4)  # a's node stopped refreshing it (it died)
+    assert [g["id"] for g in await lobby.games()] == ["b"] and await lobby.get("a") is None
+    await lobby.put("b", {"id": "b", "node": "n1", "state": "playing"}, 60)  # a refresh replaces
+    assert (await lobby.get("b"))["state"] == "playing"
+    await lobby.remove("b")
+    assert await lobby.games() == [] and await lobby.get("b") is None
+
+
+async def test_lobby_is_bounded_in_count(kind):
+    lobby = make_lobby(kind, max_games=2)
+    await lobby.put("a", {"id": "a"}, 60)
+    await lobby.put("b", {"id": "b"}, 60)
+    with pytest.raises(LobbyFull):
+        await lobby.put("c", {"id": "c"}, 60)
+    await lobby.put("a", {"id": "a", "players": 2}, 60)  # refreshing a listed game is fine
+    await lobby.remove("b")
+    await lobby.put("c", {"id": "c"}, 60)
+    assert [g["id"] for g in await lobby.games()] == ["a", "c"]
+
+
+async def test_garbage_in_the_redis_lobby_is_dropped(redis_url):
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.hset("t:games", "junk", b"\xc1not msgpack")
+        lobby = RedisGameLobbyStore(client, "t")
+        assert await lobby.games() == [] and await lobby.get("junk") is None
+        assert await client.hlen("t:games") == 0
+    finally:
+        await client.aclose()
