@@ -34,3 +34,10 @@ def test_the_core_package_depends_on_no_library_adapter_and_no_other_server_modu
             assert top not in forbidden, f"{path.relative_to(ROOT)} imports {module}"
             # relative imports may only reach inside server/core
             assert not module.startswith(".."), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_namespaces_reach_redis_only_through_stores():
+    for path in (ROOT / "namespaces").glob("*.py"):
+        text = path.read_text()
+        assert "stores.redis" not in text, f"{path.name} uses the Redis client directly"
+        assert not any(m.startswith("redis") and m != "redis.exceptions" for m in imported_modules(path)), path.name
