@@ -19,8 +19,18 @@ from aiohttp import web
 from .config import ConfigError, load_config
 
 
+def environment_help() -> str:
+    """The environment variables that override ``config.toml``, one line each (for ``--help``)."""
+    from .config import ENV_OVERRIDES
+
+    width = max(map(len, ENV_OVERRIDES))
+    lines = [f"  {name.ljust(width)}  {section}.{key}" for name, (section, key) in sorted(ENV_OVERRIDES.items())]
+    return "environment variables (each overrides the config.toml key beside it):\n" + "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Run one realtime server node.")
+    parser = argparse.ArgumentParser(prog="python -m server", description="Run one realtime server node.",
+                                     epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TOML configuration file (default: config.toml in the repository)")
     parser.add_argument("--host", help="listen address (overrides server.host and $HOST)")
     parser.add_argument("--port", type=int, help="listen port (overrides server.port and $PORT)")

@@ -108,13 +108,11 @@ def build_runtime(config: Config) -> Runtime:
 
 
 def advertised_address(config: Config) -> str:
-    """``host:port`` other nodes reach this one at (``ADVERTISE_ADDRESS`` when set)."""
-    import os
+    """``host:port`` other nodes reach this one at (``server.advertise_address`` when set)."""
     import socket
 
-    explicit = os.environ.get("ADVERTISE_ADDRESS")
-    if explicit:
-        return explicit
+    if config.server.advertise_address:
+        return config.server.advertise_address
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         try:
@@ -352,6 +350,20 @@ async def on_startup(app: web.Application) -> None:
     log.info("node %s ready (%s, %s parser, durable: %s)", runtime.node_id,
              "redis" if runtime.stores.shared else "embedded in-memory state", runtime.config.server.parser,
              ", ".join(sorted(runtime.manager.durable)) or "none")
+    log.info("%s", banner(runtime.config))
+
+
+def banner(config: Config) -> str:
+    """Where everything is, for the person who just started the server."""
+    host = config.server.host if config.server.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    base = f"http://{host}:{config.server.port}"
+    lines = []
+    if config.server.pages:
+        lines += [f"  demos       {base}/  (chat {base}/chat.html, game {base}/game.html, editor {base}/collab.html)",
+                  f"  Admin UI    {base}/admin-ui/"]
+    lines += [f"  metrics     {base}/metrics", f"  probes      {base}/healthz {base}/readyz",
+              f"  server API  {base}/api/v1/" + ("" if config.api.keys else "  (off: no keys in [api] or $API_KEYS)")]
+    return "open:\n" + "\n".join(lines)
 
 
 async def _sweep_stores(runtime: Runtime) -> None:

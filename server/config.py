@@ -44,6 +44,7 @@ class ServerConfig:
     pages: bool = True
     assets_dir: str = ""
     bad_request_log_interval: float = 10.0
+    advertise_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,15 @@ def _namespaces(key: str, source: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+def _host_port(key: str, source: str, value: Any) -> str:
+    """``host:port`` or empty."""
+    text = _str(key, source, value).strip()
+    host, sep, port = text.rpartition(":")
+    if text and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ConfigError(f"{_where(key, source)}: expected host:port, got {text!r}")
+    return text
+
+
 def _redis_url(key: str, source: str, value: Any) -> str:
     url = _str(key, source, value).strip()
     schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "valkey://", "valkeys://")
@@ -382,6 +392,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "pages": _bool,
         "assets_dir": _folder,
         "bad_request_log_interval": lambda k, s, v: _float(k, s, v, 0, 86400),
+        "advertise_address": _host_port,
     },
     "redis": {
         "url": _redis_url,
@@ -503,6 +514,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "PAGES": ("server", "pages"),
     "ASSETS_DIR": ("server", "assets_dir"),
     "API_KEYS": ("api", "keys"),
+    "ADVERTISE_ADDRESS": ("server", "advertise_address"),
 }
 
 SECTION_TYPES = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -27,6 +27,7 @@ def run_server(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({"CORS_ORIGINS": "example.com"}, "server.cors_origins (from $CORS_ORIGINS): origin 'example.com'"),
     ({"AUTH_REQUIRED": "true"}, "auth.required"),
     ({"PARSER": "xml"}, "server.parser (from $PARSER): must be one of json, msgpack"),
+    ({"ADVERTISE_ADDRESS": "nohost"}, "server.advertise_address (from $ADVERTISE_ADDRESS): expected host:port"),
 ])
 def test_bad_environment_stops_startup_with_one_clear_line(env, fragment):
     out = run_server(env)
@@ -106,3 +107,19 @@ async def test_json_logs_carry_no_tokens(servers, js, tmp_path):
         assert {"ts", "level", "logger", "msg"} <= record.keys()
     assert token not in output and token.split(".")[2] not in output
     assert "pw-not-in-logs-123" not in output
+
+
+def test_help_lists_every_environment_variable():
+    from server.config import ENV_OVERRIDES
+
+    out = run_server({}, "--help")
+    assert out.returncode == 0
+    for name, (section, key) in ENV_OVERRIDES.items():
+        assert f"{name} " in out.stdout and f"{section}.{key}" in out.stdout, name
+
+
+def test_startup_banner_says_where_everything_is(server):
+    out = server.output()
+    for path in ("/chat.html", "/game.html", "/collab.html", "/admin-ui/", "/metrics", "/api/v1/"):
+        assert f"{server.url}{path}" in out, path
+    assert "off: no keys" in out
