@@ -134,6 +134,11 @@ class ClusterOperations:
         sio = self.runtime.sio
         op, namespace, room, target = body.get("op"), body.get("ns"), body.get("room"), body.get("target")
         sids = self._targets(namespace, target)
+        if op == "join" and isinstance(room, str):
+            # The clients' room cap holds for operators' and the API's joins too: a socket
+            # already in limits.max_rooms_per_socket rooms is left out (and not counted).
+            limit = self.runtime.config.limits.max_rooms_per_socket
+            sids = [sid for sid in sids if room in (joined := _app_rooms(sio, sid, namespace)) or len(joined) < limit]
         for sid in sids:
             if op == "join" and isinstance(room, str):
                 await sio.enter_room(sid, room, namespace=namespace)
@@ -160,3 +165,8 @@ class ClusterOperations:
         timeout = body.get("timeout") if isinstance(body.get("timeout"), (int, float)) else 5.0
         ack = await sio.call(event, body.get("data"), to=sid, namespace=namespace, timeout=timeout)
         return {"found": True, "ack": ack}
+
+
+def _app_rooms(sio: Any, sid: str, namespace: str) -> set[str]:
+    """The rooms a socket is in that count against its cap: not its own, not its user's."""
+    return {r for r in sio.manager.get_rooms(sid, namespace) if r != sid and not r.startswith("user:")}

@@ -221,3 +221,24 @@ async def test_metrics_move_with_traffic(server, js):
     assert metric(server, "rt_connects_total") == before["rt_connects_total"] + 2
     assert metric(server, "rt_dedupe_hits_total") == 1
     assert "rt_redis_errors_total" in body and "rt_recoveries_total" in body
+
+
+async def test_operator_join_keeps_to_the_room_cap(servers, js, tmp_path):
+    """limits.max_rooms_per_socket covers every path: an Admin UI join leaves out a socket that is
+    in as many rooms as a client may join."""
+    config = tmp_path / "config.toml"
+    config.write_text("[limits]\nmax_rooms_per_socket = 2\n")
+    srv = servers(env=ENV, args=["--config", str(config)])
+    await js.connect("full", srv.url + "/chat", transports=["websocket"])
+    await js.connect("free", srv.url + "/chat", transports=["websocket"])
+    for room in ("a", "b"):
+        assert (await js.emit("full", "join", {"room": room}))["ok"]
+    assert (await js.emit("full", "join", {"room": "c"}))["error"]["code"] == "too_many_rooms"
+    await admin(js, "op", srv)
+    assert await js.emit("op", "join", "/chat", "room:ops", None) == {"ok": True, "count": 1}
+    # a room the socket is in already does not count twice
+    assert await js.emit("op", "join", "/chat", "room:a", None) == {"ok": True, "count": 2}
+    await js.emit("op", "emit", "/chat", "room:ops", "notice", {"n": 1})
+    await js.wait("free", "notice", 1)
+    await asyncio.sleep(0.3)
+    assert await js.events("full", "notice") == []
