@@ -26,6 +26,7 @@ from .api_keys import KeyBusy, KeyRing, RateLimiter, retry_after
 from .api_params import ApiError
 from .api_schema import openapi_document
 from .endings import USER_DISCONNECTED
+from .namespace import counted_rooms
 from .publisher import ROOM_PREFIX, PublishConflict, Publisher, Target
 from .room_history import history_stream, read_history
 
@@ -141,16 +142,11 @@ async def _room_op(caller: Caller, params: dict[str, Any], join: bool) -> dict[s
     # whole rather than half done (a client joining at the same moment may still pass it by one).
     limit = caller.runtime.config.limits.max_rooms_per_socket
     full = [s for s in await operations.fetch_sockets(namespace, who)
-            if room not in s.get("rooms", ()) and len(_app_rooms(s)) >= limit]
+            if room not in s.get("rooms", ()) and len(counted_rooms(s.get("rooms", ()), s.get("id"))) >= limit]
     if full:
         raise ApiError(409, "too_many_rooms", f"room: {len(full)} of these sockets are in {limit} rooms already "
                        f"(limits.max_rooms_per_socket); none joined", "room")
     return {"count": await operations.sockets_join(namespace, room, who)}
-
-
-def _app_rooms(socket: dict[str, Any]) -> list[str]:
-    """The rooms a socket has joined (as BaseNamespace.rooms_of counts them: not its own, not its user's)."""
-    return [r for r in socket.get("rooms", ()) if r != socket.get("id") and not str(r).startswith("user:")]
 
 
 async def disconnect(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:

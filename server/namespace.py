@@ -17,10 +17,9 @@ import asyncio
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 import socketio
-from redis.exceptions import RedisError
 
 from .auth import AuthError, Identity
 from .endings import TOKEN_EXPIRED
@@ -104,11 +103,8 @@ class BaseNamespace(socketio.AsyncNamespace):
             # Wrong number of arguments from the client.
             log.info("bad arguments for %s from %s: %s", event, sid, exc)
             return ClientError("invalid_arguments", f"wrong arguments for {event!r}").ack()
-        except (RedisError, OSError) as exc:
-            # Shared state unreachable: say so; the client may retry (with the same eventId).
-            log.warning("%s %s failed, store unavailable: %s", self.namespace, event, exc)
-            self.metrics.handler_errors.labels(self.namespace, "unavailable").inc()
-            return ClientError("unavailable", "temporarily unavailable, retry").ack()
+        # Anything else (shared state unreachable included) is answered by the server in one
+        # place: RealtimeServer._handler_failed (unavailable / internal error acks).
 
     def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:
         if not data or not isinstance(data[0], dict) or "eventId" not in data[0]:
@@ -227,8 +223,7 @@ class BaseNamespace(socketio.AsyncNamespace):
         return identity
 
     def rooms_of(self, sid: str) -> list[str]:
-        return [r for r in self.server.manager.get_rooms(sid, self.namespace)
-                if r != sid and not r.startswith("user:")]
+        return counted_rooms(self.server.manager.get_rooms(sid, self.namespace), sid)
 
     async def on_whoami(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``whoami`` → ``{ok, user, name, guest, expires}``, and ``guestToken`` for a guest (its
@@ -257,3 +252,9 @@ class BaseNamespace(socketio.AsyncNamespace):
 
 def user_room(user: str) -> str:
     return f"user:{user}"
+
+
+def counted_rooms(rooms: Iterable[Any], sid: str) -> list[str]:
+    """Of a socket's rooms, those that count against ``limits.max_rooms_per_socket``: not its
+    own room, not its user's. One rule for clients' joins, operators' and the API's."""
+    return [r for r in rooms if isinstance(r, str) and r != sid and not r.startswith("user:")]

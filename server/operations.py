@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from .endings import DRAINED, ENDINGS, USER_DISCONNECTED, Ending
+from .namespace import counted_rooms
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -138,7 +139,8 @@ class ClusterOperations:
             # The clients' room cap holds for operators' and the API's joins too: a socket
             # already in limits.max_rooms_per_socket rooms is left out (and not counted).
             limit = self.runtime.config.limits.max_rooms_per_socket
-            sids = [sid for sid in sids if room in (joined := _app_rooms(sio, sid, namespace)) or len(joined) < limit]
+            sids = [sid for sid in sids if room in (joined := counted_rooms(sio.manager.get_rooms(sid, namespace), sid))
+                    or len(joined) < limit]
         for sid in sids:
             if op == "join" and isinstance(room, str):
                 await sio.enter_room(sid, room, namespace=namespace)
@@ -166,7 +168,3 @@ class ClusterOperations:
         ack = await sio.call(event, body.get("data"), to=sid, namespace=namespace, timeout=timeout)
         return {"found": True, "ack": ack}
 
-
-def _app_rooms(sio: Any, sid: str, namespace: str) -> set[str]:
-    """The rooms a socket is in that count against its cap: not its own, not its user's."""
-    return {r for r in sio.manager.get_rooms(sid, namespace) if r != sid and not r.startswith("user:")}
