@@ -46,14 +46,18 @@ def own_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisClusterServers]:
-    """A shared Redis Cluster (3 primaries, 3 replicas); skipped where redis-server < 7."""
+def _cluster() -> Iterator[RedisClusterServers]:
     if not cluster_available():
         pytest.skip("Redis Cluster tests need redis-server >= 7 (sharded pub/sub)")
     cluster = RedisClusterServers().start()
     yield cluster
     cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A shared Redis Cluster (3 primaries, 3 replicas); skipped where redis-server < 7."""
+    yield from _cluster()
 
 
 @pytest.fixture
@@ -66,11 +70,7 @@ def cluster_url(redis_cluster: RedisClusterServers) -> str:
 @pytest.fixture
 def own_redis_cluster() -> Iterator[RedisClusterServers]:
     """A Redis Cluster of this test's own, for tests that kill its nodes."""
-    if not cluster_available():
-        pytest.skip("Redis Cluster tests need redis-server >= 7 (sharded pub/sub)")
-    cluster = RedisClusterServers().start()
-    yield cluster
-    cluster.cleanup()
+    yield from _cluster()
 
 
 @pytest.fixture
