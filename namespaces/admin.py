@@ -35,6 +35,7 @@ from redis.exceptions import RedisError
 from server.endings import REVOKED, USER_DISCONNECTED, Ending
 from server.scrypt_hash import scrypt_hash, scrypt_matches
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
+from server.room_history import read_history
 
 log = logging.getLogger("namespaces.admin")
 FORBIDDEN = ClientError("forbidden", "read-only operators cannot change anything").ack()
@@ -340,8 +341,7 @@ class AdminNamespace(BaseNamespace):
         limit = payload.get("limit", 50)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 200:
             raise ClientError("invalid_limit", "limit must be from 1 to 200")
-        chat = self.runtime.namespaces["/chat"]
-        messages = await chat._read_history(room, None, None, limit)
+        messages = (await read_history(self.runtime.manager.log, room, limit=limit)).messages
         members = await self.stores.presence.members("/chat", room)
         return ok(room=room, messages=messages, members=[m.__dict__ for m in members])
 

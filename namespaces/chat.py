@@ -14,18 +14,23 @@ import secrets
 import time
 from typing import Any
 
-import msgpack
-
-from server.event_log import is_offset
+from server.core.channel_log import StreamPosition, check_idempotency_key
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 from server.pending import PendingMessage
-from server.room_history import history_stream, message_of, read_history
 from server.presence import Member
+from server.room_history import message_of, read_history, room_channel
 
 log = logging.getLogger("namespaces.chat")
 
 MAX_TEXT = 4000
 MAX_HISTORY = 200
+MAX_SEQ = (1 << 53) - 1  # what a JavaScript number holds exactly
+
+
+def _seq(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEQ:
+        raise ClientError("invalid_offset", f"{name} must be a seq: an integer >= 0, as received")
+    return value
 
 
 def _text(payload: dict[str, Any]) -> str:
@@ -60,7 +65,7 @@ class ChatNamespace(BaseNamespace):
         if first:
             await self.emit("presence", {"room": room, "user": identity.user, "name": identity.name,
                                          "action": "join"}, room="room:" + room)
-        position = await self.stores.event_log.position(history_stream(room))
+        position = await self.runtime.manager.log.position(room_channel(room))
         members = await self.stores.presence.members(self.namespace, room)
         return ok(room=room, members=[m.__dict__ for m in members], seq=position.offset, epoch=position.epoch)
 
@@ -94,10 +99,22 @@ class ChatNamespace(BaseNamespace):
         identity = self.identity(sid)
         message = {"id": secrets.token_hex(8), "room": room, "user": identity.user, "name": identity.name,
                    "text": text, "ts": int(time.time() * 1000)}
-        seq = await self.stores.event_log.append(history_stream(room), msgpack.packb(message))
-        message["seq"] = seq
-        await self.emit("message", message, room="room:" + room)
-        return ok(id=message["id"], seq=seq, ts=message["ts"])
+        # Written once, to the room's channel: its seq is its offset there (set by each receiver
+        # from the publication: the "seq" stamp), and history is the channel's history. A retry
+        # with the same eventId publishes nothing and gets the first seq.
+        key = self._message_key(identity.user, payload.get("eventId"))
+        result = await self.runtime.manager.publish(self.namespace, "room:" + room, "message", [message],
+                                                    stamp="seq", idempotency_key=key)
+        return ok(id=message["id"], seq=result.position.offset, epoch=result.position.epoch, ts=message["ts"])
+
+    @staticmethod
+    def _message_key(user: str, event_id: Any) -> str | None:
+        if not isinstance(event_id, str):
+            return None
+        try:
+            return check_idempotency_key(f"message:{user}:{event_id}")
+        except ValueError:
+            return None
 
     async def on_typing(self, sid: str, payload: Any = None) -> None:
         payload = require_dict(payload)
@@ -109,9 +126,6 @@ class ChatNamespace(BaseNamespace):
                                room="room:" + room, skip_sid=sid, namespace=self.namespace, volatile=True)
         return None
 
-    async def _read_history(self, room: str, after: str | None, before: str | None, limit: int) -> list[dict]:
-        return await read_history(self.stores.event_log, room, after, before, limit)
-
     async def on_history(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``history {room, limit?, after?, before?}``: the newest ``limit`` messages, or those after a seq."""
         payload = require_dict(payload)
@@ -121,16 +135,15 @@ class ChatNamespace(BaseNamespace):
         limit = payload.get("limit", 50)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_HISTORY:
             raise ClientError("invalid_limit", f"limit must be an integer from 1 to {MAX_HISTORY}")
-        after, before = payload.get("after"), payload.get("before")
-        for name, value in (("after", after), ("before", before)):
-            if value is not None and not is_offset(value):
-                raise ClientError("invalid_offset", f"{name} must be a seq like '1700000000000-0'")
-        position = await self.stores.event_log.position(history_stream(room))
-        complete = True
-        if after is not None:
-            complete = await self.stores.event_log.covers(history_stream(room), after)
-        messages = await self._read_history(room, after, before, limit)
-        return ok(room=room, messages=messages, epoch=position.epoch, complete=complete)
+        after, before, epoch = payload.get("after"), payload.get("before"), payload.get("epoch")
+        after = None if after is None else _seq("after", after)
+        before = None if before is None else _seq("before", before)
+        if epoch is not None and not isinstance(epoch, str):
+            raise ClientError("invalid_epoch", "epoch must be a string, as received")
+        history = await read_history(self.runtime.manager.log, room, after=after, before=before, epoch=epoch,
+                                     limit=limit)
+        return ok(room=room, messages=history.messages, epoch=history.position.epoch, seq=history.position.offset,
+                  complete=history.complete)
 
     async def on_resume(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """For clients without connection state recovery: ``resume {rooms: {room: {seq, epoch?}}}``.
@@ -148,13 +161,13 @@ class ChatNamespace(BaseNamespace):
         if len(rooms) > limit:
             raise ClientError("too_many_rooms", f"at most {limit} rooms")
         identity = self.identity(sid)
-        wanted: list[tuple[str, str, Any]] = []
+        wanted: list[tuple[str, int, Any]] = []
         for room, position in rooms.items():
             room = require_room(room)
             position = position if isinstance(position, dict) else {"seq": position}
-            seq, epoch = position.get("seq"), position.get("epoch")
-            if not is_offset(seq):
-                raise ClientError("invalid_offset", f"seq for {room} must be like '1700000000000-0'")
+            seq, epoch = _seq(f"seq for {room}", position.get("seq")), position.get("epoch")
+            if epoch is not None and not isinstance(epoch, str):
+                raise ClientError("invalid_epoch", f"epoch for {room} must be a string, as received")
             if not identity.may_use_room(room):
                 raise ClientError("forbidden", f"your token does not allow room {room}")
             wanted.append((room, seq, epoch))
@@ -163,27 +176,32 @@ class ChatNamespace(BaseNamespace):
             raise ClientError("too_many_rooms", f"at most {limit} rooms")
         budget = self.config.limits.send_queue_max_bytes // 2  # for the whole reply, every room
         result = {}
+        log = self.runtime.manager.log
         for room, seq, epoch in wanted:
             joined = await self.on_join(sid, {"room": room})
-            stream = history_stream(room)
-            complete = (epoch is None or epoch == joined["epoch"]) and \
-                await self.stores.event_log.covers(stream, seq)
+            channel = room_channel(room)
+            # A client that joined before the room's channel existed holds epoch "": its seq
+            # can only be of the epoch the channel has now.
+            since = StreamPosition(seq, epoch or joined["epoch"])
             messages: list[dict] = []
             more = False
-            cursor = seq
-            while complete and not more:
-                batch = await self.stores.event_log.read(stream, cursor, 500)
-                for entry in batch:
-                    budget -= len(entry.data)
+            complete = True
+            while not more:
+                page = await log.history(channel, since=since, limit=500)
+                if not page.recoverable:
+                    complete = False
+                    break
+                for publication in page.publications:
+                    budget -= len(publication.data)
                     if budget < 0 or len(messages) >= 10_000:
                         more = True
                         break
-                    message = message_of(entry)
+                    message = message_of(publication)
                     if message is not None:
                         messages.append(message)
-                if len(batch) < 500:
+                if len(page.publications) < 500:
                     break
-                cursor = batch[-1].offset
+                since = page.publications[-1].position
             self.metrics.replayed.labels(self.namespace).inc(len(messages))
             result[room] = {"messages": messages, "complete": complete and not more, "more": more,
                             "epoch": joined["epoch"], "seq": joined["seq"]}

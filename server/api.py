@@ -28,7 +28,7 @@ from .api_schema import openapi_document
 from .endings import USER_DISCONNECTED
 from .namespace import counted_rooms
 from .publisher import ROOM_PREFIX, PublishConflict, Publisher, Target
-from .room_history import history_stream, read_history
+from .room_history import read_history
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -83,12 +83,9 @@ async def history(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:
     p.namespace(params, ("/chat",))
     room = p.room(params) or ""
     since, limit = p.offset(params, "since"), p.integer(params, "limit", 50, 1, MAX_HISTORY)
-    event_log = caller.runtime.stores.event_log
-    position = await event_log.position(history_stream(room))
-    complete = True if since is None else await event_log.covers(history_stream(room), since)
-    messages = await read_history(event_log, room, since, None, limit)
-    return {"events": [{"offset": m["seq"], "event": "message", "args": [m]} for m in messages],
-            "offset": position.offset, "epoch": position.epoch, "complete": complete}
+    found = await read_history(caller.runtime.manager.log, room, after=since, limit=limit)
+    return {"events": [{"offset": m["seq"], "event": "message", "args": [m]} for m in found.messages],
+            "offset": found.position.offset, "epoch": found.position.epoch, "complete": found.complete}
 
 
 async def presence(caller: Caller, params: dict[str, Any]) -> dict[str, Any]:

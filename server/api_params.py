@@ -10,7 +10,6 @@ from typing import Any, Mapping
 import orjson
 from aiohttp import web
 
-from .event_log import is_offset
 from .namespace import EVENT_ID, ROOM_NAME
 from .publisher import ROOM_PREFIX, Target
 from .realtime import RESERVED_EVENTS
@@ -174,10 +173,15 @@ def idempotency_key(params: Mapping[str, Any]) -> str | None:
     return value
 
 
-def offset(params: Mapping[str, Any], field: str) -> str | None:
+def offset(params: Mapping[str, Any], field: str) -> int | None:
+    """An offset as returned by this API: an integer >= 0 (query strings carry it as text)."""
     value = params.get(field)
-    if value is not None and not is_offset(value):
-        raise bad(field, "an offset as returned by this API, like '1700000000000-0'")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 53:
+        raise bad(field, "an offset as returned by this API: an integer >= 0")
     return value
 
 

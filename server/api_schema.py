@@ -13,12 +13,11 @@ from typing import Any
 
 from . import __version__
 
-OFFSET = {"type": ["string", "null"],
-          "description": "Opaque position of the event in its stream; compare only for equality and pass back "
-                         "as `since`. Its format will change (today `<ms>-<seq>`); null for a namespace without "
-                         "history (/game)."}
+OFFSET = {"type": ["integer", "null"], "minimum": 1,
+          "description": "The event's offset in its room's channel: 1, 2, 3, ... within an epoch (a /chat "
+                         "message's `seq`). Null for a namespace without history (/game)."}
 EPOCH = {"type": ["string", "null"],
-         "description": "Opaque id of the stream's history: when it changes, offsets from before it are void "
+         "description": "Opaque id of the channel's history: when it changes, offsets from before it are void "
                         "(the history was lost). Null for a namespace without history."}
 NAMESPACE = {"type": "string", "enum": ["/chat", "/collab", "/game"]}
 ROOM = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
@@ -124,13 +123,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "HistoryEvent": {
         "type": "object", "required": ["offset", "event", "args"], "additionalProperties": False,
-        "properties": {"offset": {"type": "string"}, "event": {"type": "string"}, "args": {"type": "array"}},
+        "properties": {"offset": {"type": "integer"}, "event": {"type": "string"}, "args": {"type": "array"}},
     },
     "HistoryResult": {
         "type": "object", "required": ["events", "offset", "epoch", "complete"], "additionalProperties": False,
         "properties": {
             "events": {"type": "array", "items": _ref("HistoryEvent"), "description": "Oldest first."},
-            "offset": {"type": "string", "description": "The newest offset of the room's history (opaque)."},
+            "offset": {"type": "integer", "description": "The newest offset of the room's channel (0: empty)."},
             "epoch": {"type": "string", "description": "The history's epoch (opaque)."},
             "complete": {"type": "boolean", "description": "False when events after `since` were already dropped "
                          "(too old). Compare `epoch` with the one `since` came with: when it changed, the history "
@@ -189,7 +188,7 @@ PATHS: dict[str, Any] = {
         "Page forward by passing the last event's offset as `since` until no event comes back.",
         _ok("HistoryResult", "The events."),
         parameters=[CHAT_Q, ROOM_Q,
-                    _query("since", {"type": "string"}, False, "An offset from an earlier answer."),
+                    _query("since", {"type": "integer", "minimum": 0}, False, "An offset from an earlier answer."),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, False,
                            "Events at most.")])},
     "/presence": {"get": _operation(

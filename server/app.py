@@ -66,7 +66,7 @@ def build_runtime(config: Config) -> Runtime:
     metrics = Metrics()
     stores = build_stores(config)
     durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
-    manager = RealtimeManager(stores.event_log, durable, metrics)
+    manager = RealtimeManager(stores.channel_log, durable, metrics)
     origins: Any = list(config.server.cors_origins)
     if origins == ["*"]:
         origins = "*"
@@ -150,7 +150,7 @@ async def readyz(request: web.Request) -> web.Response:
     if await runtime.stores.ping() is None:
         problems.append("redis unreachable")
     if not runtime.manager.follower_healthy:
-        problems.append("event log follower behind")
+        problems.append("channel log unreadable")
     if runtime.draining or runtime.sio.shutting_down:
         problems.append("draining")
     body = {"status": "ready" if not problems else "not ready", "node": runtime.node_id, "problems": problems}
@@ -160,7 +160,6 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
     _update_gauges(runtime)
-    await _update_log_lag(runtime)
     return web.Response(body=runtime.metrics.render(), content_type="text/plain", charset="utf-8")
 
 
@@ -188,24 +187,17 @@ def _update_gauges(runtime: Runtime) -> None:
               "per_ip": sum(sio.eio._per_ip.values()), "http_requests": sio.eio.requests_in_flight,
               "websocket_transports": len(sio.eio._websockets)}
     # The embedded stores' sizes (Redis keeps its own counts).
-    for table, store in (("log_streams", runtime.stores.event_log), ("dedupe_entries", runtime.stores.idempotency),
-                         ("pending_messages", runtime.stores.pending)):
+    for table, store in (("dedupe_entries", runtime.stores.idempotency), ("pending_messages", runtime.stores.pending)):
         size = getattr(store, "size", None)
         if size is not None:
             tables[table] = size()
+    channels = getattr(runtime.manager.log, "channel_count", None)
+    if channels is not None:
+        tables["channels"] = channels
+    tables["channel_cursors"] = len(runtime.manager.deliveries.cursors)
+    tables["socket_positions"] = len(runtime.manager.positions)
     for table, size in tables.items():
         m.internal.labels(table).set(size)
-
-
-async def _update_log_lag(runtime: Runtime) -> None:
-    for namespace in runtime.manager.durable:
-        try:
-            newest = (await runtime.stores.event_log.position(namespace)).offset
-        except Exception:
-            continue
-        delivered = runtime.manager.positions.get(namespace, "0-0")
-        newest_ms, delivered_ms = (int(o.split("-")[0]) for o in (newest, delivered))
-        runtime.metrics.log_lag.labels(namespace).set(max(0, newest_ms - delivered_ms) / 1000 if newest != delivered else 0)
 
 
 async def _probe_redis(runtime: Runtime) -> None:
@@ -368,13 +360,13 @@ def banner(config: Config) -> str:
 
 async def _sweep_stores(runtime: Runtime) -> None:
     """Every store's age limit, enforced on a timer whether or not anyone reads or is online:
-    log entries older than ``log_max_age`` (every stream, per-room history included), streams
-    idle past ``log_idle_ttl``, dedupe entries past their TTL, direct messages past ``direct_ttl``."""
+    channel publications older than ``log_max_age`` (and channels idle that long), dedupe entries
+    past their TTL, direct messages past ``direct_ttl``."""
     d = runtime.config.delivery
     # At least twice per limit, so nothing outlives its limit by more than half of it.
     interval = max(0.1, min(30.0, d.log_max_age / 2, d.dedupe_ttl / 2, d.direct_ttl / 2))
     stores = runtime.stores
-    sweeps = (("event log", stores.event_log.sweep), ("dedupe", stores.idempotency.sweep),
+    sweeps = (("channel log", runtime.manager.log.trim_expired), ("dedupe", stores.idempotency.sweep),
               ("direct messages", lambda: stores.pending.sweep(d.direct_ttl)))
     while True:
         await asyncio.sleep(interval)

@@ -61,7 +61,6 @@ class DeliveryConfig:
     max_disconnection_duration: float = 120.0
     log_max_length: int = 10_000
     log_max_age: float = 3600.0
-    log_idle_ttl: float = 86400.0
     dedupe_ttl: float = 300.0
     dedupe_max_reply_bytes: int = 16_384
     dedupe_max_bytes: int = 64 * 1024 * 1024
@@ -405,7 +404,6 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "max_disconnection_duration": lambda k, s, v: _float(k, s, v, 1, 86400),
         "log_max_length": lambda k, s, v: _int(k, s, v, 10, 10_000_000),
         "log_max_age": lambda k, s, v: _float(k, s, v, 1, 30 * 86400),
-        "log_idle_ttl": lambda k, s, v: _float(k, s, v, 1, 365 * 86400),
         "dedupe_ttl": lambda k, s, v: _float(k, s, v, 1, 7 * 86400),
         "dedupe_max_reply_bytes": lambda k, s, v: _int(k, s, v, 64, 100_000_000),
         "dedupe_max_bytes": lambda k, s, v: _int(k, s, v, 65_536, 100_000_000_000),
@@ -575,9 +573,6 @@ def _check_consistency(config: Config, source: str) -> None:
     if config.auth.required and not config.auth.keys:
         raise ConfigError(f"auth.required (from {source} or $AUTH_REQUIRED): tokens are required for "
                           f"{', '.join(config.auth.required)} but auth.keys is empty, so no token could ever verify")
-    if config.delivery.log_idle_ttl < config.delivery.log_max_age:
-        raise ConfigError(f"delivery.log_idle_ttl (from {source}): must be at least delivery.log_max_age "
-                          f"({config.delivery.log_max_age:g} s): a stream is forgotten only once its events have aged out")
     if config.admin.password and config.admin.password_hash:
         raise ConfigError(f"admin.password and admin.password_hash (from {source}): set one, not both")
     if config.api.max_batch_commands > config.api.burst:

@@ -18,7 +18,7 @@ import socketio
 from aiohttp import web
 
 from .config import load_config
-from .event_log import MemoryEventLog
+from .core.channel_log import MemoryChannelLog
 from .manager import RealtimeManager
 from .metrics import Metrics
 from .realtime import RealtimeEngine, RealtimeServer
@@ -54,7 +54,8 @@ def create_conformance_app() -> web.Application:
                 "ping_timeout": TIMINGS["ping_timeout"], "max_payload": TIMINGS["max_http_buffer_size"]},
         delivery={"durable_namespaces": ()})
     metrics = Metrics()
-    manager = RealtimeManager(MemoryEventLog(), (), metrics)
+    manager = RealtimeManager(lambda on_publication, on_resync: MemoryChannelLog(
+        on_publication=on_publication, on_resync=on_resync), (), metrics)
     sio = RealtimeServer(manager=manager, sessions=MemorySessionStore(), max_disconnection_duration=120,
                          limits=config.limits, metrics=metrics, connect_timeout=45, async_mode="aiohttp",
                          cors_allowed_origins="*", **TIMINGS)

@@ -108,6 +108,9 @@ class RealtimeSocket(AsyncSocket):
         if kind == eio_packet.MESSAGE:
             self._dispatch(pkt.data)
         elif kind == eio_packet.PONG:
+            if self.last_ping and self.server.heartbeat is not None:
+                # Everything sent before the ping has reached the client (server.core.positions).
+                self.server.heartbeat(self.sid, True)
             self.schedule_ping()
         elif kind == eio_packet.CLOSE:
             # As in Node's engine.io, the client closing its transport is a "transport close",
@@ -237,6 +240,8 @@ class RealtimeSocket(AsyncSocket):
         self._ping_timer = None
         if not self.closing and not self.closed:
             self.last_ping = time.time()
+            if self.server.heartbeat is not None:
+                self.server.heartbeat(self.sid, False)
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:

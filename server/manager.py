@@ -1,30 +1,37 @@
-"""RealtimeManager: python-socketio's client manager, extended with durable delivery.
+"""RealtimeManager: python-socketio's client manager, delivering durable namespaces through channels.
 
-Every non-volatile event a durable namespace emits without an ack is appended to the
-EventLog first and delivered by a *follower* task that reads the log in order and writes to
-this node's sockets. The same path runs in both modes: in memory mode the follower wakes on
-an in-process signal, in Redis mode it blocks on ``XREAD`` — so every node delivers every
-durable event in offset order, the offsets a client sees only increase, and a node whose
-Redis connection dropped catches up from its last position when it comes back.
+The path of one durable event (a /chat message, say):
 
-Volatile events and events of other namespaces go straight to local sockets and, with
-Redis, to the other nodes over the :class:`~server.bus.Bus`.
+1. :meth:`RealtimeManager.publish` writes it once to its room's channel
+   (:mod:`server.core.channel_log`: one atomic step — idempotency, append, trim, notify) and
+   returns its position ``{offset, epoch}``.
+2. Every node whose sockets are in that room is subscribed to the channel and hears of the
+   publication (:meth:`_on_publication`). It delivers each channel in offset order: a
+   publication after a gap first reads the missing ones from the channel's history.
+3. :meth:`_deliver` builds the packet once — the event's arguments, then the offset string
+   the JS client keeps for recovery — and writes it to each local member.
+
+Recovery (:meth:`recover`) reads only the channels the session was in, from the positions
+:func:`server.core.positions.resolve` derives from the client's offset string.
+
+Volatile events and events of other namespaces go straight to local sockets and, with Redis,
+to the other nodes over the :class:`~server.bus.Bus`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-import msgpack
 from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
+from .core.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
+from .core.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
+from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
-from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
 from .send_queue import packet_size
 
@@ -33,6 +40,13 @@ log = logging.getLogger("server.delivery")
 # A volatile packet is dropped when the socket already has this many packets waiting:
 # a slow client skips frames instead of building a backlog.
 VOLATILE_QUEUE_LIMIT = 8
+# Publications read per history call (gap reads, recovery).
+PAGE = 1000
+# Seconds after a channel's last local member left before the node unsubscribes (a burst of
+# disconnects is one unsubscribe; a socket that rejoins at once keeps the subscription).
+REAP_DELAY = 0.5
+
+ChannelLogFactory = Callable[[OnPublication, OnResync], ChannelLog]
 
 
 def websocket_frame(packets: list[eio_packet.Packet]) -> bytes | None:
@@ -41,13 +55,6 @@ def websocket_frame(packets: list[eio_packet.Packet]) -> bytes | None:
     if len(packets) != 1 or not isinstance(packets[0].data, str):
         return None
     return text_frame(packets[0].encode())
-
-
-@dataclass
-class Recovering:
-    """Live packets held back while a recovering socket is being replayed its history."""
-
-    held: list[tuple[tuple[int, int], list[eio_packet.Packet]]] = field(default_factory=list)
 
 
 def _size(packets: list[eio_packet.Packet]) -> int:
@@ -63,48 +70,40 @@ def normalize_args(data: Any) -> list[Any]:
     return [] if data is None else [data]
 
 
-def encode_entry(event: str, args: list[Any], rooms: list[str] | None, skip: list[str]) -> bytes:
-    return msgpack.packb({"e": event, "a": args, "r": rooms, "x": skip}, use_bin_type=True)
-
-
-def decode_entry(raw: bytes) -> tuple[str, list[Any], list[str] | None, list[str]] | None:
-    """Parse a log entry; anything malformed (it came from Redis) is rejected, never trusted."""
-    try:
-        value = msgpack.unpackb(raw, raw=False)
-    except Exception:
-        return None
-    if not isinstance(value, dict):
-        return None
-    event, args, rooms, skip = value.get("e"), value.get("a"), value.get("r"), value.get("x")
-    if not isinstance(event, str) or not isinstance(args, list):
-        return None
-    if rooms is not None and (not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms)):
-        return None
-    if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
-        return None
-    return event, args, rooms, skip
-
-
 class RealtimeManager(AsyncManager):
-    """Client manager with an event log for durable namespaces.
+    """Client manager that delivers durable namespaces through per-room channels.
 
-    :param event_log: where durable events are appended and read back from.
-    :param durable_namespaces: namespaces whose events are logged and carry offsets.
+    :param channel_log: builds the channel log, given the two callbacks it must call (this
+        manager's): so the log is made here, complete, and never re-wired afterwards.
+    :param durable_namespaces: namespaces whose events are published to channels, carry
+        offsets and are recovered.
     :param metrics: counters to update.
+    :param trail_length: publications per channel remembered for resolving a client's offset
+        string (see :mod:`server.core.positions`).
+    :param session_trail: trail entries saved with a session when its socket ends.
     """
 
-    def __init__(self, event_log: EventLog, durable_namespaces: Iterable[str], metrics: Metrics) -> None:
+    def __init__(self, channel_log: ChannelLogFactory, durable_namespaces: Iterable[str], metrics: Metrics,
+                 trail_length: int = 1024, session_trail: int = 2048) -> None:
         super().__init__()
-        self.event_log = event_log
+        self.log = channel_log(self._on_publication, self._on_resync)
         self.durable = frozenset(durable_namespaces)
         self.metrics = metrics
+        self.session_trail = session_trail
+        self.deliveries = Deliveries(trail_length)
         self.bus: Any = None  # set by the app when Redis links the nodes
-        self.positions: dict[str, str] = {}
         self.follower_healthy = True
-        self._follower: asyncio.Task | None = None
-        self._recovering: dict[tuple[str, str], Recovering] = {}
-        # After a replay, the follower may still bring entries the replay already sent.
-        self._watermarks: dict[tuple[str, str], tuple[int, int]] = {}
+        # (namespace, sid) -> what the socket surely received, for the durable namespaces.
+        self.positions: dict[tuple[str, str], SocketPositions] = {}
+        self._opening: dict[str, asyncio.Task] = {}
+        self._closing: dict[str, asyncio.Task] = {}
+        self._catching_up: dict[str, asyncio.Task] = {}
+        # Highest offset announced for a channel while a gap read was running.
+        self._announced: dict[str, int] = {}
+        # Live publications held back while a recovering socket is replayed its history.
+        self._recovering: dict[tuple[str, str], list[tuple[str, int, list[eio_packet.Packet]]]] = {}
+        self._reap_timer: asyncio.TimerHandle | None = None
+        self._reaping: asyncio.Task | None = None
         # The rooms of each socket. python-socketio finds them by scanning every room of the
         # namespace (get_rooms, basic_disconnect): O(rooms) per call, O(N^2) at 10k sockets.
         self._rooms_of: dict[tuple[str, str], set[Any]] = {}
@@ -112,43 +111,22 @@ class RealtimeManager(AsyncManager):
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        for namespace in sorted(self.durable):
-            self.positions[namespace] = (await self.event_log.position(namespace)).offset
-        self._follower = asyncio.create_task(self._follow(), name="event-log-follower")
+        return None
 
     async def stop(self) -> None:
-        if self._follower is not None:
-            self._follower.cancel()
+        if self._reap_timer is not None:
+            self._reap_timer.cancel()
+        tasks = [t for t in (self._reaping, *self._catching_up.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._follower
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
-            self._follower = None
+        await self.log.close()
 
-    async def _follow(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                batch = await self.event_log.follow(dict(self.positions), timeout=2.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: keep our positions, catch up when it returns
-                if self.follower_healthy:
-                    log.warning("event log unreachable, will catch up when it returns: %s", exc)
-                self.follower_healthy = False
-                self.metrics.redis_errors.inc()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            if not self.follower_healthy:
-                log.info("event log reachable again, catching up from %s", self.positions)
-            self.follower_healthy = True
-            backoff = 0.05
-            for stream, entry in batch:
-                self.positions[stream] = entry.offset
-                self._deliver_entry(stream, entry)
-
-    # ------------------------------------------------------------------ emit
+    # ------------------------------------------------------------------ emit and publish
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
                    callback: Any = None, to: Any = None, volatile: bool = False, **kwargs: Any) -> None:
@@ -162,7 +140,11 @@ class RealtimeManager(AsyncManager):
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
                                       callback=callback)
         if namespace in self.durable and not volatile:
-            await self.append(namespace, event, args, rooms, skip)
+            if rooms is None or len(rooms) == 1:
+                await self.publish(namespace, rooms[0] if rooms else None, event, args, skip)
+            else:
+                for target in dict.fromkeys(rooms):
+                    await self.publish(namespace, target, event, args, skip, others=rooms)
             return
         if volatile and namespace in self.durable and args and isinstance(args[-1], str):
             # The JS client takes a trailing string as an offset; a volatile event must never
@@ -172,12 +154,24 @@ class RealtimeManager(AsyncManager):
         if self.bus is not None and not kwargs.get("local_only"):
             await self.bus.publish_emit(namespace, event, args, rooms, skip, volatile)
 
-    async def append(self, namespace: str, event: str, args: list[Any], rooms: list[str] | None,
-                     skip: list[str]) -> str:
-        """Log a durable event; the follower delivers it (on every node). Returns its offset."""
-        offset = await self.event_log.append(namespace, encode_entry(event, args, rooms, skip))
-        self.metrics.events_logged.labels(namespace).inc()
-        return offset
+    async def publish(self, namespace: str, room: str | None, event: str, args: list[Any],
+                      skip: Iterable[str] = (), *, others: Iterable[str] = (), stamp: str | None = None,
+                      idempotency_key: str | None = None) -> PublishResult:
+        """Publish ``event(*args)`` to ``room`` of a durable namespace (None: every socket of
+        it): one write; every node with members delivers it, in order, recoverably.
+
+        :param skip: socket ids that must not receive it.
+        :param others: every room of a multi-room emit, in order (a socket in several gets it once).
+        :param stamp: a field of ``args[0]`` (a map) receivers set to the offset (``/chat``'s ``seq``).
+        :param idempotency_key: a second publish with it within ``delivery.dedupe_ttl``
+            publishes nothing and returns the first position.
+        """
+        envelope = Envelope(event, list(args), tuple(skip), tuple(others), stamp)
+        result = await self.log.publish(channel_name(namespace, room), encode_envelope(envelope),
+                                        idempotency_key=idempotency_key)
+        if not result.duplicate:
+            self.metrics.events_logged.labels(namespace).inc()
+        return result
 
     # ------------------------------------------------------------------ local delivery
 
@@ -216,31 +210,50 @@ class RealtimeManager(AsyncManager):
         self.metrics.bytes_out.inc(_size(packets) * len(targets))
         return len(targets)
 
-    def _deliver_entry(self, namespace: str, entry: Entry) -> None:
-        parsed = decode_entry(entry.data)
-        if parsed is None:
-            log.warning("dropping malformed log entry %s in %s", entry.offset, namespace)
+    def packets_of(self, channel: str, tag: str, publication: Publication,
+                   envelope: Envelope) -> list[eio_packet.Packet]:
+        """The packets of a publication: its arguments, stamped, then its offset string."""
+        namespace, _ = split_channel(channel)
+        args = envelope.args
+        if envelope.stamp is not None and args and isinstance(args[0], dict):
+            args = [{**args[0], envelope.stamp: publication.offset}, *args[1:]]
+        return self._encode(namespace, envelope.event, [*args, offset_token(tag, publication.offset)])
+
+    def _targets(self, channel: str, envelope: Envelope) -> list[tuple[str, str]]:
+        namespace, room = split_channel(channel)
+        ns = self.rooms.get(namespace)
+        members = ns.get(room) if ns else None
+        if not members:
+            return []
+        targets = [(sid, eio_sid) for sid, eio_sid in members.items() if sid not in envelope.skip]
+        if envelope.others and room in envelope.others:
+            # Sent to several rooms: a socket gets it from the first of them it is in.
+            before = envelope.others[:envelope.others.index(room)]
+            earlier = [ns[r] for r in before if r in ns]
+            if earlier:
+                targets = [t for t in targets if not any(t[0] in m for m in earlier)]
+        return targets
+
+    def _deliver(self, channel: str, cursor: ChannelCursor, publication: Publication) -> None:
+        self.deliveries.delivered(cursor, publication.offset)
+        envelope = decode_envelope(publication.data)
+        if envelope is None:
+            log.warning("dropping malformed publication %s of %s", publication.offset, channel)
             return
-        event, args, rooms, skip = parsed
-        targets = self.recipients(namespace, rooms, skip)
+        targets = self._targets(channel, envelope)
         if not targets:
             return
-        offset = parse_offset(entry.offset)
-        packets = self._encode(namespace, event, [*args, entry.offset])
+        namespace = split_channel(channel)[0]
+        packets = self.packets_of(channel, cursor.tag, publication, envelope)
         frame = websocket_frame(packets)
         delivered = 0
+        recovering = self._recovering
         for sid, eio_sid in targets:
-            key = (namespace, sid)
-            if self._watermarks:
-                mark = self._watermarks.get(key)
-                if mark is not None:
-                    if offset <= mark:
-                        continue  # the replay already sent it
-                    del self._watermarks[key]
-            held = self._recovering.get(key) if self._recovering else None
-            if held is not None:
-                held.held.append((offset, packets))
-                continue
+            if recovering:
+                held = recovering.get((namespace, sid))
+                if held is not None:
+                    held.append((channel, publication.offset, packets))
+                    continue
             self.write(eio_sid, packets, False, frame)
             delivered += 1
         self.metrics.deliveries.labels(namespace).inc(delivered)
@@ -283,79 +296,215 @@ class RealtimeManager(AsyncManager):
             queue.put_nowait(p)
         return True
 
-    # ------------------------------------------------------------------ connection state recovery
+    # ------------------------------------------------------------------ following channels
+
+    def _on_publication(self, channel: str, publication: Publication) -> None:
+        """A subscribed channel has a new publication (called by the channel log)."""
+        cursor = self.deliveries.cursors.get(channel)
+        if cursor is None:
+            return  # no longer ours
+        if cursor.catching_up:
+            self._announced[channel] = max(self._announced.get(channel, 0), publication.offset)
+            return
+        if publication.epoch == cursor.epoch:
+            if publication.offset == cursor.offset + 1:
+                self._deliver(channel, cursor, publication)
+                return
+            if publication.offset <= cursor.offset:
+                return  # already delivered (by a gap read)
+        elif not cursor.epoch and publication.offset == 1:
+            self.deliveries.reset(cursor, publication.epoch)  # the channel's first publication
+            self._deliver(channel, cursor, publication)
+            return
+        self._announced[channel] = publication.offset
+        self._catch_up(channel)
+
+    def _on_resync(self, channel: str) -> None:
+        """Notifications of ``channel`` may have been lost (its subscription was renewed)."""
+        if channel in self.deliveries.cursors:
+            self._catch_up(channel)
+
+    def _catch_up(self, channel: str) -> None:
+        cursor = self.deliveries.cursors.get(channel)
+        if cursor is None or channel in self._catching_up:
+            return
+        cursor.catching_up = True
+        task = asyncio.get_running_loop().create_task(self._read_gap(channel, cursor), name=f"gap {channel}")
+        self._catching_up[channel] = task
+
+    async def _read_gap(self, channel: str, cursor: ChannelCursor) -> None:
+        """Deliver what ``channel`` published after the cursor, reading its history, until the
+        cursor has reached every offset announced meanwhile."""
+        backoff = 0.05
+        try:
+            while self.deliveries.cursors.get(channel) is cursor:
+                try:
+                    self.metrics.channel_reads.labels("gap").inc()
+                    result = await self.log.history(channel, since=StreamPosition(cursor.offset, cursor.epoch),
+                                                    limit=PAGE)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # Redis away: keep the cursor, catch up when it returns
+                    if self.follower_healthy:
+                        log.warning("channel %s unreadable, will catch up when it returns: %s", channel, exc)
+                    self.follower_healthy = False
+                    self.metrics.redis_errors.inc()
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                self.follower_healthy = True
+                position = result.position
+                if not position.epoch:
+                    break  # the channel is gone (expired): nothing to deliver
+                if position.epoch != cursor.epoch:
+                    # The channel started again (expired, or Redis lost it): every publication
+                    # of the new epoch is new to this node.
+                    self.deliveries.reset(cursor, position.epoch)
+                    self._announced.pop(channel, None)
+                elif not result.recoverable:
+                    self.metrics.recoveries.labels(split_channel(channel)[0], "gap").inc()
+                for publication in result.publications:
+                    if publication.epoch == cursor.epoch and publication.offset > cursor.offset:
+                        self._deliver(channel, cursor, publication)
+                if len(result.publications) == PAGE:
+                    continue
+                # Everything up to the position read is delivered or gone (trimmed, aged out).
+                cursor.offset = max(cursor.offset, position.offset)
+                if self._announced.get(channel, 0) <= cursor.offset:
+                    break
+        finally:
+            cursor.catching_up = False
+            self._announced.pop(channel, None)
+            self._catching_up.pop(channel, None)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def open_channel(self, channel: str, fresh: bool = False) -> ChannelCursor:
+        """Subscribe this node to ``channel`` (once) and return its cursor.
+
+        :param fresh: the channel cannot exist yet (a new socket's own room): skip reading its
+            position.
+        """
+        closing = self._closing.get(channel)
+        if closing is not None:
+            await asyncio.shield(closing)
+        cursor = self.deliveries.cursors.get(channel)
+        if cursor is not None:
+            return cursor
+        task = self._opening.get(channel)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._open(channel, fresh), name=f"open {channel}")
+            self._opening[channel] = task
+            task.add_done_callback(lambda _: self._opening.pop(channel, None))
+        return await asyncio.shield(task)
+
+    async def _open(self, channel: str, fresh: bool) -> ChannelCursor:
+        await self.log.subscribe([channel])
+        position = EMPTY if fresh else await self.log.position(channel)
+        cursor = self.deliveries.open(channel, position.offset, position.epoch)
+        self.metrics.channels_subscribed.inc()
+        return cursor
+
+    def _has_members(self, channel: str) -> bool:
+        namespace, room = split_channel(channel)
+        return bool(self.rooms.get(namespace, {}).get(room))
+
+    def _reap_soon(self) -> None:
+        if self._reap_timer is None:
+            self._reap_timer = asyncio.get_running_loop().call_later(REAP_DELAY, self._start_reap)
+
+    def _start_reap(self) -> None:
+        self._reap_timer = None
+        if self._reaping is not None and not self._reaping.done():
+            self._reap_soon()  # the previous pass is still unsubscribing
+            return
+        self._reaping = asyncio.get_running_loop().create_task(self._reap(), name="channel-reaper")
+
+    async def _reap(self) -> None:
+        try:
+            await self.reap()
+        except Exception:  # it is what bounds subscriptions: try again later
+            log.exception("channel reaper failed")
+            self._reap_soon()
+
+    async def reap(self) -> int:
+        """Unsubscribe the channels no local socket is in any more; returns how many."""
+        idle = [c for c in self.deliveries.cursors
+                if not self._has_members(c) and c not in self._opening and c not in self._catching_up]
+        if not idle:
+            return 0
+        for channel in idle:
+            self.deliveries.close(channel)
+        task = asyncio.get_running_loop().create_task(self.log.unsubscribe(idle), name="unsubscribe")
+        for channel in idle:
+            self._closing[channel] = task
+        try:
+            await asyncio.shield(task)
+        except Exception as exc:
+            log.debug("unsubscribe failed (the channels stay subscribed, harmlessly): %s", exc)
+        finally:
+            for channel in idle:
+                if self._closing.get(channel) is task:
+                    del self._closing[channel]
+        self.metrics.channels_subscribed.dec(len(idle))
+        return len(idle)
+
+    # ------------------------------------------------------------------ rooms
+
+    async def join(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None,
+                   fresh: bool = False) -> None:
+        """Put a socket in ``room``; in a durable namespace, once this node follows the room's
+        channel, so the socket receives every publication after its join position."""
+        if namespace in self.durable:
+            channel = channel_name(namespace, room)
+            await self.open_channel(channel, fresh)
+            positions = self.positions.get((namespace, sid))
+            if positions is not None:
+                self.deliveries.join(positions, channel)
+        self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
 
     async def pre_connect(self, eio_sid: str, namespace: str, sid: str | None = None) -> str | None:
-        """As python-socketio's, but a recovering socket keeps its previous ``sid``."""
+        """As python-socketio's, but a recovering socket keeps its previous ``sid``, and in a
+        durable namespace the node follows the socket's own and the namespace's channels
+        before the socket counts as connected."""
         if sid is None:
-            return await super().pre_connect(eio_sid, namespace)
-        if self.is_connected(sid, namespace) or self.eio_sid_from_sid(sid, namespace):
-            return None
-        try:
-            self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
-        except Exception:
-            return None
-        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
-        self.pending_connect.setdefault(namespace, []).append(sid)
+            sid = await super().pre_connect(eio_sid, namespace)
+            recovering = False
+        else:
+            if self.is_connected(sid, namespace) or self.eio_sid_from_sid(sid, namespace):
+                return None
+            try:
+                self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+            except Exception:  # this Engine.IO session is in the namespace already
+                return None
+            self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+            self.pending_connect.setdefault(namespace, []).append(sid)
+            recovering = True
+        if sid is not None and namespace in self.durable:
+            positions = self.positions[(namespace, sid)] = SocketPositions(base_seq=self.deliveries.seq)
+            try:
+                await self.open_channel(channel_name(namespace, None))
+                await self.open_channel(channel_name(namespace, sid), fresh=not recovering)
+            except BaseException:
+                self.positions.pop((namespace, sid), None)
+                self.basic_disconnect(sid, namespace)
+                raise
+            self.deliveries.join(positions, channel_name(namespace, None))
+            self.deliveries.join(positions, channel_name(namespace, sid))
         return sid
 
-    def hold(self, namespace: str, sid: str) -> None:
-        """Start holding live durable packets for ``sid`` (its replay is being read)."""
-        self._recovering[(namespace, sid)] = Recovering()
+    async def enter_room(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
+        await self.join(sid, namespace, room, eio_sid=eio_sid)
+        if namespace in self.durable:
+            await self.server.save_session_of(namespace, sid)
 
-    def release(self, namespace: str, sid: str, replayed_through: tuple[int, int] | None) -> None:
-        """Send what was held (newer than the replay), then deliver live again."""
-        state = self._recovering.pop((namespace, sid), None)
-        eio_sid = self.eio_sid_from_sid(sid, namespace)
-        if state is None or eio_sid is None:
-            return
-        for offset, packets in state.held:
-            if replayed_through is None or offset > replayed_through:
-                self.write(eio_sid, packets, False)
-                replayed_through = offset
-        if replayed_through is not None and replayed_through > parse_offset(self.positions.get(namespace, "0-0")):
-            self._watermarks[(namespace, sid)] = replayed_through
-
-    async def replay(self, namespace: str, sid: str, rooms: list[str], after: str) -> list[Entry] | None:
-        """Every logged entry after ``after`` addressed to ``sid`` or its ``rooms``, or None when
-        recovery is impossible: the log no longer covers ``after``, or the entries weigh more
-        than half of what may wait for a socket (``send_queue_max_bytes``; half, as their
-        packets weigh a little more than the log's msgpack). The replay is written at once,
-        before the CONNECT reply: past the bound it would cut the client on every attempt."""
-        if not await self.event_log.covers(namespace, after):
-            return None
-        backlog = self.server.eio.backlog
-        budget = backlog.max_bytes // 2 if backlog is not None else None
-        weight = 0
-        wanted = set(rooms) | {sid}
-        out: list[Entry] = []
-        cursor = after
-        while True:
-            batch = await self.event_log.read(namespace, cursor, 1000)
-            for entry in batch:
-                parsed = decode_entry(entry.data)
-                if parsed is None:
-                    continue
-                _, _, to, skip = parsed
-                if sid in skip:
-                    continue
-                if to is None or wanted.intersection(to):
-                    out.append(entry)
-                    weight += len(entry.data)
-                    if budget is not None and weight > budget:
-                        return None
-            if len(batch) < 1000:
-                return out
-            cursor = batch[-1].offset
-
-    def replay_packets(self, namespace: str, entry: Entry) -> list[eio_packet.Packet] | None:
-        parsed = decode_entry(entry.data)
-        if parsed is None:
-            return None
-        event, args, _, _ = parsed
-        return self._encode(namespace, event, [*args, entry.offset])
-
-    # ------------------------------------------------------------------ room index
+    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
+        await super().leave_room(sid, namespace, room)
+        positions = self.positions.get((namespace, sid))
+        if positions is not None:
+            positions.origin.pop(channel_name(namespace, room), None)
+        if namespace in self.durable:
+            await self.server.save_session_of(namespace, sid)
 
     def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
@@ -363,6 +512,8 @@ class RealtimeManager(AsyncManager):
 
     def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)
+        if namespace in self.durable and room not in self.rooms.get(namespace, ()):
+            self._reap_soon()  # the room's channel has no local member left
         rooms = self._rooms_of.get((namespace, sid))
         if rooms is not None:
             rooms.discard(room)
@@ -373,6 +524,8 @@ class RealtimeManager(AsyncManager):
         return [r for r in self._rooms_of.get((namespace, sid), ()) if r is not None]
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        self.positions.pop((namespace, sid), None)
+        self._recovering.pop((namespace, sid), None)
         if namespace not in self.rooms:
             return
         for room in list(self._rooms_of.get((namespace, sid), ())):
@@ -385,17 +538,96 @@ class RealtimeManager(AsyncManager):
                 if not pending[namespace]:
                     del pending[namespace]
 
-    async def enter_room(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
-        await super().enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if namespace in self.durable:
-            await self.server.save_session_of(namespace, sid)
+    # ------------------------------------------------------------------ connection state recovery
 
-    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
-        await super().leave_room(sid, namespace, room)
-        if namespace in self.durable:
-            await self.server.save_session_of(namespace, sid)
+    def heartbeat(self, namespace: str, sid: str, answered: bool) -> None:
+        """A ping was sent to the socket (``answered`` False) or answered (True)."""
+        positions = self.positions.get((namespace, sid))
+        if positions is not None:
+            if answered:
+                self.deliveries.pong(positions)
+            else:
+                self.deliveries.ping(positions)
+
+    def snapshot(self, namespace: str, sid: str, with_trail: bool) -> tuple[dict[str, Position], list[tuple[str, int]]]:
+        """What a saved session needs to resolve the client's offset string later: the
+        socket's origin and (``with_trail``) what was sent to it since, in order."""
+        positions = self.positions.get((namespace, sid))
+        if positions is None:
+            return {}, []
+        self.deliveries.align(positions)
+        trail = self.deliveries.trail_of(positions, self.session_trail) if with_trail else []
+        return dict(positions.origin), trail
+
+    async def recover(self, namespace: str, sid: str, origin: dict[str, Position],
+                      trail: list[tuple[str, int]], token: Any) -> list[tuple[str, Publication]] | None:
+        """Rejoin the session's rooms and read what the client missed, or None when recovery is
+        impossible: a channel's history no longer reaches back (or its epoch changed), or the
+        missed publications weigh more than half of what may wait for a socket
+        (``send_queue_max_bytes``; they are written at once, before the CONNECT reply, and
+        past the bound would cut the client on every attempt).
+
+        Live publications of the socket's channels are held until :meth:`release`."""
+        vector = resolve(origin, trail, token)
+        positions = self.positions[(namespace, sid)]
+        for channel in vector:
+            ns, room = split_channel(channel)
+            if ns == namespace:
+                await self.join(sid, namespace, room)
+        self._recovering[(namespace, sid)] = []
+        backlog = self.server.eio.backlog
+        budget = backlog.max_bytes // 2 if backlog is not None else None
+        weight = 0
+        missed: list[tuple[int, int, str, Publication]] = []
+        for order, (channel, (offset, epoch)) in enumerate(sorted(vector.items())):
+            if offset and not epoch:
+                # The channel did not exist when the socket joined, and the client's offset
+                # string names a publication of it since: of the epoch it has now.
+                epoch = (await self.log.position(channel)).epoch
+            since = StreamPosition(offset, epoch)
+            while True:
+                self.metrics.channel_reads.labels("recovery").inc()
+                result = await self.log.history(channel, since=since, limit=PAGE)
+                if not result.recoverable:
+                    return None
+                for publication in result.publications:
+                    missed.append((publication.time_ms, order, channel, publication))
+                    weight += len(publication.data)
+                    if budget is not None and weight > budget:
+                        return None
+                if len(result.publications) < PAGE:
+                    break
+                since = result.publications[-1].position
+            # What the client holds from now on, in this channel's current epoch.
+            positions.origin[channel] = (offset, epoch) if epoch else (0, result.position.epoch)
+        missed.sort(key=lambda m: (m[0], m[1], m[3].offset))
+        return [(channel, publication) for _, _, channel, publication in missed]
+
+    def replay(self, namespace: str, sid: str, eio_sid: str, missed: list[tuple[str, Publication]]) -> None:
+        """Write a recovery's missed publications (before the CONNECT reply), then what was
+        held meanwhile and is newer, and deliver live again."""
+        positions = self.positions.get((namespace, sid))
+        through: dict[str, int] = {}
+        for channel, publication in missed:
+            envelope = decode_envelope(publication.data)
+            if envelope is None or sid in envelope.skip:
+                continue
+            self.write(eio_sid, self.packets_of(channel, channel_tag(channel), publication, envelope), False)
+            through[channel] = publication.offset
+            if positions is not None:
+                positions.replayed.append((channel, publication.offset))
+        self.release(namespace, sid, eio_sid, through)
+
+    def release(self, namespace: str, sid: str, eio_sid: str | None, through: dict[str, int]) -> None:
+        """Stop holding live publications for ``sid``: write those newer than ``through``."""
+        held = self._recovering.pop((namespace, sid), None)
+        if not held or eio_sid is None:
+            return
+        for channel, offset, packets in held:
+            if offset > through.get(channel, 0):
+                self.write(eio_sid, packets, False)
+                through[channel] = offset
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         self._recovering.pop((namespace, sid), None)
-        self._watermarks.pop((namespace, sid), None)
         return await super().disconnect(sid, namespace, **kwargs)

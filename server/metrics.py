@@ -14,7 +14,7 @@ class Metrics:
                                        ["namespace", "reason"], registry=r)
         self.upgrades = Counter("rt_transport_upgrades_total", "Polling to WebSocket upgrades", registry=r)
         self.events_in = Counter("rt_events_in_total", "Events received from clients", ["namespace"], registry=r)
-        self.events_logged = Counter("rt_events_logged_total", "Durable events appended to the log",
+        self.events_logged = Counter("rt_events_logged_total", "Durable events published to channels",
                                      ["namespace"], registry=r)
         self.deliveries = Counter("rt_deliveries_total", "Event packets queued to sockets", ["namespace"], registry=r)
         self.bytes_in = Counter("rt_bytes_in_total", "Socket.IO payload bytes received", registry=r)
@@ -36,8 +36,11 @@ class Metrics:
         self.redis_errors = Counter("rt_redis_errors_total", "Errors talking to Redis", registry=r)
         self.redis_rtt = Histogram("rt_redis_rtt_seconds", "Redis PING round-trip time", registry=r,
                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
-        self.log_lag = Gauge("rt_event_log_lag_seconds", "Age of the newest log entry this node's follower "
-                             "has not delivered yet (0 when caught up)", ["namespace"], registry=r)
+        self.channels_subscribed = Gauge("rt_channels_subscribed", "Channels this node follows (those its "
+                                         "sockets are in)", registry=r)
+        self.channel_reads = Counter("rt_channel_history_reads_total", "Channel history reads, by reason "
+                                     "(recovery: a reconnecting socket's channels; gap: a missed notification)",
+                                     ["reason"], registry=r)
         self.send_queue = Gauge("rt_send_queue_packets", "Packets waiting in socket send queues (sum)", registry=r)
         self.internal = Gauge("rt_internal_entries", "Entries in per-connection tables (leak detection)",
                               ["table"], registry=r)

@@ -1,15 +1,13 @@
-"""Publisher: the one way server-side code (the HTTP API today, the Python emitter later)
-publishes an event to clients.
+"""Publisher: the one way server-side code in this process (the HTTP API) publishes an event
+to clients.
 
-It is the seam where per-room channels will replace today's delivery core: today a durable
-namespace's event is appended to the namespace's event log through
-:meth:`RealtimeManager.append` — the same append a client's chat message takes — so it is
-delivered in order by every node, carries its offset as the last argument and is recovered by
-the official JS client after a cut. Other namespaces emit as server code does.
+A durable namespace's event is published to the target room's channel through
+:meth:`RealtimeManager.publish` — the same write a client's chat message makes — so it is
+delivered in order by every node, carries its offset string as the last argument and is
+recovered by the official JS client after a cut. Other namespaces emit as server code does.
 
-``offset`` and ``epoch`` are opaque strings to callers (a Redis-stream id today, an integer
-channel offset later): compare them only for equality, and a changed ``epoch`` means the
-history before it is gone.
+``offset`` is the event's integer offset in its channel and ``epoch`` the channel's epoch: a
+changed ``epoch`` means the history before it is gone.
 """
 
 from __future__ import annotations
@@ -122,9 +120,9 @@ class Publisher:
     async def _publish(self, namespace: str, target: Target, event: str, args: list[Any]) -> PublishResult:
         room = target.socketio_room(namespace)
         if self.durable(namespace):
-            # The append a durable emit makes (RealtimeManager.emit): logged, in order, every node.
-            offset = await self.runtime.manager.append(namespace, event, list(args), [room], [])
-            epoch = await self.runtime.stores.event_log.epoch(namespace)
-            return PublishResult(offset, epoch)
+            # The publish a durable emit makes (RealtimeManager.emit): one write to the room's
+            # channel, delivered in order by every node with members, recoverable.
+            result = await self.runtime.manager.publish(namespace, room, event, list(args))
+            return PublishResult(result.position.offset, result.position.epoch)
         await self.runtime.sio.emit(event, tuple(args), to=room, namespace=namespace)
         return PublishResult(None, None)

@@ -33,7 +33,6 @@ from socketio import packet as sio_packet
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
-from .event_log import is_offset, parse_offset
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import Backlog, SendQueue
@@ -121,9 +120,9 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
 
 @dataclass
 class CsrState:
+    """A live socket's recovery id (``pid``), sent in the CONNECT reply."""
+
     pid: str
-    origin: str
-    epoch: str
 
 
 @dataclass
@@ -187,6 +186,8 @@ class RealtimeEngine(engineio.AsyncServer):
     max_inflight_events = 32  # inbound packets of one connection waiting for its running handler
     metrics: Metrics | None = None
     backlog: Backlog | None = None  # what may wait for a session; RealtimeServer sets it (None: unbounded)
+    # Called with (sid, answered) when a ping is sent (False) and answered (True); RealtimeServer sets it.
+    heartbeat: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -520,6 +521,7 @@ class RealtimeServer(socketio.AsyncServer):
         # Every packet to a session, whichever path it takes (acks, fan-out, replays, pings),
         # passes the same bounds; RealtimeSocket and RealtimeManager.write consult them.
         self.eio.backlog = Backlog(limits.send_queue_max, limits.send_queue_max_bytes, self.cut_slow_consumer)
+        self.eio.heartbeat = self._heartbeat
         self._binary_serial = itertools.count()
 
     # ------------------------------------------------------------------ emit
@@ -538,6 +540,12 @@ class RealtimeServer(socketio.AsyncServer):
         """Whether a disconnect with ``reason`` keeps the session for recovery: transport
         close/error, ping timeout, or a recoverable :class:`Ending` (drain, shutdown, slow consumer)."""
         return reason in self._recoverable
+
+    def _heartbeat(self, eio_sid: str, answered: bool) -> None:
+        for namespace in self.rt_manager.durable:
+            sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+            if sid is not None:
+                self.rt_manager.heartbeat(namespace, sid, answered)
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (namespace, sid) in self.recovered
@@ -833,10 +841,10 @@ class RealtimeServer(socketio.AsyncServer):
                 sio_packet.CONNECT_ERROR, data={"message": "Unable to connect"}, namespace=namespace))
             return
 
-        replay = None
+        missed = None
         if session is not None:
-            replay = await self._begin_recovery(namespace, sid, session, auth.get("offset"))
-            if replay is None:
+            missed = await self._begin_recovery(namespace, sid, session, auth.get("offset"))
+            if missed is None:
                 session = None
                 await self.rt_manager.disconnect(sid, namespace, ignore_queue=True)
                 sid = await self.rt_manager.pre_connect(eio_sid, namespace)
@@ -851,7 +859,7 @@ class RealtimeServer(socketio.AsyncServer):
         if ok is False:
             fail = fail or {"message": "Connection refused by server"}
             self.metrics.connect_refused.labels(namespace, str(fail.get("message", ""))[:40]).inc()
-            self.rt_manager.release(namespace, sid, None)
+            self.rt_manager.release(namespace, sid, None, {})
             self.recovered.discard((namespace, sid))
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.CONNECT_ERROR, data=fail, namespace=namespace))
@@ -862,17 +870,10 @@ class RealtimeServer(socketio.AsyncServer):
         if csr:
             state = await self._csr_state(namespace, sid, session)
             reply["pid"] = state.pid
-        if replay is not None:
-            through = None
-            for entry in replay:
-                packets = self.rt_manager.replay_packets(namespace, entry)
-                if packets is not None:
-                    self.rt_manager.write(eio_sid, packets, False)
-                    through = parse_offset(entry.offset)
-            # _begin_recovery left the replay's start position in session.origin.
-            self.rt_manager.release(namespace, sid, through or parse_offset(session.origin))
+        if missed is not None:
+            self.rt_manager.replay(namespace, sid, eio_sid, missed)
             self.metrics.recoveries.labels(namespace, "recovered").inc()
-            self.metrics.replayed.labels(namespace).inc(len(replay))
+            self.metrics.replayed.labels(namespace).inc(len(missed))
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)
         self.metrics.connects.labels(namespace).inc()
@@ -902,14 +903,18 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _take_session(self, namespace: str, pid: str) -> SavedSession | None:
         session = await self.sessions.take(pid)
-        if pid in self.pids:
+        live = self.pids.get(pid)
+        if live is not None:
+            # Its socket is still open here (a polling client whose request was cut is noticed
+            # only at the ping timeout): its state now, trail included, beats the stored one.
+            state = self.csr.get(live)
+            if state is not None and self.manager.is_connected(live[1], live[0]):
+                session = await self._snapshot(live[0], live[1], state, with_trail=True)
             await self.evict(pid)
         elif session is not None and self.bus is not None:
             # The old socket may still be open on another node: have it closed there.
             await self.bus.publish("evict", {"pid": pid})
         if session is None or session.namespace != namespace:
-            return None
-        if session.epoch and session.epoch != await self.rt_manager.event_log.epoch(namespace):
             return None
         # The namespace re-checks who the session belonged to (not revoked, token not expired
         # since): a session it refuses is dropped here, and the client connects afresh.
@@ -920,31 +925,20 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _begin_recovery(self, namespace: str, sid: str, session: SavedSession, offset: Any):
         """Rejoin rooms, hold live packets, read what was missed. None: recovery impossible."""
-        after = offset if is_offset(offset) else session.origin
-        for room in session.rooms:
-            self.manager.basic_enter_room(sid, namespace, room)
-        self.rt_manager.hold(namespace, sid)
         try:
-            missed = await self.rt_manager.replay(namespace, sid, session.rooms, after)
+            missed = await self.rt_manager.recover(namespace, sid, session.positions, session.trail, offset)
         except Exception as exc:
             log.warning("recovery read failed for %s: %s", sid, exc)
             missed = None
         if missed is None:
-            self.rt_manager.release(namespace, sid, None)
+            self.rt_manager.release(namespace, sid, None, {})
             return None
         await self.save_session(sid, session.data, namespace=namespace)
         self.recovered.add((namespace, sid))
-        # From now on the client holds ``after`` or a newer offset, so a later recovery
-        # without an offset can start here.
-        session.origin = after
         return missed
 
     async def _csr_state(self, namespace: str, sid: str, session: SavedSession | None) -> CsrState:
-        if session is not None:
-            state = CsrState(session.pid, session.origin, session.epoch)
-        else:
-            position = await self.rt_manager.event_log.position(namespace)
-            state = CsrState(secrets.token_urlsafe(15), position.offset, position.epoch)
+        state = CsrState(session.pid if session is not None else secrets.token_urlsafe(15))
         self.csr[(namespace, sid)] = state
         self.pids[state.pid] = (namespace, sid)
         return state
@@ -961,7 +955,8 @@ class RealtimeServer(socketio.AsyncServer):
             if state.pid in self.evicted:
                 pass
             elif self.is_recoverable(reason) and self.manager.is_connected(sid, namespace):
-                await self._save(namespace, sid, state)  # needs the rooms: before they are left
+                # Needs the rooms and the trail: before they are left.
+                await self._save(namespace, sid, state, with_trail=True)
             else:
                 forget = state.pid
         try:
@@ -978,18 +973,19 @@ class RealtimeServer(socketio.AsyncServer):
             except Exception as exc:
                 log.debug("could not drop session %s: %s", forget, exc)
 
-    async def _snapshot(self, namespace: str, sid: str, state: CsrState) -> SavedSession:
-        rooms = [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
+    async def _snapshot(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> SavedSession:
         try:
             data = await self.get_session(sid, namespace=namespace)
         except KeyError:
             data = {}
-        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, rooms=rooms,
-                            data=dict(data), origin=state.origin, epoch=state.epoch)
+        positions, trail = self.rt_manager.snapshot(namespace, sid, with_trail)
+        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, data=dict(data),
+                            positions=positions, trail=trail)
 
-    async def _save(self, namespace: str, sid: str, state: CsrState) -> None:
+    async def _save(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> None:
         try:
-            await self.sessions.save(await self._snapshot(namespace, sid, state), self.max_disconnection_duration)
+            await self.sessions.save(await self._snapshot(namespace, sid, state, with_trail),
+                                     self.max_disconnection_duration)
         except Exception as exc:
             log.warning("could not save session of %s for recovery: %s", sid, exc)
 

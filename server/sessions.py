@@ -9,7 +9,7 @@ node. A session can be taken exactly once: the first CONNECT presenting its ``pi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
@@ -20,20 +20,27 @@ import redis.asyncio as aioredis
 class SavedSession:
     """The state of one socket in one namespace, as stored between connections.
 
-    :param origin: the log position when the socket first connected, so a client that has
-                   received no event yet (and so has no offset to present) can still recover.
+    :param positions: channel -> ``(offset, epoch)`` the client surely reached there (when it
+        joined, recovered, or answered a ping): see :mod:`server.core.positions`. Its channels
+        are the socket's rooms.
+    :param trail: ``(channel, offset)`` of what was sent to the socket after ``positions``, in
+        order (saved when the socket ends; empty in the heartbeat's saves).
     """
 
     sid: str
     pid: str
     namespace: str
-    rooms: list[str]
     data: dict[str, Any] = field(default_factory=dict)
-    origin: str = "0-0"
-    epoch: str = ""
+    positions: dict[str, tuple[int, str]] = field(default_factory=dict)
+    trail: list[tuple[str, int]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return msgpack.packb(asdict(self))
+        # The trail names channels by their index in the sorted positions: a few bytes each.
+        names = sorted(self.positions)
+        index = {name: i for i, name in enumerate(names)}
+        trail = [[index[c], o] for c, o in self.trail if c in index]
+        return msgpack.packb({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
+                              "channels": names, "at": [list(self.positions[n]) for n in names], "trail": trail})
 
     @classmethod
     def decode(cls, raw: bytes) -> "SavedSession | None":
@@ -44,15 +51,33 @@ class SavedSession:
             return None
         if not isinstance(value, dict):
             return None
-        strings = ("sid", "pid", "namespace", "origin", "epoch")
+        strings = ("sid", "pid", "namespace")
         if not all(isinstance(value.get(k), str) for k in strings):
             return None
-        rooms, data = value.get("rooms"), value.get("data")
-        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
+        data, names, at, trail = value.get("data"), value.get("channels"), value.get("at"), value.get("trail")
+        if not isinstance(data, dict) or not isinstance(names, list) or not isinstance(at, list):
             return None
-        if not isinstance(data, dict):
+        if len(names) != len(at) or not all(isinstance(n, str) for n in names):
             return None
-        return cls(**{k: value[k] for k in strings}, rooms=rooms, data=data)
+        positions: dict[str, tuple[int, str]] = {}
+        for name, item in zip(names, at):
+            if (not isinstance(item, list) or len(item) != 2 or not _offset(item[0])
+                    or not isinstance(item[1], str)):
+                return None
+            positions[name] = (item[0], item[1])
+        if not isinstance(trail, list):
+            return None
+        entries: list[tuple[str, int]] = []
+        for item in trail:
+            if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int)
+                    or not 0 <= item[0] < len(names) or not _offset(item[1])):
+                return None
+            entries.append((names[item[0]], item[1]))
+        return cls(**{k: value[k] for k in strings}, data=data, positions=positions, trail=entries)
+
+
+def _offset(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 53
 
 
 class SessionStore(Protocol):

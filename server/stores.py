@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import redis.asyncio as aioredis
 
 from .config import Config
+from .core.channel_log import ChannelBounds, ChannelLog, MemoryChannelLog, OnPublication, OnResync
+from .core.redis_channel_log import RedisChannelLog
 from .documents import DocumentStore, MemoryDocumentStore, RedisDocumentStore
-from .event_log import EventLog, MemoryEventLog, RedisEventLog
 from .game_lobby import GameLobbyStore, MemoryGameLobbyStore, RedisGameLobbyStore
 from .idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
 from .login_throttle import LoginThrottle, MemoryLoginThrottle, RedisLoginThrottle
@@ -20,9 +22,13 @@ from .presence import MemoryPresenceRegistry, PresenceRegistry, RedisPresenceReg
 from .sessions import MemorySessionStore, RedisSessionStore, SessionStore
 
 
+# Builds the channel log, given the callbacks its owner (the RealtimeManager) takes notifications with.
+ChannelLogFactory = Callable[[OnPublication, OnResync], ChannelLog]
+
+
 @dataclass
 class Stores:
-    event_log: EventLog
+    channel_log: ChannelLogFactory
     sessions: SessionStore
     idempotency: IdempotencyStore
     presence: PresenceRegistry
@@ -49,7 +55,6 @@ class Stores:
         return time.perf_counter() - start
 
     async def close(self) -> None:
-        await self.event_log.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -96,10 +101,19 @@ def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
     return sentinel.master_for(service, db=db, password=password, **options)
 
 
+def channel_bounds(config: Config) -> ChannelBounds:
+    d = config.delivery
+    # A publication holds one event a client (or the API) sent, plus the envelope around it.
+    return ChannelBounds(max_length=d.log_max_length, max_age=d.log_max_age, dedupe_ttl=d.dedupe_ttl,
+                         max_data_size=max(config.server.max_payload, config.api.max_body_bytes) + 4096)
+
+
 def memory_stores(config: Config) -> Stores:
     d = config.delivery
+    bounds = channel_bounds(config)
     return Stores(
-        event_log=MemoryEventLog(d.log_max_length, d.log_max_age, d.log_idle_ttl),
+        channel_log=lambda on_publication, on_resync: MemoryChannelLog(
+            bounds, on_publication=on_publication, on_resync=on_resync),
         sessions=MemorySessionStore(),
         idempotency=MemoryIdempotencyStore(d.dedupe_max_reply_bytes, d.dedupe_max_bytes),
         presence=MemoryPresenceRegistry(),
@@ -114,11 +128,10 @@ def memory_stores(config: Config) -> Stores:
 def redis_stores(config: Config) -> Stores:
     url, prefix, d = config.redis.url, config.redis.key_prefix, config.delivery
     client = redis_client(url, config.redis.max_connections, config.redis.pool_timeout)
-    # XREAD BLOCK holds its connection, so the follower gets a client of its own; its socket
-    # timeout must outlast the block time.
-    blocking = redis_client(url, socket_timeout=10, health_check_interval=0)
+    bounds = channel_bounds(config)
     return Stores(
-        event_log=RedisEventLog(client, blocking, prefix, d.log_max_length, d.log_max_age, d.log_idle_ttl),
+        channel_log=lambda on_publication, on_resync: RedisChannelLog(
+            client, prefix=prefix, bounds=bounds, on_publication=on_publication, on_resync=on_resync),
         sessions=RedisSessionStore(client, prefix),
         idempotency=RedisIdempotencyStore(client, prefix, d.dedupe_max_reply_bytes),
         presence=RedisPresenceRegistry(client, prefix),

@@ -167,7 +167,7 @@ async def test_redis_sentinel_url(servers, js, own_redis, tmp_path):
         await js.emit("a", "message", {"room": "r", "text": "via sentinel"})
         [event] = await js.wait("b", "message", 1)
         assert event["args"][0]["text"] == "via sentinel"
-        assert own_redis.cli("XLEN", "rt:log:/chat") != "0"  # the data went to the monitored master
+        assert own_redis.cli("XLEN", "rt:{/chat|room:r}:stream") != "0"  # the data went to the monitored master
     finally:
         sentinel.terminate()
         sentinel.wait(5)

@@ -82,6 +82,7 @@ async def test_client_without_recovery_resumes_by_seq(server, js):
     client = socketio.AsyncClient()
     await client.connect(server.url, namespaces=["/chat"], transports=["polling"])
     resumed = await client.call("resume", {"rooms": {"r": {"seq": last_seq, "epoch": epoch}}}, namespace="/chat")
+    assert resumed.get("ok"), resumed
     room = resumed["rooms"]["r"]
     assert room["complete"] is True
     assert [m["text"] for m in room["messages"]] == ["three", "four", "five"]

@@ -151,5 +151,5 @@ async def test_a_burst_of_acks_and_broadcasts_arrives_complete_and_in_order(serv
     await asyncio.gather(*(js.send("c", "fanout", {"room": "r", "payload": i}) for i in range(100)))
     events = await js.wait("c", "msg", 100)
     assert [e["args"][0] for e in events] == list(range(100))
-    offsets = [tuple(int(x) for x in e["args"][1].split("-")) for e in events]
+    offsets = [(e["args"][1].split("~")[1], int(e["args"][1].split("~")[0])) for e in events]
     assert offsets == sorted(offsets) and len(set(offsets)) == 100

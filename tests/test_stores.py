@@ -8,7 +8,6 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from server.event_log import MemoryEventLog, RedisEventLog, parse_offset
 from server.idempotency import PENDING, TOO_LARGE, MemoryIdempotencyStore, RedisIdempotencyStore, wait_for_ack
 from server.pending import MemoryPendingDeliveries, PendingMessage, RedisPendingDeliveries
 from server.presence import Member, MemoryPresenceRegistry, RedisPresenceRegistry
@@ -29,123 +28,6 @@ async def kind(request, redis_url):
         await c.aclose()
 
 
-def make_log(kind, max_length=100, max_age=3600.0):
-    name, client = kind
-    if name == "memory":
-        return MemoryEventLog(max_length, max_age)
-    return RedisEventLog(client(), client(), "t", max_length, max_age)
-
-
-async def test_offsets_increase_and_read_after(kind):
-    log = make_log(kind)
-    offsets = [await log.append("s", f"e{i}".encode()) for i in range(20)]
-    keys = [parse_offset(o) for o in offsets]
-    assert keys == sorted(keys) and len(set(keys)) == 20
-    got = await log.read("s", offsets[4], 100)
-    assert [e.data for e in got] == [f"e{i}".encode() for i in range(5, 20)]
-    assert [e.offset for e in got] == offsets[5:]
-    assert [e.data for e in await log.read("s", "0-0", 3)] == [b"e0", b"e1", b"e2"]
-    assert await log.read("s", offsets[-1], 10) == []
-
-
-async def test_streams_are_separate(kind):
-    log = make_log(kind)
-    await log.append("a", b"1")
-    await log.append("b", b"2")
-    assert [e.data for e in await log.read("a", "0-0")] == [b"1"]
-    assert [e.data for e in await log.read("b", "0-0")] == [b"2"]
-
-
-async def test_history_newest_first_window(kind):
-    log = make_log(kind)
-    offsets = [await log.append("s", str(i).encode()) for i in range(10)]
-    assert [e.data for e in await log.history("s", 3)] == [b"7", b"8", b"9"]
-    assert [e.data for e in await log.history("s", 2, before=offsets[5])] == [b"3", b"4"]
-    assert await log.history("s", 0) == []
-
-
-async def test_position_and_epoch(kind):
-    log = make_log(kind)
-    empty = await log.position("s")
-    assert empty.offset == "0-0" and empty.epoch
-    last = await log.append("s", b"x")
-    pos = await log.position("s")
-    assert pos.offset == last and pos.epoch == empty.epoch == await log.epoch("s")
-
-
-async def test_coverage_after_trimming_by_length(kind):
-    log = make_log(kind, max_length=10)
-    offsets = [await log.append("s", str(i).encode()) for i in range(200)]
-    # the Redis implementation trims approximately (MAXLEN ~), so only bounds are certain
-    assert not await log.covers("s", offsets[0])
-    assert not await log.covers("s", "0-0")
-    assert await log.covers("s", offsets[-1])
-    assert await log.covers("s", offsets[-2])
-    retained = await log.read("s", "0-0", 1000)
-    assert len(retained) < 200
-    assert await log.covers("s", retained[0].offset)
-    # an offset from the future (another epoch) is never covered
-    ms, seq = parse_offset(offsets[-1])
-    assert not await log.covers("s", f"{ms + 10_000}-0")
-
-
-async def test_empty_stream_covers_only_its_start(kind):
-    log = make_log(kind)
-    assert await log.covers("fresh", "0-0")
-    assert not await log.covers("fresh", "1-0")
-
-
-async def test_trim_by_age(kind):
-    log = make_log(kind, max_age=0.2)
-    old = await log.append("s", b"old")
-    await asyncio.sleep(0.3)
-    new = await log.append("s", b"new")
-    await log.sweep()
-    assert [e.data for e in await log.read("s", "0-0")] == [b"new"]
-    assert not await log.covers("s", "0-0")
-    assert await log.covers("s", new)
-    assert old != new
-
-
-async def test_follow_wakes_on_append(kind):
-    log = make_log(kind)
-    start = (await log.position("s")).offset
-
-    async def later():
-        await asyncio.sleep(0.1)
-        return await log.append("s", b"late")
-
-    task = asyncio.create_task(later())
-    t0 = time.monotonic()
-    got = await log.follow({"s": start}, timeout=5)
-    assert time.monotonic() - t0 < 3
-    assert [(s, e.data) for s, e in got] == [("s", b"late")]
-    assert got[0][1].offset == await task
-    assert await log.follow({"s": got[0][1].offset}, timeout=0.1) == []
-
-
-async def test_malformed_offsets_are_rejected(kind):
-    log = make_log(kind)
-    for bad in ("", "abc", "1-", "-1", "1-2-3", "x-1", 5, None):
-        with pytest.raises(ValueError):
-            await log.read("s", bad)  # type: ignore[arg-type]
-
-
-async def test_redis_epoch_changes_when_redis_loses_its_data(redis_url):
-    a, b = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
-    log = RedisEventLog(a, b, "t")
-    before = await log.epoch("s")
-    assert await log.epoch("s") == before
-    await a.flushall()
-    assert await log.epoch("s") != before
-    await a.aclose()
-    await b.aclose()
-
-
-async def test_memory_epoch_is_new_per_process():
-    assert await MemoryEventLog().epoch("s") != await MemoryEventLog().epoch("s")
-
-
 # ---------------------------------------------------------------------- sessions
 
 
@@ -156,12 +38,14 @@ def make(kind, memory_cls, redis_cls):
 
 async def test_sessions_are_taken_once_and_expire(kind):
     store = make(kind, MemorySessionStore, RedisSessionStore)
-    s = SavedSession(sid="S", pid="P", namespace="/chat", rooms=["room:a"], data={"k": 1}, origin="5-0", epoch="e")
+    s = SavedSession(sid="S", pid="P", namespace="/chat", data={"k": 1},
+                     positions={"/chat": (0, ""), "/chat|room:a": (5, "e"), "/chat|S": (0, "")},
+                     trail=[("/chat|room:a", 6), ("/chat|S", 1), ("/chat|room:a", 7)])
     await store.save(s, 10)
     got = await store.take("P")
     assert got == s
     assert await store.take("P") is None
-    await store.save_many([SavedSession("S2", "P2", "/chat", [], {}, "0-0", "e")], 0.2)
+    await store.save_many([SavedSession("S2", "P2", "/chat", {}, {"/chat": (3, "e")})], 0.2)
     await asyncio.sleep(0.35)
     assert await store.take("P2") is None
 
@@ -261,59 +145,6 @@ async def held(kind, store) -> int:
     return int(await c.dbsize())
 
 
-async def test_reading_an_absent_stream_creates_nothing(kind):
-    log = make_log(kind)
-    await log.append("used", b"x")
-    await log.position("used")
-    before = await held(kind, log)
-    for i in range(100):
-        room = f"/chat#room:unused-{i}"
-        assert (await log.position(room)).offset == "0-0"
-        assert await log.read(room, "0-0") == []
-        assert await log.history(room, 50) == []
-        assert await log.covers(room, "0-0")
-        await log.epoch(room)
-    assert await held(kind, log) == before
-
-
-async def test_an_absent_stream_keeps_its_epoch_when_first_written(kind):
-    log = make_log(kind)
-    empty = await log.position("fresh")
-    offset = await log.append("fresh", b"first")
-    assert (await log.position("fresh")).epoch == empty.epoch
-    assert await log.covers("fresh", empty.offset)
-    assert [e.offset for e in await log.read("fresh", empty.offset)] == [offset]
-
-
-async def test_sweep_trims_every_stream_by_age(kind):
-    log = make_log(kind, max_age=0.3)
-    for stream in ("/chat", "/chat#room:a", "/chat#room:b"):
-        await log.append(stream, b"old")
-    await asyncio.sleep(0.4)
-    new = await log.append("/chat#room:a", b"new")
-    await log.sweep()
-    assert [e.data for e in await log.read("/chat#room:a", "0-0")] == [b"new"]
-    assert await log.read("/chat#room:b", "0-0") == []
-    assert await log.read("/chat", "0-0") == []
-    assert not await log.covers("/chat#room:b", "0-0")  # trimmed: a replay from the start is partial
-    assert await log.covers("/chat#room:a", new)
-
-
-async def test_idle_streams_are_forgotten(kind):
-    name, client = kind
-    log = (MemoryEventLog(100, 0.2, idle_ttl=0.4) if name == "memory"
-           else RedisEventLog(client(), client(), "t", 100, 0.2, idle_ttl=0.4))
-    await log.position("warm")  # the store's own bookkeeping, if any
-    baseline = await held(kind, log)
-    for i in range(20):
-        await log.append(f"/chat#room:{i}", b"x")
-    assert await held(kind, log) > baseline
-    await asyncio.sleep(0.6)
-    await log.sweep()
-    assert await held(kind, log) == baseline
-    assert (await log.position("/chat#room:3")).offset == "0-0"
-
-
 async def test_idempotency_keeps_large_replies_as_a_marker(kind):
     name, client = kind
     store = (MemoryIdempotencyStore(max_reply_bytes=1024) if name == "memory"
@@ -375,18 +206,6 @@ async def test_pending_are_bounded_per_user(kind):
     assert await box.ack("u", ["m0"]) == 1
     assert await box.add("u", PendingMessage("m4", "dm", {}, now), 60) is True
     assert sorted(m.id for m in await box.pending("u", 60)) == ["m1", "m2", "m4"]
-
-
-async def test_a_stream_trimmed_empty_keeps_its_position(kind):
-    log = make_log(kind, max_age=0.2)
-    last = await log.append("s", b"x")
-    await asyncio.sleep(0.3)
-    await log.sweep()
-    assert await log.read("s", "0-0") == []
-    position = await log.position("s")
-    assert position.offset == last  # not "0-0": that one is no longer covered
-    assert await log.covers("s", position.offset)
-    assert not await log.covers("s", "0-0")
 
 
 # ---------------------------------------------------------------------- operator sessions, game lobby

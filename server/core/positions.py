@@ -1,0 +1,218 @@
+"""Recovery bookkeeping: what a node delivered per channel, and what a socket surely received.
+
+The official JS client remembers one string: the offset of the last event it received. Ours
+names one channel position (:func:`~server.core.envelope.offset_token`), the same for every
+recipient so one frame serves a whole room. To turn it into a position in *every* channel of
+the socket, a node keeps:
+
+* a :class:`ChannelCursor` per channel it delivers: the channel's epoch, the offset delivered
+  last, and a bounded *trail* of ``(seq, offset)`` — ``seq`` counts every publication this
+  node delivered, so trails of different channels merge into the order sockets received them;
+* a :class:`SocketPositions` per socket: an *origin* vector (positions the client is known to
+  have: when it joined, when it recovered, or — after a ping it answered — everything
+  delivered before that ping) and the node ``seq`` the origin holds at.
+
+Everything after the origin is in the trails. When a socket ends, its session stores the
+origin and its trail (the trail entries of its channels after ``base_seq``, in delivery order):
+:func:`resolve` then finds the client's token in that trail, and the position of every channel
+is the origin moved forward by each trail entry up to the token — exact on any node. What is
+unknown (a trail cut by its bound, a node that died before it could save the trail) falls back
+to the origin, which can only replay too much (duplicates), never too little.
+
+Plain classes, no I/O: the delivery layer awaits.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .envelope import channel_tag, parse_offset_token
+
+# (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
+Position = tuple[int, str]
+NOWHERE: Position = (0, "")
+
+
+class ChannelCursor:
+    """This node's delivery state of one channel.
+
+    :param offset: the offset delivered last (where delivery continues from).
+    :param epoch: the channel's epoch, ``""`` while it does not exist.
+    :param trail_length: how many ``(seq, offset)`` pairs the trail keeps.
+    """
+
+    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up")
+
+    def __init__(self, offset: int, epoch: str, tag: str, trail_length: int) -> None:
+        self.offset = offset
+        self.epoch = epoch
+        self.tag = tag
+        self.trail: deque[tuple[int, int]] = deque(maxlen=trail_length)
+        # True while a history read fills a gap: notifications wait for it.
+        self.catching_up = False
+
+    @property
+    def position(self) -> Position:
+        return self.offset, self.epoch
+
+    def last_at(self, seq: int) -> int | None:
+        """The offset this node had delivered of the channel when its ``seq`` counter was
+        ``seq``, if the trail still tells (None: no entry at or before ``seq`` kept)."""
+        trail = self.trail
+        if not trail or trail[0][0] > seq:
+            return None
+        # A deque has no bisect: the trail is short (trail_length), so a list copy is cheap
+        # next to the I/O of the ping that asks.
+        index = bisect_right([s for s, _ in trail], seq) - 1
+        return trail[index][1]
+
+
+@dataclass(slots=True)
+class SocketPositions:
+    """What one socket surely received, per channel.
+
+    :param origin: channel -> position the client is known to have reached.
+    :param base_seq: the node's delivery counter ``origin`` holds at; trail entries with a
+        higher ``seq`` were delivered to the socket after it.
+    :param replayed: publications written to the socket by its recovery, in order, before any
+        live one (they are in no node trail).
+    :param ping_seq: the node counter when the last ping was sent; an answer to that ping
+        proves the client received everything delivered before it.
+    """
+
+    origin: dict[str, Position] = field(default_factory=dict)
+    base_seq: int = 0
+    replayed: list[tuple[str, int]] = field(default_factory=list)
+    ping_seq: int | None = None
+
+
+class Deliveries:
+    """Every channel cursor of one node and the node's delivery counter.
+
+    :param trail_length: trail entries kept per channel: a client cut off after more than
+        this many publications of one channel since its last answered ping recovers with
+        duplicates (never with a gap).
+    """
+
+    def __init__(self, trail_length: int = 1024) -> None:
+        self.trail_length = trail_length
+        self.seq = 0
+        self.cursors: dict[str, ChannelCursor] = {}
+
+    def open(self, channel: str, offset: int, epoch: str) -> ChannelCursor:
+        cursor = self.cursors.get(channel)
+        if cursor is None:
+            cursor = self.cursors[channel] = ChannelCursor(offset, epoch, channel_tag(channel), self.trail_length)
+        return cursor
+
+    def close(self, channel: str) -> None:
+        self.cursors.pop(channel, None)
+
+    def delivered(self, cursor: ChannelCursor, offset: int) -> None:
+        """Record that publication ``offset`` of ``cursor``'s channel was delivered now."""
+        self.seq += 1
+        cursor.offset = offset
+        cursor.trail.append((self.seq, offset))
+
+    def reset(self, cursor: ChannelCursor, epoch: str) -> None:
+        """The channel started a new epoch: nothing of the old one counts any more."""
+        cursor.epoch = epoch
+        cursor.offset = 0
+        cursor.trail.clear()
+
+    # ------------------------------------------------------------------ per socket
+
+    def join(self, socket: SocketPositions, channel: str) -> None:
+        """The socket is in ``channel`` from now on: it has what was delivered before."""
+        cursor = self.cursors.get(channel)
+        if channel not in socket.origin or (cursor is not None and socket.origin[channel][1] != cursor.epoch):
+            socket.origin[channel] = cursor.position if cursor is not None else NOWHERE
+
+    def ping(self, socket: SocketPositions) -> None:
+        """A ping is being sent to the socket (after everything delivered so far)."""
+        socket.ping_seq = self.seq
+
+    def align(self, socket: SocketPositions) -> None:
+        """A channel the socket joined before it existed has started: the socket's origin
+        there is the start of its first epoch."""
+        for channel, (offset, epoch) in socket.origin.items():
+            if not epoch:
+                cursor = self.cursors.get(channel)
+                if cursor is not None and cursor.epoch:
+                    socket.origin[channel] = (0, cursor.epoch)
+
+    def pong(self, socket: SocketPositions) -> None:
+        """The socket answered its last ping: fold everything delivered before it into the origin."""
+        seq = socket.ping_seq
+        if seq is None or seq <= socket.base_seq:
+            return
+        self.align(socket)
+        for channel, (offset, epoch) in socket.origin.items():
+            cursor = self.cursors.get(channel)
+            if cursor is None or cursor.epoch != epoch:
+                continue
+            last = cursor.last_at(seq)
+            if last is not None and last > offset:
+                socket.origin[channel] = (last, epoch)
+        for channel, offset in socket.replayed:
+            known = socket.origin.get(channel)
+            if known is not None and offset > known[0]:
+                socket.origin[channel] = (offset, known[1])
+        socket.replayed = []
+        socket.base_seq = seq
+        socket.ping_seq = None
+
+    def trail_of(self, socket: SocketPositions, limit: int) -> list[tuple[str, int]]:
+        """What was delivered to the socket after its origin, in the order it was sent:
+        its recovery replay, then the live publications of its channels (the newest
+        ``limit`` in all). Call :meth:`align` first, and save the origin it leaves."""
+        merged: list[tuple[int, str, int]] = []
+        for channel, (_, epoch) in socket.origin.items():
+            cursor = self.cursors.get(channel)
+            if cursor is None or cursor.epoch != epoch:
+                continue
+            merged.extend((seq, channel, offset) for seq, offset in cursor.trail if seq > socket.base_seq)
+        merged.sort()
+        out = [*socket.replayed, *((channel, offset) for _, channel, offset in merged)]
+        return out[-limit:] if limit else []
+
+    def current(self, socket: SocketPositions) -> dict[str, Position]:
+        """Where the socket's channels stand on this node (what has been sent to it)."""
+        return {channel: (self.cursors[channel].position if channel in self.cursors else position)
+                for channel, position in socket.origin.items()}
+
+
+def resolve(origin: dict[str, Position], trail: Iterable[tuple[str, int]], token: object) -> dict[str, Position]:
+    """The position in each channel of a client whose last received offset string is ``token``.
+
+    :param origin: the positions the client surely had (a saved session's).
+    :param trail: what was sent to it after ``origin``, in order.
+    :param token: the offset string the client presented (None: it received nothing durable).
+    """
+    vector = dict(origin)
+    parsed = parse_offset_token(token)
+    if parsed is None:
+        return vector
+    offset, tag = parsed
+    tags = {channel_tag(channel): channel for channel in origin}
+    channel = tags.get(tag)
+    if channel is None:
+        return vector
+    entries = list(trail)
+    try:
+        index = entries.index((channel, offset))
+    except ValueError:
+        # Not in the trail: either sent before the origin (then the origin already covers it)
+        # or the trail lost it to its bound; the token still proves this much.
+        # (An epoch of "" stays: the reader takes the channel's epoch then.)
+        if offset > vector[channel][0]:
+            vector[channel] = (offset, vector[channel][1])
+        return vector
+    for name, at in entries[:index + 1]:
+        known = vector.get(name)
+        if known is not None and at > known[0]:
+            vector[name] = (at, known[1])
+    return vector

@@ -1,0 +1,128 @@
+"""server.core.positions and server.core.envelope: the recovery bookkeeping, without I/O."""
+
+from __future__ import annotations
+
+from server.core.envelope import (Envelope, channel_name, channel_tag, decode_envelope, encode_envelope,
+                                  offset_token, parse_offset_token, split_channel)
+from server.core.positions import NOWHERE, Deliveries, SocketPositions, resolve
+
+ROOM, OTHER, OWN = "/chat|room:a", "/chat|room:b", "/chat|sid1"
+
+
+def token(channel: str, offset: int) -> str:
+    return offset_token(channel_tag(channel), offset)
+
+
+def node_with(*channels: str) -> Deliveries:
+    node = Deliveries(trail_length=8)
+    for channel in channels:
+        node.open(channel, 0, "e")
+    return node
+
+
+def deliver(node: Deliveries, channel: str, offset: int) -> None:
+    node.delivered(node.cursors[channel], offset)
+
+
+def test_channel_names_and_envelopes_round_trip():
+    assert split_channel(channel_name("/chat", "room:a")) == ("/chat", "room:a")
+    assert split_channel(channel_name("/chat", None)) == ("/chat", None)
+    envelope = Envelope("message", [{"text": "hi"}, 2], ("s1",), ("room:a", "room:b"), "seq")
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+    assert decode_envelope(b"\xc1") is None  # not msgpack
+    assert decode_envelope(encode_envelope(Envelope("e", [])).replace(b"\xa1e", b"\xa1z")) is None
+
+
+def test_offset_strings_are_strict():
+    assert parse_offset_token(token(ROOM, 17)) == (17, channel_tag(ROOM))
+    for bad in (None, 17, "17", "17~", "x~abcdef01", "1²~abcdef01", "17~ABCDEF01", "1" * 16 + "~abcdef01"):
+        assert parse_offset_token(bad) is None, bad
+
+
+def test_the_clients_token_moves_every_channel_to_where_it_was_then():
+    node = node_with(ROOM, OTHER)
+    socket = SocketPositions()
+    node.join(socket, ROOM)
+    node.join(socket, OTHER)
+    deliver(node, ROOM, 1)
+    deliver(node, OTHER, 1)
+    deliver(node, ROOM, 2)   # the client's last received
+    deliver(node, OTHER, 2)  # sent, lost in the cut
+    deliver(node, ROOM, 3)   # sent, lost in the cut
+    trail = node.trail_of(socket, 100)
+    assert trail == [(ROOM, 1), (OTHER, 1), (ROOM, 2), (OTHER, 2), (ROOM, 3)]
+    vector = resolve(socket.origin, trail, token(ROOM, 2))
+    assert vector == {ROOM: (2, "e"), OTHER: (1, "e")}
+
+
+def test_no_token_means_the_origin_and_an_unknown_token_only_moves_its_channel():
+    node = node_with(ROOM, OTHER)
+    socket = SocketPositions()
+    node.join(socket, ROOM)
+    node.join(socket, OTHER)
+    deliver(node, ROOM, 1)
+    deliver(node, OTHER, 1)
+    trail = node.trail_of(socket, 100)
+    assert resolve(socket.origin, trail, None) == {ROOM: (0, "e"), OTHER: (0, "e")}
+    # a token not in the trail (a session saved without it): its channel moves, nothing else
+    assert resolve(socket.origin, [], token(OTHER, 1)) == {ROOM: (0, "e"), OTHER: (1, "e")}
+    # a token of a channel the session is not in changes nothing
+    assert resolve(socket.origin, trail, token(OWN, 5)) == {ROOM: (0, "e"), OTHER: (0, "e")}
+
+
+def test_a_trail_cut_by_its_bound_errs_towards_duplicates():
+    node = node_with(ROOM, OTHER)
+    socket = SocketPositions()
+    node.join(socket, ROOM)
+    node.join(socket, OTHER)
+    deliver(node, OTHER, 1)
+    for offset in range(1, 12):  # more than trail_length: the first entries are forgotten
+        deliver(node, ROOM, offset)
+    trail = node.trail_of(socket, 100)
+    assert (OTHER, 1) in trail and (ROOM, 1) not in trail
+    vector = resolve(socket.origin, trail, token(ROOM, 11))
+    assert vector[ROOM] == (11, "e") and vector[OTHER] == (1, "e")
+    # the session bound keeps the newest entries: OTHER's is lost, so it is replayed again
+    short = node.trail_of(socket, 3)
+    assert resolve(socket.origin, short, token(ROOM, 11)) == {ROOM: (11, "e"), OTHER: (0, "e")}
+
+
+def test_an_answered_ping_folds_what_was_delivered_before_it_into_the_origin():
+    node = node_with(ROOM, OTHER)
+    socket = SocketPositions()
+    node.join(socket, ROOM)
+    node.join(socket, OTHER)
+    deliver(node, ROOM, 1)
+    deliver(node, OTHER, 1)
+    node.ping(socket)
+    deliver(node, ROOM, 2)  # after the ping: not proven received
+    node.pong(socket)
+    assert socket.origin == {ROOM: (1, "e"), OTHER: (1, "e")}
+    assert node.trail_of(socket, 100) == [(ROOM, 2)]
+    # a pong without a ping changes nothing
+    node.pong(socket)
+    assert socket.origin == {ROOM: (1, "e"), OTHER: (1, "e")}
+
+
+def test_a_channel_joined_before_it_existed_starts_at_its_first_epoch():
+    node = Deliveries(trail_length=8)
+    node.open(ROOM, 0, "")
+    socket = SocketPositions()
+    node.join(socket, ROOM)
+    assert socket.origin[ROOM] == NOWHERE
+    cursor = node.cursors[ROOM]
+    node.reset(cursor, "new")
+    node.delivered(cursor, 1)
+    node.align(socket)
+    assert socket.origin[ROOM] == (0, "new")
+    assert resolve(socket.origin, node.trail_of(socket, 10), token(ROOM, 1)) == {ROOM: (1, "new")}
+
+
+def test_replayed_publications_come_first_in_the_trail():
+    node = node_with(ROOM)
+    socket = SocketPositions(base_seq=node.seq)
+    node.join(socket, ROOM)
+    socket.replayed = [(ROOM, 4), (ROOM, 5)]
+    deliver(node, ROOM, 6)
+    assert node.trail_of(socket, 10) == [(ROOM, 4), (ROOM, 5), (ROOM, 6)]
+    assert resolve({ROOM: (3, "e")}, node.trail_of(socket, 10), token(ROOM, 5)) == {ROOM: (5, "e")}
