@@ -23,6 +23,7 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
+from .bus import Bus
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .event_log import Entry, EventLog, parse_offset
 from .metrics import Metrics
@@ -91,14 +92,16 @@ class RealtimeManager(AsyncManager):
     :param event_log: where durable events are appended and read back from.
     :param durable_namespaces: namespaces whose events are logged and carry offsets.
     :param metrics: counters to update.
+    :param bus: carries emits of namespaces without a log to the other nodes; None without Redis.
     """
 
-    def __init__(self, event_log: EventLog, durable_namespaces: Iterable[str], metrics: Metrics) -> None:
+    def __init__(self, event_log: EventLog, durable_namespaces: Iterable[str], metrics: Metrics,
+                 bus: Bus | None = None) -> None:
         super().__init__()
         self.event_log = event_log
         self.durable = frozenset(durable_namespaces)
         self.metrics = metrics
-        self.bus: Any = None  # set by the app when Redis links the nodes
+        self.bus = bus
         self.positions: dict[str, str] = {}
         self.follower_healthy = True
         self._follower: asyncio.Task | None = None
