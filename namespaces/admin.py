@@ -357,7 +357,7 @@ class AdminNamespace(BaseNamespace):
         return ok(count=await self._disconnect_user(user, REVOKED))
 
     async def _drain_here(self, body: dict[str, Any]) -> int:
-        self.runtime.draining = True
+        self.runtime.cluster.draining = True
         self.server.shutting_down = True  # new namespace connections are refused
         moved = await self.runtime.operations.move_sockets()
         log.warning("drained by an operator: moved %d connections, exiting", moved)

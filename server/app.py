@@ -18,8 +18,8 @@ from socketio.msgpack_packet import MsgPackPacket
 from . import __version__, assets
 from .api import add_api
 from .auth import Authenticator, Identity
-from .bus import Bus
-from .cluster import Cluster
+from .bus import Bus, emit_handler
+from .cluster import Cluster, new_node_tag
 from .config import Config
 from .endings import SHUTDOWN
 from .forwarding import Forwarder
@@ -36,9 +36,29 @@ log = logging.getLogger("server.app")
 NamespaceFactory = Callable[["Runtime"], Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
-    """Everything a namespace needs, built once per app (no module-level state)."""
+    """What the namespaces, the server API and the HTTP handlers of one node use, built in one
+    step by :func:`build_runtime` (no module-level state, nothing assigned after construction).
+    The cluster modules do not see it: each gets its own dependencies there.
+
+    :param config: the validated configuration.
+    :param stores: the shared state (Redis, or embedded in memory).
+    :param metrics: the node's Prometheus metrics.
+    :param authenticator: checks tokens and identities on CONNECT.
+    :param manager: the client manager (rooms, the event log's delivery).
+    :param sio: the Socket.IO server.
+    :param node_id: this node's id.
+    :param bus: pub/sub between nodes; None without Redis.
+    :param cluster: the node registry and request/reply between nodes.
+    :param forwarder: relays requests for sessions other nodes own (the app's middleware).
+    :param operations: cluster-wide socket operations (fetch, join, leave, disconnect, call).
+    :param identities: who each connected socket is, by ``(namespace, sid)``; namespaces keep it.
+    :param started: when this node started (a Unix time).
+    :param namespaces: the application namespaces by name. Namespaces are created from the
+        runtime, so they are added to this dict after it is built (:func:`register_namespaces`).
+    :param tasks: background tasks, cancelled on cleanup (:meth:`background`).
+    """
 
     config: Config
     stores: Stores
@@ -47,15 +67,14 @@ class Runtime:
     manager: RealtimeManager
     sio: RealtimeServer
     node_id: str
-    started: float = field(default_factory=time.time)
-    identities: dict[tuple[str, str], Identity] = field(default_factory=dict)
-    bus: Bus | None = None
-    tasks: list[asyncio.Task] = field(default_factory=list)
+    bus: Bus | None
+    cluster: Cluster
+    forwarder: Forwarder
+    operations: ClusterOperations
+    identities: dict[tuple[str, str], Identity]
+    started: float
     namespaces: dict[str, Any] = field(default_factory=dict)
-    draining: bool = False
-    cluster: Cluster = field(init=False)
-    forwarder: Forwarder = field(init=False)
-    operations: ClusterOperations = field(init=False)
+    tasks: list[asyncio.Task] = field(default_factory=list)
     version: str = __version__
 
     def background(self, coro: Any, name: str) -> None:
@@ -63,10 +82,36 @@ class Runtime:
 
 
 def build_runtime(config: Config) -> Runtime:
+    """Compose one node, each part after what it depends on."""
     metrics = Metrics()
     stores = build_stores(config)
+    node_id, prefix, started = config.node_id, config.redis.key_prefix, time.time()
+    # The bus depends on Redis alone. The manager and the server publish on it and it hands
+    # messages back to them: that cycle is closed by building the bus first, passing it to
+    # both, and subscribing their handlers once they exist (bus.on below).
+    bus = Bus(stores.redis, prefix, node_id, metrics) if stores.redis is not None else None
     durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
-    manager = RealtimeManager(stores.channel_log, durable, metrics)
+    manager = RealtimeManager(stores.channel_log, durable, metrics, bus=bus)
+    sio = build_sio(config, manager, stores, metrics, bus)
+    if bus is not None:
+        bus.on("emit", emit_handler(manager.deliver_local))
+        bus.on("evict", _on_evict(sio))
+    # The tag starts every Engine.IO session id this node creates; the registry advertises it.
+    tag = new_node_tag()
+    sio.eio.node_tag = tag
+    cluster = Cluster(stores.redis, prefix, bus, node_id, advertised_address(config), tag,
+                      sessions=sio.eio.sockets, started=started, version=__version__)
+    forwarder = Forwarder(cluster, sio.eio.sockets, config.server.ping_interval, config.server.ping_timeout)
+    identities: dict[tuple[str, str], Identity] = {}
+    operations = ClusterOperations(cluster, sio, identities, config.limits.max_rooms_per_socket)
+    return Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
+                   manager=manager, sio=sio, node_id=node_id, bus=bus, cluster=cluster, forwarder=forwarder,
+                   operations=operations, identities=identities, started=started)
+
+
+def build_sio(config: Config, manager: RealtimeManager, stores: Stores, metrics: Metrics,
+              bus: Bus | None) -> RealtimeServer:
+    """The Socket.IO server, configured from ``[server]``, ``[delivery]`` and ``[limits]``."""
     origins: Any = list(config.server.cors_origins)
     if origins == ["*"]:
         origins = "*"
@@ -86,25 +131,15 @@ def build_runtime(config: Config) -> Runtime:
     sio = RealtimeServer(
         manager=manager, sessions=stores.sessions,
         max_disconnection_duration=config.delivery.max_disconnection_duration,
-        limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, **kwargs)
+        limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, bus=bus, **kwargs)
+    # The engine is built inside AsyncServer.__init__: its settings can only be set on it after.
     sio.eio.websocket_compression = config.server.websocket_compression
     sio.eio.body_timeout = config.limits.body_timeout
     sio.eio.max_packets_per_payload = config.limits.max_packets_per_payload
     sio.eio.max_connections_per_ip = config.limits.max_connections_per_ip
     sio.eio.max_inflight_events = config.limits.max_inflight_events
     sio.eio.metrics = metrics
-    runtime = Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
-                      manager=manager, sio=sio, node_id=config.node_id)
-    if stores.redis is not None:
-        runtime.bus = Bus(stores.redis, config.redis.key_prefix, runtime)
-        manager.bus = runtime.bus
-        sio.bus = runtime.bus
-        runtime.bus.on("evict", _on_evict(sio))
-    runtime.cluster = Cluster(runtime, advertised_address(config))
-    sio.eio.node_tag = runtime.cluster.tag
-    runtime.forwarder = Forwarder(runtime)
-    runtime.operations = ClusterOperations(runtime)
-    return runtime
+    return sio
 
 
 def advertised_address(config: Config) -> str:
@@ -151,7 +186,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("redis unreachable")
     if not runtime.manager.follower_healthy:
         problems.append("channel log unreadable")
-    if runtime.draining or runtime.sio.shutting_down:
+    if runtime.cluster.draining or runtime.sio.shutting_down:
         problems.append("draining")
     body = {"status": "ready" if not problems else "not ready", "node": runtime.node_id, "problems": problems}
     return web.json_response(body, status=200 if not problems else 503)

@@ -11,37 +11,45 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgpack
 import redis.asyncio as aioredis
 
-if TYPE_CHECKING:
-    from .app import Runtime
+from .metrics import Metrics
 
 log = logging.getLogger("server.bus")
 
 Handler = Callable[[dict[str, Any]], Awaitable[None]]
+# Delivers an event to this node's own sockets: ``(namespace, event, args, rooms, skip, volatile=)``
+# (``RealtimeManager.deliver_local``).
+DeliverLocal = Callable[..., object]
 
 
 class Bus:
     """Pub/sub between the nodes of one deployment.
 
+    The bus depends on Redis alone; what it carries is handled by whoever subscribes with
+    :meth:`on` (the manager's emits, the cluster's requests, the server's evictions). Those
+    parts themselves publish on the bus, so they are built after it and subscribe then.
+
     :param client: the Redis client.
     :param prefix: key prefix; the channel is ``<prefix>:bus``.
-    :param runtime: this node's runtime (node id, manager).
+    :param node_id: this node's id: stamped on what it publishes, and its own messages are ignored.
+    :param metrics: counts a failed publish or a lost subscription in ``redis_errors``.
     """
 
-    def __init__(self, client: aioredis.Redis, prefix: str, runtime: "Runtime") -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, node_id: str, metrics: Metrics) -> None:
         self.client = client
         self.channel = f"{prefix}:bus"
-        self.runtime = runtime
-        self.node = runtime.node_id
-        self.handlers: dict[str, Handler] = {"emit": self._on_emit}
+        self.node = node_id
+        self.metrics = metrics
+        self.handlers: dict[str, Handler] = {}
         self._task: asyncio.Task | None = None
         self.healthy = False
 
     def on(self, kind: str, handler: Handler) -> None:
+        """Handle messages of ``kind`` from the other nodes with ``handler(message)``."""
         self.handlers[kind] = handler
 
     async def start(self) -> None:
@@ -57,7 +65,7 @@ class Bus:
         try:
             await self.client.publish(self.channel, message)
         except Exception as exc:
-            self.runtime.metrics.redis_errors.inc()
+            self.metrics.redis_errors.inc()
             log.warning("bus publish failed (%s): %s", kind, exc)
 
     async def publish_emit(self, namespace: str, event: str, args: list[Any], rooms: list[str] | None,
@@ -83,7 +91,7 @@ class Bus:
                 if self.healthy:
                     log.warning("bus connection lost: %s", exc)
                 self.healthy = False
-                self.runtime.metrics.redis_errors.inc()
+                self.metrics.redis_errors.inc()
             try:
                 await pubsub.aclose()
             except Exception:
@@ -107,11 +115,19 @@ class Bus:
         except Exception:
             log.exception("bus handler %s failed", message.get("t"))
 
-    async def _on_emit(self, m: dict[str, Any]) -> None:
+
+def emit_handler(deliver: DeliverLocal) -> Handler:
+    """The handler of ``emit`` messages (another node's :meth:`Bus.publish_emit`): validated,
+    then handed to ``deliver`` for this node's own sockets.
+
+    :param deliver: ``RealtimeManager.deliver_local``.
+    """
+    async def on_emit(m: dict[str, Any]) -> None:
         ns, event, args, rooms, skip = m.get("ns"), m.get("e"), m.get("a"), m.get("r"), m.get("x")
         if not (isinstance(ns, str) and isinstance(event, str) and isinstance(args, list)
                 and (rooms is None or (isinstance(rooms, list) and all(isinstance(r, str) for r in rooms)))
                 and isinstance(skip, list) and all(isinstance(s, str) for s in skip)):
             log.warning("ignoring malformed emit on the bus")
             return
-        self.runtime.manager.deliver_local(ns, event, args, rooms, skip, volatile=bool(m.get("v")))
+        deliver(ns, event, args, rooms, skip, volatile=bool(m.get("v")))
+    return on_emit

@@ -13,12 +13,12 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Collection
 
 import msgpack
+import redis.asyncio as aioredis
 
-if TYPE_CHECKING:
-    from .app import Runtime
+from .bus import Bus
 
 log = logging.getLogger("server.cluster")
 
@@ -31,38 +31,53 @@ class ClusterError(Exception):
     """A node did not answer in time, or answered with an error."""
 
 
+def new_node_tag() -> str:
+    """A fresh prefix for the Engine.IO session ids of one node: tells other nodes the owner."""
+    return "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+                   for _ in range(6))
+
+
 class Cluster:
     """This node's view of the deployment.
 
-    :param runtime: this node's runtime; its ``bus`` is None without Redis.
+    :param redis: the Redis client the registry lives in; None without Redis (a cluster of one).
+    :param prefix: key prefix; the registry is ``<prefix>:nodes`` and ``<prefix>:nodes:info``.
+    :param bus: carries requests and replies between nodes; None without Redis.
+    :param node_id: this node's id in the registry.
     :param address: ``host:port`` other nodes can reach this node's HTTP server at.
+    :param tag: the prefix of this node's Engine.IO session ids (:func:`new_node_tag`), advertised
+        so other nodes can forward a session's requests here.
+    :param sessions: this node's live Engine.IO sessions; their count is advertised as its load.
+    :param started: when this node started (a Unix time), advertised.
+    :param version: the server's version, advertised.
     """
 
-    def __init__(self, runtime: "Runtime", address: str) -> None:
-        self.runtime = runtime
-        self.node = runtime.node_id
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, bus: Bus | None, node_id: str, address: str,
+                 tag: str, sessions: Collection[str], started: float, version: str) -> None:
+        self.redis = redis
+        self.bus = bus
+        self.node = node_id
         self.address = address
-        # Prefix of every Engine.IO session id this node creates: tells other nodes the owner.
-        self.tag = "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-                           for _ in range(6))
+        self.tag = tag
+        self.sessions = sessions
+        self.started = started
+        self.version = version
+        # Set when an operator drains this node; advertised, and /readyz answers "not ready".
+        self.draining = False
+        self._key = f"{prefix}:nodes"
         self.handlers: dict[str, RequestHandler] = {}
         self._waiting: dict[str, tuple[asyncio.Future, list[Any], int]] = {}
         self._task: asyncio.Task | None = None
-        bus = runtime.bus
         if bus is not None:
             bus.on("req", self._on_request)
             bus.on("rep", self._on_reply)
-
-    @property
-    def _key(self) -> str:
-        return f"{self.runtime.config.redis.key_prefix}:nodes"
 
     def handle(self, kind: str, handler: RequestHandler) -> None:
         """Answer requests of ``kind`` with ``handler(body)``."""
         self.handlers[kind] = handler
 
     async def start(self) -> None:
-        if self.runtime.stores.redis is not None:
+        if self.redis is not None:
             await self._register()
             self._task = asyncio.create_task(self._heartbeat(), name="cluster-heartbeat")
 
@@ -70,7 +85,7 @@ class Cluster:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        redis = self.runtime.stores.redis
+        redis = self.redis
         if redis is not None:
             try:
                 async with redis.pipeline(transaction=True) as pipe:
@@ -81,13 +96,12 @@ class Cluster:
                 pass
 
     def info(self) -> dict[str, Any]:
-        sio = self.runtime.sio
-        return {"node": self.node, "tag": self.tag, "address": self.address, "connections": len(sio.eio.sockets),
-                "started": self.runtime.started, "draining": self.runtime.draining,
-                "version": self.runtime.version}
+        return {"node": self.node, "tag": self.tag, "address": self.address, "connections": len(self.sessions),
+                "started": self.started, "draining": self.draining, "version": self.version}
 
     async def _register(self) -> None:
-        redis = self.runtime.stores.redis
+        redis = self.redis
+        assert redis is not None
         async with redis.pipeline(transaction=True) as pipe:
             pipe.zadd(self._key, {self.node: time.time() + NODE_TTL})
             pipe.hset(self._key + ":info", self.node, msgpack.packb(self.info()))
@@ -104,7 +118,7 @@ class Cluster:
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Live nodes (this one included) with their address and load."""
-        redis = self.runtime.stores.redis
+        redis = self.redis
         if redis is None:
             return [self.info()]
         names = await redis.zrangebyscore(self._key, time.time(), "+inf")
@@ -143,7 +157,7 @@ class Cluster:
         """Ask every live node (this one included); answers of the nodes that replied in time."""
         local = await self._local(kind, body)
         others = [n["node"] for n in await self.nodes() if n["node"] != self.node]
-        if not others or self.runtime.bus is None:
+        if not others or self.bus is None:
             return [local]
         return [local, *await self._send(kind, body, None, len(others), timeout)]
 
@@ -155,12 +169,14 @@ class Cluster:
 
     async def _send(self, kind: str, body: dict[str, Any], node: str | None, expect: int,
                     timeout: float) -> list[Any]:
+        if self.bus is None:  # without Redis no other node can be reached: nobody answers
+            return []
         rid = secrets.token_hex(8)
         future = asyncio.get_running_loop().create_future()
         replies: list[Any] = []
         self._waiting[rid] = (future, replies, expect)
         try:
-            await self.runtime.bus.publish("req", {"k": kind, "rid": rid, "to": node, "b": body})
+            await self.bus.publish("req", {"k": kind, "rid": rid, "to": node, "b": body})
             try:
                 await asyncio.wait_for(future, timeout)
             except asyncio.TimeoutError:
@@ -182,7 +198,8 @@ class Cluster:
             answer = {"ok": True, "v": await handler(body)}
         except Exception as exc:
             answer = {"ok": False, "e": str(exc)[:200]}
-        await self.runtime.bus.publish("rep", {"rid": rid, "to": m.get("n"), **answer})
+        assert self.bus is not None  # requests only arrive on the bus
+        await self.bus.publish("rep", {"rid": rid, "to": m.get("n"), **answer})
 
     async def _on_reply(self, m: dict[str, Any]) -> None:
         if m.get("to") != self.node:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable, Collection
 
 import aiohttp
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .app import Runtime
+from .cluster import Cluster
 
 log = logging.getLogger("server.forwarding")
 
@@ -35,19 +34,27 @@ def node_tag(sid: str) -> str:
 class Forwarder:
     """Relays Engine.IO requests to the node that owns the session.
 
-    :param runtime: this node's runtime (its cluster knows the other nodes' addresses).
+    :param cluster: the node registry: this node's id and session id tag, and the other
+        nodes' tags and addresses.
+    :param sessions: this node's live Engine.IO session ids (a request for one of them is
+        served here).
+    :param ping_interval: ``server.ping_interval``, seconds.
+    :param ping_timeout: ``server.ping_timeout``, seconds; with ``ping_interval``, how long
+        a long poll may wait.
     """
 
-    def __init__(self, runtime: "Runtime") -> None:
-        self.runtime = runtime
+    def __init__(self, cluster: Cluster, sessions: Collection[str], ping_interval: float,
+                 ping_timeout: float) -> None:
+        self.cluster = cluster
+        self.sessions = sessions
+        # Long polls wait up to ping_interval + ping_timeout: the relay must wait longer.
+        self.relay_timeout = ping_interval + ping_timeout + 10
         self.session: aiohttp.ClientSession | None = None
         self._addresses: dict[str, str] = {}
         self._fetched = 0.0
 
     async def start(self) -> None:
-        # Long polls wait up to ping_interval + ping_timeout: the relay must wait longer.
-        server = self.runtime.config.server
-        timeout = aiohttp.ClientTimeout(total=server.ping_interval + server.ping_timeout + 10, connect=2)
+        timeout = aiohttp.ClientTimeout(total=self.relay_timeout, connect=2)
         self.session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
 
     async def stop(self) -> None:
@@ -56,7 +63,7 @@ class Forwarder:
 
     async def address(self, tag: str) -> str | None:
         if tag not in self._addresses or time.monotonic() - self._fetched > 2.0:
-            self._addresses = {n["tag"]: n["address"] for n in await self.runtime.cluster.nodes()
+            self._addresses = {n["tag"]: n["address"] for n in await self.cluster.nodes()
                                if isinstance(n.get("tag"), str) and isinstance(n.get("address"), str)}
             self._fetched = time.monotonic()
         return self._addresses.get(tag)
@@ -66,10 +73,10 @@ class Forwarder:
         sid = request.query.get("sid")
         if not sid or request.headers.get(FORWARDED_HEADER):
             return None
-        if sid in self.runtime.sio.eio.sockets:
+        if sid in self.sessions:
             return None
         tag = node_tag(sid)
-        return None if tag == self.runtime.cluster.tag else tag
+        return None if tag == self.cluster.tag else tag
 
     @web.middleware
     async def middleware(self, request: web.Request,
@@ -90,7 +97,7 @@ class Forwarder:
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers[FORWARDED_HEADER] = self.runtime.node_id
+        headers[FORWARDED_HEADER] = self.cluster.node
         peer = request.remote or ""
         headers["X-Forwarded-For"] = ", ".join(filter(None, (request.headers.get("X-Forwarded-For"), peer)))
         headers.setdefault("X-Forwarded-Host", request.host)

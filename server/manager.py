@@ -31,6 +31,7 @@ from socketio import packet as sio_packet
 from .core.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
 from .core.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
 from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
+from .bus import Bus
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
 from .metrics import Metrics
 from .send_queue import packet_size
@@ -81,17 +82,18 @@ class RealtimeManager(AsyncManager):
     :param trail_length: publications per channel remembered for resolving a client's offset
         string (see :mod:`server.core.positions`).
     :param session_trail: trail entries saved with a session when its socket ends.
+    :param bus: carries emits of namespaces without channels to the other nodes; None without Redis.
     """
 
     def __init__(self, channel_log: ChannelLogFactory, durable_namespaces: Iterable[str], metrics: Metrics,
-                 trail_length: int = 1024, session_trail: int = 2048) -> None:
+                 trail_length: int = 1024, session_trail: int = 2048, bus: Bus | None = None) -> None:
         super().__init__()
         self.log = channel_log(self._on_publication, self._on_resync)
         self.durable = frozenset(durable_namespaces)
         self.metrics = metrics
         self.session_trail = session_trail
         self.deliveries = Deliveries(trail_length)
-        self.bus: Any = None  # set by the app when Redis links the nodes
+        self.bus = bus
         self.follower_healthy = True
         # (namespace, sid) -> what the socket surely received, for the durable namespaces.
         self.positions: dict[tuple[str, str], SocketPositions] = {}

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
+from .auth import Identity
+from .cluster import Cluster
 from .endings import DRAINED, ENDINGS, USER_DISCONNECTED, Ending
 from .namespace import counted_rooms
-
-if TYPE_CHECKING:
-    from .app import Runtime
+from .realtime import RealtimeServer
 
 log = logging.getLogger("server.operations")
 
@@ -21,12 +21,23 @@ ServerEventHandler = Callable[[Any], Awaitable[Any]]
 
 
 class ClusterOperations:
-    """:param runtime: this node's runtime."""
+    """The operations above, for the API, the Admin UI and server code.
 
-    def __init__(self, runtime: "Runtime") -> None:
-        self.runtime = runtime
+    :param cluster: runs each operation on every live node (this one included) and answers
+        the other nodes' requests here; its node id is the ``node`` of each serialized socket.
+    :param sio: this node's Socket.IO server: the sockets an operation acts on here.
+    :param identities: who each socket of this node is, by ``(namespace, sid)`` (read only).
+    :param max_rooms_per_socket: ``limits.max_rooms_per_socket``: a cluster-wide join leaves
+        out a socket already in that many rooms, as a client's own join would be refused.
+    """
+
+    def __init__(self, cluster: Cluster, sio: RealtimeServer, identities: Mapping[tuple[str, str], Identity],
+                 max_rooms_per_socket: int) -> None:
+        self.cluster = cluster
+        self.sio = sio
+        self.identities = identities
+        self.max_rooms_per_socket = max_rooms_per_socket
         self.server_handlers: dict[str, ServerEventHandler] = {}
-        cluster = runtime.cluster
         cluster.handle("sockets", self._local_sockets)
         cluster.handle("sockets_op", self._local_op)
         cluster.handle("server_event", self._local_server_event)
@@ -37,7 +48,7 @@ class ClusterOperations:
     async def fetch_sockets(self, namespace: str | None = None, room: str | None = None) -> list[dict[str, Any]]:
         """Every socket (of ``namespace``, in ``room``) on every node, with rooms and data."""
         out: list[dict[str, Any]] = []
-        for answer in await self.runtime.cluster.gather("sockets", {"ns": namespace, "room": room}):
+        for answer in await self.cluster.gather("sockets", {"ns": namespace, "room": room}):
             if isinstance(answer, list):
                 out.extend(s for s in answer if isinstance(s, dict))
         return out
@@ -61,7 +72,7 @@ class ClusterOperations:
 
     async def move_sockets(self) -> int:
         """Close every connection of this node recoverably (draining): clients reconnect elsewhere."""
-        sio = self.runtime.sio
+        sio = self.sio
         sids = list(sio.eio.sockets)
         for eio_sid in sids:
             await sio.end(eio_sid, DRAINED)
@@ -73,12 +84,12 @@ class ClusterOperations:
 
     async def server_side_emit(self, event: str, data: Any = None) -> list[Any]:
         """Deliver ``event`` to every node's handler; their answers (as serverSideEmitWithAck)."""
-        answers = await self.runtime.cluster.gather("server_event", {"event": event, "data": data})
+        answers = await self.cluster.gather("server_event", {"event": event, "data": data})
         return [a for a in answers if not isinstance(a, Exception)]
 
     async def call(self, sid: str, namespace: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Emit to one socket, wherever it is connected, and return its ack."""
-        for answer in await self.runtime.cluster.gather(
+        for answer in await self.cluster.gather(
                 "call", {"sid": sid, "ns": namespace, "event": event, "data": data, "timeout": timeout},
                 timeout=timeout + 1):
             if isinstance(answer, dict) and answer.get("found"):
@@ -88,16 +99,16 @@ class ClusterOperations:
     # ------------------------------------------------------------------ local handlers
 
     async def _op(self, body: dict[str, Any]) -> int:
-        answers = await self.runtime.cluster.gather("sockets_op", body)
+        answers = await self.cluster.gather("sockets_op", body)
         return sum(a for a in answers if isinstance(a, int))
 
     def _targets(self, namespace: Any, target: Any) -> list[str]:
         if not isinstance(namespace, str) or (target is not None and not isinstance(target, str)):
             return []
-        return [sid for sid, _ in self.runtime.sio.manager.get_participants(namespace, target)]
+        return [sid for sid, _ in self.sio.manager.get_participants(namespace, target)]
 
     async def _local_sockets(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        sio = self.runtime.sio
+        sio = self.sio
         manager = sio.manager
         namespaces = [body["ns"]] if isinstance(body.get("ns"), str) else list(manager.get_namespaces())
         room = body.get("room") if isinstance(body.get("room"), str) else None
@@ -110,13 +121,13 @@ class ClusterOperations:
 
     def serialize(self, namespace: str, sid: str, eio_sid: str) -> dict[str, Any]:
         """A socket as the Admin UI's ``SerializedSocket`` (plus the node that holds it)."""
-        sio = self.runtime.sio
+        sio = self.sio
         environ = sio.environ.get(eio_sid, {})
         socket = sio.eio.sockets.get(eio_sid)
-        identity = self.runtime.identities.get((namespace, sid))
+        identity = self.identities.get((namespace, sid))
         connected_at = getattr(socket, "rt_connected_at", time.time())
         return {
-            "id": sid, "clientId": eio_sid, "nsp": namespace, "node": self.runtime.node_id,
+            "id": sid, "clientId": eio_sid, "nsp": namespace, "node": self.cluster.node,
             "transport": "websocket" if socket is not None and socket.upgraded else "polling",
             "data": {"user": identity.user, "name": identity.name} if identity else {},
             "rooms": list(sio.manager.get_rooms(sid, namespace)),
@@ -132,13 +143,13 @@ class ClusterOperations:
         }
 
     async def _local_op(self, body: dict[str, Any]) -> int:
-        sio = self.runtime.sio
+        sio = self.sio
         op, namespace, room, target = body.get("op"), body.get("ns"), body.get("room"), body.get("target")
         sids = self._targets(namespace, target)
         if op == "join" and isinstance(room, str):
             # The clients' room cap holds for operators' and the API's joins too: a socket
             # already in limits.max_rooms_per_socket rooms is left out (and not counted).
-            limit = self.runtime.config.limits.max_rooms_per_socket
+            limit = self.max_rooms_per_socket
             sids = [sid for sid in sids if room in (joined := counted_rooms(sio.manager.get_rooms(sid, namespace), sid))
                     or len(joined) < limit]
         for sid in sids:
@@ -158,7 +169,7 @@ class ClusterOperations:
         return None if handler is None else await handler(body.get("data"))
 
     async def _local_call(self, body: dict[str, Any]) -> dict[str, Any]:
-        sio = self.runtime.sio
+        sio = self.sio
         sid, namespace, event = body.get("sid"), body.get("ns"), body.get("event")
         if not (isinstance(sid, str) and isinstance(namespace, str) and isinstance(event, str)):
             return {"found": False}

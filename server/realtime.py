@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
+from .bus import Bus
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
@@ -489,10 +490,12 @@ class RealtimeServer(socketio.AsyncServer):
     :param limits: the ``[limits]`` configuration section.
     :param metrics: counters to update.
     :param connect_timeout: seconds an Engine.IO session may stay without joining a namespace.
+    :param bus: tells the other nodes to close a session taken over here; None without Redis.
     """
 
     def __init__(self, *, manager: RealtimeManager, sessions: SessionStore, max_disconnection_duration: float,
-                 limits: Any, metrics: Metrics, connect_timeout: float = 45.0, **kwargs: Any) -> None:
+                 limits: Any, metrics: Metrics, connect_timeout: float = 45.0, bus: Bus | None = None,
+                 **kwargs: Any) -> None:
         # Each inbound packet already runs in its own eagerly started coroutine
         # (RealtimeSocket), so the event handler runs inline instead of in one more Task.
         super().__init__(client_manager=manager, async_handlers=False, **kwargs)
@@ -509,7 +512,7 @@ class RealtimeServer(socketio.AsyncServer):
         # pids whose socket was closed because the client came back on a new connection:
         # their session was taken, so closing the old socket must not save it again.
         self.evicted: set[str] = set()
-        self.bus: Any = None
+        self.bus = bus
         self._buckets: dict[str, TokenBucket] = {}
         self._operator_buckets: dict[str, TokenBucket] = {}  # eio sid -> bucket, once it sent an /admin event
         self._upgraded: set[str] = set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +42,13 @@ def test_namespaces_reach_redis_only_through_stores():
         text = path.read_text()
         assert "stores.redis" not in text, f"{path.name} uses the Redis client directly"
         assert not any(m.startswith("redis") and m != "redis.exceptions" for m in imported_modules(path)), path.name
+
+
+def test_the_cluster_modules_get_their_dependencies_explicitly_not_a_runtime():
+    """Bus, registry, forwarding and operations are given what they use in their constructors
+    (server/app.py's build_runtime composes them): none imports the app or reaches into a Runtime."""
+    for name in ("bus.py", "cluster.py", "forwarding.py", "operations.py"):
+        path = ROOT / "server" / name
+        imports = imported_modules(path)
+        assert not imports & {".app", "server.app"}, f"{name} imports the app module"
+        assert not re.search(r"\bruntime\b", path.read_text(), re.IGNORECASE), f"{name} mentions Runtime"
