@@ -93,6 +93,7 @@ async def test_several_rooms_each_get_a_publication_naming_the_others(redis_url)
     assert [a["offset"] for a in answers] == [1, 1]  # one publication per room, repeats dropped
     assert isinstance(single, list) and single[0]["offset"] == 2  # a list in, a list out
     assert nobody == []
+    assert isinstance(everyone, dict) and everyone["offset"] == 1
     for room in ("room:a", "room:b"):
         [publication, *_] = (await history(redis_url, f"/chat|{room}")).publications
         assert decode_envelope(publication.data) == Envelope("ping", ["x"], (), ("room:a", "room:b"))
@@ -178,7 +179,7 @@ def test_the_emitters_names_match_the_servers():
 # ---------------------------------------------------------------------- (b) its own distribution
 
 
-def test_the_package_builds_as_a_wheel_and_works_without_the_servers_dependencies(tmp_path: Path):
+async def test_the_package_builds_as_a_wheel_and_works_without_the_servers_dependencies(tmp_path: Path, redis_url):
     source = tmp_path / "src"
     # Built from a copy: an in-tree build would leave build/ and egg-info behind in channels/.
     shutil.copytree(CHANNELS, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
@@ -216,16 +217,22 @@ def test_the_package_builds_as_a_wheel_and_works_without_the_servers_dependencie
     probe = """
 import importlib.util, json, sys
 import realtime_channels.emitter as e
-print(json.dumps({"file": e.__file__, "names": [n for n in ("Emitter", "AsyncEmitter", "HttpEmitter") if hasattr(e, n)],
+sent = e.Emitter(sys.argv[1]).emit("from_venv", {"n": 1}, room="room:r", namespace="/chat")
+print(json.dumps({"file": e.__file__, "sent": sent,
+                  "names": [n for n in ("Emitter", "AsyncEmitter", "HttpEmitter") if hasattr(e, n)],
                   "absent": [m for m in ("aiohttp", "socketio", "engineio", "server", "orjson")
                              if importlib.util.find_spec(m) is None]}))
 """
-    out = subprocess.run([python, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([python, "-c", probe, redis_url], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     assert found["file"].startswith(str(site)), found
     assert found["names"] == ["Emitter", "AsyncEmitter", "HttpEmitter"]
     assert found["absent"] == ["aiohttp", "socketio", "engineio", "server", "orjson"]
+    [publication] = (await history(redis_url, "/chat|room:r")).publications
+    assert publication.position == StreamPosition(found["sent"]["offset"], found["sent"]["epoch"])
+    assert decode_envelope(publication.data) == Envelope("from_venv", [{"n": 1}])
 
 
 # ---------------------------------------------------------------------- (c) to a browser
