@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Any
 
-from server.core.channel_log import StreamPosition, check_idempotency_key
+from realtime_channels.channel_log import StreamPosition, check_idempotency_key
 from server.namespace import BaseNamespace, ClientError, ok, require_dict, require_room, user_room
 from server.pending import PendingMessage
 from server.presence import Member

@@ -18,7 +18,7 @@ import socketio
 from aiohttp import web
 
 from .config import load_config
-from .core.channel_log import MemoryChannelLog
+from realtime_channels.channel_log import MemoryChannelLog
 from .manager import RealtimeManager
 from .metrics import Metrics
 from .realtime import RealtimeEngine, RealtimeServer

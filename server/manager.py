@@ -28,8 +28,8 @@ from engineio import packet as eio_packet
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
-from .core.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
-from .core.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
+from realtime_channels.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
+from realtime_channels.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
 from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
 from .bus import Bus
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .core.channel_log import ChannelLog, Publication, StreamPosition
-from .core.envelope import channel_name, decode_envelope
+from realtime_channels.channel_log import ChannelLog, Publication, StreamPosition
+from realtime_channels.envelope import channel_name, decode_envelope
 
 NAMESPACE = "/chat"
 # History windows read per request at most: a room whose channel holds mostly other events

@@ -10,8 +10,8 @@ from typing import Callable
 import redis.asyncio as aioredis
 
 from .config import Config
-from .core.channel_log import ChannelBounds, ChannelLog, MemoryChannelLog, OnPublication, OnResync
-from .core.redis_channel_log import RedisChannelLog
+from realtime_channels.channel_log import ChannelBounds, ChannelLog, MemoryChannelLog, OnPublication, OnResync
+from realtime_channels.redis_channel_log import RedisChannelLog
 from .documents import DocumentStore, MemoryDocumentStore, RedisDocumentStore
 from .game_lobby import GameLobbyStore, MemoryGameLobbyStore, RedisGameLobbyStore
 from .idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore

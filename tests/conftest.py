@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ from typing import AsyncIterator, Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The shared package (channels/realtime_channels, its own distribution) is taken from this
+# checkout, by the tests and by every process they start, as ``server`` is (the working
+# directory): an environment installed from another checkout must not supply an older copy.
+CHANNELS = str(Path(__file__).resolve().parent.parent / "channels")
+sys.path.insert(0, CHANNELS)
+os.environ["PYTHONPATH"] = os.pathsep.join([CHANNELS, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 from cluster_harness import RedisClusterServers, cluster_available  # noqa: E402
 from harness import JSClient, RedisServer, ServerProcess, TcpProxy  # noqa: E402

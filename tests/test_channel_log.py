@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError, ResponseError
 
-from server.core.channel_log import (
+from realtime_channels.channel_log import (
     EMPTY,
     ChannelBounds,
     ChannelLogError,
@@ -26,7 +26,7 @@ from server.core.channel_log import (
     PublishResult,
     StreamPosition,
 )
-from server.core.redis_channel_log import (
+from realtime_channels.redis_channel_log import (
     PUBLISH_SCRIPT,
     RedisChannelLog,
     channel_keys,
@@ -496,7 +496,7 @@ async def test_garbage_notifications_are_dropped_and_logged_once(redis_client, c
                msgpack.packb([1, 1, b"abcd", 1, 7], use_bin_type=False),
                msgpack.packb([1, 1, b"abcd", 1, b"d" * (2 << 20)], use_bin_type=False),
                msgpack.packb([1, 2 ** 63, b"abcd", 1, b"d"], use_bin_type=False)]
-    with caplog.at_level(logging.WARNING, logger="server.core.redis_channel_log"):
+    with caplog.at_level(logging.WARNING, logger="realtime_channels.redis_channel_log"):
         for payload in garbage:
             await redis_client.publish(notify, payload)
         result = await log.publish("room", b"real")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,34 @@ def test_the_core_package_depends_on_no_library_adapter_and_no_other_server_modu
             assert top not in forbidden, f"{path.relative_to(ROOT)} imports {module}"
             # relative imports may only reach inside server/core
             assert not module.startswith(".."), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_the_shared_channels_package_imports_only_the_standard_library_redis_and_msgpack():
+    """realtime_channels is installed alone into Django and Celery projects (channels/pyproject.toml
+    declares only redis and msgpack): nothing of the server, aiohttp or python-socketio."""
+    package = ROOT / "channels" / "realtime_channels"
+    paths = sorted(package.rglob("*.py"))
+    assert {p.name for p in paths} >= {"channel_log.py", "redis_channel_log.py", "redis_pubsub.py",
+                                       "envelope.py", "emitter.py"}
+    allowed = set(sys.stdlib_module_names) | {"__future__", "redis", "msgpack"}
+    for path in paths:
+        for module in imported_modules(path):
+            where = f"{path.relative_to(ROOT)} imports {module}"
+            if module.startswith("."):
+                assert not module.startswith(".."), where  # only inside the package
+            else:
+                assert module.split(".")[0] in allowed, where
+
+
+def test_the_shared_definitions_exist_once():
+    """The moved modules live only in channels/realtime_channels, not also in server/."""
+    moved = {"channel_log.py", "redis_channel_log.py", "redis_pubsub.py", "envelope.py", "emitter.py"}
+    copies = [str(p.relative_to(ROOT)) for p in (ROOT / "server").rglob("*.py") if p.name in moved]
+    assert copies == []
+    init = ROOT / "server" / "core" / "__init__.py"
+    stems = {name[:-3] for name in moved}
+    assert init.exists()
+    assert not [m for m in imported_modules(init) if m.split(".")[-1] in stems], "server/core re-exports a moved module"
 
 
 def test_namespaces_reach_redis_only_through_stores():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.core.envelope import (Envelope, channel_name, channel_tag, decode_envelope, encode_envelope,
+from realtime_channels.envelope import (Envelope, channel_name, channel_tag, decode_envelope, encode_envelope,
                                   offset_token, parse_offset_token, split_channel)
 from server.core.positions import NOWHERE, Deliveries, SocketPositions, resolve
 

@@ -1,31 +1,7 @@
-"""The delivery core: per-channel logs with offsets, epochs and notifications.
+"""The server's side of the delivery core: what the server needs beyond the shared channel log.
 
-Imports only the standard library, ``redis.asyncio`` and ``msgpack`` — never the rest of the
-server — so an emitter (Django, Celery) can publish through the very same definitions.
+The channel log itself (contract, memory and Redis implementations, the Redis pub/sub
+subscriptions and the publication envelope) is the ``realtime_channels`` package
+(``channels/realtime_channels/``), its own distribution so that a Django or Celery project
+publishes through the very same definitions without installing the server.
 """
-
-from .channel_log import (
-    EMPTY,
-    ChannelBounds,
-    ChannelLog,
-    ChannelLogError,
-    HistoryResult,
-    MemoryChannelLog,
-    Publication,
-    PublishResult,
-    StreamPosition,
-)
-from .redis_channel_log import RedisChannelLog
-
-__all__ = [
-    "EMPTY",
-    "ChannelBounds",
-    "ChannelLog",
-    "ChannelLogError",
-    "HistoryResult",
-    "MemoryChannelLog",
-    "Publication",
-    "PublishResult",
-    "RedisChannelLog",
-    "StreamPosition",
-]

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .envelope import channel_tag, parse_offset_token
+from realtime_channels.envelope import channel_tag, parse_offset_token
 
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]

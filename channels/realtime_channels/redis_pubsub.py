@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-log = logging.getLogger("server.core.redis_pubsub")
+log = logging.getLogger("realtime_channels.redis_pubsub")
 
 # Channel names per SUBSCRIBE command: one command per batch keeps each reply small.
 BATCH = 500

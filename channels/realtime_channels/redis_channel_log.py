@@ -57,7 +57,7 @@ from .channel_log import (
 )
 from .redis_pubsub import Subscriptions, Throttled
 
-log = logging.getLogger("server.core.redis_channel_log")
+log = logging.getLogger("realtime_channels.redis_channel_log")
 
 NOTIFICATION_VERSION = 1
 _PREFIX_FORBIDDEN = re.compile(r"[{}\x00-\x20\x7f]")
@@ -340,6 +340,50 @@ def _meta(epoch: object, top: object, where: str) -> tuple[str, int]:
     raise ChannelLogError(f"corrupt channel meta in {where}")
 
 
+# ------------------------------------------------------------------------- one publish
+# The three steps of a publish, shared by RedisChannelLog (redis.asyncio) and the synchronous
+# emitter (redis-py): whatever client runs the script, the keys, arguments and checks are these.
+
+
+def publish_call(prefix: str, channel: str, data: bytes, bounds: ChannelBounds, *,
+                 idempotency_key: str | None = None, sharded: bool = False) -> tuple[list[str], list[Any]]:
+    """The KEYS and ARGV of one run of :data:`PUBLISH_SCRIPT`; raises ValueError for a bad
+    channel name, payload or idempotency key before anything is sent.
+
+    :param prefix: the deployment's key prefix (``redis.key_prefix``).
+    :param channel: the channel name.
+    :param data: the payload, at most ``bounds.max_data_size`` bytes.
+    :param bounds: the limits the script enforces (trim by count and age, dedupe window).
+    :param idempotency_key: remembered for ``bounds.dedupe_ttl`` on this channel.
+    :param sharded: notify with SPUBLISH (Redis Cluster) instead of PUBLISH.
+    """
+    check_channel(channel)
+    data = check_data(data, bounds)
+    keys = channel_keys(prefix, channel)
+    script_keys = [keys.stream, keys.meta]
+    if idempotency_key is not None:
+        script_keys.append(idempotency_key_name(prefix, channel, check_idempotency_key(idempotency_key)))
+    return script_keys, [data, bounds.max_length, bounds.max_age_ms, bounds.dedupe_ttl_ms, new_epoch(),
+                         keys.notify, "spublish" if sharded else "publish"]
+
+
+def publish_error(exc: ResponseError) -> Exception:
+    """What a failed publish script raises: :class:`ChannelLogError` for a channel whose
+    stored state is not trusted, else the Redis error itself."""
+    return ChannelLogError(str(exc)) if "corrupt channel" in str(exc) else exc
+
+
+def publish_result(reply: object, meta: str) -> PublishResult:
+    """The publish script's reply ``[offset, epoch, duplicate]``, validated."""
+    if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[0], int)
+            and reply[0] >= 1 and reply[2] in (0, 1)):
+        raise ChannelLogError(f"unexpected publish reply for {meta}")
+    epoch = reply[1].decode("ascii", "replace") if isinstance(reply[1], bytes) else ""
+    if not is_valid_epoch(epoch):
+        raise ChannelLogError(f"corrupt idempotency record or meta for {meta}")
+    return PublishResult(StreamPosition(reply[0], epoch), bool(reply[2]))
+
+
 # ------------------------------------------------------------------------- the log
 
 
@@ -380,7 +424,6 @@ class RedisChannelLog:
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._trim_script = client.register_script(TRIM_SCRIPT)
-        self._notify_command = "spublish" if sharded else "publish"
         self._by_notify: dict[bytes, str] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
@@ -395,27 +438,13 @@ class RedisChannelLog:
 
     async def publish(self, channel: str, data: bytes, *,
                       idempotency_key: str | None = None) -> PublishResult:
-        check_channel(channel)
-        data = check_data(data, self.bounds)
-        keys = self.keys(channel)
-        script_keys = [keys.stream, keys.meta]
-        if idempotency_key is not None:
-            script_keys.append(idempotency_key_name(self.prefix, channel, check_idempotency_key(idempotency_key)))
+        keys, args = publish_call(self.prefix, channel, data, self.bounds,
+                                  idempotency_key=idempotency_key, sharded=self.sharded)
         try:
-            reply = await self._publish_script(keys=script_keys, args=[
-                data, self.bounds.max_length, self.bounds.max_age_ms, self.bounds.dedupe_ttl_ms,
-                new_epoch(), keys.notify, self._notify_command])
+            reply = await self._publish_script(keys=keys, args=args)
         except ResponseError as exc:
-            if "corrupt channel" in str(exc):
-                raise ChannelLogError(str(exc)) from None
-            raise
-        if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[0], int)
-                and reply[0] >= 1 and reply[2] in (0, 1)):
-            raise ChannelLogError(f"unexpected publish reply for {keys.meta}")
-        epoch = reply[1].decode("ascii", "replace") if isinstance(reply[1], bytes) else ""
-        if not is_valid_epoch(epoch):
-            raise ChannelLogError(f"corrupt idempotency record or meta for {keys.meta}")
-        return PublishResult(StreamPosition(reply[0], epoch), bool(reply[2]))
+            raise publish_error(exc) from None
+        return publish_result(reply, keys[1])
 
     async def history(self, channel: str, *, since: StreamPosition | None = None,
                       limit: int) -> HistoryResult:

@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
-log = logging.getLogger("server.core.channel_log")
+log = logging.getLogger("realtime_channels.channel_log")
 
 # Channel names and idempotency keys go into Redis key names between a hash tag's braces, so
 # braces would let two channels share keys; control characters would corrupt log lines.
