@@ -92,10 +92,24 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
+def show(value: float | None) -> str:
+    return f"{value:.2f}×" if value is not None else "–"
+
+
+def cell_order(cell: tuple[str, str]) -> tuple[int, float, str]:
+    """Scenarios in METRICS order; variants by their leading number (rate, stage, senders)."""
+    scenarios = [m[0] for m in METRICS]
+    digits = "".join(ch for ch in cell[1].split("x")[0] if ch.isdigit() or ch == ".")
+    try:
+        number = float(digits)
+    except ValueError:
+        number = float("inf")
+    return (scenarios.index(cell[0]) if cell[0] in scenarios else 99, number, cell[1])
+
+
 def report(path: str, max_interference: float) -> None:
     groups, errors = load(path)
-    cells = sorted({(s, v) for (_, s, v) in groups}, key=lambda c: ([m[0] for m in METRICS].index(c[0])
-                                                                     if c[0] in [m[0] for m in METRICS] else 99, c[1]))
+    cells = sorted({(s, v) for (_, s, v) in groups}, key=cell_order)
     lines = ["| scenario | metric | Node | embedded | ÷ Node | Redis | ÷ Node | Redis ÷ embedded |",
              "|---|---|---|---|---|---|---|---|"]
     ratios: dict[str, dict[str, float]] = {"ratios_vs_node_socketio": {}, "ratios_vs_node_socketio_redis": {},
@@ -115,7 +129,6 @@ def report(path: str, max_interference: float) -> None:
                                 ("redis_vs_embedded", ratio(red, emb))):
                 if value is not None:
                     ratios[name][key] = value
-            show = lambda r: f"{r:.2f}×" if r is not None else "–"  # noqa: E731
             lines.append(f"| {scenario}{' ' + var if var else ''} | {label} | {fmt(node, node_clean)} | "
                          f"{fmt(emb, emb_clean)} | {show(ratio(emb, node))} | {fmt(red, red_clean)} | "
                          f"{show(ratio(red, node))} | {show(ratio(red, emb))} |")
@@ -125,7 +138,7 @@ def report(path: str, max_interference: float) -> None:
         print("\nchat (Node: /bench `fanout` with ack; ours: /chat `message` with ack), medians:\n")
         print("| target | senders×members | " + " | ".join(c[1] for c in CHAT_COLUMNS) + " |")
         print("|---|---|" + "---|" * len(CHAT_COLUMNS))
-        for target, _, var in sorted(chat, key=lambda k: (k[2], k[0] != NODE, k[0])):
+        for target, _, var in sorted(chat, key=lambda k: (cell_order(("chat", k[2])), k[0] != NODE, k[0])):
             values = [fmt(*median(groups[(target, "chat", var)], path, max_interference)) for path, _ in CHAT_COLUMNS]
             print(f"| {target} | {var} | " + " | ".join(values) + " |")
     for row in errors:

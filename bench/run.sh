@@ -53,7 +53,7 @@ for s in ${SCENARIOS//,/ }; do
     *) echo "unknown scenario $s" >&2; exit 1;;
   esac
 done
-if [[ $CHAT == 1 ]] && ! command -v redis-server >/dev/null && [[ ",$MODES," == *,redis,* ]]; then
+if ! command -v redis-server >/dev/null && [[ ",$MODES," == *,redis,* ]]; then
   echo "the redis mode needs redis-server (apt-get install redis-server)" >&2; exit 1
 fi
 
