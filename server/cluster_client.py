@@ -56,7 +56,17 @@ class BoundedRedisCluster(RedisCluster):
         self.permits = _Permits(max_connections, pool_timeout)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.permits.run(lambda: RedisCluster.execute_command(self, *args, **kwargs))
+        return await self.permits.run(lambda: self._initialized_then(RedisCluster.execute_command, self, *args,
+                                                                     **kwargs))
+
+    async def _initialized_then(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        # redis-py 8.1: commands started together on a client that has not read the cluster's
+        # topology yet sometimes fail ("'NoneType' object has no attribute 'writelines'", a
+        # connection closed under another command); reading it first (once, under
+        # initialize()'s lock) avoids that (tests/test_stores.py, cold-start test).
+        if self._initialize:
+            await self.initialize()
+        return await method(*args, **kwargs)
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         super().pipeline(transaction, shard_hint)  # its argument checks
@@ -69,4 +79,4 @@ class _BoundedPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
         client: BoundedRedisCluster = self.cluster_client  # type: ignore[assignment]
         return await client.permits.run(
-            lambda: ClusterPipeline.execute(self, raise_on_error, allow_redirections))
+            lambda: client._initialized_then(ClusterPipeline.execute, self, raise_on_error, allow_redirections))
