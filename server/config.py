@@ -255,10 +255,24 @@ def _host_port(key: str, source: str, value: Any) -> str:
 
 
 def _redis_url(key: str, source: str, value: Any) -> str:
+    """A Redis URL. ``redis+cluster://h1:p1,h2:p2`` (and ``rediss+``/``valkey+``/``valkeys+cluster``)
+    names seed nodes of a Redis Cluster: each ``host:port``, database 0 only."""
     url = _str(key, source, value).strip()
-    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "valkey://", "valkeys://")
+    schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "valkey://", "valkeys://",
+               "redis+cluster://", "rediss+cluster://", "valkey+cluster://", "valkeys+cluster://")
     if url and not url.startswith(schemes):
         raise ConfigError(f"{_where(key, source)}: must start with one of {', '.join(schemes)}, got {url!r}")
+    if "+cluster://" in url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        for seed in parts.netloc.rpartition("@")[2].split(","):
+            host, sep, port = seed.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"{_where(key, source)}: a cluster URL lists seed nodes as host:port[,host:port...], "
+                                  f"got {seed!r}")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ConfigError(f"{_where(key, source)}: a Redis Cluster has only database 0, got {parts.path!r}")
     return url
 
 

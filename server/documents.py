@@ -59,16 +59,20 @@ class MemoryDocumentStore:
 
 
 class RedisDocumentStore:
+    """Shared store: per document a snapshot string, an update list, a compaction lock and a
+    client-id hash, all under the document's hash tag (one cluster slot)."""
+
     def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
         self.client = client
         self.prefix = prefix
 
     def _keys(self, doc: str) -> tuple[str, str, str]:
-        base = f"{self.prefix}:doc:{doc}"
+        # One hash tag per document: load's and compact's transactions touch one cluster slot.
+        base = f"{self.prefix}:doc:{{{doc}}}"
         return base + ":snapshot", base + ":updates", base + ":compacting"
 
     def _clients_key(self, doc: str) -> str:
-        return f"{self.prefix}:doc:{doc}:clients"  # hash: Yjs client id -> user
+        return f"{self.prefix}:doc:{{{doc}}}:clients"  # hash: Yjs client id -> user
 
     async def load(self, doc: str) -> tuple[bytes | None, list[bytes]]:
         snap_key, updates_key, _ = self._keys(doc)

@@ -67,38 +67,71 @@ class MemoryGameLobbyStore:
         return len(self._games)
 
 
+# KEYS: summaries, expiries. ARGV: now (ms). Drops expired games; returns every stored entry.
+_PRUNE = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(dead) do redis.call('HDEL', KEYS[1], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# KEYS: summaries, expiries. ARGV: now (ms), id, entry, expires (ms), max games.
+# Returns 1 when stored, 0 when the lobby is full.
+_PUT = """
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(dead) do redis.call('HDEL', KEYS[1], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+if not redis.call('ZSCORE', KEYS[2], ARGV[2]) and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+return 1
+"""
+
+
 class RedisGameLobbyStore:
-    """One hash: game id → msgpack ``{s: summary, u: expiry (ms)}``; expired entries are
-    removed by whoever reads or writes next (one node alive is enough)."""
+    """A hash ``game id → msgpack {s: summary, u: expiry (ms)}`` and a sorted set of the
+    expiries, under one hash tag (one cluster slot). Expired entries are removed by whoever
+    reads or writes next (one node alive is enough); the count check and the write are one
+    script, so nodes adding games at once cannot pass ``max_games`` together."""
 
     def __init__(self, client: aioredis.Redis, prefix: str = "rt", max_games: int = 1000) -> None:
         self.client = client
-        self.key = f"{prefix}:games"
+        self.key = f"{prefix}:{{games}}"
+        self.keys = [self.key, self.key + ":expires"]
         self.max_games = max_games
+        self._prune = client.register_script(_PRUNE)
+        self._put = client.register_script(_PUT)
 
     async def _live(self) -> dict[str, dict[str, Any]]:
         now = int(time.time() * 1000)
+        raw = await self._prune(keys=self.keys, args=[now])
         live, dead = {}, []
-        for raw_id, raw in (await self.client.hgetall(self.key)).items():
-            game_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
-            entry = _decode(raw)
+        for i in range(0, len(raw) - 1, 2):
+            game_id = raw[i].decode() if isinstance(raw[i], bytes) else raw[i]
+            entry = _decode(raw[i + 1])
             if entry is None or entry[0] <= now:
-                dead.append(game_id)  # expired, or not ours to trust
+                dead.append(game_id)  # not ours to trust
             else:
                 live[game_id] = entry[1]
         if dead:
             await self.client.hdel(self.key, *dead)
+            await self.client.zrem(self.keys[1], *dead)
         return live
 
     async def put(self, game_id: str, summary: dict[str, Any], ttl: float) -> None:
-        live = await self._live()
-        if game_id not in live and len(live) >= self.max_games:
+        now = time.time()
+        expires = int((now + ttl) * 1000)
+        entry = msgpack.packb({"s": summary, "u": expires})
+        if not await self._put(keys=self.keys, args=[int(now * 1000), game_id, entry, expires, self.max_games]):
             raise LobbyFull(game_id)
-        expires = int((time.time() + ttl) * 1000)
-        await self.client.hset(self.key, game_id, msgpack.packb({"s": summary, "u": expires}))
 
     async def remove(self, game_id: str) -> None:
-        await self.client.hdel(self.key, game_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.key, game_id)
+            pipe.zrem(self.keys[1], game_id)
+            await pipe.execute()
 
     async def get(self, game_id: str) -> dict[str, Any] | None:
         entry = _decode(await self.client.hget(self.key, game_id))

@@ -122,6 +122,16 @@ class MemoryIdempotencyStore:
         self._drop(key)
 
 
+# KEYS: the entry. ARGV: the pending marker, ttl in ms. Returns nil when now claimed, else the
+# stored value.
+_CLAIM = """
+local stored = redis.call('GET', KEYS[1])
+if stored then return stored end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return nil
+"""
+
+
 class RedisIdempotencyStore:
     """Shared store: one key per event ID, with a TTL.
 
@@ -132,15 +142,15 @@ class RedisIdempotencyStore:
         self.client = client
         self.prefix = prefix
         self.max_reply_bytes = max_reply_bytes
+        self._claim = client.register_script(_CLAIM)
 
     def _key(self, key: str) -> str:
-        return f"{self.prefix}:dedupe:{key}"
+        return f"{self.prefix}:dedupe:{key}"  # one key per operation: any cluster slot will do
 
     async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
-        ms = max(1, int(ttl * 1000))
-        if await self.client.set(self._key(key), PENDING, nx=True, px=ms):
-            return True, None
-        raw = await self.client.get(self._key(key))
+        # One script: SET NX then GET could see the entry expire in between and report a
+        # claim it never made (two copies then both ran).
+        raw = await self._claim(keys=[self._key(key)], args=[PENDING, max(1, int(ttl * 1000))])
         return (True, None) if raw is None else (False, _unpack(raw))
 
     async def complete(self, key: str, ack: Any, ttl: float) -> None:

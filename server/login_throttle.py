@@ -26,8 +26,8 @@ MAX_MEMORY_KEYS = 100_000
 
 class LoginThrottle(Protocol):
     async def reserve(self, keys: list[str]) -> int | None:
-        """Count an attempt against every key and return the highest count now; None (and
-        nothing counted) when a key is locked."""
+        """Count an attempt against every key (a key named twice once) and return the highest
+        count now (0 for no keys); None (and nothing counted) when a key is locked."""
 
     async def release(self, keys: list[str]) -> None:
         """Give back an attempt :meth:`reserve` counted: it succeeded."""
@@ -52,6 +52,9 @@ class MemoryLoginThrottle:
         return item[0]
 
     async def reserve(self, keys: list[str]) -> int | None:
+        keys = list(dict.fromkeys(keys))  # a key named twice is counted once
+        if not keys:
+            return 0
         now = time.monotonic()
         counts = [self._count(key, now) for key in keys]
         if any(count >= self.attempts for count in counts):
@@ -70,10 +73,10 @@ class MemoryLoginThrottle:
         if excess > 0:
             for key in list(itertools.islice((k for k in self._counts if k.startswith("addr:")), excess)):
                 del self._counts[key]
-        return max(counts) + 1 if counts else 1
+        return max(counts) + 1
 
     async def release(self, keys: list[str]) -> None:
-        for key in keys:
+        for key in dict.fromkeys(keys):
             item = self._counts.get(key)
             if item is not None:
                 if item[0] <= 1:
@@ -117,11 +120,16 @@ class RedisLoginThrottle:
         self._release = client.register_script(_RELEASE)
 
     def _keys(self, keys: list[str]) -> list[str]:
-        return [f"{self.prefix}:admin-login:{key}" for key in keys]
+        # One hash tag for every counter: a script counts an address and a username together,
+        # so they must share a cluster slot (logins are rare: one slot carries them easily).
+        return [f"{self.prefix}:{{admin-login}}:{key}" for key in dict.fromkeys(keys)]
 
     async def reserve(self, keys: list[str]) -> int | None:
+        if not keys:
+            return 0
         highest = int(await self._reserve(keys=self._keys(keys), args=[self.attempts, self.lockout_ms]))
         return None if highest < 0 else highest
 
     async def release(self, keys: list[str]) -> None:
-        await self._release(keys=self._keys(keys))
+        if keys:
+            await self._release(keys=self._keys(keys))

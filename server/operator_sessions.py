@@ -17,10 +17,17 @@ ROLES = ("admin", "readonly")
 
 class OperatorSessionStore(Protocol):
     async def remember(self, session_id: str, role: str, ttl: float) -> None:
-        """Keep ``session_id`` as a login with ``role`` (admin or readonly) for ``ttl`` seconds."""
+        """Keep ``session_id`` as a login with ``role`` (admin or readonly) for ``ttl`` seconds.
+
+        :raises ValueError: ``role`` is not one of :data:`ROLES`."""
 
     async def recall(self, session_id: str) -> str | None:
         """The role of a live session, None when unknown or expired."""
+
+
+def _check(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"not an operator role: {role!r}")
 
 
 class MemoryOperatorSessionStore:
@@ -31,6 +38,7 @@ class MemoryOperatorSessionStore:
         self._sessions: OrderedDict[str, tuple[float, str]] = OrderedDict()  # id -> (expires, role)
 
     async def remember(self, session_id: str, role: str, ttl: float) -> None:
+        _check(role)
         now = time.monotonic()
         while self._sessions:  # the oldest first: expired ones are at the front
             oldest, (expires, _) = next(iter(self._sessions.items()))
@@ -48,6 +56,8 @@ class MemoryOperatorSessionStore:
 
 
 class RedisOperatorSessionStore:
+    """One key per session with its TTL (single-key commands: any cluster slot will do)."""
+
     def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
         self.client = client
         self.prefix = prefix
@@ -56,6 +66,7 @@ class RedisOperatorSessionStore:
         return f"{self.prefix}:admin-session:{session_id}"
 
     async def remember(self, session_id: str, role: str, ttl: float) -> None:
+        _check(role)
         await self.client.set(self._key(session_id), role, px=max(1, int(ttl * 1000)))
 
     async def recall(self, session_id: str) -> str | None:

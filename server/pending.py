@@ -36,7 +36,8 @@ class PendingDeliveries(Protocol):
         """Forget acknowledged messages; returns how many were pending."""
 
     async def pending(self, user: str, ttl: float) -> list[PendingMessage]:
-        """Messages not yet acknowledged and younger than ``ttl``, oldest first."""
+        """Messages not yet acknowledged and younger than ``ttl``, oldest first (equal
+        ``created`` by ``id``)."""
 
     async def sweep(self, ttl: float) -> None:
         """Drop every user's messages older than ``ttl`` (the periodic sweep)."""
@@ -55,6 +56,11 @@ def _decode(raw: bytes) -> PendingMessage | None:
             and isinstance(v[3], (int, float))):
         return PendingMessage(v[0], v[1], v[2], float(v[3]))
     return None
+
+
+def _order(m: PendingMessage) -> tuple[float, str]:
+    """Oldest first; messages created at the same instant by id (a hash has no order of its own)."""
+    return m.created, m.id
 
 
 class MemoryPendingDeliveries:
@@ -95,7 +101,7 @@ class MemoryPendingDeliveries:
         return n
 
     async def pending(self, user: str, ttl: float) -> list[PendingMessage]:
-        return sorted(self._expire(user, time.time() - ttl).values(), key=lambda m: m.created)
+        return sorted(self._expire(user, time.time() - ttl).values(), key=_order)
 
     async def sweep(self, ttl: float) -> None:
         cutoff = time.time() - ttl
@@ -103,43 +109,52 @@ class MemoryPendingDeliveries:
             self._expire(user, cutoff)
 
 
-# Redis: per user a hash <prefix>:pending:<user> (id -> message) and a sorted set
-# <prefix>:pending-at:<user> (id -> created), both expiring ttl after the user's last message;
-# <prefix>:pending-due (user -> created of the user's oldest message) tells the sweep whom to visit.
-# Each script keeps the three consistent in one step.
+# Redis, per user, two keys sharing the user's hash tag (one cluster slot), both expiring ttl
+# after the user's last message:
+#   <prefix>:pending:{<user>}:msgs   hash        id -> message
+#   <prefix>:pending:{<user>}:at     sorted set  id -> created
+# Each script keeps the two consistent in one step and returns the user's oldest `created`
+# (false when none is left). <prefix>:pending-due (user -> that oldest `created`) tells the
+# sweep whom to visit; it lives in another slot, so it is kept by separate commands after each
+# script (see _note_due): never atomically, but never losing a user with messages.
 
-# KEYS: messages, times, due. ARGV: user, cutoff (older is expired), ids to forget...
-# Returns how many of the ids were there.
-_FORGET = """
+_TRIM = """
+local function trim(cutoff)
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff)
+  for _, id in ipairs(stale) do redis.call('HDEL', KEYS[1], id) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff)
+end
+local function oldest()
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #first == 0 then redis.call('DEL', KEYS[1]) return false end
+  return first[2]
+end
+"""
+
+# KEYS: messages, times. ARGV: cutoff (older is expired), ids to forget...
+# Returns {how many of the ids were there, oldest created or false}.
+_FORGET = _TRIM + """
 local removed = 0
-for i = 3, #ARGV do
+for i = 2, #ARGV do
   removed = removed + redis.call('HDEL', KEYS[1], ARGV[i])
   redis.call('ZREM', KEYS[2], ARGV[i])
 end
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-for _, id in ipairs(stale) do redis.call('HDEL', KEYS[1], id) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-if #oldest == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) else redis.call('ZADD', KEYS[3], oldest[2], ARGV[1]) end
-return removed
+trim(ARGV[1])
+return {removed, oldest()}
 """
 
-# KEYS: messages, times, due. ARGV: user, cutoff, id, message, created, ttl in ms, max per user.
-# Returns 1 when added, 0 when the user already has max per user messages waiting.
-_ADD = """
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-for _, id in ipairs(stale) do redis.call('HDEL', KEYS[1], id) end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[7]) and not redis.call('ZSCORE', KEYS[2], ARGV[3]) then
-  return 0
+# KEYS: messages, times. ARGV: cutoff, id, message, created, ttl in ms, max per user.
+# Returns {1 when added or 0 when max per user messages already wait, oldest created or false}.
+_ADD = _TRIM + """
+trim(ARGV[1])
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) and not redis.call('ZSCORE', KEYS[2], ARGV[2]) then
+  return {0, oldest()}
 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-redis.call('ZADD', KEYS[3], oldest[2], ARGV[1])
-return 1
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+return {1, oldest()}
 """
 
 
@@ -153,21 +168,42 @@ class RedisPendingDeliveries:
         self.client = client
         self.prefix = prefix
         self.max_per_user = max_per_user
+        self.due = f"{prefix}:pending-due"
         self._add = client.register_script(_ADD)
         self._forget = client.register_script(_FORGET)
 
     def _keys(self, user: str) -> list[str]:
-        return [f"{self.prefix}:pending:{user}", f"{self.prefix}:pending-at:{user}", f"{self.prefix}:pending-due"]
+        base = f"{self.prefix}:pending:{{{user}}}"
+        return [base + ":msgs", base + ":at"]
+
+    async def _note_due(self, user: str, oldest: bytes | None) -> None:
+        """Record ``user``'s oldest message in the sweep's index, or unlist the user.
+
+        Unlisting looks again afterwards: a message added between the script and the ZREM
+        lists its user again here, and one added after this look lists the user itself."""
+        if oldest:
+            await self.client.zadd(self.due, {user: float(oldest)})
+            return
+        await self.client.zrem(self.due, user)
+        first = await self.client.zrange(self._keys(user)[1], 0, 0, withscores=True)
+        if first:
+            await self.client.zadd(self.due, {user: first[0][1]})
 
     async def add(self, user: str, message: PendingMessage, ttl: float) -> bool:
-        args = [user, repr(time.time() - ttl), message.id, _encode(message), repr(message.created),
+        args = [repr(time.time() - ttl), message.id, _encode(message), repr(message.created),
                 max(1, int(ttl * 1000)), self.max_per_user]
-        return bool(await self._add(keys=self._keys(user), args=args))
+        added, oldest = await self._add(keys=self._keys(user), args=args)
+        if added:
+            await self._note_due(user, oldest)
+        return bool(added)
 
     async def ack(self, user: str, ids: list[str]) -> int:
         if not ids:
             return 0
-        return int(await self._forget(keys=self._keys(user), args=[user, "-inf", *ids]))
+        removed, oldest = await self._forget(keys=self._keys(user), args=["-inf", *ids])
+        if removed:
+            await self._note_due(user, oldest)
+        return int(removed)
 
     async def pending(self, user: str, ttl: float) -> list[PendingMessage]:
         raw = await self.client.hgetall(self._keys(user)[0])
@@ -176,21 +212,23 @@ class RedisPendingDeliveries:
         for field, value in raw.items():
             m = _decode(value)
             if m is None or m.created < cutoff:
-                stale.append(field)
+                stale.append(field)  # expired, or not ours to trust
             else:
                 out.append(m)
         if stale:
-            await self._forget(keys=self._keys(user), args=[user, repr(cutoff), *stale])
-        return sorted(out, key=lambda m: m.created)
+            _, oldest = await self._forget(keys=self._keys(user), args=[repr(cutoff), *stale])
+            await self._note_due(user, oldest)
+        return sorted(out, key=_order)
 
     async def sweep(self, ttl: float) -> None:
+        """Runs on a timer: one script per user whose oldest message is past ``ttl``."""
         cutoff = time.time() - ttl
-        due = self._keys("")[2]
         while True:
             # Each visit moves the user's score past the cutoff or removes it: this ends.
-            users = await self.client.zrangebyscore(due, "-inf", f"({cutoff!r}", start=0, num=500)
-            for user in users:
-                user = user.decode() if isinstance(user, bytes) else user
-                await self._forget(keys=self._keys(user), args=[user, repr(cutoff)])
+            users = await self.client.zrangebyscore(self.due, "-inf", f"({cutoff!r}", start=0, num=500)
+            for raw in users:
+                user = raw.decode() if isinstance(raw, bytes) else raw
+                _, oldest = await self._forget(keys=self._keys(user), args=[repr(cutoff)])
+                await self._note_due(user, oldest)
             if len(users) < 500:
                 return

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from .cluster_client import BoundedRedisCluster
 from .config import Config
 from realtime_channels.channel_log import ChannelBounds, ChannelLog, MemoryChannelLog, OnPublication, OnResync
 from realtime_channels.redis_channel_log import RedisChannelLog
@@ -37,7 +39,7 @@ class Stores:
     game_lobby: GameLobbyStore
     operator_sessions: OperatorSessionStore
     login_throttle: LoginThrottle
-    redis: aioredis.Redis | None = None
+    redis: aioredis.Redis | RedisCluster | None = None
 
     @property
     def shared(self) -> bool:
@@ -59,27 +61,130 @@ class Stores:
             await self.redis.aclose()
 
 
-def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.0,
-                 **overrides: object) -> aioredis.Redis:
+# Schemes that name a Redis Cluster by its seed nodes: `redis+cluster://h1:p1,h2:p2`.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss",
+                   "valkey+cluster": "redis", "valkeys+cluster": "rediss"}
+# Valkey's own names for the schemes redis-py knows.
+VALKEY_SCHEMES = {"valkey": "redis", "valkeys": "rediss"}
+
+
+class RedisProbeError(Exception):
+    """Start-up could not ask the Redis named by a plain URL whether it is a cluster node."""
+
+
+def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.0, *,
+                 cluster: bool | None = None, **overrides: object) -> aioredis.Redis | RedisCluster:
     """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out.
 
-    :param max_connections: connections the client opens at most. redis-py's default pool
-        raises "Too many connections" at its cap, so a connect storm failed handlers; this
-        pool makes a command wait for a free connection instead.
+    :param max_connections: connections the client opens at most (per cluster node with a
+        cluster). redis-py's default pool raises "Too many connections" at its cap, so a
+        connect storm failed handlers; this pool makes a command wait for a free connection
+        instead (the cluster client waits the same way, see :class:`BoundedRedisCluster`).
     :param pool_timeout: seconds a command waits for a free connection before it fails
         (the handler then answers an "unavailable" error ack).
+    :param cluster: whether ``url`` names a Redis Cluster; None asks :func:`is_cluster`.
 
     ``redis+sentinel://[:password@]host:port[,host:port...]/<service>[/<db>]`` asks the
     sentinels for the current master of ``service`` (and again after a failover).
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` for
+    TLS) names seed nodes of a Redis Cluster; a plain ``redis://`` or ``rediss://`` URL to
+    any cluster node is recognised as a cluster too. ``valkey://`` is ``redis://``.
     """
     options: dict = dict(socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
                          retry_on_timeout=False)
     options.update(overrides)
     if url.startswith("redis+sentinel://"):
         return _sentinel_master(url, options)
+    url = _redis_scheme(url)
+    if cluster is None:
+        cluster = is_cluster(url)
+    if cluster:
+        return _cluster_client(url, max_connections, pool_timeout, options)
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections,
                                                     timeout=pool_timeout, **options)
     return aioredis.Redis.from_pool(pool)
+
+
+def _redis_scheme(url: str) -> str:
+    """``url`` with a scheme redis-py knows (Valkey's names mapped to Redis's)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{VALKEY_SCHEMES[scheme]}://{rest}" if sep and scheme in VALKEY_SCHEMES else url
+
+
+def is_cluster(url: str, timeout: float = 10.0) -> bool:
+    """Whether ``url`` names a Redis Cluster: by its scheme, or else by asking the server.
+
+    The question is asked once, synchronously, while the app is built (before the event loop
+    serves anything): the stores and the bus need the right client type from the start, and
+    an answer cannot change while the process runs. A server that cannot be reached is asked
+    again until ``timeout`` seconds have passed; then start-up stops (a guess could run a
+    cluster deployment on a single-node client, failing every command with MOVED while
+    ``/readyz`` looked fine).
+
+    :param timeout: seconds to keep asking an unreachable server.
+    :raises RedisProbeError: the server did not answer within ``timeout``.
+    """
+    url = _redis_scheme(url)
+    scheme = url.partition("://")[0]
+    if scheme in CLUSTER_SCHEMES:
+        return True
+    if scheme not in ("redis", "rediss"):
+        return False  # unix:// (a cluster has no Unix sockets), sentinel
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            # INFO cluster answers on every Redis (cluster_enabled:0 or 1), unlike CLUSTER INFO.
+            return bool(probe.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError:
+            return False  # INFO renamed or refused (some managed services): not a cluster we can use
+        except redis.RedisError as exc:
+            if time.monotonic() >= deadline:
+                raise RedisProbeError(f"cannot reach Redis at {_redact(url)} to tell a single Redis from a "
+                                      f"cluster: {exc}") from exc
+            time.sleep(0.5)
+        finally:
+            probe.close()
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (for messages)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _cluster_client(url: str, max_connections: int, pool_timeout: float, options: dict) -> RedisCluster:
+    """A :class:`BoundedRedisCluster` from a plain URL to one node or a ``+cluster`` URL of seeds."""
+    from urllib.parse import unquote, urlsplit
+
+    from redis.asyncio.cluster import ClusterNode
+
+    scheme = url.partition("://")[0]
+    base = CLUSTER_SCHEMES.get(scheme, scheme)
+    parts = urlsplit(url)
+    seeds = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.rpartition(":")
+        seeds.append(ClusterNode(host or item, int(port) if port.isdigit() else 6379))
+    path = [p for p in parts.path.split("/") if p]
+    if path and path[0] != "0":
+        raise ValueError(f"a Redis Cluster has only database 0, the URL names {path[0]!r}")
+    kwargs: dict = dict(options)
+    kwargs.pop("retry_on_timeout", None)  # the cluster client retries through its own Retry
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password:
+        kwargs["password"] = unquote(parts.password)
+    if base == "rediss":
+        kwargs["ssl"] = True
+    return BoundedRedisCluster(startup_nodes=seeds, max_connections=max_connections,
+                               pool_timeout=pool_timeout, **kwargs)
 
 
 def _sentinel_master(url: str, options: dict) -> aioredis.Redis:
@@ -127,11 +232,13 @@ def memory_stores(config: Config) -> Stores:
 
 def redis_stores(config: Config) -> Stores:
     url, prefix, d = config.redis.url, config.redis.key_prefix, config.delivery
-    client = redis_client(url, config.redis.max_connections, config.redis.pool_timeout)
+    cluster = is_cluster(url)  # asked once (see is_cluster)
+    client = redis_client(url, config.redis.max_connections, config.redis.pool_timeout, cluster=cluster)
     bounds = channel_bounds(config)
     return Stores(
         channel_log=lambda on_publication, on_resync: RedisChannelLog(
-            client, prefix=prefix, bounds=bounds, on_publication=on_publication, on_resync=on_resync),
+            client, prefix=prefix, bounds=bounds, sharded=cluster, on_publication=on_publication,
+            on_resync=on_resync),
         sessions=RedisSessionStore(client, prefix),
         idempotency=RedisIdempotencyStore(client, prefix, d.dedupe_max_reply_bytes),
         presence=RedisPresenceRegistry(client, prefix),

@@ -24,6 +24,8 @@ def run_server(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({"PORT": "70000"}, "server.port (from $PORT): must be between 0 and 65535, got 70000"),
     ({"LOG_LEVEL": "loud"}, "server.log_level (from $LOG_LEVEL): must be one of"),
     ({"REDIS_URL": "localhost:6379"}, "redis.url (from $REDIS_URL): must start with one of"),
+    ({"REDIS_URL": "redis+cluster://h1:7000,h2"}, "redis.url (from $REDIS_URL): a cluster URL lists seed nodes"),
+    ({"REDIS_URL": "redis+cluster://h1:7000/2"}, "redis.url (from $REDIS_URL): a Redis Cluster has only database 0"),
     ({"CORS_ORIGINS": "example.com"}, "server.cors_origins (from $CORS_ORIGINS): origin 'example.com'"),
     ({"AUTH_REQUIRED": "true"}, "auth.required"),
     ({"PARSER": "xml"}, "server.parser (from $PARSER): must be one of json, msgpack"),
@@ -61,6 +63,32 @@ def test_env_overrides_file(tmp_path: Path):
     assert config.delivery.durable_namespaces == ("/chat",)
     with pytest.raises(ConfigError, match="unknown namespace '/nope'"):
         load_config(cfg, {"AUTH_REQUIRED": "/nope"})
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://10.0.0.1:7000,10.0.0.2:7001", "rediss+cluster://u:p@h:7000/0",
+                                 "valkey+cluster://h:7000", "redis://h:6379/0", "valkey://h:6379"])
+def test_redis_urls_of_every_kind_are_accepted(url):
+    assert load_config(None, {"REDIS_URL": url}).redis.url == url
+
+
+async def test_a_valkey_url_gives_a_working_client(redis_url):
+    from server.stores import redis_client
+
+    client = redis_client(redis_url.replace("redis://", "valkey://", 1))
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+def test_a_node_started_on_a_plain_url_to_a_cluster_node_runs_in_cluster_mode(redis_cluster, cluster_url):
+    """Start-up recognises the cluster (and builds every store on a cluster client)."""
+    from server.cluster_client import BoundedRedisCluster
+    from server.stores import build_stores
+
+    stores = build_stores(load_config(None, {"REDIS_URL": cluster_url}))
+    assert isinstance(stores.redis, BoundedRedisCluster)
+    assert stores.presence.client is stores.redis and stores.pending.client is stores.redis
 
 
 def test_shipped_config_is_the_embedded_default():
