@@ -9,7 +9,6 @@ import asyncio
 import time
 
 import pytest
-import redis.asyncio as aioredis
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError
@@ -125,7 +124,7 @@ async def test_a_session_saved_again_replaces_the_first_and_restarts_its_ttl(bac
     await asyncio.sleep(0.2)
     await store.save(saved("P", ["a", "b"]), 0.3)
     await asyncio.sleep(0.2)
-    assert (await store.take("P")).rooms == ["a", "b"]
+    assert (await store.take("P")) == saved("P", ["a", "b"])
 
 
 async def test_save_many_saves_each_and_nothing_for_none(backend):
