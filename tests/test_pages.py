@@ -378,3 +378,105 @@ def test_a_warning_when_admin_is_disabled_for_lack_of_a_password(servers):
     with_password = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
     assert "ready" in with_password.output()
     assert not [line for line in with_password.output().splitlines() if "WARNING" in line and "/admin" in line]
+
+
+# ---------------------------------------------------------------------- names (issue 17, "What a user expects")
+
+
+async def set_name(page: Page, name: str) -> None:
+    await page.fill("#name", name)
+    await page.click("#set-name")
+
+
+async def test_a_picked_name_is_shown_kept_and_marked_you(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await set_name(alice, "  Alice Ünal ")  # trimmed
+    await expect(alice.locator("#me")).to_have_text("you are Alice Ünal")
+    await expect(alice.locator("#presence li")).to_have_count(2)
+    await expect(alice.locator("#presence li").first).to_have_text("Alice Ünal (you)")
+    await expect(bob.locator("#presence li", has_text="Alice Ünal")).to_have_count(1)
+    await expect(bob.locator("#presence li", has_text="(you)")).not_to_have_text(re.compile("Alice"))
+    await alice.fill("#text", "hi, I am Alice")
+    await alice.press("#text", "Enter")
+    await expect(bob.locator("#messages li .who")).to_have_text(["Alice Ünal"])
+    await expect(alice.locator("#messages li .who")).to_have_text(["Alice Ünal (you)"])
+    # Kept in the browser: a reload, and another page, connect with it.
+    await alice.reload()
+    await expect(alice.locator("#me")).to_have_text("you are Alice Ünal")
+    await expect(alice.locator("#name")).to_have_value("Alice Ünal")
+    game = await alice.context.new_page()
+    await game.goto(server.url + "/game.html")
+    await expect(game.locator("#name")).to_have_value("Alice Ünal")
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_a_bad_name_is_refused_with_its_reason(server, browser, js):
+    # The server's rule, for any client: trimmed, 1-32 characters, no control characters.
+    for i, (bad, reason) in enumerate((("x" * 33, "32 characters"), ("   ", "blank"), ("a\u0007b", "control"),
+                                       ("a\u202eb", "invisible"), ("guest-2c84a24b9c8d", "guest-"), (7, "string"))):
+        state = await js.connect(f"bad{i}", server.url + "/chat", transports=["websocket"], auth={"name": bad},
+                                 expect_error=True)
+        assert not state["connected"], bad
+        assert state["errors"][0]["data"] == {"code": "invalid_name"}, state["errors"]
+        assert reason in state["errors"][0]["message"], (bad, state["errors"])
+    await js.connect("good", server.url + "/chat", transports=["websocket"], auth={"name": " Zoë "})
+    assert (await js.emit("good", "whoami"))["name"] == "Zoë"
+    # The page says why, at once for what it can check itself, else with the server's reason.
+    page = await chat_page(browser, server.url + "/chat.html")
+    await set_name(page, "guest-2c84a24b9c8d")
+    await expect(page.locator("#name-error")).to_contain_text("guest-")
+    await expect(page.locator("#status")).to_have_text("connected")  # nothing was sent
+    await page.evaluate("localStorage.setItem('displayName', 'x\\u0085y')")  # NEL: a C1 control
+    await page.reload()
+    await expect(page.locator("#name-error")).to_contain_text("control")
+    await expect(page.locator("#status")).to_contain_text("refused")
+    await set_name(page, "Fixed")
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#me")).to_have_text("you are Fixed")
+    await expect(page.locator("#name-error")).to_have_text("")
+    assert page.errors == []
+
+
+async def test_a_guest_credential_not_honoured_is_explained(server, browser, js):
+    await js.connect("bare", server.url + "/chat", transports=["websocket"], auth={"guest": "guest-2c84a24b9c8d"})
+    assert "proves nothing" in (await js.emit("bare", "whoami"))["notice"]
+    await js.connect("plain", server.url + "/chat", transports=["websocket"])
+    assert "notice" not in await js.emit("plain", "whoami")
+    context = await browser.new_context()
+    await context.add_init_script("""if (!sessionStorage.getItem('seeded')) {
+        sessionStorage.setItem('seeded', '1'); sessionStorage.setItem('guestToken', 'guest-1234.not-a-token'); }""")
+    page = await context.new_page()
+    await page.goto(server.url + "/chat.html")
+    await expect(page.locator("#notice")).to_be_visible()
+    await expect(page.locator("#notice")).to_contain_text("malformed")
+    me = await page.evaluate("sessionStorage.getItem('guestToken')")
+    assert me.startswith("guest-") and me != "guest-1234.not-a-token"  # the new one is kept
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#notice")).to_be_hidden()
+
+
+async def test_the_winner_reads_you_won(servers, browser):
+    srv = servers(env={"GAME_DURATION": "2"})
+    host = await page_of(browser, srv.url + "/game.html")
+    other = await page_of(browser, srv.url + "/game.html")
+    await set_name(host, "Hana")
+    await set_name(other, "Omar")
+    for page in (host, other):
+        await expect(page.locator("#status")).to_have_text("connected")
+    await host.click("#create")
+    await expect(other.locator("#games button")).to_have_count(1)
+    await other.click("#games button")
+    await expect(host.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#scores li", has_text="(you)")).to_have_text(re.compile(r"^Hana \(you\): \d+$"))
+    await expect(other.locator("#scores li", has_text="Hana")).to_have_text(re.compile(r"^Hana: \d+$"))
+    await host.click("#start")
+    # Hana walks onto nothing; nobody scores: the first player listed (by score, then join order) wins.
+    await expect(host.locator("#result")).to_contain_text("Game over", timeout=8000)
+    winner = await host.get_attribute("#result", "data-winner")
+    me = await host.evaluate("gameDebug.me")
+    won, lost = (host, other) if winner == me else (other, host)
+    await expect(won.locator("#result")).to_have_text("Game over. You won!")
+    await expect(lost.locator("#result")).to_have_text(re.compile(r"^Game over\. (Hana|Omar) won\.$"))
+    assert host.errors == [] and other.errors == []
