@@ -480,3 +480,101 @@ async def test_the_winner_reads_you_won(servers, browser):
     await expect(won.locator("#result")).to_have_text("Game over. You won!")
     await expect(lost.locator("#result")).to_have_text(re.compile(r"^Game over\. (Hana|Omar) won\.$"))
     assert host.errors == [] and other.errors == []
+
+
+# ---------------------------------------------------------------------- chat: what a user expects
+
+
+async def test_chat_messages_have_timestamps_and_mine_stand_apart(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await alice.fill("#text", "from alice")
+    await alice.press("#text", "Enter")
+    await bob.fill("#text", "from bob")
+    await bob.press("#text", "Enter")
+    await expect(alice.locator("#messages li .text")).to_have_text(["from alice", "from bob"])
+    await expect(alice.locator("#messages li.mine .text")).to_have_text(["from alice"])
+    await expect(bob.locator("#messages li.mine .text")).to_have_text(["from bob"])
+    # A time of day on each message, its full date and time in the element.
+    await expect(alice.locator("#messages li time.ts")).to_have_text([re.compile(r"\d{1,2}:\d{2}")] * 2)
+    stamp = await alice.locator("#messages li time.ts").first.get_attribute("datetime")
+    assert re.match(r"^\d{4}-\d{2}-\d{2}T", stamp or ""), stamp
+    styles = await alice.evaluate("""() => [...document.querySelectorAll('#messages li')]
+        .map((li) => getComputedStyle(li).borderLeftStyle)""")
+    assert styles[0] != styles[1], styles  # set apart visually, not only by a class
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_direct_messages_between_two_pages(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await set_name(alice, "Alice")
+    await set_name(bob, "Bob")
+    await expect(alice.locator("#presence li")).to_have_count(2)
+    await expect(alice.locator("#presence li", has_text="Bob")).to_have_count(1)
+    await alice.locator("#presence li", has_text="Bob").locator(".dm-open").click()
+    await expect(alice.locator("#dm-title")).to_have_text("Direct messages with Bob")
+    await alice.fill("#dm-text", "psst, bob")
+    await alice.press("#dm-text", "Enter")
+    await expect(alice.locator("#dm-messages li .text")).to_have_text(["psst, bob"])
+    # Bob sees an unread count on the conversation; opening it shows the message and clears it.
+    await expect(bob.locator("#dms li", has_text="Alice").locator(".unread")).to_have_text("1")
+    await bob.locator("#dms li", has_text="Alice").locator("button").click()
+    await expect(bob.locator("#dm-messages li .text")).to_have_text(["psst, bob"])
+    await expect(bob.locator("#dm-messages li .who")).to_have_text(["Alice"])
+    await expect(bob.locator("#dms .unread")).to_have_count(0)
+    await bob.fill("#dm-text", "hi alice")
+    await bob.press("#dm-text", "Enter")
+    await expect(alice.locator("#dm-messages li .text")).to_have_text(["psst, bob", "hi alice"])
+    await expect(alice.locator("#dm-messages li.mine .text")).to_have_text(["psst, bob"])
+    # Acknowledged: the server does not send it again (it re-sends every 5 s until acked).
+    await asyncio.sleep(6)
+    await expect(bob.locator("#dm-messages li")).to_have_count(2)
+    # The room shows none of it.
+    await expect(bob.locator("#messages li")).to_have_count(0)
+    # Kept by the browser across a reload.
+    await bob.reload()
+    await expect(bob.locator("#dms li", has_text="Alice")).to_have_count(1)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_unread_counts_per_room(server, browser, js):
+    await js.connect("talker", server.url + "/chat", transports=["websocket"])
+    for room in ("kitchen", "lobby"):
+        assert (await js.emit("talker", "join", {"room": room}))["ok"]
+    page = await chat_page(browser, server.url + "/chat.html")
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page.locator("#rooms li")).to_have_count(2)
+    for i in range(3):
+        assert (await js.emit("talker", "message", {"room": "lobby", "text": f"lobby {i}"}))["ok"]
+    assert (await js.emit("talker", "message", {"room": "kitchen", "text": "kitchen 0"}))["ok"]
+    lobby = page.locator("#rooms li[data-room=lobby]")
+    await expect(lobby.locator(".unread")).to_have_text("3", timeout=10_000)
+    await expect(page.locator("#rooms li[data-room=kitchen] .unread")).to_have_count(0)  # the one shown
+    await lobby.locator("button").click()
+    await expect(page.locator("#messages li .text")).to_have_text(["lobby 0", "lobby 1", "lobby 2"])
+    await expect(lobby.locator(".unread")).to_have_count(0)
+    assert (await js.emit("talker", "message", {"room": "kitchen", "text": "kitchen 1"}))["ok"]
+    await expect(page.locator("#rooms li[data-room=kitchen] .unread")).to_have_text("1", timeout=10_000)
+    assert page.errors == []
+
+
+async def test_history_loads_older_messages_on_scroll(server, browser, js):
+    await js.connect("talker", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("talker", "join", {"room": "archive"}))["ok"]
+    for i in range(120):
+        assert (await js.emit("talker", "message", {"room": "archive", "text": f"m{i:03d}"}))["ok"]
+    page = await chat_page(browser, server.url + "/chat.html?room=archive")
+    texts = page.locator("#messages li .text")
+    await expect(texts).to_have_count(50)
+    await expect(texts.first).to_have_text("m070")
+    await expect(page.locator("#history-note")).to_have_text("")
+    for count in (100, 120):
+        await page.eval_on_selector("#messages", "el => { el.scrollTop = 0; }")
+        await expect(texts).to_have_count(count)
+    assert await texts.all_text_contents() == [f"m{i:03d}" for i in range(120)]
+    await expect(page.locator("#history-note")).to_contain_text("beginning")
+    # What the reader looked at stays in view (the list did not jump to the oldest).
+    assert await page.eval_on_selector("#messages", "el => el.scrollTop") > 0
+    assert page.errors == []
