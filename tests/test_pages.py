@@ -578,3 +578,80 @@ async def test_history_loads_older_messages_on_scroll(server, browser, js):
     # What the reader looked at stays in view (the list did not jump to the oldest).
     assert await page.eval_on_selector("#messages", "el => el.scrollTop") > 0
     assert page.errors == []
+
+
+# ---------------------------------------------------------------------- game: what a user expects
+
+
+async def player_x(page: Page) -> int:
+    return await page.evaluate("gameDebug.state.players.find(p => p.user === gameDebug.me).x")
+
+
+async def test_game_created_with_name_and_size_start_keys_spectators_and_play_again(servers, browser):
+    srv = servers(env={"GAME_DURATION": "4"})
+    host = await page_of(browser, srv.url + "/game.html")
+    other = await page_of(browser, srv.url + "/game.html")
+    fan = await page_of(browser, srv.url + "/game.html")
+    for page in (host, other, fan):
+        await expect(page.locator("#status")).to_have_text("connected")
+    # Name and player count chosen at creation.
+    await host.fill("#game-name", "Duel")
+    await host.select_option("#game-capacity", "3")
+    await host.click("#create")
+    game = other.locator("#games button")
+    await expect(game).to_have_text("Duel (1/3, waiting)")
+    await expect(host.locator("#start")).to_be_disabled()  # alone: nobody to play with
+    await game.click()
+    await expect(host.locator("#start")).to_be_enabled()
+    await expect(other.locator("#start")).to_be_disabled()  # not the host
+    await host.click("#start")
+    # Start is disabled once playing.
+    await expect(host.locator("#info")).to_contain_text("left")
+    await expect(host.locator("#start")).to_be_disabled()
+    # A spectator: the game has started, so the lobby offers to watch it.
+    watch = fan.locator("#games button")
+    await expect(watch).to_have_attribute("data-action", "watch")
+    await watch.click()
+    await expect(fan.locator("#info")).to_contain_text("watching")
+    await expect(fan.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#games button")).to_contain_text("1 watching")
+    # Keys move while held and stop when released.
+    start = await player_x(host)
+    key = "ArrowLeft" if start > 10 else "ArrowRight"
+    await host.keyboard.down(key)
+    await asyncio.sleep(0.4)
+    await host.keyboard.up(key)
+    await asyncio.sleep(0.4)
+    stopped = await player_x(host)
+    assert stopped != start
+    await asyncio.sleep(0.6)
+    assert await player_x(host) == stopped  # released: it stays put
+    assert await fan.evaluate(f"gameDebug.state.players.find(p => p.x === {stopped}) !== undefined")
+    # The finished game stays in the lobby with its results; "Play again" leads both to one new game.
+    await expect(host.locator("#result")).to_contain_text("Game over", timeout=8000)
+    finished = other.locator("#games li", has_text="over")
+    await expect(finished).to_contain_text("winner")
+    await expect(fan.locator("#again")).to_be_hidden()  # spectators do not play again
+    await host.click("#again")
+    await expect(host.locator("#games button[data-action=join]")).to_have_count(1)
+    await other.click("#again")
+    await expect(host.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#games button[data-action=join]")).to_have_text("Duel (2/3, waiting)")
+    await expect(host.locator("#games li", has_text="over")).to_have_count(1)  # the old one is still listed
+    assert host.errors == [] and other.errors == [] and fan.errors == []
+
+
+async def test_game_canvas_fills_its_panel(server, browser):
+    page = await page_of(browser, server.url + "/game.html")
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await expect(page.locator("#status")).to_have_text("connected")
+    sizes = await page.evaluate("""() => {
+        const canvas = document.querySelector('#board'), panel = canvas.closest('.panel');
+        const style = getComputedStyle(panel);
+        const inner = panel.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        const box = canvas.getBoundingClientRect();
+        return {inner, width: box.width, height: box.height, pixels: canvas.width};
+    }""")
+    assert abs(sizes["width"] - sizes["inner"]) <= 2, sizes
+    assert abs(sizes["height"] - sizes["width"]) <= 2 and sizes["width"] > 500, sizes
+    assert sizes["pixels"] >= sizes["width"] - 2, sizes  # drawn at its size, not stretched from 400 px
