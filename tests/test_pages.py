@@ -655,3 +655,64 @@ async def test_game_canvas_fills_its_panel(server, browser):
     assert abs(sizes["width"] - sizes["inner"]) <= 2, sizes
     assert abs(sizes["height"] - sizes["width"]) <= 2 and sizes["width"] > 500, sizes
     assert sizes["pixels"] >= sizes["width"] - 2, sizes  # drawn at its size, not stretched from 400 px
+
+
+# ---------------------------------------------------------------------- editor: what a user expects
+
+
+async def test_editor_shows_remote_cursors_and_selections_with_names_and_colours(server, browser):
+    a = await page_of(browser, server.url + "/collab.html?doc=cursors")
+    b = await page_of(browser, server.url + "/collab.html?doc=cursors")
+    await set_name(a, "Ada")
+    await set_name(b, "Bo")
+    for page in (a, b):
+        await expect(page.locator("#status")).to_have_text("connected")
+        await expect(page.locator("#editor")).to_be_enabled()
+    await a.click("#editor")
+    await a.keyboard.type("hello brave new world")
+    await b.wait_for_function("collabDebug.text() === 'hello brave new world'")
+    # Ada selects "brave": Bo sees her selection and her caret, named and coloured.
+    await a.evaluate("() => { const e = document.querySelector('#editor'); e.focus(); e.setSelectionRange(6, 11); }")
+    caret = b.locator(".remote-caret")
+    await expect(caret).to_have_count(1)
+    await expect(caret.locator(".remote-name")).to_have_text("Ada")
+    await expect(b.locator("mark.remote-sel")).to_have_text("brave")
+    colour = await caret.evaluate("el => getComputedStyle(el).borderLeftColor")
+    assert colour not in ("", "rgba(0, 0, 0, 0)"), colour
+    assert await b.locator("mark.remote-sel").evaluate("el => getComputedStyle(el).backgroundColor") != "rgba(0, 0, 0, 0)"
+    # The caret sits where Ada's selection ends, over the same character in Bo's textarea.
+    at = await b.evaluate("""() => {
+        const caret = document.querySelector('.remote-caret').getBoundingClientRect();
+        const mark = document.querySelector('mark.remote-sel').getBoundingClientRect();
+        return {caret: caret.left, markRight: mark.right};
+    }""")
+    assert abs(at["caret"] - at["markRight"]) < 4, at
+    # Bo types before it: Ada's selection stays on "brave" (Yjs relative positions).
+    await b.evaluate("() => { const e = document.querySelector('#editor'); e.focus(); e.setSelectionRange(0, 0); }")
+    await b.keyboard.type(">> ")
+    await expect(b.locator("mark.remote-sel")).to_have_text("brave")
+    # Ada sees Bo's caret in another colour, and both names in the list of editors.
+    await expect(a.locator(".remote-caret .remote-name")).to_have_text("Bo")
+    other = await a.locator(".remote-caret").evaluate("el => getComputedStyle(el).borderLeftColor")
+    assert other != colour
+    await expect(a.locator("#editors li")).to_have_text(["Bo"])
+    assert a.errors == [] and b.errors == []
+
+
+async def test_editor_welcome_document_and_document_list(server, browser):
+    page = await page_of(browser, server.url + "/collab.html")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await expect(page.locator("#editor")).to_have_value(re.compile(r"second window"))
+    # Two nodes, or two first visitors, seed it once: a second page sees the same text, not twice.
+    other = await page_of(browser, server.url + "/collab.html")
+    await expect(other.locator("#editor")).to_be_enabled()
+    text = await page.input_value("#editor")
+    assert await other.input_value("#editor") == text and text.count("Welcome") == 1
+    # The documents opened in this browser are listed; one click opens one.
+    await page.fill("#doc", "plans")
+    await page.click("#open")
+    await expect(page.locator("#docs li")).to_have_text(["welcome", "plans"])
+    await page.locator("#docs li[data-doc=welcome] button").click()
+    await expect(page).to_have_url(re.compile(r"[?&]doc=welcome(&|$)"))
+    await expect(page.locator("#editor")).to_have_value(text)
+    assert page.errors == [] and other.errors == []
