@@ -716,3 +716,27 @@ async def test_editor_welcome_document_and_document_list(server, browser):
     await expect(page).to_have_url(re.compile(r"[?&]doc=welcome(&|$)"))
     await expect(page.locator("#editor")).to_have_value(text)
     assert page.errors == [] and other.errors == []
+
+
+# ---------------------------------------------------------------------- the landing page
+
+
+async def test_landing_page_says_what_each_demo_shows_and_how_to_try_it(server, browser):
+    page = await page_of(browser, server.url + "/")
+    for card, link in (("chat", "/chat.html"), ("game", "/game.html"), ("collab", "/collab.html"),
+                       ("admin", "/admin-ui/")):
+        assert await page.get_attribute(f"#card-{card} h2 a", "href") == link
+    # How to see each demo: two windows, and the offline switch where recovery is the point.
+    for card in ("chat", "game", "collab"):
+        await expect(page.locator(f"#card-{card} ol.try li").first).to_be_visible()
+        await expect(page.locator(f"#card-{card} .try")).to_contain_text(re.compile(r"second window|two windows"))
+    for card in ("chat", "collab"):
+        await expect(page.locator(f"#card-{card} .try")).to_contain_text("Offline")
+    await expect(page.locator("#card-admin")).to_contain_text("ADMIN_PASSWORD")
+    # The operator's links work (the API's is off without keys, which the page says).
+    assert raw_get(server.url + await page.get_attribute("#link-metrics", "href"))[0] == 200
+    assert raw_get(server.url + await page.get_attribute("#link-readyz", "href"))[0] == 200
+    await expect(page.locator("main")).to_contain_text("API_KEYS")
+    await page.click("#card-game h2 a")
+    await expect(page.locator("#status")).to_have_text("connected")
+    assert page.errors == []
