@@ -565,6 +565,8 @@ async def test_history_loads_older_messages_on_scroll(server, browser, js):
     assert (await js.emit("talker", "join", {"room": "archive"}))["ok"]
     for i in range(120):
         assert (await js.emit("talker", "message", {"room": "archive", "text": f"m{i:03d}"}))["ok"]
+        if i % 40 == 39:
+            await asyncio.sleep(1)  # under the per-connection rate limit (50/s, burst 100)
     page = await chat_page(browser, server.url + "/chat.html?room=archive")
     texts = page.locator("#messages li .text")
     await expect(texts).to_have_count(50)
