@@ -26,6 +26,22 @@ log = logging.getLogger("namespaces.collab")
 
 COMPACT_AFTER = 200
 MAX_UPDATE = 256 * 1024
+# The document the editor page opens first, seeded (while it has no content at all) with a
+# text telling a newcomer what to try. Written under a fixed Yjs client id, so two nodes seeding
+# at once write the same operations (stored twice, merged once), and bound to an owner no
+# client connects as, so nobody can write more under it.
+WELCOME = "welcome"
+SEED_CLIENT = 1
+SEED_OWNER = "server:seed"
+WELCOME_TEXT = (
+    "Welcome to the shared editor!\n\n"
+    "Open this page in a second window (or another browser) and type in both: the text merges as "
+    "you go, and each window shows where the others' cursors and selections are, with their names "
+    "(pick yours at the top).\n\n"
+    "Then take one window offline (developer tools, Network, Offline), keep typing in both, and "
+    "go back online: the edits merge, none is lost.\n\n"
+    "Other documents: type a name above and Open; the list on the right keeps the ones you opened.\n"
+)
 
 
 class CollabNamespace(BaseNamespace):
@@ -53,7 +69,19 @@ class CollabNamespace(BaseNamespace):
         if not self.identity(sid).may_use_room(doc):
             raise ClientError("forbidden", f"your token does not allow document {doc}")
         await self.enter_room(sid, "doc:" + doc)
+        if doc == WELCOME:
+            await self._seed_welcome()
         return ok(doc=doc, update=await self._state(doc))
+
+    async def _seed_welcome(self) -> None:
+        """Write the welcome text into the welcome document if it has never had any content."""
+        snapshot, updates = await self.documents.load(WELCOME)
+        if snapshot or updates:
+            return
+        seed = pycrdt.Doc(client_id=SEED_CLIENT)
+        seed["text"] = pycrdt.Text(WELCOME_TEXT)
+        await self.documents.claim(WELCOME, [SEED_CLIENT], SEED_OWNER)
+        await self.documents.append(WELCOME, seed.get_update())
 
     async def on_close(self, sid: str, payload: Any = None) -> dict[str, Any]:
         doc = self._doc(sid, payload)

@@ -5,6 +5,9 @@ state and advances it at a fixed tick rate; players send inputs (a direction), v
 rate-limited; the state goes out as *volatile* events, so a slow client skips frames instead
 of building a backlog. A player who drops keeps their slot for a grace period and can rejoin
 mid-game. First to ``game.win_score`` pellets, or the best score when time runs out, wins.
+Anyone may watch a game (``watch``) without playing. A finished game stays listed in the lobby
+with its results until its node forgets it (``LOBBY_TTL``), and a player's "play again"
+(``create {rematchOf}``) names the new game there, so the others can follow.
 Nothing here is written to the event log.
 
 With several nodes, a game lives on the node where it was created: the lobby is shared in
@@ -67,6 +70,9 @@ class Game:
     tick: int = 0
     ends_at: float = 0.0
     task: asyncio.Task | None = None
+    spectators: set[str] = field(default_factory=set)  # sids watching (of any node)
+    results: list[dict[str, Any]] | None = None  # once over: the players, best score first
+    rematch: str | None = None  # once over: the game its players were asked to play next
 
     def remove_player(self, user: str) -> None:
         """A player leaves: gone while the game waits, kept (scored, disconnected) once it runs."""
@@ -77,8 +83,12 @@ class Game:
             player.sid, player.left_at = None, time.time()
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "capacity": self.capacity, "state": self.state,
-                "players": len(self.players), "host": self.host}
+        summary = {"id": self.id, "name": self.name, "capacity": self.capacity, "state": self.state,
+                   "players": len(self.players), "host": self.host, "spectators": len(self.spectators)}
+        if self.state == "over":
+            summary["results"] = self.results or []
+            summary["rematch"] = self.rematch
+        return summary
 
     def snapshot(self) -> dict[str, Any]:
         return {"game": self.id, "tick": self.tick, "state": self.state,
@@ -124,20 +134,18 @@ class GameNamespace(BaseNamespace):
         return game
 
     async def _lobby(self) -> list[dict[str, Any]]:
-        return [g for g in await self.lobby.games() if g.get("state") != "over"]
+        # Finished games too, with their results: they lapse LOBBY_TTL after the end.
+        return await self.lobby.games()
 
     def _listing(self, game: Game) -> dict[str, Any]:
         return {**game.summary(), "node": self.runtime.node_id}
 
     async def _lobby_changed(self, game: Game | None = None) -> None:
         if game is not None:
-            if game.state == "over":
-                await self.lobby.remove(game.id)
-            else:
-                try:
-                    await self.lobby.put(game.id, self._listing(game), LOBBY_TTL)
-                except LobbyFull:
-                    raise ClientError("too_many_games", "the lobby is full") from None
+            try:
+                await self.lobby.put(game.id, self._listing(game), LOBBY_TTL)
+            except LobbyFull:
+                raise ClientError("too_many_games", "the lobby is full") from None
         await self.emit("lobby", {"games": await self._lobby()}, room=LOBBY)
 
     async def _owner(self, payload: Any) -> str | None:
@@ -169,7 +177,7 @@ class GameNamespace(BaseNamespace):
 
     async def _remote_command(self, body: dict[str, Any]) -> dict[str, Any]:
         command, user, name, sid, payload = (body.get(k) for k in ("cmd", "user", "name", "sid", "payload"))
-        if command not in ("join", "leave", "start", "input", "drop") or not all(
+        if command not in ("join", "leave", "start", "input", "drop", "watch") or not all(
                 isinstance(v, str) for v in (user, name, sid)):
             return ClientError("invalid_command", "bad game command").ack()
         try:
@@ -184,7 +192,7 @@ class GameNamespace(BaseNamespace):
         await self.enter_room(sid, LOBBY)
 
     async def on_list(self, sid: str, payload: Any = None) -> dict[str, Any]:
-        return ok(games=await self._lobby())
+        return ok(games=await self._lobby(), maxPlayers=self.config.game.max_players)
 
     async def on_create(self, sid: str, payload: Any = None) -> dict[str, Any]:
         payload = require_dict(payload or {})
@@ -197,6 +205,9 @@ class GameNamespace(BaseNamespace):
             raise ClientError("invalid_capacity", f"capacity must be from 2 to {self.config.game.max_players}")
         if len(self.games) >= 1000:
             raise ClientError("too_many_games", "the lobby is full")
+        rematch_of = payload.get("rematchOf")
+        if rematch_of is not None and not isinstance(rematch_of, str):
+            raise ClientError("invalid_payload", "rematchOf must be a game id")
         game = Game(id=secrets.token_hex(4), name=name, capacity=capacity, host=self.identity(sid).user)
         self.games[game.id] = game
         try:
@@ -204,6 +215,12 @@ class GameNamespace(BaseNamespace):
         except ClientError:
             del self.games[game.id]
             raise
+        # "Play again": the finished game names the new one (the first asked wins), so its other
+        # players join it rather than each start their own. Only a game of this node.
+        old = self.games.get(rematch_of) if rematch_of else None
+        if old is not None and old.state == "over" and old.rematch is None:
+            old.rematch = game.id
+            await self._lobby_changed(old)
         return ok(game=game.summary())
 
     async def on_join(self, sid: str, payload: Any = None) -> dict[str, Any]:
@@ -227,6 +244,7 @@ class GameNamespace(BaseNamespace):
             x, y = self._free_cell(game)
             player = game.players[user] = Player(user, name, x, y)
         player.sid, player.left_at = sid, None
+        game.spectators.discard(sid)
         await self._lobby_changed(game)
         await self.emit("state", game.snapshot(), room="game:" + game.id)
         return ok(game=game.summary(), state=game.snapshot())
@@ -241,7 +259,25 @@ class GameNamespace(BaseNamespace):
         identity = self.identity(sid)
         return await self._cmd_leave(self._game(payload), identity.user, identity.name, sid, payload)
 
+    async def on_watch(self, sid: str, payload: Any = None) -> dict[str, Any]:
+        """``watch {game}`` → ``{game, state}``: its state events without playing (any state)."""
+        forwarded = await self._forward("watch", sid, payload)
+        if forwarded is None:
+            identity = self.identity(sid)
+            forwarded = await self._cmd_watch(self._game(payload), identity.user, identity.name, sid, payload)
+        if forwarded.get("ok"):
+            await self.enter_room(sid, "game:" + forwarded["game"]["id"])
+        return forwarded
+
+    async def _cmd_watch(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
+        if user in game.players and game.players[user].sid == sid:
+            raise ClientError("already_playing", "you play this game")
+        game.spectators.add(sid)
+        await self._lobby_changed(game)
+        return ok(game=game.summary(), state=game.snapshot())
+
     async def _cmd_leave(self, game: Game, user: str, name: str, sid: str, payload: Any) -> dict[str, Any]:
+        game.spectators.discard(sid)
         if user in game.players:
             game.remove_player(user)
         await self._lobby_changed(game)
@@ -252,6 +288,9 @@ class GameNamespace(BaseNamespace):
         player = game.players.get(user)
         if player is not None and player.sid == sid:
             game.remove_player(user)
+            await self._lobby_changed(game)
+        elif sid in game.spectators:
+            game.spectators.discard(sid)
             await self._lobby_changed(game)
         return ok()
 
@@ -340,6 +379,7 @@ class GameNamespace(BaseNamespace):
                 next_at += period
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             results = sorted((p.public() for p in game.players.values()), key=lambda p: -p["score"])
+            game.results = results
             await self.emit("game_over", {"game": game.id, "results": results,
                                           "winner": results[0]["user"] if results else None}, room=room)
         finally:

@@ -21,6 +21,7 @@ import hmac
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -30,6 +31,11 @@ from .config import AuthConfig
 
 GUEST_ID = re.compile(r"^guest-[A-Za-z0-9]{8,32}$")
 GUEST_TOKEN = re.compile(r"^(guest-[A-Za-z0-9]{8,32})\.([0-9]{1,15})\.([A-Za-z0-9_-]{43})$")
+MAX_NAME = 32
+# Unicode categories a display name may not hold: control and format characters (a right-to-left
+# override or a zero-width space would make one name look like another), line and paragraph
+# separators, surrogates, private-use and unassigned code points.
+FORBIDDEN_IN_NAME = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
 
 
 class AuthError(Exception):
@@ -52,6 +58,9 @@ class Identity:
     # When its credential was issued (a token's iat, a guest token's time; None: unknown),
     # so a revocation also covers a session recovered without presenting it again.
     issued: float | None = None
+    # Why the guest credential of the CONNECT was not honoured (None: there was none, or it
+    # was), so the client can say why it has a new guest id rather than ignore it silently.
+    notice: str | None = None
 
     def may_use_room(self, room: str) -> bool:
         return self.rooms is None or any(room.startswith(prefix) for prefix in self.rooms)
@@ -67,6 +76,31 @@ class Identity:
             return cls(**{k: value[k] for k in cls.__dataclass_fields__ if k in value})
         except TypeError:
             return None
+
+
+def display_name(value: Any) -> str | None:
+    """The display name a guest picked (``auth.name``), trimmed; None when it picked none.
+
+    :param value: the ``name`` of the CONNECT auth.
+    :raises AuthError: ``invalid_name``, saying what is wrong: not a string, blank, longer than
+        ``MAX_NAME`` characters, holding a control or invisible character, or looking like a
+        guest id (``guest-…``, which would pass for another guest).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise AuthError("name must be a string", "invalid_name")
+    name = unicodedata.normalize("NFC", value).strip()
+    if not name:
+        raise AuthError("name must not be blank", "invalid_name")
+    if len(name) > MAX_NAME:
+        raise AuthError(f"name is limited to {MAX_NAME} characters (got {len(name)})", "invalid_name")
+    bad = next((c for c in name if unicodedata.category(c) in FORBIDDEN_IN_NAME), None)
+    if bad is not None:
+        raise AuthError(f"name must not hold control or invisible characters (U+{ord(bad):04X})", "invalid_name")
+    if name.lower().startswith("guest-"):
+        raise AuthError("name must not start with guest- (it would pass for a guest id)", "invalid_name")
+    return name
 
 
 class Authenticator:
@@ -163,21 +197,39 @@ class Authenticator:
         return Identity(user=sub, name=name[:64], guest=False, expires=float(claims["exp"]),
                         namespaces=lists["namespaces"], rooms=lists["rooms"], role=role)
 
-    def guest(self, guest_token: Any = None) -> Identity:
+    def guest(self, guest_token: Any = None, name: str | None = None, guest_id: Any = None) -> Identity:
         """A guest identity: the one ``guest_token`` (issued by :meth:`guest_token`) proves, or a
-        new guest id when it proves nothing (absent, forged, signed with another secret, revoked).
+        new guest id when it proves nothing (absent, forged, signed with another secret, revoked);
+        then ``notice`` says why the credential given was not honoured.
 
         :param guest_token: the ``guestToken`` of the CONNECT auth.
+        :param name: the display name the guest picked (already checked by :func:`display_name`);
+                     None: its guest id is its name.
+        :param guest_id: the ``guest`` of the CONNECT auth (a bare guest id, which proves nothing).
         """
-        if isinstance(guest_token, str) and len(guest_token) <= 128:
-            match = GUEST_TOKEN.match(guest_token)
-            if match and hmac.compare_digest(match[3], self._sign(match[1], match[2])):
-                identity = Identity(user=match[1], name=match[1], guest=True, issued=int(match[2]) / 1000)
+        notice = None
+        if guest_token is not None:
+            match = GUEST_TOKEN.match(guest_token) if isinstance(guest_token, str) and len(guest_token) <= 128 \
+                else None
+            if match is None:
+                notice = ("the guest token is malformed (expected guest-<id>.<time>.<signature>, "
+                          "as whoami gives it)")
+            elif not hmac.compare_digest(match[3], self._sign(match[1], match[2])):
+                notice = "the guest token was not issued by this deployment (forged, or its guest secret changed)"
+            else:
+                identity = Identity(user=match[1], name=name or match[1], guest=True, issued=int(match[2]) / 1000)
                 if not self.is_revoked(identity):
                     return identity
+                notice = "the guest token was revoked by an operator"
+        elif guest_id is not None:
+            notice = ("a guest id alone proves nothing (member lists show it): keep a guest id with "
+                      "the guestToken whoami gives" if isinstance(guest_id, str) and GUEST_ID.match(guest_id)
+                      else "not a guest id (guest- and 8-32 letters or digits); and a guest id alone proves "
+                           "nothing: keep one with the guestToken whoami gives")
         user = "guest-" + secrets.token_hex(6)
         # Whole milliseconds, as in the token, so the token says exactly this issue time.
-        return Identity(user=user, name=user, guest=True, issued=int(time.time() * 1000) / 1000)
+        return Identity(user=user, name=name or user, guest=True, issued=int(time.time() * 1000) / 1000,
+                        notice=notice and f"{notice}; you are a new guest, {user}")
 
     def guest_token(self, identity: Identity) -> str | None:
         """The guest token that keeps ``identity``'s guest id on a later connect (None: not a guest)."""
@@ -198,7 +250,7 @@ class Authenticator:
             return self.verify(token, namespace)
         if self.requires_token(namespace) or not self.config.guests:
             raise AuthError("a token is required", "token_required")
-        return self.guest(auth.get("guestToken"))
+        return self.guest(auth.get("guestToken"), display_name(auth.get("name")), auth.get("guest"))
 
     def revoke(self, user: str) -> None:
         """Tokens of ``user`` issued up to now stop working."""

@@ -227,11 +227,14 @@ class BaseNamespace(socketio.AsyncNamespace):
 
     async def on_whoami(self, sid: str, payload: Any = None) -> dict[str, Any]:
         """``whoami`` → ``{ok, user, name, guest, expires}``, and ``guestToken`` for a guest (its
-        proof of the id: connect with ``auth {guestToken}`` to keep it)."""
+        proof of the id: connect with ``auth {guestToken}`` to keep it), and ``notice`` when the
+        guest credential of the connect was not honoured (why this is a new guest id)."""
         identity = self.identity(sid)
         answer = ok(user=identity.user, name=identity.name, guest=identity.guest, expires=identity.expires)
         if identity.guest:
             answer["guestToken"] = self.auth.guest_token(identity)
+        if identity.notice:
+            answer["notice"] = identity.notice
         return answer
 
     async def on_auth(self, sid: str, payload: Any = None) -> dict[str, Any]:

@@ -74,8 +74,9 @@ async def test_two_browsers_chat(servers, browser, redis_url, mode):
 @pytest.mark.parametrize("mode", ["one-node", "two-nodes"])
 async def test_two_browsers_edit_one_document_and_converge(servers, browser, redis_url, mode):
     a_srv, b_srv = two_servers(servers, redis_url, mode)
-    a = await page_of(browser, a_srv.url + "/collab.html")
-    b = await page_of(browser, b_srv.url + "/collab.html")
+    # Not the welcome document: it starts with a text of its own.
+    a = await page_of(browser, a_srv.url + "/collab.html?doc=converge")
+    b = await page_of(browser, b_srv.url + "/collab.html?doc=converge")
     for page in (a, b):
         await expect(page.locator("#editor")).to_be_enabled()
     await a.click("#editor")

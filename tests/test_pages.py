@@ -378,3 +378,367 @@ def test_a_warning_when_admin_is_disabled_for_lack_of_a_password(servers):
     with_password = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
     assert "ready" in with_password.output()
     assert not [line for line in with_password.output().splitlines() if "WARNING" in line and "/admin" in line]
+
+
+# ---------------------------------------------------------------------- names (issue 17, "What a user expects")
+
+
+async def set_name(page: Page, name: str) -> None:
+    await page.fill("#name", name)
+    await page.click("#set-name")
+
+
+async def test_a_picked_name_is_shown_kept_and_marked_you(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await set_name(alice, "  Alice Ünal ")  # trimmed
+    await expect(alice.locator("#me")).to_have_text("you are Alice Ünal")
+    await expect(alice.locator("#presence li")).to_have_count(2)
+    await expect(alice.locator("#presence li").first).to_have_text("Alice Ünal (you)")
+    await expect(bob.locator("#presence li", has_text="Alice Ünal")).to_have_count(1)
+    await expect(bob.locator("#presence li", has_text="(you)")).not_to_have_text(re.compile("Alice"))
+    await alice.fill("#text", "hi, I am Alice")
+    await alice.press("#text", "Enter")
+    await expect(bob.locator("#messages li .who")).to_have_text(["Alice Ünal"])
+    await expect(alice.locator("#messages li .who")).to_have_text(["Alice Ünal (you)"])
+    # Kept in the browser: a reload, and another page, connect with it.
+    await alice.reload()
+    await expect(alice.locator("#me")).to_have_text("you are Alice Ünal")
+    await expect(alice.locator("#name")).to_have_value("Alice Ünal")
+    game = await alice.context.new_page()
+    await game.goto(server.url + "/game.html")
+    await expect(game.locator("#name")).to_have_value("Alice Ünal")
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_a_bad_name_is_refused_with_its_reason(server, browser, js):
+    # The server's rule, for any client: trimmed, 1-32 characters, no control characters.
+    for i, (bad, reason) in enumerate((("x" * 33, "32 characters"), ("   ", "blank"), ("a\u0007b", "control"),
+                                       ("a\u202eb", "invisible"), ("guest-2c84a24b9c8d", "guest-"), (7, "string"))):
+        state = await js.connect(f"bad{i}", server.url + "/chat", transports=["websocket"], auth={"name": bad},
+                                 expect_error=True)
+        assert not state["connected"], bad
+        assert state["errors"][0]["data"] == {"code": "invalid_name"}, state["errors"]
+        assert reason in state["errors"][0]["message"], (bad, state["errors"])
+    await js.connect("good", server.url + "/chat", transports=["websocket"], auth={"name": " Zoë "})
+    assert (await js.emit("good", "whoami"))["name"] == "Zoë"
+    # The page says why, at once for what it can check itself, else with the server's reason.
+    page = await chat_page(browser, server.url + "/chat.html")
+    await set_name(page, "guest-2c84a24b9c8d")
+    await expect(page.locator("#name-error")).to_contain_text("guest-")
+    await expect(page.locator("#status")).to_have_text("connected")  # nothing was sent
+    await page.evaluate("localStorage.setItem('displayName', 'x\\u0085y')")  # NEL: a C1 control
+    await page.reload()
+    await expect(page.locator("#name-error")).to_contain_text("control")
+    await expect(page.locator("#status")).to_contain_text("refused")
+    await set_name(page, "Fixed")
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#me")).to_have_text("you are Fixed")
+    await expect(page.locator("#name-error")).to_have_text("")
+    assert page.errors == []
+
+
+async def test_a_guest_credential_not_honoured_is_explained(server, browser, js):
+    await js.connect("bare", server.url + "/chat", transports=["websocket"], auth={"guest": "guest-2c84a24b9c8d"})
+    assert "proves nothing" in (await js.emit("bare", "whoami"))["notice"]
+    await js.connect("plain", server.url + "/chat", transports=["websocket"])
+    assert "notice" not in await js.emit("plain", "whoami")
+    context = await browser.new_context()
+    await context.add_init_script("""if (!sessionStorage.getItem('seeded')) {
+        sessionStorage.setItem('seeded', '1'); sessionStorage.setItem('guestToken', 'guest-1234.not-a-token'); }""")
+    page = await context.new_page()
+    await page.goto(server.url + "/chat.html")
+    await expect(page.locator("#notice")).to_be_visible()
+    await expect(page.locator("#notice")).to_contain_text("malformed")
+    me = await page.evaluate("sessionStorage.getItem('guestToken')")
+    assert me.startswith("guest-") and me != "guest-1234.not-a-token"  # the new one is kept
+    await page.reload()
+    await expect(page.locator("#status")).to_have_text("connected")
+    await expect(page.locator("#notice")).to_be_hidden()
+
+
+async def test_the_winner_reads_you_won(servers, browser):
+    srv = servers(env={"GAME_DURATION": "2"})
+    host = await page_of(browser, srv.url + "/game.html")
+    other = await page_of(browser, srv.url + "/game.html")
+    await set_name(host, "Hana")
+    await set_name(other, "Omar")
+    for page in (host, other):
+        await expect(page.locator("#status")).to_have_text("connected")
+    await host.click("#create")
+    await expect(other.locator("#games button")).to_have_count(1)
+    await other.click("#games button")
+    await expect(host.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#scores li", has_text="(you)")).to_have_text(re.compile(r"^Hana \(you\): \d+$"))
+    await expect(other.locator("#scores li", has_text="Hana")).to_have_text(re.compile(r"^Hana: \d+$"))
+    await host.click("#start")
+    # Hana walks onto nothing; nobody scores: the first player listed (by score, then join order) wins.
+    await expect(host.locator("#result")).to_contain_text("Game over", timeout=8000)
+    winner = await host.get_attribute("#result", "data-winner")
+    me = await host.evaluate("gameDebug.me")
+    won, lost = (host, other) if winner == me else (other, host)
+    await expect(won.locator("#result")).to_have_text("Game over. You won!")
+    await expect(lost.locator("#result")).to_have_text(re.compile(r"^Game over\. (Hana|Omar) won\.$"))
+    assert host.errors == [] and other.errors == []
+
+
+# ---------------------------------------------------------------------- chat: what a user expects
+
+
+async def test_chat_messages_have_timestamps_and_mine_stand_apart(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await alice.fill("#text", "from alice")
+    await alice.press("#text", "Enter")
+    await bob.fill("#text", "from bob")
+    await bob.press("#text", "Enter")
+    await expect(alice.locator("#messages li .text")).to_have_text(["from alice", "from bob"])
+    await expect(alice.locator("#messages li.mine .text")).to_have_text(["from alice"])
+    await expect(bob.locator("#messages li.mine .text")).to_have_text(["from bob"])
+    # A time of day on each message, its full date and time in the element.
+    await expect(alice.locator("#messages li time.ts")).to_have_text([re.compile(r"\d{1,2}:\d{2}")] * 2)
+    stamp = await alice.locator("#messages li time.ts").first.get_attribute("datetime")
+    assert re.match(r"^\d{4}-\d{2}-\d{2}T", stamp or ""), stamp
+    styles = await alice.evaluate("""() => [...document.querySelectorAll('#messages li')]
+        .map((li) => getComputedStyle(li).borderLeftStyle)""")
+    assert styles[0] != styles[1], styles  # set apart visually, not only by a class
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_direct_messages_between_two_pages(server, browser):
+    alice = await chat_page(browser, server.url + "/chat.html")
+    bob = await chat_page(browser, server.url + "/chat.html")
+    await set_name(alice, "Alice")
+    await set_name(bob, "Bob")
+    await expect(alice.locator("#presence li")).to_have_count(2)
+    await expect(alice.locator("#presence li", has_text="Bob")).to_have_count(1)
+    await alice.locator("#presence li", has_text="Bob").locator(".dm-open").click()
+    await expect(alice.locator("#dm-title")).to_have_text("Direct messages with Bob")
+    await alice.fill("#dm-text", "psst, bob")
+    await alice.press("#dm-text", "Enter")
+    await expect(alice.locator("#dm-messages li .text")).to_have_text(["psst, bob"])
+    # Bob sees an unread count on the conversation; opening it shows the message and clears it.
+    await expect(bob.locator("#dms li", has_text="Alice").locator(".unread")).to_have_text("1")
+    await bob.locator("#dms li", has_text="Alice").locator("button").click()
+    await expect(bob.locator("#dm-messages li .text")).to_have_text(["psst, bob"])
+    await expect(bob.locator("#dm-messages li .who")).to_have_text(["Alice"])
+    await expect(bob.locator("#dms .unread")).to_have_count(0)
+    await bob.fill("#dm-text", "hi alice")
+    await bob.press("#dm-text", "Enter")
+    await expect(alice.locator("#dm-messages li .text")).to_have_text(["psst, bob", "hi alice"])
+    await expect(alice.locator("#dm-messages li.mine .text")).to_have_text(["psst, bob"])
+    # Acknowledged: the server does not send it again (it re-sends every 5 s until acked).
+    await asyncio.sleep(6)
+    await expect(bob.locator("#dm-messages li")).to_have_count(2)
+    # The room shows none of it.
+    await expect(bob.locator("#messages li")).to_have_count(0)
+    # Kept by the browser across a reload.
+    await bob.reload()
+    await expect(bob.locator("#dms li", has_text="Alice")).to_have_count(1)
+    assert alice.errors == [] and bob.errors == []
+
+
+async def test_unread_counts_per_room(server, browser, js):
+    await js.connect("talker", server.url + "/chat", transports=["websocket"])
+    for room in ("kitchen", "lobby"):
+        assert (await js.emit("talker", "join", {"room": room}))["ok"]
+    page = await chat_page(browser, server.url + "/chat.html")
+    await page.fill("#room", "kitchen")
+    await page.click("#join")
+    await expect(page.locator("#rooms li")).to_have_count(2)
+    for i in range(3):
+        assert (await js.emit("talker", "message", {"room": "lobby", "text": f"lobby {i}"}))["ok"]
+    assert (await js.emit("talker", "message", {"room": "kitchen", "text": "kitchen 0"}))["ok"]
+    lobby = page.locator("#rooms li[data-room=lobby]")
+    await expect(lobby.locator(".unread")).to_have_text("3", timeout=10_000)
+    await expect(page.locator("#rooms li[data-room=kitchen] .unread")).to_have_count(0)  # the one shown
+    await lobby.locator("button").click()
+    await expect(page.locator("#messages li .text")).to_have_text(["lobby 0", "lobby 1", "lobby 2"])
+    await expect(lobby.locator(".unread")).to_have_count(0)
+    assert (await js.emit("talker", "message", {"room": "kitchen", "text": "kitchen 1"}))["ok"]
+    await expect(page.locator("#rooms li[data-room=kitchen] .unread")).to_have_text("1", timeout=10_000)
+    assert page.errors == []
+
+
+async def test_history_loads_older_messages_on_scroll(server, browser, js):
+    await js.connect("talker", server.url + "/chat", transports=["websocket"])
+    assert (await js.emit("talker", "join", {"room": "archive"}))["ok"]
+    for i in range(120):
+        assert (await js.emit("talker", "message", {"room": "archive", "text": f"m{i:03d}"}))["ok"]
+        if i % 40 == 39:
+            await asyncio.sleep(1)  # under the per-connection rate limit (50/s, burst 100)
+    page = await chat_page(browser, server.url + "/chat.html?room=archive")
+    texts = page.locator("#messages li .text")
+    await expect(texts).to_have_count(50)
+    await expect(texts.first).to_have_text("m070")
+    await expect(page.locator("#history-note")).to_have_text("")
+    for count in (100, 120):
+        await page.eval_on_selector("#messages", "el => { el.scrollTop = 0; }")
+        await expect(texts).to_have_count(count)
+    assert await texts.all_text_contents() == [f"m{i:03d}" for i in range(120)]
+    await expect(page.locator("#history-note")).to_contain_text("beginning")
+    # What the reader looked at stays in view (the list did not jump to the oldest).
+    assert await page.eval_on_selector("#messages", "el => el.scrollTop") > 0
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------------- game: what a user expects
+
+
+async def player_x(page: Page) -> int:
+    return await page.evaluate("gameDebug.state.players.find(p => p.user === gameDebug.me).x")
+
+
+async def test_game_created_with_name_and_size_start_keys_spectators_and_play_again(servers, browser):
+    srv = servers(env={"GAME_DURATION": "4"})
+    host = await page_of(browser, srv.url + "/game.html")
+    other = await page_of(browser, srv.url + "/game.html")
+    fan = await page_of(browser, srv.url + "/game.html")
+    for page in (host, other, fan):
+        await expect(page.locator("#status")).to_have_text("connected")
+    # Name and player count chosen at creation.
+    await host.fill("#game-name", "Duel")
+    await host.select_option("#game-capacity", "3")
+    await host.click("#create")
+    game = other.locator("#games button")
+    await expect(game).to_have_text("Duel (1/3, waiting)")
+    await expect(host.locator("#start")).to_be_disabled()  # alone: nobody to play with
+    await game.click()
+    await expect(host.locator("#start")).to_be_enabled()
+    await expect(other.locator("#start")).to_be_disabled()  # not the host
+    await host.click("#start")
+    # Start is disabled once playing.
+    await expect(host.locator("#info")).to_contain_text("left")
+    await expect(host.locator("#start")).to_be_disabled()
+    # A spectator: the game has started, so the lobby offers to watch it.
+    watch = fan.locator("#games button")
+    await expect(watch).to_have_attribute("data-action", "watch")
+    await watch.click()
+    await expect(fan.locator("#info")).to_contain_text("watching")
+    await expect(fan.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#games button")).to_contain_text("1 watching")
+    # Keys move while held and stop when released.
+    start = await player_x(host)
+    key = "ArrowLeft" if start > 10 else "ArrowRight"
+    await host.keyboard.down(key)
+    await asyncio.sleep(0.4)
+    await host.keyboard.up(key)
+    await asyncio.sleep(0.4)
+    stopped = await player_x(host)
+    assert stopped != start
+    await asyncio.sleep(0.6)
+    assert await player_x(host) == stopped  # released: it stays put
+    assert await fan.evaluate(f"gameDebug.state.players.find(p => p.x === {stopped}) !== undefined")
+    # The finished game stays in the lobby with its results; "Play again" leads both to one new game.
+    await expect(host.locator("#result")).to_contain_text("Game over", timeout=8000)
+    finished = other.locator("#games li", has_text="over")
+    await expect(finished).to_contain_text("winner")
+    await expect(fan.locator("#again")).to_be_hidden()  # spectators do not play again
+    await host.click("#again")
+    await expect(host.locator("#games button[data-action=join]")).to_have_count(1)
+    await other.click("#again")
+    await expect(host.locator("#scores li")).to_have_count(2)
+    await expect(host.locator("#games button[data-action=join]")).to_have_text("Duel (2/3, waiting)")
+    await expect(host.locator("#games li", has_text="over")).to_have_count(1)  # the old one is still listed
+    assert host.errors == [] and other.errors == [] and fan.errors == []
+
+
+async def test_game_canvas_fills_its_panel(server, browser):
+    page = await page_of(browser, server.url + "/game.html")
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    await expect(page.locator("#status")).to_have_text("connected")
+    sizes = await page.evaluate("""() => {
+        const canvas = document.querySelector('#board'), panel = canvas.closest('.panel');
+        const style = getComputedStyle(panel);
+        const inner = panel.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        const box = canvas.getBoundingClientRect();
+        return {inner, width: box.width, height: box.height, pixels: canvas.width};
+    }""")
+    assert abs(sizes["width"] - sizes["inner"]) <= 2, sizes
+    assert abs(sizes["height"] - sizes["width"]) <= 2 and sizes["width"] > 500, sizes
+    assert sizes["pixels"] >= sizes["width"] - 2, sizes  # drawn at its size, not stretched from 400 px
+
+
+# ---------------------------------------------------------------------- editor: what a user expects
+
+
+async def test_editor_shows_remote_cursors_and_selections_with_names_and_colours(server, browser):
+    a = await page_of(browser, server.url + "/collab.html?doc=cursors")
+    b = await page_of(browser, server.url + "/collab.html?doc=cursors")
+    await set_name(a, "Ada")
+    await set_name(b, "Bo")
+    for page in (a, b):
+        await expect(page.locator("#status")).to_have_text("connected")
+        await expect(page.locator("#editor")).to_be_enabled()
+    await a.click("#editor")
+    await a.keyboard.type("hello brave new world")
+    await b.wait_for_function("collabDebug.text() === 'hello brave new world'")
+    # Ada selects "brave": Bo sees her selection and her caret, named and coloured.
+    await a.evaluate("() => { const e = document.querySelector('#editor'); e.focus(); e.setSelectionRange(6, 11); }")
+    caret = b.locator(".remote-caret")
+    await expect(caret).to_have_count(1)
+    await expect(caret.locator(".remote-name")).to_have_text("Ada")
+    await expect(b.locator("mark.remote-sel")).to_have_text("brave")
+    colour = await caret.evaluate("el => getComputedStyle(el).borderLeftColor")
+    assert colour not in ("", "rgba(0, 0, 0, 0)"), colour
+    assert await b.locator("mark.remote-sel").evaluate("el => getComputedStyle(el).backgroundColor") != "rgba(0, 0, 0, 0)"
+    # The caret sits where Ada's selection ends, over the same character in Bo's textarea.
+    at = await b.evaluate("""() => {
+        const caret = document.querySelector('.remote-caret').getBoundingClientRect();
+        const mark = document.querySelector('mark.remote-sel').getBoundingClientRect();
+        return {caret: caret.left, markRight: mark.right};
+    }""")
+    assert abs(at["caret"] - at["markRight"]) < 4, at
+    # Bo types before it: Ada's selection stays on "brave" (Yjs relative positions).
+    await b.evaluate("() => { const e = document.querySelector('#editor'); e.focus(); e.setSelectionRange(0, 0); }")
+    await b.keyboard.type(">> ")
+    await expect(b.locator("mark.remote-sel")).to_have_text("brave")
+    # Ada sees Bo's caret in another colour, and both names in the list of editors.
+    await expect(a.locator(".remote-caret .remote-name")).to_have_text("Bo")
+    other = await a.locator(".remote-caret").evaluate("el => getComputedStyle(el).borderLeftColor")
+    assert other != colour
+    await expect(a.locator("#editors li")).to_have_text(["Bo"])
+    assert a.errors == [] and b.errors == []
+
+
+async def test_editor_welcome_document_and_document_list(server, browser):
+    page = await page_of(browser, server.url + "/collab.html")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await expect(page.locator("#editor")).to_have_value(re.compile(r"second window"))
+    # Two nodes, or two first visitors, seed it once: a second page sees the same text, not twice.
+    other = await page_of(browser, server.url + "/collab.html")
+    await expect(other.locator("#editor")).to_be_enabled()
+    text = await page.input_value("#editor")
+    assert await other.input_value("#editor") == text and text.count("Welcome") == 1
+    # The documents opened in this browser are listed; one click opens one.
+    await page.fill("#doc", "plans")
+    await page.click("#open")
+    await expect(page.locator("#docs li")).to_have_text(["welcome", "plans"])
+    await page.locator("#docs li[data-doc=welcome] button").click()
+    await expect(page).to_have_url(re.compile(r"[?&]doc=welcome(&|$)"))
+    await expect(page.locator("#editor")).to_have_value(text)
+    assert page.errors == [] and other.errors == []
+
+
+# ---------------------------------------------------------------------- the landing page
+
+
+async def test_landing_page_says_what_each_demo_shows_and_how_to_try_it(server, browser):
+    page = await page_of(browser, server.url + "/")
+    for card, link in (("chat", "/chat.html"), ("game", "/game.html"), ("collab", "/collab.html"),
+                       ("admin", "/admin-ui/")):
+        assert await page.get_attribute(f"#card-{card} h2 a", "href") == link
+    # How to see each demo: two windows, and the offline switch where recovery is the point.
+    for card in ("chat", "game", "collab"):
+        await expect(page.locator(f"#card-{card} ol.try li").first).to_be_visible()
+        await expect(page.locator(f"#card-{card} .try")).to_contain_text(re.compile(r"second window|two windows"))
+    for card in ("chat", "collab"):
+        await expect(page.locator(f"#card-{card} .try")).to_contain_text("Offline")
+    await expect(page.locator("#card-admin")).to_contain_text("ADMIN_PASSWORD")
+    # The operator's links work (the API's is off without keys, which the page says).
+    assert raw_get(server.url + await page.get_attribute("#link-metrics", "href"))[0] == 200
+    assert raw_get(server.url + await page.get_attribute("#link-readyz", "href"))[0] == 200
+    await expect(page.locator("main")).to_contain_text("API_KEYS")
+    await page.click("#card-game h2 a")
+    await expect(page.locator("#status")).to_have_text("connected")
+    assert page.errors == []

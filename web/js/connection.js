@@ -6,9 +6,10 @@ export function socketOptions(extra = {}) {
   if (!options.auth) {
     // A guest keeps its id across reconnects and page loads of this tab only with the guest
     // token the server issued (a guest id is public, it proves nothing); read at every connect.
+    // The display name the user picked (kept in this browser, all tabs) goes with it.
     options.auth = (send) => {
-      const saved = sessionStorage.getItem("guestToken");
-      send(saved ? { guestToken: saved } : {});
+      const saved = sessionStorage.getItem("guestToken"), name = savedName();
+      send({ ...(saved ? { guestToken: saved } : {}), ...(name ? { name } : {}) });
     };
   }
   return options;
@@ -98,4 +99,73 @@ export function setPageParam(name, value) {
   if (url.searchParams.get(name) === value) return;
   url.searchParams.set(name, value);
   history.replaceState(history.state, "", url);
+}
+
+// ---------------------------------------------------------------------- display names
+
+const NAME_KEY = "displayName";
+export const MAX_NAME = 32;
+
+export function savedName() {
+  return localStorage.getItem(NAME_KEY) || "";
+}
+
+// What is wrong with a display name (the server's rule: server/auth.py display_name), or "".
+export function nameProblem(name) {
+  if (!name) return "";
+  if (name.length > MAX_NAME) return `at most ${MAX_NAME} characters`;
+  if (/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}\p{Co}\p{Cn}]/u.test(name)) return "no control or invisible characters";
+  if (name.toLowerCase().startsWith("guest-")) return "must not start with guest- (it would pass for a guest id)";
+  return "";
+}
+
+// "Alice (you)" for the user of this page, "Bob" for anyone else.
+export function labelFor(user, name, me) {
+  return user === me ? `${name} (you)` : name;
+}
+
+// The name form in the page's header (#name, #name-error) and the notice under it (#notice):
+// picking a name stores it and connects again with it; a name the server refuses is shown with
+// its reason (the connection stays down until another one is picked); a guest token the
+// server did not honour is explained. Call showMe with each `whoami` answer.
+export function nameControl(socket) {
+  const header = document.querySelector("header");
+  const form = document.createElement("form");
+  form.id = "name-form";
+  form.className = "name-form";
+  form.innerHTML = `<input id="name" placeholder="your name" aria-label="your display name" autocomplete="nickname">` +
+    `<button id="set-name">Set name</button><span class="name-error" id="name-error" role="alert"></span>`;
+  header.insertBefore(form, header.querySelector(".transport"));
+  const notice = Object.assign(document.createElement("div"), { id: "notice", className: "notice", hidden: true });
+  notice.setAttribute("role", "status");
+  document.querySelector("main").prepend(notice);
+  const input = form.querySelector("#name"), error = form.querySelector("#name-error");
+  input.value = savedName();
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    const name = input.value.normalize("NFC").trim();
+    const problem = nameProblem(name);
+    if (problem) { error.textContent = `name: ${problem}`; return; }
+    error.textContent = "";
+    if (name) localStorage.setItem(NAME_KEY, name); else localStorage.removeItem(NAME_KEY);
+    input.value = name;
+    // A new connection (not a recovery: the session keeps the name it connected with).
+    socket.disconnect();
+    socket.connect();
+  };
+  socket.on("connect_error", (err) => {
+    if (err.data && err.data.code === "invalid_name") {
+      error.textContent = `name refused: ${err.message}`;
+      input.focus();
+    }
+  });
+  return {
+    showMe(me) {
+      if (!me || !me.ok) return;
+      error.textContent = "";
+      notice.hidden = !me.notice;
+      notice.textContent = me.notice ? `Your saved guest identity was not used: ${me.notice}.` : "";
+      if (!input.value && me.name !== me.user) input.value = me.name;
+    },
+  };
 }
