@@ -24,6 +24,8 @@ log = logging.getLogger("namespaces.chat")
 
 MAX_TEXT = 4000
 MAX_HISTORY = 200
+# The presence entry that stands for a connection gone away but still recoverable.
+AWAY = "away:"
 MAX_SEQ = (1 << 53) - 1  # what a JavaScript number holds exactly
 
 
@@ -281,11 +283,12 @@ class ChatNamespace(BaseNamespace):
             # with the missed messages as ordinary events once the connection is established.
             self.runtime.background(self._resume_after_connect(sid, auth["resume"]), "chat-resume")
         if recovered:
-            # Rooms came back with the session; make sure presence has them again (a no-op
-            # unless the entries lapsed while the client was away).
+            # Rooms came back with the session: the "away" entry goes, the connection's own
+            # comes back, and the room hears the user is back (a "join").
             for room in self.rooms_of(sid):
                 if room.startswith("room:"):
                     name = room[5:]
+                    await self.stores.presence.leave(self.namespace, name, AWAY + sid)
                     first = await self.stores.presence.join(self.namespace, name, sid,
                                                             Member(identity.user, identity.name), self.config.delivery.presence_ttl)
                     if first:
@@ -294,12 +297,32 @@ class ChatNamespace(BaseNamespace):
 
     async def disconnected(self, sid: str, identity: Any, reason: str) -> None:
         if self.server.is_recoverable(reason):
-            # The client will probably recover with the same sid: leave its presence entries
-            # to lapse by themselves instead of announcing a leave and a join again.
+            await self._away(sid)
             return
         for room in self.rooms_of(sid):
             if room.startswith("room:"):
                 await self._presence_leave(room[5:], sid)
+
+    async def _away(self, sid: str) -> None:
+        """The connection is gone but may recover within the recovery window: where it was the
+        user's last one in a room, the room hears ``away`` (not a ghost "here", not a leave and
+        a join again). Its entry is replaced by one that lapses at the end of the window, when
+        whichever node sees it lapse announces the leave; recovering announces a join."""
+        window = self.server.max_disconnection_duration
+        for room in self.rooms_of(sid):
+            if not room.startswith("room:"):
+                continue
+            name = room[5:]
+            try:
+                member = await self.stores.presence.leave(self.namespace, name, sid)
+                if member is None:
+                    continue  # another connection of the user is still in the room
+                await self.stores.presence.join(self.namespace, name, AWAY + sid, member, window)
+            except Exception as exc:  # Redis away: the entry lapses by itself, announced as a leave
+                log.debug("presence away failed: %s", exc)
+                continue
+            await self.emit("presence", {"room": name, "user": member.user, "name": member.name,
+                                         "action": "away"}, room=room)
 
     async def _heartbeat(self) -> None:
         while True:

@@ -285,3 +285,43 @@ async def test_a_socket_in_50_rooms_recovers_exactly_its_rooms_reading_only_its_
     assert sorted(texts) == sorted([f"{r}-before" for r in mine] + [f"{r}-missed" for r in mine])
     # one read per channel of the session: its 50 rooms, its own, its user's and the namespace's
     assert labelled(node, "rt_channel_history_reads_total", 'reason="recovery"') - reads == 53
+
+
+async def test_a_cut_user_shows_as_away_then_back_or_gone(servers, js, proxies):
+    node = servers(env={"MAX_DISCONNECTION_DURATION": "2", "PRESENCE_TTL": "0.6"})
+    proxy = await proxies([node.port])
+    await js.connect("a", node.url + "/chat", transports=["websocket"])
+    await js.connect("b", proxy.url + "/chat", transports=["websocket"])
+    for name in ("a", "b"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    b = (await js.emit("b", "whoami"))["user"]
+
+    async def actions() -> list[str]:
+        return [e["args"][0]["action"] for e in await js.events("a", "presence") if e["args"][0]["user"] == b]
+
+    seen = len(await actions())
+    proxy.down()
+    await js.call("waitDisconnects", name="b", count=1)
+    await js.wait("a", "presence", seen + 2)  # b's join earlier, now its away
+    assert (await actions())[-1] == "away"
+    await asyncio.sleep(1.0)  # past the presence TTL: away is not a leave
+    assert (await actions())[-1] == "away"
+    assert b in [m["user"] for m in (await js.emit("a", "presence", {"room": "r"}))["members"]]
+    proxy.up()
+    assert (await js.call("waitConnects", name="b", count=2))["recovered"] is True
+    for _ in range(50):
+        if (await actions())[-1] == "join":
+            break
+        await asyncio.sleep(0.1)
+    assert (await actions())[-2:] == ["away", "join"]  # back
+
+    # gone for good: away, then a leave when the recovery window is over
+    proxy.down()
+    await js.call("waitDisconnects", name="b", count=2)
+    await js.call("eval", code="ctx.sockets.get('b').socket.io.reconnection(false); return true;")
+    for _ in range(60):
+        if (await actions())[-1] == "leave":
+            break
+        await asyncio.sleep(0.1)
+    assert (await actions())[-2:] == ["away", "leave"]
+    assert b not in [m["user"] for m in (await js.emit("a", "presence", {"room": "r"}))["members"]]
