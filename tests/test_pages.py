@@ -742,3 +742,20 @@ async def test_landing_page_says_what_each_demo_shows_and_how_to_try_it(server, 
     await page.click("#card-game h2 a")
     await expect(page.locator("#status")).to_have_text("connected")
     assert page.errors == []
+
+
+async def test_presence_shows_a_cut_user_as_away_until_it_is_back(server, browser, js, proxies):
+    proxy = await proxies([server.port])
+    alice = await chat_page(browser, server.url + "/chat.html")
+    await js.connect("bob", proxy.url + "/chat", transports=["websocket"], auth={"name": "Bob"})
+    assert (await js.emit("bob", "join", {"room": "lobby"}))["ok"]
+    bob = alice.locator("#presence li", has_text="Bob")
+    await expect(bob).to_have_count(1)
+    await expect(bob.locator(".away-label")).to_have_count(0)
+    proxy.down()  # bob's tab lost its connection: not a ghost "here", and not gone yet
+    await expect(bob.locator(".away-label")).to_have_text("away")
+    proxy.up()
+    assert (await js.call("waitConnects", name="bob", count=2))["recovered"] is True
+    await expect(bob.locator(".away-label")).to_have_count(0)
+    await expect(bob).to_have_count(1)
+    assert alice.errors == []
