@@ -8,7 +8,7 @@
 # and --out; a table at the end.
 #
 #   bench/publish.sh [--flavours async,sync,http,api] [--clients 10] [--count 5000] [--window 8]
-#                    [--rate 200] [--seconds 10] [--rep K] [--out FILE] [--quick]
+#                    [--rate 200] [--seconds 10] [--rep K] [--out FILE] [--quick] [--no-table]
 #
 # Flavours: async = AsyncEmitter, sync = Emitter (threads), http = HttpEmitter (urllib, threads),
 # api = POST /api/v1/publish over keep-alive (aiohttp). Waits for a quiet machine first, as
@@ -26,7 +26,7 @@ NODE="${BENCH_NODE:-$(command -v node)}"
 log() { printf '[publish %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-FLAVOURS=async,sync,http,api; CLIENTS=10; COUNT=5000; WINDOW=8; RATE=200; SECONDS_=10; REP=1; OUT=""
+FLAVOURS=async,sync,http,api; CLIENTS=10; COUNT=5000; WINDOW=8; RATE=200; SECONDS_=10; REP=1; OUT=""; TABLE=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --flavours) FLAVOURS="$2"; shift 2;;
@@ -38,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --rep) REP="$2"; shift 2;;
     --out) OUT="$2"; shift 2;;
     --quick) COUNT=2000; SECONDS_=5; shift;;
+    --no-table) TABLE=0; shift;;
     *) die "unknown option $1";;
   esac
 done
@@ -118,5 +119,5 @@ for flavour in ${FLAVOURS//,/ }; do
   [[ $rc -eq 0 ]] || log "driver exit code $rc for flavour $flavour (see $logf)"
   sleep 1
 done
-"$PY" "$HERE/publish_driver.py" summarize "$OUT"
+[[ $TABLE == 0 ]] || "$PY" "$HERE/publish_driver.py" summarize "$OUT"
 echo "results: $OUT" >&2

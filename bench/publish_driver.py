@@ -26,12 +26,13 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FLAVOURS = ("async", "sync", "http", "api")
@@ -273,7 +274,7 @@ async def measure(args: argparse.Namespace) -> None:
                 "deliveries": delivered["deliveries"], "expected_deliveries": delivered["expected_deliveries"],
                 "complete": delivered["complete"], "delivery_ms": delivered["lat_ms"],
                 "out_of_order": delivered["out_of_order"], "unexpected_closes": delivered["unexpected_closes"],
-                "rep": args.rep, "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z")}), flush=True)
+                "rep": args.rep, "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, separators=(",", ":")), flush=True)
             await asyncio.sleep(0.5)
     finally:
         await asyncio.to_thread(clients.close)
@@ -281,23 +282,38 @@ async def measure(args: argparse.Namespace) -> None:
 
 
 def summarize(path: str) -> None:
-    """A markdown table of the `publish` rows of ``path``."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"scenario": "publish"' in line
-            or '"scenario":"publish"' in line]
-    by = {(r["flavour"], r["phase"]): r for r in rows}
+    """A markdown table of the `publish` rows of ``path``: medians over repetitions; ⚠ marks a
+    cell with errors or missing deliveries."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"scenario":"publish"' in line]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r["flavour"], r["phase"]), []).append(r)
+
+    def med(cell: list[dict[str, Any]], *path: str) -> Any:
+        values = []
+        for r in cell:
+            for key in path:
+                r = r.get(key) if isinstance(r, dict) else None
+            if r is not None:
+                values.append(r)
+        return round(statistics.median(values), 1) if values else "–"
+
     print("| flavour | publishes/s (window) | call p50 / p99 ms | delivery p50 / p99 ms at max | "
-          "delivery p50 / p99 ms at rate | CPU at max: server+Redis / publisher+clients / others |")
+          "delivery p50 / p99 ms at the fixed rate | CPU % at max: server+Redis / publisher+clients / others |")
     print("|---|---|---|---|---|---|")
     for f in FLAVOURS:
         m, r = by.get((f, "max")), by.get((f, "rate"))
-        if m is None:
+        if not m:
             continue
-        lat = lambda row: (f"{row['delivery_ms']['p50']} / {row['delivery_ms']['p99']}"  # noqa: E731
-                           if row and row.get("delivery_ms") else "–")
-        rate = f"{lat(r)} ({r['publishes_per_s']:.0f}/s)" if r else "–"
-        flag = "" if m["complete"] and not m["errors"] and (r is None or r["complete"]) else " ⚠"
-        print(f"| {f} | {m['publishes_per_s']:.0f} ({m['window']}) | {m['call_ms']['p50']} / {m['call_ms']['p99']} | "
-              f"{lat(m)} | {rate} | {m['server_cpu_pct']} / {m['client_cpu_pct']} / {m['other_procs_cpu_pct']} %{flag} |")
+        bad = any(x["errors"] or not x["complete"] for x in m + (r or []))
+        rate = (f"{med(r, 'delivery_ms', 'p50')} / {med(r, 'delivery_ms', 'p99')} ({med(r, 'publishes_per_s'):.0f}/s)"
+                if r else "–")
+        print(f"| {f}{' ⚠' if bad else ''} | {med(m, 'publishes_per_s'):.0f} ({m[0]['window']}) | "
+              f"{med(m, 'call_ms', 'p50')} / {med(m, 'call_ms', 'p99')} | "
+              f"{med(m, 'delivery_ms', 'p50')} / {med(m, 'delivery_ms', 'p99')} | {rate} | "
+              f"{med(m, 'server_cpu_pct')} / {med(m, 'client_cpu_pct')} / {med(m, 'other_procs_cpu_pct')} |")
+    if len({r["rep"] for r in rows}) > 1:
+        print(f"(medians of {len({r['rep'] for r in rows})} repetitions)")
 
 
 def main(argv: list[str]) -> None:
