@@ -120,4 +120,4 @@ for flavour in ${FLAVOURS//,/ }; do
   sleep 1
 done
 [[ $TABLE == 0 ]] || "$PY" "$HERE/publish_driver.py" summarize "$OUT"
-echo "results: $OUT" >&2
+[[ $TABLE == 0 ]] || echo "results: $OUT" >&2
