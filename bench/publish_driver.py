@@ -299,8 +299,9 @@ def summarize(path: str) -> None:
         return round(statistics.median(values), 1) if values else "–"
 
     print("| flavour | publishes/s (window) | call p50 / p99 ms | delivery p50 / p99 ms at max | "
-          "delivery p50 / p99 ms at the fixed rate | CPU % at max: server+Redis / publisher+clients / others |")
-    print("|---|---|---|---|---|---|")
+          "delivery p50 / p99 ms at the fixed rate | CPU % at max: server+Redis / publisher+clients | "
+          "other processes' CPU % at max / at the rate |")
+    print("|---|---|---|---|---|---|---|")
     for f in FLAVOURS:
         m, r = by.get((f, "max")), by.get((f, "rate"))
         if not m:
@@ -311,7 +312,8 @@ def summarize(path: str) -> None:
         print(f"| {f}{' ⚠' if bad else ''} | {med(m, 'publishes_per_s'):.0f} ({m[0]['window']}) | "
               f"{med(m, 'call_ms', 'p50')} / {med(m, 'call_ms', 'p99')} | "
               f"{med(m, 'delivery_ms', 'p50')} / {med(m, 'delivery_ms', 'p99')} | {rate} | "
-              f"{med(m, 'server_cpu_pct')} / {med(m, 'client_cpu_pct')} / {med(m, 'other_procs_cpu_pct')} |")
+              f"{med(m, 'server_cpu_pct')} / {med(m, 'client_cpu_pct')} | "
+              f"{med(m, 'other_procs_cpu_pct')} / {med(r, 'other_procs_cpu_pct') if r else '–'} |")
     if len({r["rep"] for r in rows}) > 1:
         print(f"(medians of {len({r['rep'] for r in rows})} repetitions)")
 
