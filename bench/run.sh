@@ -4,17 +4,19 @@
 # run, server pinned to CPU 0 and the load generator to CPU 1, using the shared harness in
 # ../shared/bench/ for echo, fanout, conns and polling, and bench/chat.sh for chat.
 #
-#   bench/run.sh [--reps N] [--modes embedded,redis] [--scenarios echo,fanout,conns,polling,chat]
+#   bench/run.sh [--reps N] [--modes embedded,redis] [--scenarios echo,fanout,conns,polling,chat,publish]
 #                [--chat-senders 1,10] [--fanout-rates 5,50,max] [--quick] [-- HARNESS LOADGEN ARGS]
 #
 #   --modes        which deployments of our server to measure (default both): `embedded` (no Redis)
 #                  and `redis` (REDIS_URL set to a fresh local redis-server per run, started by
 #                  bench/with_redis.sh as a child of the server, so pinned and counted with it).
 #                  Node socket.io runs once per repetition whatever the modes.
-#   --scenarios    default: all five. chat = room of 100 WebSocket clients, 1 or 10 senders
+#   --scenarios    default: the first five. chat = room of 100 WebSocket clients, 1 or 10 senders
 #                  (--chat-senders) each keeping 4 messages with ack outstanding: ours through
 #                  /chat `join` + `message`; Node's reference through /bench `join` + `fanout`
 #                  with an ack (`nsp.to(room).emit('msg', payload); ack(true)`).
+#                  publish = bench/publish.sh (emitters and HTTP API to a /chat room; always with
+#                  Redis, whatever --modes; no Node counterpart), its defaults (--quick: shorter).
 #
 # Prints the harness's JSON lines and tables, then bench/ratios.py's table (ours ÷ Node per mode,
 # Redis ÷ embedded) and one JSON line of ratios. Results go to bench/results/<timestamp>.jsonl.
@@ -45,15 +47,16 @@ done
 for m in ${MODES//,/ }; do
   [[ $m == embedded || $m == redis ]] || { echo "unknown mode $m (embedded, redis)" >&2; exit 1; }
 done
-HARNESS_SCEN=""; CHAT=0
+HARNESS_SCEN=""; CHAT=0; PUBLISH=0
 for s in ${SCENARIOS//,/ }; do
   case "$s" in
     chat) CHAT=1;;
+    publish) PUBLISH=1;;
     echo|fanout|conns|polling) HARNESS_SCEN="${HARNESS_SCEN:+$HARNESS_SCEN,}$s";;
     *) echo "unknown scenario $s" >&2; exit 1;;
   esac
 done
-if ! command -v redis-server >/dev/null && [[ ",$MODES," == *,redis,* ]]; then
+if ! command -v redis-server >/dev/null && [[ ",$MODES," == *,redis,* || $PUBLISH == 1 ]]; then
   echo "the redis mode needs redis-server (apt-get install redis-server)" >&2; exit 1
 fi
 
@@ -99,10 +102,14 @@ for rep in $(seq 1 "$REPS"); do
         --rep "$rep" --out "$OUT" --senders "$CHAT_SENDERS" "${CHAT_PASS[@]}"
     done
   fi
+  if [[ $PUBLISH == 1 ]]; then
+    "$ROOT/bench/publish.sh" --rep "$rep" --out "$OUT" --no-table "${CHAT_PASS[@]}"
+  fi
 done
 if [[ -n "$HARNESS_SCEN" ]]; then # the harness's own tables know its four scenarios only
-  grep -v '"scenario":"chat"' "$OUT" | python3 "$SHARED/lib/summarize.py" /dev/stdin
-  grep -v '"scenario":"chat"' "$OUT" | python3 "$SHARED/lib/summarize.py" --headline /dev/stdin
+  grep -v '"scenario":"chat"\|"scenario":"publish"' "$OUT" | python3 "$SHARED/lib/summarize.py" /dev/stdin
+  grep -v '"scenario":"chat"\|"scenario":"publish"' "$OUT" | python3 "$SHARED/lib/summarize.py" --headline /dev/stdin
 fi
+[[ $PUBLISH == 1 ]] && "$PY" "$ROOT/bench/publish_driver.py" summarize "$OUT"
 python3 "$ROOT/bench/ratios.py" "$OUT"
 echo "results: $OUT" >&2

@@ -12,8 +12,9 @@
 # unless BENCH_REDIS_APPENDONLY=yes.
 set -euo pipefail
 PY="${BENCH_PY:-python3}"
-# a free loopback port (the small race with other processes is acceptable for a bench run)
-port="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# a free loopback port (the small race with other processes is acceptable for a bench run), or
+# BENCH_REDIS_PORT when the caller must reach the same Redis (bench/publish.sh's emitters)
+port="${BENCH_REDIS_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 dir="${BENCH_WORK:-${TMPDIR:-/tmp}/bench-work}/redis-$port"   # emptied first: every run starts fresh
 rm -rf "$dir" && mkdir -p "$dir"
 redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" \
