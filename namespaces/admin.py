@@ -236,9 +236,9 @@ class AdminNamespace(BaseNamespace):
             return ClientError("invalid_arguments", "_disconnect(namespace, close, filter)").ack()
         return ok(count=await self.runtime.operations.disconnect_sockets(namespace, _target(target), bool(close)))
 
-    async def trigger_event(self, event: str, *args: Any) -> Any:
+    async def handle_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
-            return await super().trigger_event(event, *args)
+            return await super().handle_event(event, *args)
         sid = args[0] if args else None
         # Commands of one operator connection already run one at a time, in the order sent
         # (RealtimeSocket handles a connection's events in arrival order).

@@ -1,7 +1,7 @@
 """How the server ends a socket: each way is an :class:`Ending`, passed to ``RealtimeServer.end``.
 
 Every server-initiated end of a socket goes through that one method, and every disconnect
-(whoever started it) through ``RealtimeServer._handle_disconnect``, which keeps the socket's
+(whoever started it) through ``RealtimeServer.disconnect_namespace``, which keeps the socket's
 saved session for connection state recovery when the end is recoverable and forgets it
 otherwise, so nobody can take it over later by its ``pid``.
 """

@@ -31,8 +31,8 @@ from typing import Any
 from aiohttp import WSMsgType
 from engineio import exceptions
 from engineio import packet as eio_packet
-from engineio.async_socket import AsyncSocket
 
+from .adapter import SocketAdapter
 from .eager import start_eagerly
 from .send_queue import packet_size
 
@@ -77,7 +77,7 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
 _CLOSE = object()
 
 
-class RealtimeSocket(AsyncSocket):
+class RealtimeSocket(SocketAdapter):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
     # The uncompressed WebSocketResponse while this session's WebSocket is open.
@@ -95,7 +95,7 @@ class RealtimeSocket(AsyncSocket):
 
     # ------------------------------------------------------------------ inbound
 
-    async def receive(self, pkt: eio_packet.Packet) -> None:
+    async def on_packet(self, pkt: eio_packet.Packet) -> None:
         """Handle one packet from the client, over either transport.
 
         Unlike python-engineio's, which answers a stray UPGRADE with a NOOP, raises for a
@@ -111,7 +111,7 @@ class RealtimeSocket(AsyncSocket):
             if self.last_ping and self.server.heartbeat is not None:
                 # Everything sent before the ping has reached the client (server.core.positions).
                 self.server.heartbeat(self.sid, True)
-            self.schedule_ping()
+            self.arm_ping()
         elif kind == eio_packet.CLOSE:
             # As in Node's engine.io, the client closing its transport is a "transport close",
             # recoverable: socket.io-client sends it after a polling request failed, and then
@@ -176,13 +176,13 @@ class RealtimeSocket(AsyncSocket):
             self._drained = asyncio.get_running_loop().create_future()
         await self._drained
 
-    async def handle_post_request(self, environ: dict) -> None:
+    async def on_post(self, environ: dict) -> None:
         # RealtimeEngine has already read, counted and decoded the body (rt.packets).
         packets = environ.get("rt.packets")
         if packets is None:
-            return await super().handle_post_request(environ)
+            return await self.library_handle_post_request(environ)
         for pkt in packets:
-            await self.receive(pkt)
+            await self.on_packet(pkt)
             # The POST is answered only once the backlog is within bounds: a polling client
             # sends its next POST after this one's answer, so it is held back the same way.
             await self.wait_for_backlog()
@@ -190,7 +190,7 @@ class RealtimeSocket(AsyncSocket):
 
     # ------------------------------------------------------------------ outbound
 
-    async def send(self, pkt: eio_packet.Packet) -> None:
+    async def send_packet(self, pkt: eio_packet.Packet) -> None:
         last_ping = self.last_ping
         if self.closed or (last_ping and time.time() - last_ping > self.server.ping_timeout):
             if not await self.check_ping_timeout():
@@ -231,7 +231,7 @@ class RealtimeSocket(AsyncSocket):
 
     # ------------------------------------------------------------------ heartbeat
 
-    def schedule_ping(self) -> None:
+    def arm_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
             self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
@@ -244,15 +244,15 @@ class RealtimeSocket(AsyncSocket):
                 self.server.heartbeat(self.sid, False)
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
 
-    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+    async def close_session(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         if self._ping_timer is not None:
             self._ping_timer.cancel()
             self._ping_timer = None
-        await super().close(wait=wait, abort=abort, reason=reason)
+        await self.library_close(wait=wait, abort=abort, reason=reason)
 
     # ------------------------------------------------------------------ WebSocket transport
 
-    async def _websocket_handler(self, ws: Any) -> None:
+    async def serve_websocket(self, ws: Any) -> None:
         server = self.server
         if self.connected:
             if not await self._upgrade_handshake(ws):
@@ -301,7 +301,7 @@ class RealtimeSocket(AsyncSocket):
                     self._dispatch(data[1:])  # the common case, without a Packet object
                 else:
                     try:
-                        await self.receive(eio_packet.Packet(encoded_packet=data))
+                        await self.on_packet(eio_packet.Packet(encoded_packet=data))
                     except PacketNotAllowed as exc:
                         log.info("%s: Engine.IO packet type %s not allowed from a client, closing", self.sid, exc)
                         break

@@ -1,6 +1,6 @@
 """No sticky sessions: a request for an Engine.IO session owned by another node is forwarded there.
 
-Every Engine.IO session id starts with the owning node's tag (see ``RealtimeEngine.generate_id``),
+Every Engine.IO session id starts with the owning node's tag (see ``EngineAdapter.generate_id``),
 so a node that receives a long-polling request, or a WebSocket upgrade, for a session it does
 not hold finds the owner's address in the node registry and relays the request to it. A plain
 round-robin load balancer with no affinity then works for polling clients exactly as a direct

@@ -1,14 +1,20 @@
 """What this server relies on inside python-socketio and python-engineio (and a little of aiohttp).
 
 The server subclasses the libraries' classes and overrides private methods, so a new release can
-break it without any error until a client notices. ``tests/test_library_overrides.py`` checks
-every line below against the installed libraries and fails by name when something was renamed,
-removed or re-signed, when a subclass overrides a library method not listed here, or when the
-installed versions are not the pinned ones.
+break it without any error until a client notices. Every override is in one module,
+``server/adapter.py``, each under a comment naming the library version below; the classes of
+``server/realtime.py``, ``engine_socket.py``, ``manager.py`` and ``namespace.py`` extend the
+adapter's classes and implement methods with our own names. ``tests/test_library_overrides.py``
+checks every line below against the installed libraries and fails by name when something was
+renamed, removed or re-signed, when a subclass overrides a library method not listed here, when
+a class outside ``server/adapter.py`` overrides one (``__init__`` aside: our constructors), when
+an override's comment does not name the pinned version, or when the installed versions are not
+the pinned ones.
 
 Upgrading python-socketio or python-engineio: change :data:`PINNED` and the exact pins in
 ``pyproject.toml``, run ``make lock`` and ``make install``, run that test; for each failure read
-the library's change, adapt the override, then update its line here.
+the library's change, adapt the override in ``server/adapter.py`` and its version comment, then
+update its line here.
 
 Keys are ``"module:Class.attribute"`` (``"module:function"`` for a module's function); a
 ``[name]`` step looks up a dict key. A signature is what ``str(inspect.signature(...))`` prints
@@ -23,10 +29,10 @@ PINNED = {
     "python-engineio": "4.15.1",
 }
 
-# Library methods our subclasses override (server/realtime.py, engine_socket.py, manager.py,
-# namespace.py and the namespaces), with the library's signature the override was written against.
+# Library methods overridden (all in server/adapter.py; the constructors of our subclasses aside),
+# with the library's signature the override was written against.
 OVERRIDDEN: dict[str, str | None] = {
-    # RealtimeEngine (server/realtime.py)
+    # EngineAdapter (server/adapter.py), extended by RealtimeEngine (server/realtime.py)
     "engineio.async_server:AsyncServer.__init__":
         "(self, async_mode=None, ping_interval=25, ping_timeout=20, max_http_buffer_size=1000000, "
         "allow_upgrades=True, http_compression=True, compression_threshold=1024, cookie=None, "
@@ -39,12 +45,12 @@ OVERRIDDEN: dict[str, str | None] = {
     "engineio.async_server:AsyncServer.handle_request": "(self, *args, **kwargs)",
     "engineio.async_server:AsyncServer._trigger_event": "(self, event, *args, **kwargs)",
     "engineio.async_server:AsyncServer.disconnect": "(self, sid=None)",
-    # RealtimeEngine's WebSocket (a subclass of the aiohttp driver's, made in RealtimeEngine.__init__)
+    # AiohttpWebSocket (server/adapter.py): the aiohttp driver's, installed by EngineAdapter.__init__
     "engineio.async_drivers.aiohttp:WebSocket.__call__": "(self, environ)",
     "engineio.async_drivers.aiohttp:WebSocket.send": "(self, message)",
-    # CountedPayload (server/realtime.py): lifts the per-body packet cap
+    # CountedPayload (server/adapter.py): lifts the per-body packet cap
     "engineio.payload:Payload.max_decode_packets": None,
-    # RealtimeServer (server/realtime.py)
+    # ServerAdapter (server/adapter.py), extended by RealtimeServer (server/realtime.py)
     "socketio.async_server:AsyncServer.__init__":
         "(self, client_manager=None, logger=False, json=None, async_handlers=True, namespaces=None, **kwargs)",
     "socketio.async_server:AsyncServer.emit":
@@ -58,14 +64,15 @@ OVERRIDDEN: dict[str, str | None] = {
     "socketio.async_server:AsyncServer._handle_connect": "(self, eio_sid, namespace, data)",
     "socketio.async_server:AsyncServer._handle_disconnect": "(self, eio_sid, namespace, reason=None)",
     "socketio.async_server:AsyncServer._handle_eio_disconnect": "(self, eio_sid, reason)",
-    # RealtimeSocket (server/engine_socket.py)
+    # SocketAdapter (server/adapter.py), extended by RealtimeSocket (server/engine_socket.py)
     "engineio.async_socket:AsyncSocket.receive": "(self, pkt)",
     "engineio.async_socket:AsyncSocket.handle_post_request": "(self, environ)",
     "engineio.async_socket:AsyncSocket.send": "(self, pkt)",
     "engineio.async_socket:AsyncSocket.schedule_ping": "(self)",
     "engineio.async_socket:AsyncSocket.close": "(self, wait=True, abort=False, reason=None)",
     "engineio.async_socket:AsyncSocket._websocket_handler": "(self, ws)",
-    # RealtimeManager (server/manager.py)
+    # ManagerAdapter (server/adapter.py), extended by RealtimeManager (server/manager.py, whose
+    # __init__ calls this one)
     "socketio.async_manager:AsyncManager.__init__": "(self)",
     "socketio.async_manager:AsyncManager.emit":
         "(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs)",
@@ -77,7 +84,8 @@ OVERRIDDEN: dict[str, str | None] = {
     "socketio.async_manager:AsyncManager.enter_room": "(self, sid, namespace, room, eio_sid=None)",
     "socketio.async_manager:AsyncManager.leave_room": "(self, sid, namespace, room)",
     "socketio.async_manager:AsyncManager.disconnect": "(self, sid, namespace, **kwargs)",
-    # BaseNamespace (server/namespace.py) and the namespaces, EchoNamespace (server/conformance.py)
+    # NamespaceAdapter (server/adapter.py), extended by BaseNamespace (server/namespace.py, whose
+    # __init__ calls this one; the namespaces extend it) and EchoNamespace (server/conformance.py)
     "socketio.async_namespace:AsyncNamespace.__init__": "(self, namespace=None)",
     "socketio.async_namespace:AsyncNamespace.trigger_event": "(self, event, *args)",
 }

@@ -25,11 +25,11 @@ import logging
 from typing import Any, Callable, Iterable
 
 from engineio import packet as eio_packet
-from socketio import AsyncManager
 from socketio import packet as sio_packet
 
 from realtime_channels.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
 from realtime_channels.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
+from .adapter import ManagerAdapter
 from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
 from .bus import Bus
 from .engine_socket import DIRECT_WRITE_LIMIT, text_frame
@@ -71,7 +71,7 @@ def normalize_args(data: Any) -> list[Any]:
     return [] if data is None else [data]
 
 
-class RealtimeManager(AsyncManager):
+class RealtimeManager(ManagerAdapter):
     """Client manager that delivers durable namespaces through per-room channels.
 
     :param channel_log: builds the channel log, given the two callbacks it must call (this
@@ -130,8 +130,8 @@ class RealtimeManager(AsyncManager):
 
     # ------------------------------------------------------------------ emit and publish
 
-    async def emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
-                   callback: Any = None, to: Any = None, volatile: bool = False, **kwargs: Any) -> None:
+    async def route_emit(self, event: str, data: Any, namespace: str, room: Any = None, skip_sid: Any = None,
+                         callback: Any = None, to: Any = None, volatile: bool = False, **kwargs: Any) -> None:
         namespace = namespace or "/"
         room = to or room
         args = normalize_args(data)
@@ -139,8 +139,8 @@ class RealtimeManager(AsyncManager):
         rooms = None if room is None else ([room] if isinstance(room, str) else list(room))
         if callback is not None:
             # An event with an ack id carries no offset (as in Node): one recipient, not logged.
-            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
-                                      callback=callback)
+            return await self.library_emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                                           callback=callback)
         if namespace in self.durable and not volatile:
             if rooms is None or len(rooms) == 1:
                 await self.publish(namespace, rooms[0] if rooms else None, event, args, skip)
@@ -473,23 +473,23 @@ class RealtimeManager(AsyncManager):
             positions = self.positions.get((namespace, sid))
             if positions is not None:
                 self.deliveries.join(positions, channel)
-        self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
 
-    async def pre_connect(self, eio_sid: str, namespace: str, sid: str | None = None) -> str | None:
+    async def admit(self, eio_sid: str, namespace: str, sid: str | None = None) -> str | None:
         """As python-socketio's, but a recovering socket keeps its previous ``sid``, and in a
         durable namespace the node follows the socket's own and the namespace's channels
         before the socket counts as connected."""
         if sid is None:
-            sid = await super().pre_connect(eio_sid, namespace)
+            sid = await self.library_pre_connect(eio_sid, namespace)
             recovering = False
         else:
             if self.is_connected(sid, namespace) or self.eio_sid_from_sid(sid, namespace):
                 return None
             try:
-                self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+                self.add_to_room(sid, namespace, None, eio_sid=eio_sid)
             except Exception:  # this Engine.IO session is in the namespace already
                 return None
-            self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+            self.add_to_room(sid, namespace, sid, eio_sid=eio_sid)
             self.pending_connect.setdefault(namespace, []).append(sid)
             if namespace in self.durable:
                 # Live publications wait until its replay is written (see release).
@@ -503,31 +503,31 @@ class RealtimeManager(AsyncManager):
                 await self.follow([channel_name(namespace, None), channel_name(namespace, sid)])
             except BaseException:
                 self.positions.pop((namespace, sid), None)
-                self.basic_disconnect(sid, namespace)
+                self.drop_socket(sid, namespace)
                 raise
             self.deliveries.join(positions, channel_name(namespace, None))
             self.deliveries.join(positions, channel_name(namespace, sid))
         return sid
 
-    async def enter_room(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
+    async def enter(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
         await self.join(sid, namespace, room, eio_sid=eio_sid)
         if namespace in self.durable:
             await self.server.save_session_of(namespace, sid)
 
-    async def leave_room(self, sid: str, namespace: str, room: str) -> None:
-        await super().leave_room(sid, namespace, room)
+    async def leave(self, sid: str, namespace: str, room: str) -> None:
+        await self.library_leave_room(sid, namespace, room)
         positions = self.positions.get((namespace, sid))
         if positions is not None:
             positions.origin.pop(channel_name(namespace, room), None)
         if namespace in self.durable:
             await self.server.save_session_of(namespace, sid)
 
-    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+    def add_to_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        self.library_basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self._rooms_of.setdefault((namespace, sid), set()).add(room)
 
-    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
-        super().basic_leave_room(sid, namespace, room)
+    def remove_from_room(self, sid: str, namespace: str, room: Any) -> None:
+        self.library_basic_leave_room(sid, namespace, room)
         if namespace in self.durable and room not in self.rooms.get(namespace, ()):
             self._reap_soon()  # the room's channel has no local member left
         rooms = self._rooms_of.get((namespace, sid))
@@ -536,16 +536,16 @@ class RealtimeManager(AsyncManager):
             if not rooms:
                 del self._rooms_of[(namespace, sid)]
 
-    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+    def socket_rooms(self, sid: str, namespace: str) -> list[str]:
         return [r for r in self._rooms_of.get((namespace, sid), ()) if r is not None]
 
-    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+    def drop_socket(self, sid: str, namespace: str, **kwargs: Any) -> None:
         self.positions.pop((namespace, sid), None)
         self._recovering.pop((namespace, sid), None)
         if namespace not in self.rooms:
             return
         for room in list(self._rooms_of.get((namespace, sid), ())):
-            self.basic_leave_room(sid, namespace, room)
+            self.remove_from_room(sid, namespace, room)
         # The rest of python-socketio's basic_disconnect, without its scan of every room.
         self.callbacks.pop(sid, None)
         for pending in (self.pending_connect, self.pending_disconnect):
@@ -646,6 +646,6 @@ class RealtimeManager(AsyncManager):
                 self.write(eio_sid, packets, False)
                 through[channel] = offset
 
-    async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+    async def disconnect_socket(self, sid: str, namespace: str, **kwargs: Any) -> None:
         self._recovering.pop((namespace, sid), None)
-        return await super().disconnect(sid, namespace, **kwargs)
+        return await self.library_disconnect(sid, namespace, **kwargs)

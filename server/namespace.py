@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import socketio
 
+from .adapter import NamespaceAdapter
 from .auth import AuthError, Identity
 from .endings import TOKEN_EXPIRED
 from .idempotency import PENDING, TOO_LARGE, wait_for_ack
@@ -64,7 +65,7 @@ def require_dict(value: Any, what: str = "payload") -> dict[str, Any]:
     return value
 
 
-class BaseNamespace(socketio.AsyncNamespace):
+class BaseNamespace(NamespaceAdapter):
     """A namespace of this server.
 
     :param namespace: its name, e.g. ``/chat``.
@@ -84,9 +85,9 @@ class BaseNamespace(socketio.AsyncNamespace):
 
     # ------------------------------------------------------------------ dispatch
 
-    async def trigger_event(self, event: str, *args: Any) -> Any:
+    async def handle_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
-            return await super().trigger_event(event, *args)
+            return await self.library_trigger_event(event, *args)
         handler = getattr(self, "on_" + event.replace(":", "_").replace("-", "_"), None)
         if handler is None or event.startswith("_"):
             # An unknown event with an ack still gets an answer, so the client is not left waiting.

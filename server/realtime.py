@@ -14,29 +14,25 @@ import asyncio
 import itertools
 import logging
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import engineio
 import msgpack
-import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
-from engineio import payload as eio_payload
-from engineio.async_socket import AsyncSocket
 from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
+from .adapter import CountedPayload, EngineAdapter, ServerAdapter
 from .bus import Bus
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
-from .send_queue import Backlog, SendQueue
+from .send_queue import Backlog
 from .sessions import SavedSession, SessionStore
 
 log = logging.getLogger("server.realtime")
@@ -51,7 +47,6 @@ MAX_NAMESPACE_LENGTH = 128
 # Operators' connections: their own event limits, and refusals reported to the namespace.
 OPERATOR_NAMESPACE = "/admin"
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
-NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
 
 
 # Failures of shared state (Redis unreachable, no pool connection free in time).
@@ -143,26 +138,7 @@ class TokenBucket:
         return False
 
 
-class _FullBody:
-    """A request body already read completely, readable the way python-engineio reads it."""
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-
-    async def read(self, n: int = -1) -> bytes:
-        return self.body if n < 0 else self.body[:n]
-
-
-class CountedPayload(eio_payload.Payload):
-    """A long-polling POST body. python-engineio refuses more than 16 packets in one (and the
-    session dies with "Undecodable payload"), but the JS client sends everything it buffered
-    while the previous POST was in flight in one body; RealtimeEngine counts them against
-    ``max_packets_per_payload`` before decoding."""
-
-    max_decode_packets = sys.maxsize
-
-
-class RealtimeEngine(engineio.AsyncServer):
+class RealtimeEngine(EngineAdapter):
     """python-engineio's server, made strict where the Engine.IO spec and hostile clients need it.
 
     - HTTP: an unsupported method or a missing/unknown transport is a 400; a POST body is read
@@ -179,8 +155,7 @@ class RealtimeEngine(engineio.AsyncServer):
       accepted besides the configured CORS allow-list; session ids carry the node's tag.
     """
 
-    node_tag = ""
-    websocket_compression = False
+    socket_class = RealtimeSocket
     body_timeout = 10.0
     max_packets_per_payload = 256
     max_connections_per_ip = 1000
@@ -197,61 +172,16 @@ class RealtimeEngine(engineio.AsyncServer):
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
-        translate = self._async["translate_request"]
 
-        def translate_request(request: web.Request) -> dict:
-            environ = translate(request)
-            body = request.get("rt_body")
-            if body is not None:
-                environ["wsgi.input"] = _FullBody(body)
-                environ["CONTENT_LENGTH"] = str(len(body))
-                environ["rt.packets"] = request["rt_packets"]
-            return environ
-
-        class WebSocket(self._async["websocket"]):  # type: ignore[misc, valid-type]
-            async def __call__(self, environ: dict) -> Any:
-                # python-engineio's aiohttp driver ignores websocket_compression, so every
-                # connection negotiated permessage-deflate (~100 KiB of zlib state each).
-                request = environ["aiohttp.request"]
-                self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
-                                                   compress=bool(self.server.websocket_compression))
-                await self._sock.prepare(request)
-                self.environ = environ
-                await self.handler(self)
-                return self._sock
-
-            async def send(self, message: Any) -> None:
-                # A NOOP only ends a pending long-poll; on a WebSocket it is a stray frame
-                # (python-engineio queues one at every upgrade).
-                if message == NOOP_FRAME:
-                    return
-                await super().send(message)
-
-        self._async = {**self._async, "translate_request": translate_request, "websocket": WebSocket}
-
-    def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
-        """Each session's outgoing queue (python-engineio creates an asyncio.Queue)."""
-        return SendQueue()
-
-    def generate_id(self) -> str:
-        """Session ids start with this node's tag, so any node can tell who owns a session."""
-        return self.node_tag + super().generate_id()
-
-    def _cors_allowed_origins(self, environ: dict) -> list[str] | None:
-        allowed = super()._cors_allowed_origins(environ)
+    def origins_for(self, environ: dict, allowed: list[str] | None) -> list[str] | None:
+        """The configured origins, and the server's own (same-origin requests, behind a proxy too)."""
         if allowed is None or "HTTP_HOST" not in environ:
             return allowed
         scheme = environ.get("HTTP_X_FORWARDED_PROTO", environ.get("wsgi.url_scheme", "http")).split(",")[0].strip()
         host = environ.get("HTTP_X_FORWARDED_HOST", environ["HTTP_HOST"]).split(",")[0].strip()
         return [*allowed, f"{scheme}://{host}", f"{environ.get('wsgi.url_scheme', 'http')}://{environ['HTTP_HOST']}"]
 
-    def _ok(self, packets: Any = None, headers: Any = None, jsonp_index: Any = None) -> dict:
-        response = super()._ok(packets, headers, jsonp_index)
-        if packets is None:
-            response["response"] = b"ok"
-        return response
-
-    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+    async def serve(self, request: web.Request) -> web.StreamResponse:
         """Answer one request to the Engine.IO endpoint; counted while in flight (open
         WebSockets and pending polls included), so a request that never ends shows."""
         self.requests_in_flight += 1
@@ -280,7 +210,7 @@ class RealtimeEngine(engineio.AsyncServer):
                 return await self._close_extra_websocket(request)
             tcp = self._websockets[sid] = request.transport  # an upgrade of this session
             try:
-                return await super().handle_request(request)
+                return await self.library_handle_request(request)
             finally:
                 self._drop_transport(sid, tcp)
         if socket is not None and transport == "polling" and not socket.upgraded:
@@ -299,10 +229,10 @@ class RealtimeEngine(engineio.AsyncServer):
                     return web.Response(status=400, text='"Overlapping polling requests"')
                 self._polling.add(sid)
                 try:
-                    return await super().handle_request(request)
+                    return await self.library_handle_request(request)
                 finally:
                     self._polling.discard(sid)
-        return await super().handle_request(request)
+        return await self.library_handle_request(request)
 
     async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
         """A new session that starts on a WebSocket. python-engineio creates the session
@@ -312,7 +242,7 @@ class RealtimeEngine(engineio.AsyncServer):
         opened = False
         tcp = request.transport  # None once the connection is lost
         try:
-            response = await super().handle_request(request)
+            response = await self.library_handle_request(request)
             opened = True
         finally:
             sid = request.get("rt_sid", "")
@@ -349,7 +279,7 @@ class RealtimeEngine(engineio.AsyncServer):
         await socket.close(wait=False, abort=True, reason=reason or self.reason.TRANSPORT_ERROR)
         self.sockets.pop(socket.sid, None)
 
-    async def disconnect(self, sid: str | None = None) -> None:
+    async def end_sessions(self, sid: str | None = None) -> None:
         """End one session (or all) without waiting for its queue to drain.
 
         python-engineio's waits, and only the client's next poll drains a polling session's
@@ -429,14 +359,10 @@ class RealtimeEngine(engineio.AsyncServer):
         else:
             self._per_ip.pop(address, None)
 
-    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+    async def engine_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        """A session's event for the handlers (the session is a RealtimeSocket already:
+        EngineAdapter._trigger_event), with this engine's bookkeeping around it."""
         if event == "connect" and len(args) >= 2:
-            # python-engineio has just created the session (AsyncSocket is hard-wired in its
-            # _handle_connect); this is the one moment to make it a RealtimeSocket, before
-            # its heartbeat is scheduled and its transport starts.
-            created = self.sockets.get(args[0])
-            if created is not None and created.__class__ is AsyncSocket:
-                created.__class__ = RealtimeSocket
             self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
             request = args[1].get("aiohttp.request")
@@ -447,7 +373,7 @@ class RealtimeEngine(engineio.AsyncServer):
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
-        result = await super()._trigger_event(event, *args, **kwargs)
+        result = await self.library_trigger_event(event, *args, **kwargs)
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
             # it hanging) unless something already queued answers it (the CLOSE that ends
@@ -482,7 +408,7 @@ class RealtimeEngine(engineio.AsyncServer):
             self._forget(socket)
 
 
-class RealtimeServer(socketio.AsyncServer):
+class RealtimeServer(ServerAdapter):
     """AsyncServer with recovery, limits and strict packet checks.
 
     :param sessions: where sessions of recoverably disconnected sockets wait.
@@ -491,14 +417,15 @@ class RealtimeServer(socketio.AsyncServer):
     :param metrics: counters to update.
     :param connect_timeout: seconds an Engine.IO session may stay without joining a namespace.
     :param bus: tells the other nodes to close a session taken over here; None without Redis.
+    :param kwargs: python-socketio's and python-engineio's options.
     """
+
+    engine_class = RealtimeEngine
 
     def __init__(self, *, manager: RealtimeManager, sessions: SessionStore, max_disconnection_duration: float,
                  limits: Any, metrics: Metrics, connect_timeout: float = 45.0, bus: Bus | None = None,
                  **kwargs: Any) -> None:
-        # Each inbound packet already runs in its own eagerly started coroutine
-        # (RealtimeSocket), so the event handler runs inline instead of in one more Task.
-        super().__init__(client_manager=manager, async_handlers=False, **kwargs)
+        super().__init__(manager, **kwargs)
         self.rt_manager = manager
         self.sessions = sessions
         self.max_disconnection_duration = max_disconnection_duration
@@ -527,18 +454,6 @@ class RealtimeServer(socketio.AsyncServer):
         self.eio.heartbeat = self._heartbeat
         self._binary_serial = itertools.count()
 
-    # ------------------------------------------------------------------ emit
-
-    async def emit(self, event: str, data: Any = None, to: Any = None, room: Any = None, skip_sid: Any = None,
-                   namespace: str | None = None, callback: Any = None, ignore_queue: bool = False,
-                   volatile: bool = False) -> None:
-        """As AsyncServer.emit; ``volatile=True`` sends without logging, may be dropped for slow clients."""
-        await self.manager.emit(event, data, namespace or "/", room=to or room, skip_sid=skip_sid,
-                                callback=callback, volatile=volatile, local_only=ignore_queue)
-
-    def _engineio_server_class(self) -> type:
-        return RealtimeEngine
-
     def is_recoverable(self, reason: str | None) -> bool:
         """Whether a disconnect with ``reason`` keeps the session for recovery: transport
         close/error, ping timeout, or a recoverable :class:`Ending` (drain, shutdown, slow consumer)."""
@@ -555,8 +470,8 @@ class RealtimeServer(socketio.AsyncServer):
 
     # ------------------------------------------------------------------ incoming packets
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
-        await super()._handle_eio_connect(eio_sid, environ)
+    async def eio_connected(self, eio_sid: str, environ: dict) -> None:
+        await self.library_handle_eio_connect(eio_sid, environ)
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.
@@ -576,7 +491,7 @@ class RealtimeServer(socketio.AsyncServer):
     async def end(self, eio_sid: str, ending: Ending, namespace: str | None = None) -> None:
         """End a client's socket: every server-initiated end goes through here.
 
-        Whatever the path, the socket's disconnect is then handled by :meth:`_handle_disconnect`,
+        Whatever the path, the socket's disconnect is then handled by :meth:`disconnect_namespace`,
         which keeps the saved session when ``ending`` is recoverable and forgets it otherwise.
 
         :param eio_sid: the client's Engine.IO session.
@@ -592,12 +507,12 @@ class RealtimeServer(socketio.AsyncServer):
         if sid is None or not self.manager.is_connected(sid, namespace):
             return
         await self._send_packet(eio_sid, self.packet_class(sio_packet.DISCONNECT, namespace=namespace))
-        await self._handle_disconnect(eio_sid, namespace, ending.reason)
+        await self.disconnect_namespace(eio_sid, namespace, ending.reason)
 
-    async def disconnect(self, sid: str, namespace: str | None = None, ignore_queue: bool = False,
-                         ending: Ending = SERVER_DISCONNECTED) -> None:
+    async def disconnect_socket(self, sid: str, namespace: str | None = None,
+                                ending: Ending = SERVER_DISCONNECTED) -> None:
         """python-socketio's server-side disconnect of one socket, as :meth:`end` (python-socketio's
-        own skips :meth:`_handle_disconnect`, so the saved session would outlive the socket).
+        own skips :meth:`disconnect_namespace`, so the saved session would outlive the socket).
 
         :param ending: why; not recoverable unless said otherwise.
         """
@@ -633,7 +548,7 @@ class RealtimeServer(socketio.AsyncServer):
         self.metrics.protocol_errors.labels(kind).inc()
         await self.end(eio_sid, ending)
 
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+    async def eio_message(self, eio_sid: str, data: Any) -> None:
         self.metrics.bytes_in.inc(len(data))
         if eio_sid not in self._upgraded:
             socket = self.eio.sockets.get(eio_sid)
@@ -676,7 +591,7 @@ class RealtimeServer(socketio.AsyncServer):
         if kind == 0:
             return await self._connect_or_refuse(eio_sid, namespace, pkt.data)
         if kind == 1:
-            return await self._handle_disconnect(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
+            return await self.disconnect_namespace(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
         if kind == 3:
             return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
         return self._await_attachments(eio_sid, pkt, len(data), self._refuse_size(len(data)))
@@ -714,7 +629,7 @@ class RealtimeServer(socketio.AsyncServer):
         """CONNECT; when a store fails on the way the client gets a CONNECT_ERROR saying so
         (``err.data.code == "unavailable"``) instead of no answer at all."""
         try:
-            await self._handle_connect(eio_sid, namespace, data)
+            await self.connect_namespace(eio_sid, namespace, data)
         except Exception as exc:
             namespace = namespace or "/"
             self._handler_failed(namespace, "connect", exc)
@@ -729,17 +644,6 @@ class RealtimeServer(socketio.AsyncServer):
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.CONNECT_ERROR, namespace=namespace,
                 data={"message": "temporarily unavailable, retry", "data": {"code": "unavailable"}}))
-
-    async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
-        """As python-socketio's, handing a text packet straight to the session (python-engineio's
-        send → send_packet → _get_socket → socket.send, less the lookups)."""
-        encoded = pkt.encode()
-        if isinstance(encoded, str):
-            socket = self.eio.sockets.get(eio_sid)
-            if socket is not None and not socket.closed:
-                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=encoded))
-            return
-        await super()._send_packet(eio_sid, pkt)
 
     def _await_attachments(self, eio_sid: str, pkt: Any, size: int, refusal: str | None) -> None:
         """Hold a binary packet (event or ack) for its attachments, for ``attachment_timeout``
@@ -777,7 +681,7 @@ class RealtimeServer(socketio.AsyncServer):
             pkt.rt_refused = self._refuse_size(pkt.rt_size)
             if pkt.rt_refused is None:
                 # python-socketio keeps it, and handles the event once the last one is in.
-                return await super()._handle_eio_message(eio_sid, data)
+                return await self.library_handle_eio_message(eio_sid, data)
             pkt.attachments.clear()
         if pkt.rt_received < pkt.attachment_count:
             return None
@@ -820,7 +724,7 @@ class RealtimeServer(socketio.AsyncServer):
 
     # ------------------------------------------------------------------ connect with recovery
 
-    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+    async def connect_namespace(self, eio_sid: str, namespace: str, data: Any) -> None:
         namespace = namespace or "/"
         if namespace not in self.namespace_handlers and namespace not in self.handlers:
             await self._send_packet(eio_sid, self.packet_class(
@@ -835,10 +739,10 @@ class RealtimeServer(socketio.AsyncServer):
         session: SavedSession | None = None
         if csr and isinstance(auth.get("pid"), str) and len(auth["pid"]) <= 64:
             session = await self._take_session(namespace, auth["pid"])
-        sid = await self.rt_manager.pre_connect(eio_sid, namespace, sid=session.sid if session else None)
+        sid = await self.rt_manager.admit(eio_sid, namespace, sid=session.sid if session else None)
         if sid is None and session is not None:
             session = None
-            sid = await self.rt_manager.pre_connect(eio_sid, namespace)
+            sid = await self.rt_manager.admit(eio_sid, namespace)
         if sid is None:
             await self._send_packet(eio_sid, self.packet_class(
                 sio_packet.CONNECT_ERROR, data={"message": "Unable to connect"}, namespace=namespace))
@@ -850,7 +754,7 @@ class RealtimeServer(socketio.AsyncServer):
             if missed is None:
                 session = None
                 await self.rt_manager.disconnect(sid, namespace, ignore_queue=True)
-                sid = await self.rt_manager.pre_connect(eio_sid, namespace)
+                sid = await self.rt_manager.admit(eio_sid, namespace)
         if csr and session is None and isinstance(auth.get("pid"), str):
             self.metrics.recoveries.labels(namespace, "failed").inc()
 
@@ -899,7 +803,7 @@ class RealtimeServer(socketio.AsyncServer):
             if socket is not None and not socket.closed:
                 await self.end(eio_sid, EVICTED)
             else:
-                await self._handle_disconnect(eio_sid, namespace, EVICTED.reason)
+                await self.disconnect_namespace(eio_sid, namespace, EVICTED.reason)
         finally:
             self.evicted.discard(pid)
         return True
@@ -948,7 +852,7 @@ class RealtimeServer(socketio.AsyncServer):
 
     # ------------------------------------------------------------------ disconnect
 
-    async def _handle_disconnect(self, eio_sid: str, namespace: str, reason: str | None = None) -> None:
+    async def disconnect_namespace(self, eio_sid: str, namespace: str, reason: str | None = None) -> None:
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         state = self.csr.pop((namespace, sid), None) if sid else None
@@ -966,7 +870,7 @@ class RealtimeServer(socketio.AsyncServer):
             # Reached without waiting when the client disconnected: python-socketio marks the
             # socket as leaving before the transport's close (often the very next frame) can
             # end it again with "transport close".
-            await super()._handle_disconnect(eio_sid, namespace, reason)
+            await self.library_handle_disconnect(eio_sid, namespace, reason)
         finally:
             self.recovered.discard((namespace, sid))
         if forget is not None:
@@ -1014,9 +918,9 @@ class RealtimeServer(socketio.AsyncServer):
                     log.warning("session heartbeat failed: %s", exc)
                     break
 
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: str) -> None:
+    async def eio_disconnected(self, eio_sid: str, reason: str) -> None:
         self._buckets.pop(eio_sid, None)
         self._operator_buckets.pop(eio_sid, None)
         self._upgraded.discard(eio_sid)
-        await super()._handle_eio_disconnect(eio_sid, reason)
+        await self.library_handle_eio_disconnect(eio_sid, reason)
 

@@ -101,8 +101,7 @@ def _is_library(cls: type) -> bool:
 
 
 def our_subclasses() -> list[type]:
-    """Every class in server/ and namespaces/ with a library class among its bases, and the
-    WebSocket class RealtimeEngine derives from the aiohttp driver's at run time."""
+    """Every class in server/ and namespaces/ with a library class among its bases."""
     found: dict[str, type] = {}
     for package in (server, namespaces):
         for info in pkgutil.iter_modules(package.__path__):
@@ -113,10 +112,6 @@ def our_subclasses() -> list[type]:
                 if inspect.isclass(cls) and cls.__module__ == module.__name__ and not _is_library(cls) \
                         and any(_is_library(base) for base in cls.__mro__):
                     found[f"{cls.__module__}.{cls.__qualname__}"] = cls
-    from server.realtime import RealtimeEngine
-
-    websocket = RealtimeEngine(async_mode="aiohttp")._async["websocket"]
-    found[f"{websocket.__module__}.{websocket.__qualname__}"] = websocket
     return [found[name] for name in sorted(found)]
 
 
@@ -151,6 +146,11 @@ def assigned(cls: type) -> set[str]:
 
 
 SUBCLASSES = our_subclasses()
+ADAPTER = "server.adapter"
+OUTSIDE_ADAPTER = [cls for cls in SUBCLASSES if cls.__module__ != ADAPTER]
+# Each override in server/adapter.py, as (its class there, the library key), named by the key.
+ADAPTER_OVERRIDES = sorted((pytest.param(cls, key, id=key) for cls in SUBCLASSES if cls.__module__ == ADAPTER
+                            for key in shadowed(cls)), key=lambda p: p.id)
 
 
 # ---------------------------------------------------------------------- (a) the table against the library
@@ -209,6 +209,43 @@ def test_no_stale_rows():
     assert not stale, f"server/library_pins.py lists overrides no class makes any more: {', '.join(stale)}"
 
 
+# ---------------------------------------------------------------------- (c) the overrides live in server/adapter.py
+
+
+@pytest.mark.parametrize("cls", OUTSIDE_ADAPTER, ids=lambda c: f"{c.__module__}.{c.__qualname__}")
+def test_no_override_outside_the_adapter(cls: type):
+    """Only server/adapter.py overrides library methods; our classes implement the adapter's own
+    names (e.g. ``connect_namespace`` for ``_handle_connect``). ``__init__`` is the exception:
+    a constructor with our parameters, which must hand on to its base's."""
+    outside = [key for key in shadowed(cls) if not key.endswith(".__init__")]
+    assert not outside, (f"{cls.__module__}.{cls.__qualname__} overrides library methods outside server/adapter.py: "
+                         f"{', '.join(outside)}; override them in the adapter and implement an own-named method")
+    if "__init__" in vars(cls):
+        source = inspect.getsource(vars(cls)["__init__"])
+        assert "super().__init__(" in source, f"{cls.__qualname__}.__init__ does not call its base's __init__"
+
+
+def test_adapter_overrides_exist():
+    assert ADAPTER_OVERRIDES, "found no override in server/adapter.py: the search above is out of date"
+
+
+@pytest.mark.parametrize("cls, key", ADAPTER_OVERRIDES)
+def test_adapter_override_names_library_version(cls: type, key: str):
+    """Each override in server/adapter.py says, in the comment right above it, which library
+    version it was written against: ``# python-engineio 4.15.1: AsyncServer.handle_request``."""
+    name = key.rpartition(".")[2]
+    module, steps = steps_of(key)
+    distribution = {"engineio": "python-engineio", "socketio": "python-socketio"}[module.split(".")[0]]
+    expected = f"# {distribution} {library_pins.PINNED[distribution]}: {steps[0][1]}.{name}"
+    lines, first = inspect.getsourcelines(cls)
+    pattern = re.compile(rf"^\s*(async\s+def|def)\s+{re.escape(name)}\b|^\s*{re.escape(name)}\s*=")
+    at = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
+    assert at is not None, f"{key}: no definition of {name} found in {cls.__qualname__}'s source"
+    comment = lines[at - 1].strip()
+    assert comment.startswith(expected), (f"server/adapter.py line {first + at}: {cls.__qualname__}.{name} "
+                                          f"must follow a comment starting {expected!r}, found {comment!r}")
+
+
 def test_send_queue_has_every_queue_method_engineio_calls():
     """SendQueue stands in for asyncio.Queue in python-engineio's sessions (create_queue)."""
     import engineio
@@ -222,7 +259,7 @@ def test_send_queue_has_every_queue_method_engineio_calls():
     assert not missing, f"python-engineio calls queue methods SendQueue lacks: {', '.join(missing)}"
 
 
-# ---------------------------------------------------------------------- (c) the versions
+# ---------------------------------------------------------------------- (d) the versions
 
 
 @pytest.mark.parametrize("distribution", sorted(library_pins.PINNED))
