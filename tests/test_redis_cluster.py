@@ -1,0 +1,174 @@
+"""Server nodes on a real Redis Cluster (3 primaries, 3 replicas), found from a plain redis://
+URL to one cluster node, with the official JS client: the single-Redis scenarios of
+test_recovery, test_delivery and test_cluster again — and a primary killed mid-traffic."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from harness import Nginx
+from test_api import ENV as API_ENV, call, sid_of
+from test_recovery import TRANSPORTS, assert_exactly_once_in_order, cut_and_publish, publish, sub_and_pub
+
+
+@pytest.fixture
+def nginx():
+    made = []
+
+    def start(ports):
+        n = Nginx(ports).start()
+        made.append(n)
+        return n
+
+    yield start
+    for n in made:
+        n.stop()
+
+
+def on_cluster(url: str, **extra: str) -> dict[str, str]:
+    return {"REDIS_URL": url, **extra}
+
+
+async def test_two_nodes_start_on_a_cluster_and_register_each_other(servers, cluster_url, redis_cluster):
+    n1, n2 = servers(env=on_cluster(cluster_url)), servers(env=on_cluster(cluster_url))
+    for node in (n1, n2):
+        status, body = node.get("/readyz")
+        assert status == 200, (body, node.output()[-2000:])
+    # the registry is two keys of one slot ({nodes}) on one primary
+    owner = redis_cluster.primary_for("rt:{nodes}")
+    assert sorted(owner.client().zrange("rt:{nodes}", 0, -1)) == sorted([f"node-{n1.port}", f"node-{n2.port}"])
+    for node in (n1, n2):
+        assert "MOVED" not in node.output() and "CROSSSLOT" not in node.output(), node.output()[-2000:]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_recovery_on_another_node(servers, js, proxies, cluster_url, transport):
+    env = on_cluster(cluster_url, PING_INTERVAL="1", PING_TIMEOUT="1")
+    node1, node2 = servers(env=env), servers(env=env)
+    proxy, sub = await sub_and_pub(js, proxies, node1, node2, transports=TRANSPORTS[transport])
+    await publish(js, "pub", "r", ["a", "b"])
+    await js.wait("sub", "message", 2)
+    await cut_and_publish(js, proxy, "sub", "pub", "r", ["c", "d", "e"])
+    proxy.up([node2.port])  # back through the balancer, to the other node
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True, (state, node1.output()[-2000:], node2.output()[-2000:])
+    assert state["sid"] == sub["sid"]
+    await publish(js, "pub", "r", ["f"])
+    await js.wait("sub", "message", 6)
+    await asyncio.sleep(0.3)
+    assert_exactly_once_in_order(await js.events("sub", "message"), ["a", "b", "c", "d", "e", "f"])
+
+
+async def test_broadcast_reaches_members_on_every_node(servers, js, cluster_url):
+    env = on_cluster(cluster_url)
+    nodes = [servers(env=env) for _ in range(2)]
+    names = ["c0", "c1", "c2", "c3"]
+    for i, name in enumerate(names):
+        await js.connect(name, nodes[i % 2].url + "/chat", transports=["websocket" if i % 2 else "polling"])
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    for name in names:
+        assert (await js.emit(name, "message", {"room": "r", "text": f"from {name}"}))["ok"]
+    for name in names:
+        events = await js.wait(name, "message", 4)
+        assert [e["args"][0]["text"] for e in events] == [f"from {n}" for n in names]  # same order everywhere
+    # volatile events cross nodes over the bus (a shard channel)
+    await js.send("c0", "typing", {"room": "r", "typing": True})
+    for name in ("c1", "c3"):
+        await js.wait(name, "typing", 1)
+
+
+async def test_presence_across_nodes_and_a_dead_node_leaves(servers, js, cluster_url):
+    env = on_cluster(cluster_url, PRESENCE_TTL="1.5")
+    n1, n2 = servers(env=env), servers(env=env)
+    await js.connect("doomed", n1.url + "/chat", transports=["websocket"], reconnection=False)
+    await js.connect("survivor", n2.url + "/chat", transports=["websocket"])
+    doomed = await js.emit("doomed", "whoami")
+    survivor = await js.emit("survivor", "whoami")
+    for name in ("doomed", "survivor"):
+        await js.emit(name, "join", {"room": "r"})
+    members = (await js.emit("survivor", "presence", {"room": "r"}))["members"]
+    assert sorted(m["user"] for m in members) == sorted([doomed["user"], survivor["user"]])
+    before = len(await js.events("survivor", "presence"))
+    n1.kill()
+    events = await js.wait("survivor", "presence", before + 1, timeout=10000)
+    leave = events[-1]["args"][0]
+    assert leave["action"] == "leave" and leave["user"] == doomed["user"]
+    members = (await js.emit("survivor", "presence", {"room": "r"}))["members"]
+    assert [m["user"] for m in members] == [survivor["user"]]
+
+
+async def test_sockets_of_every_node_are_listed_by_request_and_reply(servers, js, cluster_url):
+    """The server API asks every node over the bus (requests and replies on the shard channel)."""
+    env = {**API_ENV, **on_cluster(cluster_url)}
+    n1, n2 = servers(env=env), servers(env=env)
+    await js.connect("u1", n1.url + "/chat", transports=["websocket"])
+    await js.connect("u2", n2.url + "/chat", transports=["websocket"])
+    for name in ("u1", "u2"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    status, answer, _ = await call(n1, "GET", "/sockets", query={"namespace": "/chat", "room": "r"})
+    assert status == 200, answer
+    assert {s["sid"] for s in answer["sockets"]} == {await sid_of(js, "u1"), await sid_of(js, "u2")}
+    assert {s["node"] for s in answer["sockets"]} == {f"node-{n1.port}", f"node-{n2.port}"}
+
+
+async def test_direct_message_survives_the_sender_node_being_killed(servers, js, cluster_url):
+    env = on_cluster(cluster_url)
+    sender_node = servers(env=env)
+    receiver_node = servers(env={**env, "DIRECT_RETRY_INTERVAL": "0.3"})
+    await js.connect("bob", receiver_node.url + "/chat", transports=["websocket"])
+    bob = (await js.emit("bob", "whoami"))["user"]
+    await js.connect("alice", sender_node.url + "/chat", transports=["websocket"])
+    sent = await js.emit("alice", "dm", {"to": bob, "text": "psst"})
+    assert sent["ok"]
+    sender_node.kill()  # kill -9
+    events = await js.wait("bob", "dm", 3, timeout=8000)  # re-sent until acked, same id
+    assert {e["args"][0]["id"] for e in events} == {sent["id"]}
+    assert await js.emit("bob", "dm_ack", {"ids": [sent["id"]]}) == {"ok": True, "acked": 1}
+    await asyncio.sleep(0.5)
+    count = len(await js.events("bob", "dm"))
+    await asyncio.sleep(1.0)
+    assert len(await js.events("bob", "dm")) == count
+
+
+async def test_clients_of_a_killed_node_recover_on_another(servers, js, proxies, cluster_url):
+    env = on_cluster(cluster_url)
+    node1, node2 = servers(env=env), servers(env=env)
+    proxy, first = await sub_and_pub(js, proxies, node1, node2)
+    await publish(js, "pub", "r", ["before"])
+    await js.wait("sub", "message", 1)
+    node1.kill()
+    await js.call("waitDisconnects", name="sub", count=1)
+    await publish(js, "pub", "r", ["while dead 1", "while dead 2"])
+    proxy.up([node2.port])
+    state = await js.call("waitConnects", name="sub", count=2)
+    assert state["recovered"] is True and state["sid"] == first["sid"]
+    await js.wait("sub", "message", 3)
+    await asyncio.sleep(0.3)
+    assert_exactly_once_in_order(await js.events("sub", "message"), ["before", "while dead 1", "while dead 2"])
+
+
+async def test_polling_through_round_robin_nginx_without_affinity(servers, js, cluster_url, nginx):
+    """Every other request reaches the node without the session: it is relayed to the owner,
+    found in the node registry on the cluster."""
+    env = on_cluster(cluster_url)
+    n1, n2 = servers(env=env), servers(env=env)
+    lb = nginx([n1.port, n2.port])
+    names = [f"c{i}" for i in range(4)]
+    for name in names:
+        state = await js.connect(name, lb.url + "/chat", transports=["polling"],
+                                 extraHeaders={"Origin": f"http://127.0.0.1:{lb.port}"})
+        assert state["connected"], state
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    for i in range(5):
+        for name in names:
+            assert (await js.emit(name, "message", {"room": "r", "text": f"{name}-{i}"}))["ok"]
+    for name in names:
+        events = await js.wait(name, "message", 20, timeout=15000)
+        assert sorted(e["args"][0]["text"] for e in events) == sorted(f"{n}-{i}" for n in names for i in range(5))
+        state = await js.state(name)
+        assert state["connects"] == 1 and state["disconnects"] == [] and state["errors"] == [], state
+    for node in (n1, n2):
+        _, body = node.get("/metrics")
+        assert "rt_bytes_in_total" in body
