@@ -5,6 +5,7 @@ test_recovery, test_delivery and test_cluster again — and a primary killed mid
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -172,3 +173,136 @@ async def test_polling_through_round_robin_nginx_without_affinity(servers, js, c
     for node in (n1, n2):
         _, body = node.get("/metrics")
         assert "rt_bytes_in_total" in body
+
+
+# ---------------------------------------------------------------------- a primary killed mid-traffic
+
+
+async def read_room(js, name: str, room: str) -> list[str]:
+    """Every message of ``room`` still in its channel, oldest first (``history``, paged)."""
+    texts: list[str] = []
+    after = 0
+    while True:
+        page = await js.emit(name, "history", {"room": room, "limit": 200, "after": after})
+        assert page["ok"], page
+        texts += [m["text"] for m in page["messages"]]
+        if not page["messages"] or page["messages"][-1]["seq"] >= page["seq"]:
+            return texts
+        after = page["messages"][-1]["seq"]
+
+
+def wait_promoted(cluster, replica, timeout: float) -> None:
+    """Until ``replica`` has taken over its dead primary and every live node says the cluster is ok."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if replica.info("replication").get("role") == "master" and all(n.cluster_ok() for n in cluster.live()):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{replica.port} was not promoted after {timeout}s")
+
+
+def wait_rejoined(cluster, node, timeout: float) -> None:
+    """Until ``node`` (restarted) replicates a primary again and every node says the cluster
+    is ok (replication offsets never settle under traffic: not waited for)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = node.info("replication")
+        except Exception:
+            info = {}
+        if (info.get("role") == "slave" and info.get("master_link_status") == "up"
+                and all(n.cluster_ok() for n in cluster.live())):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{node.port} did not rejoin as a replica after {timeout}s")
+
+
+@pytest.mark.parametrize("replicas_ack", [1, 0])
+async def test_a_primary_killed_mid_traffic_loses_no_acked_event_with_replicas_ack(
+        servers, js, own_redis_cluster, replicas_ack, record_property):
+    """``kill -9`` of the primary that owns a busy room's channel while a publisher sends
+    50 events/s: its replica is promoted, both server nodes follow, the subscriber keeps
+    receiving. With ``replicas_ack = 1`` every acked event is in the channel and was
+    delivered; without it, how many acked events the failover lost is recorded (the README
+    states it). The killed server comes back as the new primary's replica, as a supervisor
+    would restart it: with replicas_ack = 1 the shard's publishes wait for that."""
+    cluster = own_redis_cluster
+    env = on_cluster(cluster.url, REDIS_REPLICAS_ACK=str(replicas_ack), EVENTS_PER_SECOND="1000",
+                     EVENT_BURST="1000", MAX_INFLIGHT_EVENTS="500")
+    n1, n2 = servers(env=env), servers(env=env)
+    victim = cluster.primary_for("rt:{/chat|room:busy}:meta")
+    heir = cluster.replica_of(victim)
+    for node in cluster.live():  # the killed primary, restarted, resyncs at once (default: 5 s later)
+        node.cli("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+    await js.connect("pub", n1.url + "/chat", transports=["websocket"])
+    await js.connect("sub", n2.url + "/chat", transports=["websocket"])
+    for name in ("pub", "sub"):
+        assert (await js.emit(name, "join", {"room": "busy"}))["ok"]
+
+    acked: list[str] = []
+    refused = 0
+    stop = asyncio.Event()
+
+    async def send(i: int) -> None:
+        nonlocal refused
+        try:
+            ack = await js.emit("pub", "message", {"room": "busy", "text": f"m{i}", "eventId": f"e{i}"},
+                                timeout=3000)
+        except AssertionError:  # no ack within 3 s
+            ack = None
+        if ack and ack.get("ok"):
+            acked.append(f"m{i}")
+        else:
+            refused += 1
+
+    async def publisher() -> int:
+        sends, i, start = [], 0, asyncio.get_running_loop().time()
+        while not stop.is_set():
+            sends.append(asyncio.create_task(send(i)))
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * 0.02 - asyncio.get_running_loop().time()))  # 50/s
+        await asyncio.gather(*sends)
+        return i
+
+    task = asyncio.create_task(publisher())
+    try:
+        await asyncio.sleep(2.0)
+        victim.kill()  # kill -9
+        killed_at = len(acked)
+        await asyncio.to_thread(wait_promoted, cluster, heir, 30)
+        failed_over_at = len(acked)
+        await asyncio.to_thread(victim.start)  # it rejoins as the new primary's replica
+        await asyncio.to_thread(wait_rejoined, cluster, victim, 30)
+        recovered_at = len(acked)
+        await asyncio.sleep(2.0)
+    finally:
+        stop.set()
+        sent = await task
+    after_recovery = acked[recovered_at:]
+    assert len(after_recovery) >= 50, (sent, len(acked), refused, n1.output()[-3000:])
+
+    await js.connect("reader", n2.url + "/chat", transports=["websocket"])
+    stored = await read_room(js, "reader", "busy")
+    lost = [t for t in acked if t not in set(stored)]
+    record_property("sent", sent)
+    record_property("acked", len(acked))
+    record_property("lost_acked", len(lost))
+    print(f"\nreplicas_ack={replicas_ack}: sent {sent}, acked {len(acked)} ({killed_at} before the kill), "
+          f"not acked {refused}, acked but lost {len(lost)}; acked between the kill and the promotion: "
+          f"{failed_over_at - killed_at}, between the promotion and the old primary rejoining: "
+          f"{recovered_at - failed_over_at}")
+
+    # The subscriber keeps receiving: everything acked after the topology settled, in order.
+    deadline = asyncio.get_running_loop().time() + 20
+    must_have = set(after_recovery) if replicas_ack == 0 else set(acked)
+    while True:
+        events = await js.events("sub", "message")
+        received = [e["args"][0]["text"] for e in events]
+        if must_have <= set(received) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert must_have <= set(received), (sorted(must_have - set(received))[:20], len(received))
+    assert len(set(received)) == len(received)  # never twice
+    if replicas_ack:
+        assert lost == []
+        assert received == [t for t in stored if t in set(received)]  # the channel's order
