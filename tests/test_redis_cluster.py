@@ -176,6 +176,35 @@ async def test_polling_through_round_robin_nginx_without_affinity(servers, js, c
         assert "rt_bytes_in_total" in body
 
 
+async def test_the_bus_follows_a_failover_of_its_shard(servers, js, own_redis_cluster):
+    """``kill -9`` of the primary that owns the bus's slot ({bus}): both nodes subscribe again on
+    the promoted replica, and volatile events and request/reply cross nodes again."""
+    cluster = own_redis_cluster
+    env = {**API_ENV, **on_cluster(cluster.url)}
+    n1, n2 = servers(env=env), servers(env=env)
+    await js.connect("a", n1.url + "/chat", transports=["websocket"])
+    await js.connect("b", n2.url + "/chat", transports=["websocket"])
+    for name in ("a", "b"):
+        assert (await js.emit(name, "join", {"room": "r"}))["ok"]
+    await js.send("a", "typing", {"room": "r", "typing": True})
+    await js.wait("b", "typing", 1)
+    victim = cluster.primary_for("rt:{bus}")
+    heir = cluster.replica_of(victim)
+    victim.kill()
+    await asyncio.to_thread(wait_promoted, cluster, heir, 30)
+    deadline = asyncio.get_running_loop().time() + 20
+    count = 1
+    while len(await js.events("b", "typing")) <= count:  # volatile: sent until one gets through
+        assert asyncio.get_running_loop().time() < deadline, n2.output()[-3000:]
+        count = len(await js.events("b", "typing"))
+        await js.send("a", "typing", {"room": "r", "typing": True})
+        await asyncio.sleep(0.3)
+    status, answer, _ = await call(n1, "GET", "/sockets", query={"namespace": "/chat", "room": "r"})
+    assert status == 200 and {s["node"] for s in answer["sockets"]} == {f"node-{n1.port}", f"node-{n2.port}"}
+    # both nodes listen on the promoted replica itself (a shard channel, not a cluster-wide broadcast)
+    assert heir.client().execute_command("PUBSUB", "SHARDNUMSUB", "rt:{bus}") == ["rt:{bus}", 2]
+
+
 # ---------------------------------------------------------------------- a primary killed mid-traffic
 
 
