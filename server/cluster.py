@@ -41,7 +41,9 @@ class Cluster:
     """This node's view of the deployment.
 
     :param redis: the Redis client the registry lives in; None without Redis (a cluster of one).
-    :param prefix: key prefix; the registry is ``<prefix>:nodes`` and ``<prefix>:nodes:info``.
+    :param prefix: key prefix; the registry is ``<prefix>:{nodes}`` (live nodes scored by expiry)
+        and ``<prefix>:{nodes}:info`` (their advertised info): one hash tag, so the transaction
+        that writes both stays in one slot of a Redis Cluster.
     :param bus: carries requests and replies between nodes; None without Redis.
     :param node_id: this node's id in the registry.
     :param address: ``host:port`` other nodes can reach this node's HTTP server at.
@@ -64,7 +66,7 @@ class Cluster:
         self.version = version
         # Set when an operator drains this node; advertised, and /readyz answers "not ready".
         self.draining = False
-        self._key = f"{prefix}:nodes"
+        self._key = f"{prefix}:{{nodes}}"
         self.handlers: dict[str, RequestHandler] = {}
         self._waiting: dict[str, tuple[asyncio.Future, list[Any], int]] = {}
         self._task: asyncio.Task | None = None

@@ -53,6 +53,10 @@ class RedisConfig:
     key_prefix: str = "rt"
     max_connections: int = 100
     pool_timeout: float = 10.0
+    # 0: an ack means the publication reached the master. n > 0: WAIT n after each publish,
+    # so an ack means n replicas have it too (no acked event lost in a failover).
+    replicas_ack: int = 0
+    replicas_ack_timeout: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -412,6 +416,8 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "key_prefix": lambda k, s, v: _str(k, s, v),
         "max_connections": lambda k, s, v: _int(k, s, v, 2, 100_000),
         "pool_timeout": lambda k, s, v: _float(k, s, v, 0.1, 600),
+        "replicas_ack": lambda k, s, v: _int(k, s, v, 0, 16),
+        "replicas_ack_timeout": lambda k, s, v: _float(k, s, v, 0.01, 60),
     },
     "delivery": {
         "durable_namespaces": _namespaces,
@@ -509,6 +515,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "REDIS_URL": ("redis", "url"),
     "REDIS_KEY_PREFIX": ("redis", "key_prefix"),
     "REDIS_MAX_CONNECTIONS": ("redis", "max_connections"),
+    "REDIS_REPLICAS_ACK": ("redis", "replicas_ack"),
     "MAX_DISCONNECTION_DURATION": ("delivery", "max_disconnection_duration"),
     "AUTH_REQUIRED": ("auth", "required"),
     "GUEST_SECRET": ("auth", "guest_secret"),

@@ -238,7 +238,8 @@ def redis_stores(config: Config) -> Stores:
     return Stores(
         channel_log=lambda on_publication, on_resync: RedisChannelLog(
             client, prefix=prefix, bounds=bounds, sharded=cluster, on_publication=on_publication,
-            on_resync=on_resync),
+            on_resync=on_resync, replicas_ack=config.redis.replicas_ack,
+            replicas_ack_timeout=config.redis.replicas_ack_timeout),
         sessions=RedisSessionStore(client, prefix),
         idempotency=RedisIdempotencyStore(client, prefix, d.dedupe_max_reply_bytes),
         presence=RedisPresenceRegistry(client, prefix),

@@ -28,6 +28,7 @@ from realtime_channels.channel_log import (
 )
 from realtime_channels.redis_channel_log import (
     PUBLISH_SCRIPT,
+    NotReplicatedError,
     RedisChannelLog,
     channel_keys,
     decode_notification,
@@ -791,3 +792,55 @@ async def test_a_planned_failover_moves_the_subscription_to_the_new_primary(redi
     await node.close()
     await client.aclose()
     await publisher_client.aclose()
+
+
+# ------------------------------------------------------------------ replicas_ack (WAIT)
+
+
+async def test_replicas_ack_on_a_cluster_acks_once_the_replica_has_it(redis_cluster, cluster_url):
+    """Every primary of the test cluster has one replica: WAIT 1 answers at once, on the
+    primary that ran the script (a WAIT sent elsewhere would answer for nothing)."""
+    client = RedisCluster.from_url(cluster_url)
+    log = RedisChannelLog(client, prefix=PREFIX, sharded=True, replicas_ack=1, replicas_ack_timeout=2.0)
+    channels = [_channel_on(redis_cluster, node) for node in redis_cluster.primaries()]
+    for channel in channels:
+        first = await log.publish(channel, b"1", idempotency_key="k")
+        again = await log.publish(channel, b"1", idempotency_key="k")
+        assert again.duplicate and again.position == first.position
+        second = await log.publish(channel, b"2")
+        assert second.position.offset == 2
+        # the replica of the channel's primary already holds both entries
+        replica = redis_cluster.replica_of(redis_cluster.primary_for(channel_keys(PREFIX, channel).meta))
+        replica.client().execute_command("READONLY")
+        assert replica.client().xlen(channel_keys(PREFIX, channel).stream) == 2
+    # the script unknown to the primaries (a restart, SCRIPT FLUSH): loaded and sent again
+    for primary in redis_cluster.primaries():
+        primary.cli("SCRIPT", "FLUSH")
+    assert (await log.publish(channels[0], b"3")).position.offset == 3
+    await log.close()
+    await client.aclose()
+
+
+async def test_replicas_ack_without_enough_replicas_is_not_acked_and_a_retry_appends_nothing(redis_url):
+    """A single Redis has no replica: the publish reaches it but is not acknowledged."""
+    client = aioredis.from_url(redis_url)
+    log = RedisChannelLog(client, prefix=PREFIX, replicas_ack=1, replicas_ack_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(NotReplicatedError, match="0 of 1 replicas"):
+        await log.publish("room", b"x", idempotency_key="k")
+    assert time.monotonic() - started >= 0.2  # WAIT waited its timeout
+    with pytest.raises(NotReplicatedError):
+        await log.publish("room", b"x", idempotency_key="k")  # the retry of an application
+    assert await client.xlen(channel_keys(PREFIX, "room").stream) == 1
+    await client.script_flush()
+    with pytest.raises(NotReplicatedError):
+        await log.publish("room", b"y")
+    assert await client.xlen(channel_keys(PREFIX, "room").stream) == 2
+    plain = RedisChannelLog(client, prefix=PREFIX)  # replicas_ack = 0: acked by the master alone
+    assert (await plain.publish("room", b"z")).position.offset == 3
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError):
+            RedisChannelLog(client, prefix=PREFIX, replicas_ack=bad)
+    await log.close()
+    await plain.close()
+    await client.aclose()

@@ -26,6 +26,8 @@ def run_server(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     ({"REDIS_URL": "localhost:6379"}, "redis.url (from $REDIS_URL): must start with one of"),
     ({"REDIS_URL": "redis+cluster://h1:7000,h2"}, "redis.url (from $REDIS_URL): a cluster URL lists seed nodes"),
     ({"REDIS_URL": "redis+cluster://h1:7000/2"}, "redis.url (from $REDIS_URL): a Redis Cluster has only database 0"),
+    ({"REDIS_REPLICAS_ACK": "-1"}, "redis.replicas_ack (from $REDIS_REPLICAS_ACK): must be between 0 and 16"),
+    ({"REDIS_REPLICAS_ACK": "one"}, "redis.replicas_ack (from $REDIS_REPLICAS_ACK): expected an integer"),
     ({"CORS_ORIGINS": "example.com"}, "server.cors_origins (from $CORS_ORIGINS): origin 'example.com'"),
     ({"AUTH_REQUIRED": "true"}, "auth.required"),
     ({"PARSER": "xml"}, "server.parser (from $PARSER): must be one of json, msgpack"),
@@ -89,11 +91,15 @@ def test_a_node_started_on_a_plain_url_to_a_cluster_node_runs_in_cluster_mode(re
     stores = build_stores(load_config(None, {"REDIS_URL": cluster_url}))
     assert isinstance(stores.redis, BoundedRedisCluster)
     assert stores.presence.client is stores.redis and stores.pending.client is stores.redis
+    log = build_stores(load_config(None, {"REDIS_URL": cluster_url, "REDIS_REPLICAS_ACK": "1"})).channel_log(
+        lambda *a: None, lambda *a: None)
+    assert log.replicas_ack == 1 and log.sharded
 
 
 def test_shipped_config_is_the_embedded_default():
     config = load_config(None, {})
     assert config.redis.url == ""
+    assert config.redis.replicas_ack == 0  # an ack means the master has it
     assert config.auth.required == () and config.auth.guests
     assert "*" not in config.server.cors_origins
 

@@ -453,9 +453,9 @@ async def test_garbage_in_redis_is_never_trusted(servers, js, redis_url, redis_s
     # (a notification that is not one; the channel log's own tests cover junk in its streams)
     redis_server.cli("PUBLISH", "rt:{/chat|room:r}:pub", "\x93not-a-publication")
     redis_server.cli("PUBLISH", "rt:{/chat|room:r}:pub", "\x95\x01\xcd\xff\xff\xa1e\x01\xc4\x01x")
-    redis_server.cli("PUBLISH", "rt:bus", "cos\nsystem\n(S'echo pickle'\ntR.")
+    redis_server.cli("PUBLISH", "rt:{bus}", "cos\nsystem\n(S'echo pickle'\ntR.")
     redis_server.cli("SET", "rt:session:forged", "junk")
-    redis_server.cli("HSET", "rt:nodes:info", "evil", "\xc1")
+    redis_server.cli("HSET", "rt:{nodes}:info", "evil", "\xc1")
     await js.connect("c", n1.url + "/chat", transports=["websocket"], auth={"pid": "forged", "offset": "0~00000000"})
     assert (await js.state("c"))["recovered"] is False
     await js.emit("a", "message", {"room": "r", "text": "still fine"})

@@ -33,7 +33,8 @@ from typing import Any, Iterable
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import (AskError, MovedError, NoScriptError, RedisClusterException, RedisError, ResponseError,
+                              TryAgainError)
 
 from .channel_log import (
     EMPTY,
@@ -175,7 +176,12 @@ local data, max_length, max_age_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
 if idem ~= nil then
   local seen = redis.call('HMGET', idem, 'o', 'e')
-  if seen[1] then return {tonumber(seen[1]), seen[2], 1} end
+  if seen[1] then
+    -- Rewritten unchanged: a write moves this connection's replication offset past the
+    -- first publish, so a WAIT right after a retry waits for that publish to be replicated.
+    redis.call('HSET', idem, 'o', seen[1])
+    return {tonumber(seen[1]), seen[2], 1}
+  end
 end
 
 local now = now_ms()
@@ -387,6 +393,12 @@ def publish_result(reply: object, meta: str) -> PublishResult:
 # ------------------------------------------------------------------------- the log
 
 
+class NotReplicatedError(RedisError):
+    """A publish reached the master but fewer replicas than asked confirmed it in time
+    (``replicas_ack``): it is not acknowledged. A retry with the same idempotency key
+    publishes nothing twice."""
+
+
 class RedisChannelLog:
     """The channel log on Redis (or Valkey), shared by every node and by emitters.
 
@@ -402,6 +414,11 @@ class RedisChannelLog:
     :param on_resync: called with a channel after its subscription was re-established on a
         new connection: notifications in between may be lost, so the owner reads the
         channel's history from the last offset it delivered.
+    :param replicas_ack: 0: a publish returns once the master has it. n > 0: the publish
+        script is followed, on the same connection, by ``WAIT n``; the publish returns only
+        when n replicas have it and raises :class:`NotReplicatedError` otherwise, so what was
+        acknowledged survives a failover.
+    :param replicas_ack_timeout: seconds the ``WAIT`` of ``replicas_ack`` waits.
     :param subscribe_timeout: seconds :meth:`subscribe` waits for Redis to confirm.
     :param ping_interval: seconds of silence after which the pub/sub connection is pinged;
         silence for twice this long counts as a dead connection and it is replaced.
@@ -410,7 +427,8 @@ class RedisChannelLog:
     def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
                  bounds: ChannelBounds = ChannelBounds(), sharded: bool = False,
                  on_publication: OnPublication | None = None, on_resync: OnResync | None = None,
-                 subscribe_timeout: float = 10.0, ping_interval: float = 15.0) -> None:
+                 subscribe_timeout: float = 10.0, ping_interval: float = 15.0,
+                 replicas_ack: int = 0, replicas_ack_timeout: float = 1.0) -> None:
         if client.get_encoder().decode_responses:
             raise ValueError("the Redis client must use decode_responses=False (data is binary)")
         self.client = client
@@ -421,6 +439,13 @@ class RedisChannelLog:
         self.on_resync = on_resync
         self.subscribe_timeout = subscribe_timeout
         self.ping_interval = ping_interval
+        if isinstance(replicas_ack, bool) or not isinstance(replicas_ack, int) or replicas_ack < 0:
+            raise ValueError(f"replicas_ack must be an integer >= 0, got {replicas_ack!r}")
+        if not replicas_ack_timeout > 0:
+            raise ValueError(f"replicas_ack_timeout must be > 0, got {replicas_ack_timeout!r}")
+        self.replicas_ack = replicas_ack
+        self.replicas_ack_timeout = replicas_ack_timeout
+        self.cluster = isinstance(client, RedisCluster)
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._trim_script = client.register_script(TRIM_SCRIPT)
@@ -441,10 +466,62 @@ class RedisChannelLog:
         keys, args = publish_call(self.prefix, channel, data, self.bounds,
                                   idempotency_key=idempotency_key, sharded=self.sharded)
         try:
-            reply = await self._publish_script(keys=keys, args=args)
+            if self.replicas_ack:
+                reply = await self._publish_replicated(keys, args)
+            else:
+                reply = await self._publish_script(keys=keys, args=args)
         except ResponseError as exc:
             raise publish_error(exc) from None
         return publish_result(reply, keys[1])
+
+    async def _publish_replicated(self, keys: list[str], args: list[Any]) -> object:
+        """The publish script, then ``WAIT replicas_ack`` in the same pipeline, so on the same
+        connection: WAIT counts the replicas that have this connection's last write.
+
+        On a cluster both commands are sent to the primary that owns the channel's slot; a
+        redirection (the slot moved, a failover) means the script did not run there, so the
+        topology is read again and the pair sent again, never split over two nodes (a WAIT on
+        another connection would count replicas of nothing)."""
+        script = self._publish_script
+        wait_ms = max(1, int(self.replicas_ack_timeout * 1000))
+        for _ in range(5):
+            if self.cluster:
+                node = await self._owner(keys[0])
+                pipe = self.client.pipeline()
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
+                pipe.execute_command("WAIT", self.replicas_ack, wait_ms, target_nodes=node)
+                try:
+                    reply, acked = await pipe.execute(raise_on_error=False, allow_redirections=False)
+                except RedisClusterException:
+                    # redis-py resent the pair after a failed send without its target
+                    # nodes and refused to route the WAIT: nothing was sent that time.
+                    await self.client.nodes_manager.initialize()
+                    continue
+            else:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    pipe.wait(self.replicas_ack, wait_ms)
+                    reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError):  # not run: load it (every primary) and send again
+                await self.client.script_load(script.script)
+                continue
+            if isinstance(reply, (MovedError, AskError, TryAgainError)):  # not run there
+                await self.client.nodes_manager.initialize()
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            if isinstance(acked, Exception) or not isinstance(acked, int) or acked < self.replicas_ack:
+                raise NotReplicatedError(f"published to {keys[0]} on the master, but "
+                                         f"{acked if isinstance(acked, int) else 0} of {self.replicas_ack} "
+                                         f"replicas confirmed it within {self.replicas_ack_timeout}s")
+            return reply
+        raise NotReplicatedError(f"publish to {keys[0]}: the slot kept moving")
+
+    async def _owner(self, key: str) -> Any:
+        """The cluster node serving ``key``'s slot now (the topology read first if needed)."""
+        if self.client._initialize:
+            await self.client.initialize()
+        return self.client.get_node_from_key(key)
 
     async def history(self, channel: str, *, since: StreamPosition | None = None,
                       limit: int) -> HistoryResult:
