@@ -237,7 +237,7 @@ class RealtimeManager(ManagerAdapter):
         return targets
 
     def _deliver(self, channel: str, cursor: ChannelCursor, publication: Publication) -> None:
-        self.deliveries.delivered(cursor, publication.offset)
+        self.deliveries.delivered(cursor, publication.offset, publication.time_ms)
         envelope = decode_envelope(publication.data)
         if envelope is None:
             log.warning("dropping malformed publication %s of %s", publication.offset, channel)
@@ -313,7 +313,14 @@ class RealtimeManager(ManagerAdapter):
                 self._deliver(channel, cursor, publication)
                 return
             if publication.offset <= cursor.offset:
-                return  # already delivered (by a gap read)
+                if not self.deliveries.reused(cursor, publication.offset, publication.time_ms):
+                    return  # already delivered (by a gap read)
+                # A failover lost what this node delivered from here on, and the offsets were
+                # given to new publications: deliver those (from the history, in order).
+                log.warning("channel %s: offsets from %d were reused after a failover; delivering again from there",
+                            channel, publication.offset)
+                self.metrics.recoveries.labels(split_channel(channel)[0], "offsets_reused").inc()
+                self.deliveries.rewind(cursor, publication.offset)
         elif not cursor.epoch and publication.offset == 1:
             self.deliveries.reset(cursor, publication.epoch)  # the channel's first publication
             self._deliver(channel, cursor, publication)
@@ -363,6 +370,13 @@ class RealtimeManager(ManagerAdapter):
                     # of the new epoch is new to this node.
                     self.deliveries.reset(cursor, position.epoch)
                     self._announced.pop(channel, None)
+                elif position.offset < cursor.offset:
+                    # The channel went back (a failover lost its newest publications): its next
+                    # offsets will be new publications, to be delivered.
+                    log.warning("channel %s went back from offset %d to %d (a failover lost writes)",
+                                channel, cursor.offset, position.offset)
+                    self.metrics.recoveries.labels(split_channel(channel)[0], "offsets_reused").inc()
+                    self.deliveries.rewind(cursor, position.offset + 1)
                 elif not result.recoverable:
                     self.metrics.recoveries.labels(split_channel(channel)[0], "gap").inc()
                 for publication in result.publications:

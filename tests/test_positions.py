@@ -126,3 +126,43 @@ def test_replayed_publications_come_first_in_the_trail():
     deliver(node, ROOM, 6)
     assert node.trail_of(socket, 10) == [(ROOM, 4), (ROOM, 5), (ROOM, 6)]
     assert resolve({ROOM: (3, "e")}, node.trail_of(socket, 10), token(ROOM, 5)) == {ROOM: (5, "e")}
+
+
+def test_a_reused_offset_is_told_from_a_repeated_notification_by_its_time():
+    node = node_with(ROOM)
+    cursor = node.cursors[ROOM]
+    for offset in (1, 2, 3):
+        node.delivered(cursor, offset, 1000 + offset)
+    assert not node.reused(cursor, 3, 1003)  # the same publication heard twice
+    assert node.reused(cursor, 3, 2000)      # another publication given offset 3 after a failover
+    assert not node.reused(cursor, 9, 2000)  # nothing known about it
+    node.rewind(cursor, 3)
+    assert cursor.offset == 2 and [o for o, _ in cursor.recent] == [1, 2]
+    node.delivered(cursor, 3, 2000)
+    assert not node.reused(cursor, 3, 2000)
+
+
+async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_publication():
+    import asyncio
+
+    from realtime_channels.channel_log import MemoryChannelLog, Publication
+    from server.manager import RealtimeManager
+    from server.metrics import Metrics
+
+    manager = RealtimeManager(lambda on_publication, on_resync: MemoryChannelLog(
+        on_publication=on_publication, on_resync=on_resync), ["/chat"], Metrics())
+    cursor = await manager.open_channel(ROOM)
+    for i in range(3):
+        await manager.publish("/chat", "room:a", "message", [{"n": i}])
+    await asyncio.sleep(0.05)
+    assert cursor.offset == 3 and manager.deliveries.seq == 3
+    first = cursor.recent[-1]
+    # the same notification again: nothing happens
+    manager._on_publication(ROOM, Publication(3, b"", first[1], cursor.epoch))
+    await asyncio.sleep(0.05)
+    assert manager.deliveries.seq == 3
+    # offset 3 again, published at another time: what the node had at 3 is gone; it reads 3 again
+    manager._on_publication(ROOM, Publication(3, b"", first[1] + 5000, cursor.epoch))
+    await asyncio.sleep(0.05)
+    assert cursor.offset == 3 and manager.deliveries.seq == 4
+    await manager.stop()

@@ -31,6 +31,10 @@ from typing import Iterable
 
 from realtime_channels.envelope import channel_tag, parse_offset_token
 
+# Publications per channel whose times a cursor keeps (a failover loses at most the writes its
+# replica had not received: the last few).
+RECENT = 64
+
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]
 NOWHERE: Position = (0, "")
@@ -44,7 +48,7 @@ class ChannelCursor:
     :param trail_length: how many ``(seq, offset)`` pairs the trail keeps.
     """
 
-    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up")
+    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up", "recent")
 
     def __init__(self, offset: int, epoch: str, tag: str, trail_length: int) -> None:
         self.offset = offset
@@ -53,6 +57,9 @@ class ChannelCursor:
         self.trail: deque[tuple[int, int]] = deque(maxlen=trail_length)
         # True while a history read fills a gap: notifications wait for it.
         self.catching_up = False
+        # (offset, time_ms) of the last few publications delivered, to tell a publication
+        # already delivered from a new one that reuses its offset (see Deliveries.reused).
+        self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)
 
     @property
     def position(self) -> Position:
@@ -111,11 +118,31 @@ class Deliveries:
     def close(self, channel: str) -> None:
         self.cursors.pop(channel, None)
 
-    def delivered(self, cursor: ChannelCursor, offset: int) -> None:
-        """Record that publication ``offset`` of ``cursor``'s channel was delivered now."""
+    def delivered(self, cursor: ChannelCursor, offset: int, time_ms: int = 0) -> None:
+        """Record that publication ``offset`` (published at ``time_ms``) of ``cursor``'s
+        channel was delivered now."""
         self.seq += 1
         cursor.offset = offset
         cursor.trail.append((self.seq, offset))
+        cursor.recent.append((offset, time_ms))
+
+    @staticmethod
+    def reused(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
+        """Whether a publication at an ``offset`` already delivered is a different one: the
+        Redis primary that stored the first failed before its replica had it, and the promoted
+        replica gave the offset to a new publication. Told apart by publication time."""
+        for known, at in reversed(cursor.recent):
+            if known == offset:
+                return at != time_ms
+        return False
+
+    @staticmethod
+    def rewind(cursor: ChannelCursor, offset: int) -> None:
+        """Deliver the channel again from ``offset`` (publications from there were lost and
+        their offsets reused)."""
+        cursor.offset = offset - 1
+        while cursor.recent and cursor.recent[-1][0] >= offset:
+            cursor.recent.pop()
 
     def reset(self, cursor: ChannelCursor, epoch: str) -> None:
         """The channel started a new epoch: nothing of the old one counts any more."""
