@@ -201,13 +201,17 @@ class RealtimeSocket(SocketAdapter):
         """Write ``pkt`` now if it cannot overtake anything, else queue it for the writer;
         drop it when the session's backlog is over its bounds (the session is cut then)."""
         backlog = self.server.backlog
-        if backlog is not None and not backlog.admit(self, packet_size(pkt)):
-            return
         if pkt.packet_type != eio_packet.NOOP and isinstance(pkt.data, (str, type(None))):
             transport = self.direct_transport()
-            if transport is not None and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
-                transport.write(text_frame(pkt.encode()))
-                return
+            if transport is not None:
+                buffered = transport.get_write_buffer_size()
+                if buffered < DIRECT_WRITE_LIMIT:
+                    if backlog is not None and not backlog.admit_direct(self, buffered, packet_size(pkt)):
+                        return
+                    transport.write(text_frame(pkt.encode()))
+                    return
+        if backlog is not None and not backlog.admit(self, packet_size(pkt)):
+            return
         self.queue.put_nowait(pkt)
 
     def write_buffer_size(self) -> int:
