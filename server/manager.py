@@ -228,7 +228,7 @@ class RealtimeManager(ManagerAdapter):
         if not members:
             return []
         skip = envelope.skip
-        # A copy either way: a write may cut a socket, and that changes the room.
+        # A copy either way, as before: the delivery loop must not see the room change under it.
         targets = ([(sid, eio_sid) for sid, eio_sid in members.items() if sid not in skip] if skip
                    else list(members.items()))
         if envelope.others and room in envelope.others:
