@@ -248,6 +248,10 @@ class ServerAdapter(socketio.AsyncServer):
         """:param options: python-socketio's and python-engineio's keyword arguments."""
         # Each inbound packet already runs in its own eagerly started coroutine
         # (RealtimeSocket), so the event handler runs inline instead of in one more Task.
+        # python-socketio registers self._handle_eio_message as Engine.IO's "message" handler
+        # here; bound to eio_message itself, every inbound packet skips the hand-over's frame
+        # (the override below stays for any other caller).
+        self._handle_eio_message = self.eio_message
         super().__init__(client_manager=manager, async_handlers=False, **options)
 
     # python-socketio 5.18.1: AsyncServer.emit (plus `volatile`)
@@ -283,7 +287,11 @@ class ServerAdapter(socketio.AsyncServer):
         if isinstance(encoded, str):
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None and not socket.closed:
-                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=encoded))
+                eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, data=encoded)
+                if isinstance(socket, SocketAdapter):  # its send_packet, without send's frame
+                    await socket.send_packet(eio_pkt)
+                else:
+                    await socket.send(eio_pkt)
             return
         await super()._send_packet(eio_sid, pkt)
 
@@ -446,6 +454,13 @@ class ManagerAdapter(AsyncManager):
 
 class NamespaceAdapter(socketio.AsyncNamespace):
     """python-socketio's class-based namespace as BaseNamespace (server/namespace.py) extends it."""
+
+    # python-socketio 5.18.1: AsyncNamespace.__init__
+    def __init__(self, namespace: str | None = None) -> None:
+        super().__init__(namespace)
+        # Every event is dispatched through trigger_event: bound to handle_event itself, it
+        # skips the hand-over's frame (the override below stays for the class's readers).
+        self.trigger_event = self.handle_event  # type: ignore[method-assign]
 
     # python-socketio 5.18.1: AsyncNamespace.trigger_event
     async def trigger_event(self, event: str, *args: Any) -> Any:

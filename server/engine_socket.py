@@ -80,8 +80,9 @@ _CLOSE = object()
 class RealtimeSocket(SocketAdapter):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
-    # The uncompressed WebSocketResponse while this session's WebSocket is open.
-    ws_out: Any = None
+    # The TCP transport of this session's WebSocket while it is open and uncompressed (an
+    # aiohttp WebSocketResponse keeps its transport for life: looked up once, not per write).
+    ws_out: asyncio.Transport | None = None
     _ws: Any = None  # python-engineio's WebSocket while this session's is open (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
     _ping_timer: asyncio.TimerHandle | None = None
@@ -201,13 +202,17 @@ class RealtimeSocket(SocketAdapter):
         """Write ``pkt`` now if it cannot overtake anything, else queue it for the writer;
         drop it when the session's backlog is over its bounds (the session is cut then)."""
         backlog = self.server.backlog
-        if backlog is not None and not backlog.admit(self, packet_size(pkt)):
-            return
         if pkt.packet_type != eio_packet.NOOP and isinstance(pkt.data, (str, type(None))):
             transport = self.direct_transport()
-            if transport is not None and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
-                transport.write(text_frame(pkt.encode()))
-                return
+            if transport is not None:
+                buffered = transport.get_write_buffer_size()
+                if buffered < DIRECT_WRITE_LIMIT:
+                    if backlog is not None and not backlog.admit_direct(self, buffered, packet_size(pkt)):
+                        return
+                    transport.write(text_frame(pkt.encode()))
+                    return
+        if backlog is not None and not backlog.admit(self, packet_size(pkt)):
+            return
         self.queue.put_nowait(pkt)
 
     def write_buffer_size(self) -> int:
@@ -221,11 +226,8 @@ class RealtimeSocket(SocketAdapter):
         """The TCP transport to write frames to directly, or None when that could reorder
         packets (something is queued or being written, an upgrade is under way) or the
         WebSocket is compressed or gone."""
-        ws = self.ws_out
-        if ws is None or self.upgrading or self.queue._unfinished_tasks:
-            return None
-        transport = tcp_transport(ws)
-        if transport is None or transport.is_closing():
+        transport = self.ws_out
+        if transport is None or self.upgrading or self.queue._unfinished_tasks or transport.is_closing():
             return None
         return transport
 
@@ -262,7 +264,7 @@ class RealtimeSocket(SocketAdapter):
             self.upgraded = True
         sock = ws._sock
         if not sock.compress:
-            self.ws_out = sock
+            self.ws_out = tcp_transport(sock)
         # The writer Task exists only while packets wait in the queue (most go out directly).
         queue = self.queue
         self._ws = ws

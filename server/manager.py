@@ -227,7 +227,10 @@ class RealtimeManager(ManagerAdapter):
         members = ns.get(room) if ns else None
         if not members:
             return []
-        targets = [(sid, eio_sid) for sid, eio_sid in members.items() if sid not in envelope.skip]
+        skip = envelope.skip
+        # A copy either way, as before: the delivery loop must not see the room change under it.
+        targets = ([(sid, eio_sid) for sid, eio_sid in members.items() if sid not in skip] if skip
+                   else list(members.items()))
         if envelope.others and room in envelope.others:
             # Sent to several rooms: a socket gets it from the first of them it is in.
             before = envelope.others[:envelope.others.index(room)]
@@ -281,8 +284,9 @@ class RealtimeManager(ManagerAdapter):
         if frame is not None:
             transport = socket.direct_transport()  # every session is a RealtimeSocket
             if transport is not None:
-                if transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
-                    if not eio.backlog.admit(socket, len(frame)):
+                buffered = transport.get_write_buffer_size()
+                if buffered < DIRECT_WRITE_LIMIT:
+                    if not eio.backlog.admit_direct(socket, buffered, len(frame)):
                         return False
                     transport.write(frame)
                     return True

@@ -56,6 +56,19 @@ class Backlog:
         self.cut(socket.sid)
         return False
 
+    def admit_direct(self, socket: Any, buffered: int, size: int) -> bool:
+        """:meth:`admit` for a frame written straight to the socket's transport, which happens
+        only while its queue is empty: the same decision from ``buffered``, what that transport
+        has not yet handed to the kernel (the caller just read it), without reading it again
+        (once per recipient of a fan-out)."""
+        if socket.overflowed:
+            return False
+        if self.max_packets > 0 and (not buffered or buffered + size <= self.max_bytes):
+            return True
+        socket.overflowed = True
+        self.cut(socket.sid)
+        return False
+
 
 class SendQueue:
     """A FIFO with asyncio.Queue's methods and counters: ``put``/``put_nowait``, ``get``/
