@@ -759,3 +759,68 @@ async def test_presence_shows_a_cut_user_as_away_until_it_is_back(server, browse
     await expect(bob.locator(".away-label")).to_have_count(0)
     await expect(bob).to_have_count(1)
     assert alice.errors == []
+
+
+# ---------------------------------------------------------------------- the README's screenshots
+
+SCREENSHOTS = ROOT / "web" / "screenshots"
+
+
+async def named_page(browser, url: str, name: str) -> Page:
+    """A page whose user picked the display name ``name`` (kept in localStorage, as the form does)."""
+    context = await browser.new_context(viewport={"width": 1100, "height": 700})
+    await context.add_init_script(f"localStorage.setItem('displayName', {name!r})")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(url)
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+async def test_the_readmes_screenshots_are_taken_from_the_running_demos(servers, browser):
+    """The README shows web/screenshots/*.png: this test takes them, so they stay current
+    (commit them when they change)."""
+    srv = servers(env={"ADMIN_PASSWORD": "operator-pass-1"})
+    SCREENSHOTS.mkdir(exist_ok=True)
+
+    ada = await named_page(browser, srv.url + "/chat.html", "Ada")
+    bob = await named_page(browser, srv.url + "/chat.html", "Bob")
+    for page, text in ((ada, "Hello from Ada"), (bob, "Hi Ada, Bob here"), (ada, "Close this tab and reopen it")):
+        await expect(page.locator("#text")).to_be_enabled()
+        await page.fill("#text", text)
+        await page.press("#text", "Enter")
+        await expect(page.locator("#messages li .text").last).to_have_text(text)
+    await expect(ada.locator("#messages li .text")).to_have_count(3)
+    await ada.screenshot(path=str(SCREENSHOTS / "chat.png"))
+
+    game = await named_page(browser, srv.url + "/game.html", "Ada")
+    other = await named_page(browser, srv.url + "/game.html", "Bob")
+    await game.fill("#game-name", "Friday match")
+    await game.click("#create")
+    await expect(other.locator("#games li")).to_have_count(1)
+    await other.locator("#games li button").first.click()
+    await expect(game.locator("#start")).to_be_enabled()
+    await game.click("#start")
+    await game.wait_for_timeout(1500)
+    await game.screenshot(path=str(SCREENSHOTS / "game.png"))
+
+    editor = await named_page(browser, srv.url + "/collab.html", "Ada")
+    await named_page(browser, srv.url + "/collab.html", "Bob")
+    await expect(editor.locator("#editor")).to_be_enabled()
+    await expect(editor.locator("#editors li")).not_to_have_count(0)
+    await editor.screenshot(path=str(SCREENSHOTS / "editor.png"))
+
+    admin = await named_page(browser, srv.url + "/admin-ui/", "Ada")
+    await admin.get_by_label("Username").fill("admin")
+    await admin.get_by_label("Password").fill("operator-pass-1")
+    await admin.get_by_role("button", name="Connect").click()
+    await expect(admin.get_by_label("Password")).to_be_hidden()
+    await admin.wait_for_load_state("networkidle")
+    await admin.wait_for_timeout(1000)
+    await admin.screenshot(path=str(SCREENSHOTS / "admin-ui.png"))
+
+    for name in ("chat", "game", "editor", "admin-ui"):
+        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 5000, name
+    for page in (ada, bob, game, other, editor):
+        assert page.errors == [], page.errors
