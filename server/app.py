@@ -350,7 +350,6 @@ async def index_redirect(request: web.Request) -> web.StreamResponse:
 
 async def on_startup(app: web.Application) -> None:
     runtime: Runtime = app["runtime"]
-    await runtime.manager.start()
     runtime.sio.manager_initialized = True
     runtime.manager.initialize()
     if runtime.bus is not None:

@@ -76,7 +76,6 @@ def create_conformance_app() -> web.Application:
         app.router.add_route(method, "/engine.io/", eio.handle_request)
 
     async def started(app: web.Application) -> None:
-        await manager.start()
         sio.manager_initialized = True
         manager.initialize()
 

@@ -112,9 +112,6 @@ class RealtimeManager(ManagerAdapter):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        return None
-
     async def stop(self) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
@@ -418,13 +415,17 @@ class RealtimeManager(ManagerAdapter):
             task.add_done_callback(lambda _: self._opening.pop(channel, None))
         return await asyncio.shield(task)
 
-    async def follow(self, channels: list[str], fresh: bool = False) -> None:
+    async def follow(self, channels: list[str], fresh: Iterable[str] = ()) -> None:
         """Open every channel of ``channels``; on return (with no await after it) all of them
         are followed, so a socket put in their rooms right away misses nothing. (A reaper pass
-        between two opens may have closed one: then it is opened again.)"""
+        between two opens may have closed one: then it is opened again.)
+
+        :param fresh: those of ``channels`` that cannot exist yet (see :meth:`open_channel`).
+        """
+        new = set(fresh)
         while True:
             for channel in channels:
-                await self.open_channel(channel, fresh)
+                await self.open_channel(channel, channel in new)
             if all(c in self.deliveries.cursors for c in channels):
                 return
 
@@ -481,13 +482,12 @@ class RealtimeManager(ManagerAdapter):
 
     # ------------------------------------------------------------------ rooms
 
-    async def join(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None,
-                   fresh: bool = False) -> None:
+    async def join(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         """Put a socket in ``room``; in a durable namespace, once this node follows the room's
         channel, so the socket receives every publication after its join position."""
         if namespace in self.durable:
             channel = channel_name(namespace, room)
-            await self.follow([channel], fresh)
+            await self.follow([channel])
             positions = self.positions.get((namespace, sid))
             if positions is not None:
                 self.deliveries.join(positions, channel)
@@ -516,9 +516,8 @@ class RealtimeManager(ManagerAdapter):
         if sid is not None and namespace in self.durable:
             positions = self.positions[(namespace, sid)] = SocketPositions(base_seq=self.deliveries.seq)
             try:
-                await self.follow([channel_name(namespace, None)])
-                await self.follow([channel_name(namespace, sid)], fresh=not recovering)
-                await self.follow([channel_name(namespace, None), channel_name(namespace, sid)])
+                own = channel_name(namespace, sid)
+                await self.follow([channel_name(namespace, None), own], () if recovering else [own])
             except BaseException:
                 self.positions.pop((namespace, sid), None)
                 self.drop_socket(sid, namespace)
