@@ -33,8 +33,12 @@ def two_servers(servers, redis_url, mode: str, env: dict | None = None):
     return servers(env=env), servers(env=env)
 
 
-async def page_of(browser, url: str):
-    context = await browser.new_context()
+async def page_of(browser, url: str, init_script: str | None = None, **context_options):
+    """A page at ``url`` in a context of its own (``context_options``: Playwright's), with its
+    page errors collected in ``page.errors``; ``init_script`` runs before the page's own."""
+    context = await browser.new_context(**context_options)
+    if init_script is not None:
+        await context.add_init_script(init_script)
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

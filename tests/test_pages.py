@@ -768,14 +768,8 @@ SCREENSHOTS = ROOT / "web" / "screenshots"
 
 async def named_page(browser, url: str, name: str) -> Page:
     """A page whose user picked the display name ``name`` (kept in localStorage, as the form does)."""
-    context = await browser.new_context(viewport={"width": 1100, "height": 700})
-    await context.add_init_script(f"localStorage.setItem('displayName', {name!r})")
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    await page.goto(url)
-    page.errors = errors  # type: ignore[attr-defined]
-    return page
+    return await page_of(browser, url, f"localStorage.setItem('displayName', {name!r})",
+                         viewport={"width": 1100, "height": 700})
 
 
 async def test_the_readmes_screenshots_are_taken_from_the_running_demos(servers, browser):

@@ -20,6 +20,14 @@ def node_with(*channels: str) -> Deliveries:
     return node
 
 
+def member_of(node: Deliveries, *channels: str) -> SocketPositions:
+    """A socket that joined ``channels`` on ``node`` now."""
+    socket = SocketPositions()
+    for channel in channels:
+        node.join(socket, channel)
+    return socket
+
+
 def deliver(node: Deliveries, channel: str, offset: int) -> None:
     node.delivered(node.cursors[channel], offset)
 
@@ -41,9 +49,7 @@ def test_offset_strings_are_strict():
 
 def test_the_clients_token_moves_every_channel_to_where_it_was_then():
     node = node_with(ROOM, OTHER)
-    socket = SocketPositions()
-    node.join(socket, ROOM)
-    node.join(socket, OTHER)
+    socket = member_of(node, ROOM, OTHER)
     deliver(node, ROOM, 1)
     deliver(node, OTHER, 1)
     deliver(node, ROOM, 2)   # the client's last received
@@ -57,9 +63,7 @@ def test_the_clients_token_moves_every_channel_to_where_it_was_then():
 
 def test_no_token_means_the_origin_and_an_unknown_token_only_moves_its_channel():
     node = node_with(ROOM, OTHER)
-    socket = SocketPositions()
-    node.join(socket, ROOM)
-    node.join(socket, OTHER)
+    socket = member_of(node, ROOM, OTHER)
     deliver(node, ROOM, 1)
     deliver(node, OTHER, 1)
     trail = node.trail_of(socket, 100)
@@ -72,9 +76,7 @@ def test_no_token_means_the_origin_and_an_unknown_token_only_moves_its_channel()
 
 def test_a_trail_cut_by_its_bound_errs_towards_duplicates():
     node = node_with(ROOM, OTHER)
-    socket = SocketPositions()
-    node.join(socket, ROOM)
-    node.join(socket, OTHER)
+    socket = member_of(node, ROOM, OTHER)
     deliver(node, OTHER, 1)
     for offset in range(1, 12):  # more than trail_length: the first entries are forgotten
         deliver(node, ROOM, offset)
@@ -89,9 +91,7 @@ def test_a_trail_cut_by_its_bound_errs_towards_duplicates():
 
 def test_an_answered_ping_folds_what_was_delivered_before_it_into_the_origin():
     node = node_with(ROOM, OTHER)
-    socket = SocketPositions()
-    node.join(socket, ROOM)
-    node.join(socket, OTHER)
+    socket = member_of(node, ROOM, OTHER)
     deliver(node, ROOM, 1)
     deliver(node, OTHER, 1)
     node.ping(socket)
