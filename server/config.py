@@ -260,12 +260,22 @@ def _host_port(key: str, source: str, value: Any) -> str:
 
 def _redis_url(key: str, source: str, value: Any) -> str:
     """A Redis URL. ``redis+cluster://h1:p1,h2:p2`` (and ``rediss+``/``valkey+``/``valkeys+cluster``)
-    names seed nodes of a Redis Cluster: each ``host:port``, database 0 only."""
+    names seed nodes of a Redis Cluster: each ``host:port``, database 0 only.
+    ``redis+shards://h1:p1,h2:p2[/db]`` (and ``rediss+``/``valkey+``/``valkeys+shards``) names
+    independent instances the channels are spread over: each ``host:port`` once, in a fixed order."""
     url = _str(key, source, value).strip()
     schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "valkey://", "valkeys://",
-               "redis+cluster://", "rediss+cluster://", "valkey+cluster://", "valkeys+cluster://")
+               "redis+cluster://", "rediss+cluster://", "valkey+cluster://", "valkeys+cluster://",
+               "redis+shards://", "rediss+shards://", "valkey+shards://", "valkeys+shards://")
     if url and not url.startswith(schemes):
         raise ConfigError(f"{_where(key, source)}: must start with one of {', '.join(schemes)}, got {url!r}")
+    if "+shards://" in url:
+        from realtime_channels.sharding import shard_urls
+
+        try:
+            shard_urls(url)
+        except ValueError as exc:
+            raise ConfigError(f"{_where(key, source)}: {exc} (redis+shards://host:port,host:port[,...][/db])") from None
     if "+cluster://" in url:
         from urllib.parse import urlsplit
 

@@ -14,6 +14,8 @@ from .cluster_client import BoundedRedisCluster
 from .config import Config
 from realtime_channels.channel_log import ChannelBounds, ChannelLog, MemoryChannelLog, OnPublication, OnResync
 from realtime_channels.redis_channel_log import RedisChannelLog
+from realtime_channels.sharded_redis import ShardedRedis
+from realtime_channels.sharding import instance_name, is_shards_url, shard_urls
 from .documents import DocumentStore, MemoryDocumentStore, RedisDocumentStore
 from .game_lobby import GameLobbyStore, MemoryGameLobbyStore, RedisGameLobbyStore
 from .idempotency import IdempotencyStore, MemoryIdempotencyStore, RedisIdempotencyStore
@@ -39,14 +41,15 @@ class Stores:
     game_lobby: GameLobbyStore
     operator_sessions: OperatorSessionStore
     login_throttle: LoginThrottle
-    redis: aioredis.Redis | RedisCluster | None = None
+    redis: aioredis.Redis | RedisCluster | ShardedRedis | None = None
 
     @property
     def shared(self) -> bool:
         return self.redis is not None
 
     async def ping(self) -> float | None:
-        """Round-trip time to Redis in seconds (0 without Redis); None when unreachable."""
+        """Round-trip time to Redis in seconds (0 without Redis); None when unreachable (with
+        several sharded instances: when any of them is)."""
         if self.redis is None:
             return 0.0
         start = time.perf_counter()
@@ -73,11 +76,12 @@ class RedisProbeError(Exception):
 
 
 def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.0, *,
-                 cluster: bool | None = None, **overrides: object) -> aioredis.Redis | RedisCluster:
+                 cluster: bool | None = None,
+                 **overrides: object) -> aioredis.Redis | RedisCluster | ShardedRedis:
     """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out.
 
     :param max_connections: connections the client opens at most (per cluster node with a
-        cluster). redis-py's default pool raises "Too many connections" at its cap, so a
+        cluster, per instance with shards). redis-py's default pool raises "Too many connections" at its cap, so a
         connect storm failed handlers; this pool makes a command wait for a free connection
         instead (the cluster client waits the same way, see :class:`BoundedRedisCluster`).
     :param pool_timeout: seconds a command waits for a free connection before it fails
@@ -89,12 +93,19 @@ def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.
     ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` for
     TLS) names seed nodes of a Redis Cluster; a plain ``redis://`` or ``rediss://`` URL to
     any cluster node is recognised as a cluster too. ``valkey://`` is ``redis://``.
+    ``redis+shards://[user:password@]host:port[,host:port...][/<db>]`` (``rediss+shards://``
+    for TLS) names independent instances, each channel on one of them by jump consistent hash
+    of its hash tag (:mod:`realtime_channels.sharding`): a :class:`ShardedRedis`.
     """
     options: dict = dict(socket_connect_timeout=2, socket_keepalive=True, health_check_interval=10,
                          retry_on_timeout=False)
     options.update(overrides)
     if url.startswith("redis+sentinel://"):
         return _sentinel_master(url, options)
+    if is_shards_url(url):
+        urls = shard_urls(url)
+        return ShardedRedis([redis_client(u, max_connections, pool_timeout, cluster=False, **overrides)
+                             for u in urls], [instance_name(u) for u in urls])
     url = _redis_scheme(url)
     if cluster is None:
         cluster = is_cluster(url)
@@ -129,7 +140,7 @@ def is_cluster(url: str, timeout: float = 10.0) -> bool:
     if scheme in CLUSTER_SCHEMES:
         return True
     if scheme not in ("redis", "rediss"):
-        return False  # unix:// (a cluster has no Unix sockets), sentinel
+        return False  # unix:// (a cluster has no Unix sockets), sentinel, shards
     import redis
 
     deadline = time.monotonic() + timeout

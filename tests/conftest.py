@@ -80,6 +80,30 @@ def own_redis_cluster() -> Iterator[RedisClusterServers]:
     yield from _cluster()
 
 
+@pytest.fixture(scope="session")
+def redis_shards() -> Iterator[list[RedisServer]]:
+    """Three independent redis-servers, for ``redis+shards://`` (channels spread over them)."""
+    started = [RedisServer().start() for _ in range(3)]
+    yield started
+    for server in started:
+        server.cleanup()
+
+
+def shards_url_of(instances: list[RedisServer]) -> str:
+    """The ``redis+shards://`` URL naming ``instances`` in order."""
+    return "redis+shards://" + ",".join(f"127.0.0.1:{s.port}" for s in instances) + "/0"
+
+
+@pytest.fixture
+def shards_url(redis_shards: list[RedisServer]) -> str:
+    """The three shared instances as one ``redis+shards://`` URL, each emptied before each test."""
+    for server in redis_shards:
+        if server.proc is None or server.proc.poll() is not None:
+            server.start()
+        server.cli("FLUSHALL")
+    return shards_url_of(redis_shards)
+
+
 @pytest.fixture
 def servers() -> Iterator[Callable[..., ServerProcess]]:
     """Start ``python -m server`` processes: ``servers(env={...})``; all stopped at the end."""

@@ -35,6 +35,7 @@ from realtime_channels.redis_channel_log import (
     encode_notification,
     idempotency_key_name,
 )
+from realtime_channels.sharded_redis import ShardedRedis
 
 PREFIX = "t"
 
@@ -82,8 +83,13 @@ class Backend:
         self.logs: list[Any] = []
         self.shared_memory: MemoryChannelLog | None = None
 
-    def client(self) -> aioredis.Redis | RedisCluster:
-        c = RedisCluster.from_url(self.redis_url) if self.kind == "cluster" else aioredis.from_url(self.redis_url)
+    def client(self) -> aioredis.Redis | RedisCluster | ShardedRedis:
+        if self.kind == "cluster":
+            c = RedisCluster.from_url(self.redis_url)
+        elif self.kind == "shards":
+            c = ShardedRedis.from_url(self.redis_url)
+        else:
+            c = aioredis.from_url(self.redis_url)
         self.clients.append(c)
         return c
 
@@ -112,7 +118,7 @@ class Backend:
         if self.kind == "cluster":
             return await self.clients[0].dbsize(target_nodes=RedisCluster.PRIMARIES)
         if self.kind != "memory":
-            return await self.clients[0].dbsize()
+            return await self.clients[0].dbsize()  # summed over the instances with shards
         return log.channel_count + log.idempotency_count
 
     async def entries(self, log, channel: str) -> int:
@@ -136,14 +142,17 @@ class Backend:
             await c.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-sharded", "cluster"])
+@pytest.fixture(params=["memory", "redis", "redis-sharded", "cluster", "shards"])
 async def backend(request):
     """Memory; Redis with PUBLISH/SUBSCRIBE; Redis with SPUBLISH/SSUBSCRIBE (Redis >= 7); a
-    Redis Cluster of 3 primaries and 3 replicas with sharded pub/sub."""
+    Redis Cluster of 3 primaries and 3 replicas with sharded pub/sub; three independent Redis
+    instances, each channel on the one its hash tag routes to (``redis+shards://``)."""
     if request.param == "memory":
         url = None
     elif request.param == "cluster":
         url = request.getfixturevalue("cluster_url")
+    elif request.param == "shards":
+        url = request.getfixturevalue("shards_url")
     else:
         url = request.getfixturevalue("redis_url")
     b = Backend(request.param, url)

@@ -1,6 +1,7 @@
 """One contract suite for each store interface, run against the memory implementation, the
-Redis implementation on one Redis, and the Redis implementation on a real Redis Cluster (3
-primaries, 3 replicas): the three must behave the same. (The event log tests at the top run on
+Redis implementation on one Redis, on a real Redis Cluster (3 primaries, 3 replicas) and on
+three independent Redis instances sharded by hash tag (``redis+shards://``): the four must
+behave the same. (The event log tests at the top run on
 memory and one Redis only.)"""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from server.operator_sessions import MemoryOperatorSessionStore, RedisOperatorSe
 from server.pending import MemoryPendingDeliveries, PendingMessage, RedisPendingDeliveries
 from server.presence import Member, MemoryPresenceRegistry, RedisPresenceRegistry
 from server.sessions import MemorySessionStore, RedisSessionStore, SavedSession
+from realtime_channels.sharded_redis import ShardedRedis
 from server.stores import RedisProbeError, is_cluster, redis_client
 
 
@@ -36,7 +38,7 @@ from server.stores import RedisProbeError, is_cluster, redis_client
 
 
 class Backend:
-    """Makes stores of one kind (memory, redis, cluster) and looks at what they hold.
+    """Makes stores of one kind (memory, redis, cluster, shards) and looks at what they hold.
 
     Redis clients come from :func:`server.stores.redis_client`, the server's own factory: on
     the cluster kind it has to recognise the plain ``redis://`` URL of one node as a cluster.
@@ -54,6 +56,7 @@ class Backend:
     def client(self):
         c = redis_client(self.url)
         assert isinstance(c, BoundedRedisCluster) == (self.name == "cluster")
+        assert isinstance(c, ShardedRedis) == (self.name == "shards")
         self.clients.append(c)
         return c
 
@@ -68,26 +71,28 @@ class Backend:
         c = self.clients[0] if self.clients else self.client()
         if self.name == "cluster":
             return int(await c.dbsize(target_nodes=RedisCluster.PRIMARIES))
-        return int(await c.dbsize())
+        return int(await c.dbsize())  # summed over the instances with shards
 
     async def close(self) -> None:
         for c in self.clients:
             await c.aclose()
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+URL_FIXTURES = {"redis": "redis_url", "cluster": "cluster_url", "shards": "shards_url"}
+
+
+@pytest.fixture(params=["memory", "redis", "cluster", "shards"])
 async def backend(request):
-    url = None if request.param == "memory" else request.getfixturevalue(
-        "cluster_url" if request.param == "cluster" else "redis_url")
+    url = None if request.param == "memory" else request.getfixturevalue(URL_FIXTURES[request.param])
     b = Backend(request.param, url)
     yield b
     await b.close()
 
 
-@pytest.fixture(params=["redis", "cluster"])
+@pytest.fixture(params=["redis", "cluster", "shards"])
 async def redis_backend(request):
     """The Redis kinds only: for what only Redis can hold (garbage written by someone else)."""
-    b = Backend(request.param, request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url"))
+    b = Backend(request.param, request.getfixturevalue(URL_FIXTURES[request.param]))
     yield b
     await b.close()
 

@@ -8,7 +8,7 @@ calls the server's ``POST /api/v1/publish`` instead, for apps that cannot reach 
 
 Their call shape is python-socketio's write-only manager's, plus ``idempotency_key``::
 
-    emitter = Emitter("redis://localhost:6379/0")
+    emitter = Emitter("redis://localhost:6379/0")   # or the server's redis+shards://h1:p1,h2:p2 URL
     emitter.emit("order_shipped", {"id": 42}, to="user:alice", namespace="/chat")
     # {"offset": 7, "epoch": "5b1f...", "duplicate": False}
 
@@ -41,6 +41,8 @@ from .redis_channel_log import (
     publish_error,
     publish_result,
 )
+from .sharded_redis import ShardedRedis
+from .sharding import is_shards_url, shard_of, shard_urls
 
 __all__ = ["AsyncEmitter", "Emitter", "HttpEmitter", "PublishError"]
 
@@ -57,7 +59,9 @@ class Emitter:
     """Publishes to the server's channels through a synchronous redis-py client. Thread-safe
     (redis-py's connection pool); after a fork (Celery's prefork pool) the pool reconnects.
 
-    :param url: the server's Redis (``REDIS_URL``); or pass ``client``.
+    :param url: the server's Redis (``REDIS_URL``); or pass ``client``. A
+        ``redis+shards://h1:p1,h2:p2`` URL (the server's, same instances in the same order)
+        publishes each channel on the instance the server reads it from (:mod:`.sharding`).
     :param client: a ``redis.Redis`` or ``redis.RedisCluster`` with ``decode_responses=False``
         (the default), e.g. for Sentinel; the emitter does not close it.
     :param prefix: the server's ``redis.key_prefix``.
@@ -73,7 +77,13 @@ class Emitter:
         if (url is None) == (client is None):
             raise ValueError("give a Redis url or a client, not both")
         self._owned = client is None
-        self.client = _binary_client(client if client is not None else redis.Redis.from_url(url, **(redis_options or {})))
+        if client is not None:
+            self.clients = [_binary_client(client)]
+        else:
+            urls = shard_urls(url) if is_shards_url(url) else [url]
+            self.clients = [_binary_client(redis.Redis.from_url(u, **(redis_options or {}))) for u in urls]
+        # The client of a single Redis (or a cluster); the first instance of several.
+        self.client = self.clients[0]
         self.prefix = check_prefix(prefix)
         self.bounds = bounds
         self.sharded = sharded
@@ -103,7 +113,8 @@ class Emitter:
         keys, args = publish_call(self.prefix, channel, data, self.bounds,
                                   idempotency_key=idempotency_key, sharded=self.sharded)
         try:
-            reply = self._script(keys=keys, args=args)
+            # The instance of the channel's hash tag (the only one when not sharded).
+            reply = self._script(keys=keys, args=args, client=self.clients[shard_of(keys[0], len(self.clients))])
         except redis.ResponseError as exc:
             raise publish_error(exc) from None
         return answer(publish_result(reply, keys[1]))
@@ -111,7 +122,8 @@ class Emitter:
     def close(self) -> None:
         """Close the client if the emitter made it (from ``url``)."""
         if self._owned:
-            self.client.close()
+            for client in self.clients:
+                client.close()
 
     def __enter__(self) -> "Emitter":
         return self
@@ -124,18 +136,21 @@ class AsyncEmitter:
     """:class:`Emitter` on ``redis.asyncio``: the server's own :class:`RedisChannelLog`
     publish, for asyncio apps (an ASGI Django view, FastAPI, an aiohttp worker).
 
-    Parameters as :class:`Emitter`'s; ``client`` is a ``redis.asyncio.Redis`` or
-    ``RedisCluster``.
+    Parameters as :class:`Emitter`'s; ``client`` is a ``redis.asyncio.Redis``, ``RedisCluster``
+    or :class:`~.sharded_redis.ShardedRedis`.
     """
 
-    def __init__(self, url: str | None = None, *, client: aioredis.Redis | aioredis.RedisCluster | None = None,
+    def __init__(self, url: str | None = None, *,
+                 client: aioredis.Redis | aioredis.RedisCluster | ShardedRedis | None = None,
                  prefix: str = "rt", bounds: ChannelBounds = ChannelBounds(), sharded: bool = False,
                  redis_options: dict[str, Any] | None = None) -> None:
         if (url is None) == (client is None):
             raise ValueError("give a Redis url or a client, not both")
         self._owned = client is None
-        self.client = _binary_client(client if client is not None
-                                     else aioredis.Redis.from_url(url, **(redis_options or {})))
+        if client is None:
+            client = (ShardedRedis.from_url(url, **(redis_options or {})) if is_shards_url(url)
+                      else aioredis.Redis.from_url(url, **(redis_options or {})))
+        self.client = _binary_client(client)
         self.log = RedisChannelLog(self.client, prefix=prefix, bounds=bounds, sharded=sharded)
 
     async def emit(self, event: str, data: Any = None, *, to: Any = None, room: Any = None, namespace: str = "/",

@@ -22,6 +22,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from .sharded_redis import ShardedRedis
+
 log = logging.getLogger("realtime_channels.redis_pubsub")
 
 # Channel names per SUBSCRIBE command: one command per batch keeps each reply small.
@@ -66,7 +68,9 @@ class _Link:
 class Subscriptions:
     """Subscribed notification names and the connections that carry them.
 
-    :param client: ``redis.asyncio.Redis`` or ``RedisCluster`` (``decode_responses=False``).
+    :param client: ``redis.asyncio.Redis``, ``RedisCluster`` or :class:`~.sharded_redis.ShardedRedis`
+        (``decode_responses=False``); with several instances each name is subscribed on the
+        instance its hash tag routes to, one connection per instance.
     :param sharded: SSUBSCRIBE instead of SUBSCRIBE (required for a cluster).
     :param on_message: called with (name, payload) for each message on a subscribed name.
     :param on_resync: called with a name whose subscription was re-established without
@@ -76,11 +80,12 @@ class Subscriptions:
         twice this long counts as a dead connection.
     """
 
-    def __init__(self, client: aioredis.Redis | RedisCluster, *, sharded: bool,
+    def __init__(self, client: aioredis.Redis | RedisCluster | ShardedRedis, *, sharded: bool,
                  on_message: Callable[[bytes, bytes], None], on_resync: Callable[[bytes], None],
                  subscribe_timeout: float = 10.0, ping_interval: float = 15.0) -> None:
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
+        self.shards = isinstance(client, ShardedRedis)
         if self.cluster and not sharded:
             raise ValueError("a Redis Cluster needs sharded=True (SSUBSCRIBE on each channel's shard)")
         self.sharded = sharded
@@ -101,7 +106,15 @@ class Subscriptions:
     # ---------------------------------------------------------------- routing
 
     def _link_for(self, name: bytes) -> _Link:
-        if not self.cluster:
+        if self.shards:
+            # Independent instances: the owner of a name never changes while the process runs.
+            index = self.client.shard_index(name)
+            key = self.client.names[index]
+            shard = self.client.shards[index]
+
+            def make() -> _Link:
+                return _Link(key, shard, owned=False)
+        elif not self.cluster:
             key, make = "", lambda: _Link("", self.client, owned=False)
         else:
             node = self.client.get_node_from_key(name)
