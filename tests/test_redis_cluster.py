@@ -1,6 +1,10 @@
 """Server nodes on a real Redis Cluster (3 primaries, 3 replicas), found from a plain redis://
 URL to one cluster node, with the official JS client: the single-Redis scenarios of
-test_recovery, test_delivery and test_cluster again — and a primary killed mid-traffic."""
+test_recovery, test_delivery and test_cluster again — and a primary killed mid-traffic.
+
+The scenarios that do not kill or move a cluster node run on both backing stores of more than
+one Redis (``store_url``): the cluster, and three independent redis-servers with each channel
+on one of them (``redis+shards://``)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,13 @@ import time
 
 import pytest
 
+import redis
+import redis.asyncio as aioredis
+
 from harness import Nginx
+from realtime_channels.emitter import AsyncEmitter, Emitter
+from realtime_channels.redis_channel_log import channel_keys
+from realtime_channels.sharding import shard_of
 from test_api import ENV as API_ENV, call, sid_of
 from test_recovery import TRANSPORTS, assert_exactly_once_in_order, cut_and_publish, publish, sub_and_pub
 
@@ -33,6 +43,13 @@ def on_cluster(url: str, **extra: str) -> dict[str, str]:
     return {"REDIS_URL": url, **extra}
 
 
+@pytest.fixture(params=["cluster", "shards"])
+def store_url(request) -> str:
+    """The nodes' ``REDIS_URL``: a plain redis:// URL to one node of the shared Redis Cluster,
+    or ``redis+shards://`` naming three independent redis-servers; each emptied first."""
+    return request.getfixturevalue("cluster_url" if request.param == "cluster" else "shards_url")
+
+
 async def test_two_nodes_start_on_a_cluster_and_register_each_other(servers, cluster_url, redis_cluster):
     n1, n2 = servers(env=on_cluster(cluster_url)), servers(env=on_cluster(cluster_url))
     for node in (n1, n2):
@@ -45,9 +62,71 @@ async def test_two_nodes_start_on_a_cluster_and_register_each_other(servers, clu
         assert "MOVED" not in node.output() and "CROSSSLOT" not in node.output(), node.output()[-2000:]
 
 
+async def test_two_nodes_start_on_shards_and_spread_their_state(servers, js, shards_url, redis_shards):
+    n1, n2 = servers(env=on_cluster(shards_url)), servers(env=on_cluster(shards_url))
+    for node in (n1, n2):
+        status, body = node.get("/readyz")
+        assert status == 200, (body, node.output()[-2000:])
+    # the registry ({nodes}) and the bus ({bus}) live on the instance their tag routes to
+    owner = redis.Redis(port=redis_shards[shard_of("rt:{nodes}", 3)].port)
+    assert sorted(owner.zrange("rt:{nodes}", 0, -1)) == sorted([f"node-{n1.port}".encode(), f"node-{n2.port}".encode()])
+    bus = redis.Redis(port=redis_shards[shard_of("rt:{bus}", 3)].port)
+    assert bus.pubsub_numsub("rt:{bus}") == [(b"rt:{bus}", 2)]
+    # rooms spread over every instance, each room's keys on its own
+    await js.connect("c", n1.url + "/chat", transports=["websocket"])
+    for i in range(12):
+        assert (await js.emit("c", "join", {"room": f"r{i}"}))["ok"]
+        assert (await js.emit("c", "message", {"room": f"r{i}", "text": "hi"}))["ok"]
+    await js.wait("c", "message", 12)
+    for index, server in enumerate(redis_shards):
+        streams = redis.Redis(port=server.port).keys("rt:{/chat|room:*}:stream")
+        assert streams, f"instance {index} holds no room"
+        assert {shard_of(k, 3) for k in streams} == {index}
+    for node in (n1, n2):
+        assert "Traceback" not in node.output(), node.output()[-2000:]
+
+
+def emitters(url: str) -> tuple[Emitter, AsyncEmitter]:
+    """A synchronous and an asyncio emitter on the nodes' store, as an app would make them."""
+    if url.startswith("redis+shards://"):
+        return Emitter(url), AsyncEmitter(url)  # the server's own URL
+    return (Emitter(client=redis.RedisCluster.from_url(url), sharded=True),
+            AsyncEmitter(client=aioredis.RedisCluster.from_url(url), sharded=True))
+
+
+async def test_emitters_reach_clients_of_rooms_on_every_instance(servers, js, store_url):
+    """Each room's publication is written where the nodes read that room: on its cluster slot's
+    primary, or on the instance its tag routes to."""
+    env = on_cluster(store_url)
+    n1, n2 = servers(env=env), servers(env=env)
+    # rooms whose channels live on three different instances (or slots)
+    rooms: dict[int, str] = {}
+    for i in range(100):
+        rooms.setdefault(shard_of(channel_keys("rt", f"/chat|room:e{i}").stream, 3), f"e{i}")
+    assert len(rooms) == 3
+    for name, node in (("a", n1), ("b", n2)):
+        await js.connect(name, node.url + "/chat", transports=["websocket"])
+        for room in rooms.values():
+            assert (await js.emit(name, "join", {"room": room}))["ok"]
+    sync, asyncio_emitter = emitters(store_url)
+    try:
+        for room in rooms.values():
+            sent = sync.emit("announce", {"text": f"sync {room}"}, to=f"room:{room}", namespace="/chat")
+            assert sent["offset"] >= 1
+            assert (await asyncio_emitter.emit("announce", {"text": f"async {room}"}, to=f"room:{room}",
+                                               namespace="/chat"))["offset"] >= 1
+    finally:
+        sync.close()
+        await asyncio_emitter.close()
+    expected = sorted(f"{kind} {room}" for room in rooms.values() for kind in ("sync", "async"))
+    for name in ("a", "b"):
+        events = await js.wait(name, "announce", len(expected))
+        assert sorted(e["args"][0]["text"] for e in events) == expected
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_recovery_on_another_node(servers, js, proxies, cluster_url, transport):
-    env = on_cluster(cluster_url, PING_INTERVAL="1", PING_TIMEOUT="1")
+async def test_recovery_on_another_node(servers, js, proxies, store_url, transport):
+    env = on_cluster(store_url, PING_INTERVAL="1", PING_TIMEOUT="1")
     node1, node2 = servers(env=env), servers(env=env)
     proxy, sub = await sub_and_pub(js, proxies, node1, node2, transports=TRANSPORTS[transport])
     await publish(js, "pub", "r", ["a", "b"])
@@ -63,8 +142,8 @@ async def test_recovery_on_another_node(servers, js, proxies, cluster_url, trans
     assert_exactly_once_in_order(await js.events("sub", "message"), ["a", "b", "c", "d", "e", "f"])
 
 
-async def test_broadcast_reaches_members_on_every_node(servers, js, cluster_url):
-    env = on_cluster(cluster_url)
+async def test_broadcast_reaches_members_on_every_node(servers, js, store_url):
+    env = on_cluster(store_url)
     nodes = [servers(env=env) for _ in range(2)]
     names = ["c0", "c1", "c2", "c3"]
     for i, name in enumerate(names):
@@ -81,8 +160,8 @@ async def test_broadcast_reaches_members_on_every_node(servers, js, cluster_url)
         await js.wait(name, "typing", 1)
 
 
-async def test_presence_across_nodes_and_a_dead_node_leaves(servers, js, cluster_url):
-    env = on_cluster(cluster_url, PRESENCE_TTL="1.5")
+async def test_presence_across_nodes_and_a_dead_node_leaves(servers, js, store_url):
+    env = on_cluster(store_url, PRESENCE_TTL="1.5")
     n1, n2 = servers(env=env), servers(env=env)
     await js.connect("doomed", n1.url + "/chat", transports=["websocket"], reconnection=False)
     await js.connect("survivor", n2.url + "/chat", transports=["websocket"])
@@ -101,9 +180,9 @@ async def test_presence_across_nodes_and_a_dead_node_leaves(servers, js, cluster
     assert [m["user"] for m in members] == [survivor["user"]]
 
 
-async def test_sockets_of_every_node_are_listed_by_request_and_reply(servers, js, cluster_url):
+async def test_sockets_of_every_node_are_listed_by_request_and_reply(servers, js, store_url):
     """The server API asks every node over the bus (requests and replies on the shard channel)."""
-    env = {**API_ENV, **on_cluster(cluster_url)}
+    env = {**API_ENV, **on_cluster(store_url)}
     n1, n2 = servers(env=env), servers(env=env)
     await js.connect("u1", n1.url + "/chat", transports=["websocket"])
     await js.connect("u2", n2.url + "/chat", transports=["websocket"])
@@ -115,8 +194,8 @@ async def test_sockets_of_every_node_are_listed_by_request_and_reply(servers, js
     assert {s["node"] for s in answer["sockets"]} == {f"node-{n1.port}", f"node-{n2.port}"}
 
 
-async def test_direct_message_survives_the_sender_node_being_killed(servers, js, cluster_url):
-    env = on_cluster(cluster_url)
+async def test_direct_message_survives_the_sender_node_being_killed(servers, js, store_url):
+    env = on_cluster(store_url)
     sender_node = servers(env=env)
     receiver_node = servers(env={**env, "DIRECT_RETRY_INTERVAL": "0.3"})
     await js.connect("bob", receiver_node.url + "/chat", transports=["websocket"])
@@ -134,8 +213,8 @@ async def test_direct_message_survives_the_sender_node_being_killed(servers, js,
     assert len(await js.events("bob", "dm")) == count
 
 
-async def test_clients_of_a_killed_node_recover_on_another(servers, js, proxies, cluster_url):
-    env = on_cluster(cluster_url)
+async def test_clients_of_a_killed_node_recover_on_another(servers, js, proxies, store_url):
+    env = on_cluster(store_url)
     node1, node2 = servers(env=env), servers(env=env)
     proxy, first = await sub_and_pub(js, proxies, node1, node2)
     await publish(js, "pub", "r", ["before"])
@@ -151,10 +230,10 @@ async def test_clients_of_a_killed_node_recover_on_another(servers, js, proxies,
     assert_exactly_once_in_order(await js.events("sub", "message"), ["before", "while dead 1", "while dead 2"])
 
 
-async def test_polling_through_round_robin_nginx_without_affinity(servers, js, cluster_url, nginx):
+async def test_polling_through_round_robin_nginx_without_affinity(servers, js, store_url, nginx):
     """Every other request reaches the node without the session: it is relayed to the owner,
     found in the node registry on the cluster."""
-    env = on_cluster(cluster_url)
+    env = on_cluster(store_url)
     n1, n2 = servers(env=env), servers(env=env)
     lb = nginx([n1.port, n2.port])
     names = [f"c{i}" for i in range(4)]
