@@ -3,6 +3,7 @@ with it, every store lives in Redis and is shared by all nodes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -48,20 +49,35 @@ class Stores:
         return self.redis is not None
 
     async def ping(self) -> float | None:
-        """Round-trip time to Redis in seconds (0 without Redis); None when unreachable (with
-        several sharded instances: when any of them is)."""
+        """Round-trip time to Redis in seconds (0 without Redis); None when unreachable.
+
+        With several sharded instances: the slowest answer, and None only when none answers.
+        A node that lost one instance still serves the channels of the others, and no other
+        node can serve that instance's channels either (as a cluster node's PING asks one
+        node, not every primary): taking every node out of rotation would turn a partial
+        outage into a full one. Meanwhile commands on the lost instance's channels fail (an
+        "unavailable" error ack) and its pub/sub readers log that they are reconnecting.
+        """
         if self.redis is None:
             return 0.0
-        start = time.perf_counter()
-        try:
-            await self.redis.ping()
-        except Exception:
-            return None
-        return time.perf_counter() - start
+        if isinstance(self.redis, ShardedRedis):
+            answers = await asyncio.gather(*(_timed_ping(s) for s in self.redis.shards))
+            reached = [a for a in answers if a is not None]
+            return max(reached) if reached else None
+        return await _timed_ping(self.redis)
 
     async def close(self) -> None:
         if self.redis is not None:
             await self.redis.aclose()
+
+
+async def _timed_ping(client: aioredis.Redis | RedisCluster) -> float | None:
+    start = time.perf_counter()
+    try:
+        await client.ping()
+    except Exception:
+        return None
+    return time.perf_counter() - start
 
 
 # Schemes that name a Redis Cluster by its seed nodes: `redis+cluster://h1:p1,h2:p2`.

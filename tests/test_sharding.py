@@ -12,11 +12,12 @@ import sys
 import pytest
 import redis
 
+from harness import RedisServer
 from realtime_channels.redis_channel_log import channel_keys, idempotency_key_name
 from realtime_channels.sharded_redis import ShardedRedis
 from realtime_channels.sharding import hash_tag, jump_hash, shard_of, shard_urls
 from server.config import ConfigError, load_config
-from server.stores import redis_client
+from server.stores import build_stores, redis_client
 
 CHANNELS = [f"/chat|room:{i}" for i in range(6000)]
 # Where the first channels of a 3-instance deployment live. A change here would move live
@@ -140,3 +141,26 @@ async def test_each_key_lands_on_the_instance_its_tag_routes_to(redis_shards, sh
             client.keys("*")
     finally:
         await client.aclose()
+
+
+async def test_readiness_holds_while_one_instance_of_three_answers():
+    """A lost instance takes its channels away, not the node: /readyz's ping stays answered
+    until no instance answers."""
+    instances = [RedisServer().start() for _ in range(3)]
+    try:
+        url = "redis+shards://" + ",".join(f"127.0.0.1:{s.port}" for s in instances)
+        stores = build_stores(load_config(environ={"REDIS_URL": url}))
+        try:
+            assert await stores.ping() is not None
+            instances[1].stop()
+            assert await stores.ping() is not None
+            instances[0].stop()
+            instances[2].stop()
+            assert await stores.ping() is None
+            instances[2].start()
+            assert await stores.ping() is not None
+        finally:
+            await stores.close()
+    finally:
+        for server in instances:
+            server.cleanup()
