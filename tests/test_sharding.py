@@ -5,6 +5,7 @@ each key where the routing says, on real redis-servers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -161,6 +162,52 @@ async def test_readiness_holds_while_one_instance_of_three_answers():
             assert await stores.ping() is not None
         finally:
             await stores.close()
+    finally:
+        for server in instances:
+            server.cleanup()
+
+
+async def test_rooms_on_other_instances_carry_on_while_one_restarts(servers, js):
+    """One of three instances goes away and comes back (its data on disk): rooms on the
+    others keep delivering meanwhile, and the nodes subscribe again on the one that returned,
+    so its rooms deliver again — in order, nothing lost that was acknowledged."""
+    instances = [RedisServer(appendonly=True).start() for _ in range(3)]
+    try:
+        url = "redis+shards://" + ",".join(f"127.0.0.1:{s.port}" for s in instances) + "/0"
+        rooms: dict[int, str] = {}
+        for i in range(100):
+            rooms.setdefault(shard_of(channel_keys("rt", f"/chat|room:k{i}").stream, 3), f"k{i}")
+        # ({bus} and {nodes} stay up: the restarted instance is another one)
+        down = next(i for i in range(3) if i not in (shard_of("rt:{bus}", 3), shard_of("rt:{nodes}", 3)))
+        up = next(i for i in range(3) if i != down)
+        n1, n2 = servers(env={"REDIS_URL": url}), servers(env={"REDIS_URL": url})
+        await js.connect("sub", n1.url + "/chat", transports=["websocket"])
+        await js.connect("pub", n2.url + "/chat", transports=["websocket"])
+        for name in ("sub", "pub"):
+            for room in (rooms[down], rooms[up]):
+                assert (await js.emit(name, "join", {"room": room}))["ok"]
+
+        async def say(room: str, text: str) -> dict:
+            return await js.emit("pub", "message", {"room": room, "text": text})
+
+        async def texts(room: str) -> list[str]:
+            return [e["args"][0]["text"] for e in await js.events("sub", "message") if e["args"][0]["room"] == room]
+
+        assert (await say(rooms[down], "d1"))["ok"] and (await say(rooms[up], "u1"))["ok"]
+        await js.wait("sub", "message", 2)
+        instances[down].stop()
+        assert (await say(rooms[up], "u2"))["ok"]  # the other instances carry on
+        assert not (await say(rooms[down], "lost"))["ok"]  # refused, not acknowledged
+        await js.wait("sub", "message", 3)
+        instances[down].start()
+        deadline = asyncio.get_running_loop().time() + 15
+        while not (await say(rooms[down], "d2"))["ok"]:
+            assert asyncio.get_running_loop().time() < deadline, n2.output()[-2000:]
+            await asyncio.sleep(0.3)
+        await js.wait("sub", "message", 4, timeout=15000)
+        await asyncio.sleep(0.3)
+        assert await texts(rooms[up]) == ["u1", "u2"]
+        assert await texts(rooms[down]) == ["d1", "d2"]
     finally:
         for server in instances:
             server.cleanup()
