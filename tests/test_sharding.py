@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from harness import RedisServer
-from realtime_channels.redis_channel_log import channel_keys, idempotency_key_name
+from realtime_channels.redis_channel_log import NotReplicatedError, RedisChannelLog, channel_keys, idempotency_key_name
 from realtime_channels.sharded_redis import ShardedRedis
 from realtime_channels.sharding import hash_tag, jump_hash, shard_of, shard_urls
 from server.config import ConfigError, load_config
@@ -210,4 +210,35 @@ async def test_rooms_on_other_instances_carry_on_while_one_restarts(servers, js)
         assert await texts(rooms[down]) == ["d1", "d2"]
     finally:
         for server in instances:
+            server.cleanup()
+
+
+async def test_replicas_ack_waits_on_the_instance_that_ran_the_publish():
+    """``WAIT`` follows the publish script onto the channel's instance: a channel on the
+    instance with a replica is acknowledged, one on the instance without is not (a WAIT sent to
+    another connection would count that one's replicas instead)."""
+    primaries = [RedisServer().start() for _ in range(2)]
+    replica = RedisServer().start()
+    try:
+        replica.cli("REPLICAOF", "127.0.0.1", str(primaries[0].port))
+        url = "redis+shards://" + ",".join(f"127.0.0.1:{s.port}" for s in primaries) + "/0"
+        client = redis_client(url)
+        deadline = asyncio.get_running_loop().time() + 10
+        while redis.Redis(port=replica.port).info("replication").get("master_link_status") != "up":
+            assert asyncio.get_running_loop().time() < deadline, "the replica did not connect"
+            await asyncio.sleep(0.1)
+        log = RedisChannelLog(client, prefix="t", replicas_ack=1, replicas_ack_timeout=0.3)
+        on = {shard_of(channel_keys("t", f"room{i}").stream, 2): f"room{i}" for i in range(20)}
+        first = await log.publish(on[0], b"x", idempotency_key="k")
+        assert first.position.offset == 1 and not first.duplicate
+        assert redis.Redis(port=replica.port).xlen(channel_keys("t", on[0]).stream) == 1
+        with pytest.raises(NotReplicatedError, match="0 of 1 replicas"):
+            await log.publish(on[1], b"y")
+        # the script unknown to an instance (a restart, SCRIPT FLUSH): loaded and sent again there
+        primaries[0].cli("SCRIPT", "FLUSH")
+        assert (await log.publish(on[0], b"z")).position.offset == 2
+        await log.close()
+        await client.aclose()
+    finally:
+        for server in (*primaries, replica):
             server.cleanup()

@@ -98,6 +98,7 @@ class ShardedRedis:
             def routed(*args: Any, **kwargs: Any) -> Any:
                 return getattr(self.shard_for(_key_of(name, args, kwargs)), name)(*args, **kwargs)
             routed.__name__ = name
+            self.__dict__[name] = routed  # made once: the next lookup finds it without __getattr__
             return routed
         if name in COUNTING_COMMANDS:
             async def counted(*keys: Any) -> int:
