@@ -9,6 +9,8 @@ installs it alone, and the server imports the very same definitions:
   and the in-memory implementation;
 * :mod:`.redis_channel_log` — the Redis implementation: key layout, the one Lua publish script;
 * :mod:`.redis_pubsub` — per-channel subscriptions kept alive across lost connections;
+* :mod:`.sharding` and :mod:`.sharded_redis` — several independent Redis instances
+  (``redis+shards://``), each channel on the one its hash tag routes to;
 * :mod:`.envelope` — what a publication holds and how channels are named;
 * :mod:`.emitter` — :class:`Emitter`, :class:`AsyncEmitter` (straight to Redis) and
   :class:`HttpEmitter` (through the server's HTTP API).
