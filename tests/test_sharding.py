@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from harness import RedisServer
+from realtime_channels.channel_log import ChannelBounds
 from realtime_channels.redis_channel_log import NotReplicatedError, RedisChannelLog, channel_keys, idempotency_key_name
 from realtime_channels.sharded_redis import ShardedRedis
 from realtime_channels.sharding import hash_tag, jump_hash, shard_of, shard_urls
@@ -242,3 +243,24 @@ async def test_replicas_ack_waits_on_the_instance_that_ran_the_publish():
     finally:
         for server in (*primaries, replica):
             server.cleanup()
+
+
+async def test_trim_expired_visits_every_instance(shards_url):
+    """The sweep of expired entries scans each instance: channels on all three are trimmed."""
+    client = ShardedRedis.from_url(shards_url)
+    log = RedisChannelLog(client, prefix="t", bounds=ChannelBounds(max_length=100, max_age=2.0, dedupe_ttl=60.0))
+    on = {shard_of(channel_keys("t", f"room{i}").stream, 3): f"room{i}" for i in range(30)}
+    assert sorted(on) == [0, 1, 2]
+    try:
+        for room in on.values():
+            await log.publish(room, b"old")
+        await asyncio.sleep(1.2)
+        for room in on.values():
+            await log.publish(room, b"new")
+        await asyncio.sleep(1.2)  # "old" is past max_age, "new" is not
+        assert await log.trim_expired() == 3
+        for room in on.values():
+            assert await client.xlen(channel_keys("t", room).stream) == 1
+    finally:
+        await log.close()
+        await client.aclose()
