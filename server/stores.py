@@ -97,9 +97,10 @@ def redis_client(url: str, max_connections: int = 100, pool_timeout: float = 10.
     """A client for ``url``; short timeouts so a Redis outage is noticed, not waited out.
 
     :param max_connections: connections the client opens at most (per cluster node with a
-        cluster, per instance with shards). redis-py's default pool raises "Too many connections" at its cap, so a
-        connect storm failed handlers; this pool makes a command wait for a free connection
-        instead (the cluster client waits the same way, see :class:`BoundedRedisCluster`).
+        cluster, per instance with shards). redis-py's default pool raises "Too many
+        connections" at its cap, so a connect storm failed handlers; this pool makes a command
+        wait for a free connection instead (the cluster client waits the same way, see
+        :class:`BoundedRedisCluster`).
     :param pool_timeout: seconds a command waits for a free connection before it fails
         (the handler then answers an "unavailable" error ack).
     :param cluster: whether ``url`` names a Redis Cluster; None asks :func:`is_cluster`.
