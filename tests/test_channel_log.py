@@ -231,6 +231,16 @@ async def test_renew_epoch_after_lost_writes_continues_the_old_epoch_below_the_l
     assert not (await log.history("room", since=StreamPosition(2, "0123abcd"), limit=10)).recoverable
 
 
+async def redis_or_memory_forget(backend, log, channel: str) -> None:
+    """Remove ``channel`` from the store (so the test's key count is about the others)."""
+    if backend.kind == "memory":
+        del log._channels[channel]
+    else:
+        keys = channel_keys(PREFIX, channel)
+        for key in (keys.stream, keys.meta):
+            await backend.clients[0].delete(key)
+
+
 async def test_renew_epoch_without_an_intact_delivered_publication_continues_nothing(backend):
     """When no delivered publication below the lost ones is intact, the loss may have begun
     before what the reader reports: no position of the old epoch but 0 goes on."""
@@ -243,6 +253,14 @@ async def test_renew_epoch_without_an_intact_delivered_publication_continues_not
     assert (await log.history("room", since=StreamPosition(0, old), limit=10)).recoverable
     for since in (1, 2, 3):
         assert not (await log.history("room", since=StreamPosition(since, old), limit=10)).recoverable
+    # What the reader did not report is not known to be intact: the base follows the highest
+    # intact publication it reported below the lost one.
+    for i in range(1, 6):
+        gappy = (await log.publish("gappy", b"%d" % i)).position.epoch
+    times = {p.offset: p.time_ms for p in (await log.history("gappy", limit=10)).publications}
+    await log.renew_epoch("gappy", gappy, [(1, times[1]), (2, times[2]), (5, times[5] - 1)])
+    assert (await log.history("gappy", limit=0)).base == 3
+    await redis_or_memory_forget(backend, log, "gappy")
     # A channel that does not exist, or a report of another epoch: nothing happens.
     assert await log.renew_epoch("nobody", old, [(1, 1)]) == EMPTY
     assert await log.renew_epoch("room", "0123abcd", [(1, 1)]) == renewed

@@ -313,10 +313,10 @@ def lost_base(delivered: list[tuple[int, int]], top: int, first_retained: int,
     """Where a channel at offset ``top`` lost publications a reader delivered, or None.
 
     A delivered offset above ``top``, or a retained one whose stored publication is missing or
-    has another time, was lost. The result is the lowest lost offset when a delivered offset
-    below it is intact (a replica holds a prefix of its primary's writes, so everything before
-    an intact publication is intact); when none proves it, the loss may have begun before
-    what ``delivered`` shows, and the base is 1 (nothing of the previous epoch continues).
+    has another time, was lost. A replica holds a prefix of its primary's writes, so everything
+    up to an intact publication is intact: the base is the offset after the highest intact one
+    below the lowest lost one. When none is, the loss may have begun before what ``delivered``
+    shows, and the base is 1 (nothing of the previous epoch continues).
 
     :param first_retained: the oldest offset still stored; delivered offsets below it were
         trimmed, not lost, and tell nothing.
@@ -331,7 +331,7 @@ def lost_base(delivered: list[tuple[int, int]], top: int, first_retained: int,
             intact.append(offset)
     if lost is None:
         return None
-    return min(lost, top + 1) if any(i < lost for i in intact) else 1
+    return max((i + 1 for i in intact if i < lost), default=1)
 
 
 def continued(since: StreamPosition, epoch: str, previous_epoch: str, base: int) -> StreamPosition:

@@ -314,7 +314,7 @@ end
 if lost == nil then return {epoch, top, 0} end
 local base = 1
 for _, offset in ipairs(intact) do
-  if offset < lost then base = math.min(lost, top + 1) end
+  if offset < lost and offset + 1 > base then base = offset + 1 end
 end
 redis.call('HSET', meta, 'e', ARGV[2], 'pe', epoch, 'b', string.format('%d', base))
 return {ARGV[2], top, 1}
