@@ -206,7 +206,7 @@ def test_an_epoch_continued_after_a_lossy_failover_delivers_again_from_its_base(
     assert socket.origin == {ROOM: (5, "f")}
     # A later plain new epoch (the channel expired) continues nothing.
     node.reset(cursor, "g")
-    assert cursor.previous_epoch == "" and not node.seen(cursor, 7, 1007)
+    assert cursor.previous_epoch == "" and not node.seen(cursor, 7, 1007) and not cursor.recent
 
 
 def test_a_socket_of_the_old_epoch_that_had_a_lost_publication_resolves_to_the_old_epoch():

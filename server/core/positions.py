@@ -89,6 +89,11 @@ class Recent:
         i = (self._start - 1) % n
         return self._offsets[i], self._times[i]
 
+    def clear(self) -> None:
+        self._offsets = array("q")
+        self._times = array("q")
+        self._start = 0
+
     def pop(self) -> tuple[int, int]:
         """Remove and return the newest entry (IndexError when empty)."""
         if self._start:  # unwind the ring first: pops are rare (a failover)
@@ -241,6 +246,9 @@ class Deliveries:
         cursor.epoch = epoch
         cursor.offset = 0
         cursor.trail.clear()
+        # Times of the old epoch's offsets say nothing about the new one's (a gap read would
+        # take one of them for a reused offset).
+        cursor.recent.clear()
 
     # ------------------------------------------------------------------ per socket
 
