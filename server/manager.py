@@ -359,9 +359,7 @@ class RealtimeManager(ManagerAdapter):
                 # The read starts at the offset delivered last when its time is known, to see
                 # whether it is still the same publication (a failover may have lost it and given
                 # its offset to another one before this node heard of any).
-                probe = cursor.recent.last()
-                if probe is not None and probe[0] != cursor.offset:
-                    probe = None
+                probe = cursor.recent[-1] if cursor.recent and cursor.recent[-1][0] == cursor.offset else None
                 try:
                     self.metrics.channel_reads.labels("gap").inc()
                     result = await self.log.history(

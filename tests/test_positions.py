@@ -128,24 +128,6 @@ def test_replayed_publications_come_first_in_the_trail():
     assert resolve({ROOM: (3, "e")}, node.trail_of(socket, 10), token(ROOM, 5)) == {ROOM: (5, "e")}
 
 
-def test_recent_deliveries_are_a_bounded_ring():
-    from server.core.positions import Recent
-
-    recent = Recent(4)
-    assert not recent and recent.last() is None and list(recent) == []
-    for offset in range(1, 7):
-        recent.append(offset, 100 + offset)
-    assert list(recent) == [(3, 103), (4, 104), (5, 105), (6, 106)] and len(recent) == 4
-    assert list(reversed(recent)) == [(6, 106), (5, 105), (4, 104), (3, 103)]
-    assert recent.last() == (6, 106) and (4, 104) in recent and (4, 105) not in recent and (2, 102) not in recent
-    assert recent.pop() == (6, 106) and recent.pop() == (5, 105)
-    recent.append(5, 205)
-    assert list(recent) == [(3, 103), (4, 104), (5, 205)]
-    for offset in (6, 7):
-        recent.append(offset, 200 + offset)
-    assert list(recent) == [(4, 104), (5, 205), (6, 206), (7, 207)]
-
-
 def test_a_reused_offset_is_told_from_a_repeated_notification_by_its_time():
     node = node_with(ROOM)
     cursor = node.cursors[ROOM]
@@ -174,7 +156,7 @@ async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_pub
         await manager.publish("/chat", "room:a", "message", [{"n": i}])
     await asyncio.sleep(0.05)
     assert cursor.offset == 3 and manager.deliveries.seq == 3
-    first = cursor.recent.last()
+    first = cursor.recent[-1]
     # the same notification again: nothing happens
     manager._on_publication(ROOM, Publication(3, b"", first[1], cursor.epoch))
     await asyncio.sleep(0.05)
@@ -243,8 +225,7 @@ async def test_a_node_moves_into_a_renewed_epoch_delivering_only_what_it_had_not
     # another node reports them and the epoch is renewed, continuing the old one below 5.
     cursor.recent.pop()
     cursor.recent.pop()
-    cursor.recent.append(5, times[5] - 7)
-    cursor.recent.append(6, times[6] - 7)
+    cursor.recent.extend([(5, times[5] - 7), (6, times[6] - 7)])
     renewed = await manager.log.renew_epoch(ROOM, old, [(4, times[4]), (5, times[5] - 7), (6, times[6] - 7)])
     assert renewed.epoch != old
     await manager.publish("/chat", "room:a", "message", [{"n": 6}])

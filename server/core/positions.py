@@ -24,84 +24,22 @@ Plain classes, no I/O: the delivery layer awaits.
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from realtime_channels.envelope import channel_tag, parse_offset_token
 
 # Publications per channel whose times a cursor keeps: enough to cover the writes a failover
 # loses (those its replica had not received) and one intact write before them, which proves
-# where the loss began (see ChannelLog.renew_epoch). 4 KiB per busy channel.
+# where the loss began (see ChannelLog.renew_epoch). About 32 KiB per busy channel (a quarter
+# of its trail); a deque of tuples, as cheap to append to as it gets.
 RECENT = 256
 
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]
 NOWHERE: Position = (0, "")
-
-
-class Recent:
-    """``(offset, time_ms)`` of the last ``capacity`` publications delivered, oldest first: a
-    ring over two arrays of 64-bit integers (16 bytes a publication, not a tuple each).
-
-    :param capacity: how many are kept; the oldest is dropped to make room.
-    """
-
-    __slots__ = ("capacity", "_offsets", "_times", "_start")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._offsets = array("q")
-        self._times = array("q")
-        self._start = 0  # index of the oldest once the ring is full
-
-    def append(self, offset: int, time_ms: int) -> None:
-        if len(self._offsets) < self.capacity:
-            self._offsets.append(offset)
-            self._times.append(time_ms)
-            return
-        start = self._start
-        self._offsets[start] = offset
-        self._times[start] = time_ms
-        self._start = (start + 1) % self.capacity
-
-    def __len__(self) -> int:
-        return len(self._offsets)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        offsets, times, n, start = self._offsets, self._times, len(self._offsets), self._start
-        return ((offsets[(start + i) % n], times[(start + i) % n]) for i in range(n))
-
-    def __reversed__(self) -> Iterator[tuple[int, int]]:
-        offsets, times, n, start = self._offsets, self._times, len(self._offsets), self._start
-        return ((offsets[(start + i) % n], times[(start + i) % n]) for i in range(n - 1, -1, -1))
-
-    def __contains__(self, entry: object) -> bool:
-        return any(pair == entry for pair in reversed(self))
-
-    def last(self) -> tuple[int, int] | None:
-        """The newest entry, None when empty."""
-        n = len(self._offsets)
-        if not n:
-            return None
-        i = (self._start - 1) % n
-        return self._offsets[i], self._times[i]
-
-    def clear(self) -> None:
-        self._offsets = array("q")
-        self._times = array("q")
-        self._start = 0
-
-    def pop(self) -> tuple[int, int]:
-        """Remove and return the newest entry (IndexError when empty)."""
-        if self._start:  # unwind the ring first: pops are rare (a failover)
-            start = self._start
-            self._offsets = self._offsets[start:] + self._offsets[:start]
-            self._times = self._times[start:] + self._times[:start]
-            self._start = 0
-        return self._offsets.pop(), self._times.pop()
 
 
 class ChannelCursor:
@@ -124,7 +62,7 @@ class ChannelCursor:
         self.catching_up = False
         # (offset, time_ms) of the last few publications delivered, to tell a publication
         # already delivered from a new one that reuses its offset (see Deliveries.reused).
-        self.recent = Recent(RECENT)
+        self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)
         # Set when the channel's epoch was renewed after a failover lost writes (see
         # Deliveries.continue_epoch): the epoch before, the node seq of the switch, and the
         # offset delivered last before it (publications up to it may be delivered already).
@@ -195,7 +133,7 @@ class Deliveries:
         self.seq += 1
         cursor.offset = offset
         cursor.trail.append((self.seq, offset))
-        cursor.recent.append(offset, time_ms)
+        cursor.recent.append((offset, time_ms))
 
     @staticmethod
     def reused(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
@@ -212,7 +150,7 @@ class Deliveries:
         """Deliver the channel again from ``offset`` (publications from there were lost and
         their offsets reused)."""
         cursor.offset = offset - 1
-        while cursor.recent and cursor.recent.last()[0] >= offset:
+        while cursor.recent and cursor.recent[-1][0] >= offset:
             cursor.recent.pop()
 
     @staticmethod
