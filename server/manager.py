@@ -102,6 +102,10 @@ class RealtimeManager(ManagerAdapter):
         self._catching_up: dict[str, asyncio.Task] = {}
         # Highest offset announced for a channel while a gap read was running.
         self._announced: dict[str, int] = {}
+        # Channels announced in another epoch while a gap read was running: read once more.
+        self._recheck: set[str] = set()
+        # Epoch renewals under way (channel -> task), after a failover lost writes.
+        self._renewing: dict[str, asyncio.Task] = {}
         # Live publications held back while a recovering socket is replayed its history.
         self._recovering: dict[tuple[str, str], list[tuple[str, int, list[eio_packet.Packet]]]] = {}
         self._reap_timer: asyncio.TimerHandle | None = None
@@ -115,7 +119,7 @@ class RealtimeManager(ManagerAdapter):
     async def stop(self) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
-        tasks = [t for t in (self._reaping, *self._catching_up.values()) if t is not None]
+        tasks = [t for t in (self._reaping, *self._catching_up.values(), *self._renewing.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -308,6 +312,8 @@ class RealtimeManager(ManagerAdapter):
             return  # no longer ours
         if cursor.catching_up:
             self._announced[channel] = max(self._announced.get(channel, 0), publication.offset)
+            if publication.epoch != cursor.epoch:
+                self._recheck.add(channel)  # the read under way may predate that epoch
             return
         if publication.epoch == cursor.epoch:
             if publication.offset == cursor.offset + 1:
@@ -321,6 +327,7 @@ class RealtimeManager(ManagerAdapter):
                 log.warning("channel %s: offsets from %d were reused after a failover; delivering again from there",
                             channel, publication.offset)
                 self.metrics.recoveries.labels(split_channel(channel)[0], "offsets_reused").inc()
+                self._renew_epoch(channel, cursor)
                 self.deliveries.rewind(cursor, publication.offset)
         elif not cursor.epoch and publication.offset == 1:
             self.deliveries.reset(cursor, publication.epoch)  # the channel's first publication
@@ -348,10 +355,16 @@ class RealtimeManager(ManagerAdapter):
         backoff = 0.05
         try:
             while self.deliveries.cursors.get(channel) is cursor:
+                self._recheck.discard(channel)  # this read sees any epoch announced until now
+                # The read starts at the offset delivered last when its time is known, to see
+                # whether it is still the same publication (a failover may have lost it and given
+                # its offset to another one before this node heard of any).
+                probe = cursor.recent[-1] if cursor.recent and cursor.recent[-1][0] == cursor.offset else None
                 try:
                     self.metrics.channel_reads.labels("gap").inc()
-                    result = await self.log.history(channel, since=StreamPosition(cursor.offset, cursor.epoch),
-                                                    limit=PAGE)
+                    result = await self.log.history(
+                        channel, since=StreamPosition(cursor.offset - 1 if probe else cursor.offset, cursor.epoch),
+                        limit=PAGE)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis away: keep the cursor, catch up when it returns
@@ -366,6 +379,14 @@ class RealtimeManager(ManagerAdapter):
                 position = result.position
                 if not position.epoch:
                     break  # the channel is gone (expired): nothing to deliver
+                if position.epoch != cursor.epoch and result.previous_epoch and result.previous_epoch == cursor.epoch:
+                    # A failover lost writes and the epoch was renewed (by this node or another):
+                    # the new one continues ours below its base; deliver again from there.
+                    log.warning("channel %s: epoch %s continues %s below offset %d (a failover lost writes)",
+                                channel, position.epoch, cursor.epoch, result.base)
+                    self.deliveries.continue_epoch(cursor, position.epoch, result.base)
+                    self._announced.pop(channel, None)
+                    continue  # read again from the cursor, in the new epoch
                 if position.epoch != cursor.epoch:
                     # The channel started again (expired, or Redis lost it): every publication
                     # of the new epoch is new to this node.
@@ -377,22 +398,71 @@ class RealtimeManager(ManagerAdapter):
                     log.warning("channel %s went back from offset %d to %d (a failover lost writes)",
                                 channel, cursor.offset, position.offset)
                     self.metrics.recoveries.labels(split_channel(channel)[0], "offsets_reused").inc()
+                    self._renew_epoch(channel, cursor)
                     self.deliveries.rewind(cursor, position.offset + 1)
-                elif not result.recoverable:
+                elif probe is not None and result.publications and result.publications[0].offset == probe[0]:
+                    if result.publications[0].time_ms != probe[1]:
+                        log.warning("channel %s: offset %d was reused after a failover", channel, probe[0])
+                        self.metrics.recoveries.labels(split_channel(channel)[0], "offsets_reused").inc()
+                        if await self._renew(channel, cursor.epoch, list(cursor.recent)):
+                            continue  # read again: the new epoch says from where to deliver
+                        self.deliveries.rewind(cursor, probe[0])
+                elif not result.recoverable and not (
+                        probe is not None and result.publications
+                        and result.publications[0].offset == cursor.offset + 1):
+                    # (A probe read from before the offset delivered last, which may be trimmed.)
                     self.metrics.recoveries.labels(split_channel(channel)[0], "gap").inc()
                 for publication in result.publications:
                     if publication.epoch == cursor.epoch and publication.offset > cursor.offset:
+                        if (cursor.replaced_until >= publication.offset
+                                and self.deliveries.seen(cursor, publication.offset, publication.time_ms)):
+                            cursor.offset = publication.offset  # delivered before the epoch was renewed
+                            continue
                         self._deliver(channel, cursor, publication)
                 if len(result.publications) == PAGE:
                     continue
                 # Everything up to the position read is delivered or gone (trimmed, aged out).
                 cursor.offset = max(cursor.offset, position.offset)
-                if self._announced.get(channel, 0) <= cursor.offset:
+                if self._announced.get(channel, 0) <= cursor.offset and channel not in self._recheck:
                     break
         finally:
             cursor.catching_up = False
             self._announced.pop(channel, None)
+            self._recheck.discard(channel)
             self._catching_up.pop(channel, None)
+
+    def _renew_epoch(self, channel: str, cursor: ChannelCursor) -> None:
+        """A failover lost publications this node delivered of ``channel``: tell the channel
+        log which ones it delivered (before the cursor forgets them), so the channel's epoch
+        changes and a client that received a lost one is never recovered past its successor.
+        In a task: delivery does not wait; a failure is logged (another node may renew)."""
+        if channel in self._renewing or not cursor.epoch:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._renew(channel, cursor.epoch, list(cursor.recent)), name=f"renew {channel}")
+        self._renewing[channel] = task
+        task.add_done_callback(lambda _: self._renewing.pop(channel, None))
+
+    async def _renew(self, channel: str, epoch: str, delivered: list[tuple[int, int]]) -> bool:
+        """Renew ``channel``'s ``epoch`` (see :meth:`_renew_epoch`); True when the channel is
+        in another epoch now."""
+        try:
+            position = await self.log.renew_epoch(channel, epoch, delivered)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("channel %s: could not renew epoch %s after lost writes: %s", channel, epoch, exc)
+            return False
+        if position.epoch == epoch:
+            return False
+        log.warning("channel %s: epoch %s renewed as %s after a failover lost writes", channel, epoch, position.epoch)
+        if channel in self.deliveries.cursors:
+            # Move this node's cursor into the new epoch now (after the gap read under way).
+            if channel in self._catching_up:
+                self._recheck.add(channel)
+            else:
+                self._catch_up(channel)
+        return True
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -631,8 +701,9 @@ class RealtimeManager(ManagerAdapter):
                 if len(result.publications) < PAGE:
                     break
                 since = result.publications[-1].position
-            # What the client holds from now on, in this channel's current epoch.
-            positions.origin[channel] = (offset, epoch) if epoch else (0, result.position.epoch)
+            # What the client holds from now on, in this channel's current epoch (a position of
+            # an epoch continued after a lossy failover is the same offset in the new one).
+            positions.origin[channel] = (offset, result.position.epoch) if epoch else (0, result.position.epoch)
         missed.sort(key=lambda m: (m[0], m[1], m[3].offset))
         return [(channel, publication) for _, _, channel, publication in missed]
 

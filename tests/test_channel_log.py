@@ -198,6 +198,89 @@ async def test_epoch_changes_when_history_is_lost(backend):
     assert result.position == after[-1].position
 
 
+async def test_renew_epoch_after_lost_writes_continues_the_old_epoch_below_the_lost_offset(backend):
+    """A reader says which publications it delivered; those the channel lost (another
+    publication at the offset now, or an offset it no longer has) make a new epoch in which a
+    position below the first lost offset goes on, and one at or after it is unrecoverable."""
+    log = backend.make()
+    published = [await log.publish("room", b"%d" % i) for i in range(1, 7)]
+    old = published[0].position.epoch
+    stored = [(p.offset, p.time_ms) for p in (await log.history("room", limit=10)).publications]
+    # Everything delivered is stored as delivered: nothing lost, nothing renewed.
+    assert await log.renew_epoch("room", old, stored) == StreamPosition(6, old)
+    assert (await log.history("room", limit=0)).previous_epoch == ""
+    # Offsets 4 and 5 were delivered as other publications (other times), 7 and 8 are gone.
+    delivered = [*stored[:3], (4, stored[3][1] - 1), (5, stored[4][1] - 1), (7, 1), (8, 1)]
+    renewed = await log.renew_epoch("room", old, delivered)
+    assert renewed.offset == 6 and renewed.epoch not in ("", old)
+    assert await log.position("room") == renewed
+    # Someone renewed already: a second report changes nothing.
+    assert await log.renew_epoch("room", old, delivered) == renewed
+    newest = await log.history("room", limit=10)
+    assert newest.recoverable and (newest.previous_epoch, newest.base) == (old, 4)
+    assert [(p.offset, p.data, p.epoch) for p in newest.publications] == [
+        (i, b"%d" % i, renewed.epoch) for i in range(1, 7)]
+    # Below the base, a position of the old epoch goes on in the new one.
+    for since in (0, 1, 3):
+        result = await log.history("room", since=StreamPosition(since, old), limit=10)
+        assert result.recoverable, since
+        assert [p.position for p in result.publications] == [
+            StreamPosition(i, renewed.epoch) for i in range(since + 1, 7)]
+        assert (result.previous_epoch, result.base) == (old, 4)
+    # From the base on, the reader had a lost publication: told so, never continued.
+    for since in (4, 5, 6, 8):
+        result = await log.history("room", since=StreamPosition(since, old), limit=10)
+        assert not result.recoverable, since
+    # The new epoch goes on from the channel's newest offset.
+    after = await log.publish("room", b"7")
+    assert after.position == StreamPosition(7, renewed.epoch)
+    more = await log.history("room", since=StreamPosition(6, renewed.epoch), limit=10)
+    assert more.recoverable and [p.data for p in more.publications] == [b"7"]
+    # A reader of an unrelated epoch still gets "unrecoverable".
+    assert not (await log.history("room", since=StreamPosition(2, "0123abcd"), limit=10)).recoverable
+
+
+async def redis_or_memory_forget(backend, log, channel: str) -> None:
+    """Remove ``channel`` from the store (so the test's key count is about the others)."""
+    if backend.kind == "memory":
+        del log._channels[channel]
+    else:
+        keys = channel_keys(PREFIX, channel)
+        for key in (keys.stream, keys.meta):
+            await backend.clients[0].delete(key)
+
+
+async def test_renew_epoch_without_an_intact_delivered_publication_continues_nothing(backend):
+    """When no delivered publication below the lost ones is intact, the loss may have begun
+    before what the reader reports: no position of the old epoch but 0 goes on."""
+    log = backend.make()
+    published = [await log.publish("room", b"%d" % i) for i in range(1, 4)]
+    old = published[0].position.epoch
+    renewed = await log.renew_epoch("room", old, [(3, 1), (4, 1)])
+    assert renewed.epoch != old
+    assert (await log.history("room", limit=0)).base == 1
+    assert (await log.history("room", since=StreamPosition(0, old), limit=10)).recoverable
+    for since in (1, 2, 3):
+        assert not (await log.history("room", since=StreamPosition(since, old), limit=10)).recoverable
+    # What the reader did not report is not known to be intact: the base follows the highest
+    # intact publication it reported below the lost one.
+    for i in range(1, 6):
+        gappy = (await log.publish("gappy", b"%d" % i)).position.epoch
+    times = {p.offset: p.time_ms for p in (await log.history("gappy", limit=10)).publications}
+    await log.renew_epoch("gappy", gappy, [(1, times[1]), (2, times[2]), (5, times[5] - 1)])
+    assert (await log.history("gappy", limit=0)).base == 3
+    await redis_or_memory_forget(backend, log, "gappy")
+    # A channel that does not exist, or a report of another epoch: nothing happens.
+    assert await log.renew_epoch("nobody", old, [(1, 1)]) == EMPTY
+    assert await log.renew_epoch("room", "0123abcd", [(1, 1)]) == renewed
+    assert await backend.stored(log) == (1 if backend.kind == "memory" else 2)
+    for bad in ([(0, 1)], [(1, -1)], [(True, 1)], [(1, 2, 3)], [1], None):
+        with pytest.raises(ValueError):
+            await log.renew_epoch("room", renewed.epoch, bad)
+    with pytest.raises(ValueError):
+        await log.renew_epoch("room", None, [])
+
+
 # ------------------------------------------------------------------ history
 
 
@@ -596,6 +679,44 @@ async def test_a_stream_left_without_its_meta_starts_a_new_epoch(redis_client):
     new = (await log.publish("room", b"new")).position
     assert new.offset == 1 and new.epoch != old.epoch
     assert [p.data for p in (await log.history("room", limit=10)).publications] == [b"new"]
+    await log.close()
+
+
+async def test_a_promoted_lagging_replica_then_renew_epoch_on_a_real_redis(redis_client):
+    """What a failover does to a channel, on a real redis-server: the primary had 1..8, its
+    replica only 1..5 when promoted, so the next publications reuse offsets 6 and 7. A reader
+    of offset 7 of the old epoch would be given nothing and never see them; once a node that
+    delivered the lost ones renews the epoch, it is told recovery is impossible, and a reader
+    of offset 5 continues with the two new ones."""
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    keys = channel_keys(PREFIX, "room")
+    for i in range(1, 9):
+        old = (await log.publish("room", b"old%d" % i)).position.epoch
+    delivered = [(p.offset, p.time_ms) for p in (await log.history("room", limit=10)).publications]
+    # The promoted replica: entries 6..8 never arrived, its meta says offset 5.
+    await redis_client.xdel(keys.stream, "6-0", "7-0", "8-0")
+    await redis_client.execute_command("XSETID", keys.stream, "5-0")
+    await redis_client.hset(keys.meta, mapping={"o": 5, "t": delivered[4][1]})
+    await asyncio.sleep(0.005)  # the new publications get later times than the lost ones
+    reused = [(await log.publish("room", b"new%d" % i)).position for i in (6, 7)]
+    assert reused == [StreamPosition(6, old), StreamPosition(7, old)]
+    # Without a renewal the old epoch goes on and a reader at 7 misses new6 and new7 silently.
+    hole = await log.history("room", since=StreamPosition(7, old), limit=10)
+    assert hole.recoverable and hole.publications == []
+
+    renewed = await log.renew_epoch("room", old, delivered)
+    assert renewed.offset == 7 and renewed.epoch != old
+    assert await redis_client.hmget(keys.meta, ["pe", "b"]) == [old.encode(), b"6"]
+    assert await redis_client.pttl(keys.meta) > 0  # it still expires with the channel
+    assert not (await log.history("room", since=StreamPosition(7, old), limit=10)).recoverable
+    assert not (await log.history("room", since=StreamPosition(6, old), limit=10)).recoverable
+    go_on = await log.history("room", since=StreamPosition(5, old), limit=10)
+    assert go_on.recoverable and [(p.data, p.epoch) for p in go_on.publications] == [
+        (b"new6", renewed.epoch), (b"new7", renewed.epoch)]
+    # Another node reports the same loss: renewed already, nothing changes.
+    assert await log.renew_epoch("room", old, delivered[-3:]) == renewed
+    # A reader that only had the intact publications says nothing was lost.
+    assert await log.renew_epoch("room", renewed.epoch, delivered[:5]) == renewed
     await log.close()
 
 

@@ -166,3 +166,82 @@ async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_pub
     await asyncio.sleep(0.05)
     assert cursor.offset == 3 and manager.deliveries.seq == 4
     await manager.stop()
+
+
+def test_an_epoch_continued_after_a_lossy_failover_delivers_again_from_its_base():
+    node = node_with(ROOM)
+    cursor = node.cursors[ROOM]
+    for offset in range(1, 9):
+        node.delivered(cursor, offset, 1000 + offset)
+    socket = member_of(node, ROOM)
+    node.ping(socket)  # before the switch: answered, it proves nothing about the new epoch
+    node.continue_epoch(cursor, "f", 6)  # 6.. of "e" were lost
+    assert cursor.position == (5, "f") and cursor.previous_epoch == "e"
+    # What the node delivered before the switch is told apart by time: 6 was lost (another
+    # publication has it now), 7 was delivered already as the new epoch's.
+    assert node.seen(cursor, 7, 1007) and not node.seen(cursor, 6, 2006) and not node.seen(cursor, 9, 1009)
+    node.pong(socket)
+    assert socket.origin == {ROOM: (8, "e")}
+    node.ping(socket)
+    node.delivered(cursor, 6, 2006)
+    node.pong(socket)  # after the switch: the client stands in the new epoch, at the switch
+    assert socket.origin == {ROOM: (5, "f")}
+    # A later plain new epoch (the channel expired) continues nothing.
+    node.reset(cursor, "g")
+    assert cursor.previous_epoch == "" and not node.seen(cursor, 7, 1007) and not cursor.recent
+
+
+def test_a_socket_of_the_old_epoch_that_had_a_lost_publication_resolves_to_the_old_epoch():
+    """Its saved position stays in the old epoch, where the channel log says whether it can go
+    on (below the base) or not: never moved into the new epoch past a publication it lacks."""
+    node = node_with(ROOM)
+    cursor = node.cursors[ROOM]
+    socket = member_of(node, ROOM)
+    for offset in range(1, 9):
+        node.delivered(cursor, offset, 1000 + offset)
+    node.continue_epoch(cursor, "f", 6)
+    node.align(socket)
+    # The new epoch's trail does not count for a socket of the old one.
+    assert node.trail_of(socket, 10) == []
+    assert resolve(socket.origin, node.trail_of(socket, 10), token(ROOM, 8)) == {ROOM: (8, "e")}
+
+
+async def test_a_node_moves_into_a_renewed_epoch_delivering_only_what_it_had_not():
+    import asyncio
+
+    from realtime_channels.channel_log import MemoryChannelLog
+    from server.manager import RealtimeManager
+    from server.metrics import Metrics
+
+    manager = RealtimeManager(lambda on_publication, on_resync: MemoryChannelLog(
+        on_publication=on_publication, on_resync=on_resync), ["/chat"], Metrics())
+    cursor = await manager.open_channel(ROOM)
+    for i in range(6):
+        await manager.publish("/chat", "room:a", "message", [{"n": i}])
+    await asyncio.sleep(0.05)
+    old, times = cursor.epoch, dict(cursor.recent)
+    assert cursor.offset == 6 and manager.deliveries.seq == 6
+    # As after a failover: this node had delivered other publications at 5 and 6 (lost since);
+    # another node reports them and the epoch is renewed, continuing the old one below 5.
+    cursor.recent.pop()
+    cursor.recent.pop()
+    cursor.recent.extend([(5, times[5] - 7), (6, times[6] - 7)])
+    renewed = await manager.log.renew_epoch(ROOM, old, [(4, times[4]), (5, times[5] - 7), (6, times[6] - 7)])
+    assert renewed.epoch != old
+    await manager.publish("/chat", "room:a", "message", [{"n": 6}])
+    await asyncio.sleep(0.05)
+    # The next notification is of the new epoch: the node moves into it at offset 4 and
+    # delivers 5 and 6 (other publications than it had) and 7.
+    assert cursor.position == (7, renewed.epoch) and cursor.previous_epoch == old
+    assert [o for o, _ in cursor.recent][-3:] == [5, 6, 7] and manager.deliveries.seq == 6 + 1 + 3
+    # A node that delivered 5 and 6 as they are now (after a rewind, say) sends only 7.
+    other = await manager.open_channel(OTHER)
+    for i in range(6):
+        await manager.publish("/chat", "room:b", "message", [{"n": i}])
+    await asyncio.sleep(0.05)
+    old, times, seq = other.epoch, dict(other.recent), manager.deliveries.seq
+    renewed = await manager.log.renew_epoch(OTHER, old, [(4, times[4]), (5, times[5] - 7), (6, times[6] - 7)])
+    await manager.publish("/chat", "room:b", "message", [{"n": 6}])
+    await asyncio.sleep(0.05)
+    assert other.position == (7, renewed.epoch) and manager.deliveries.seq == seq + 1 + 1
+    await manager.stop()

@@ -439,6 +439,83 @@ async def test_a_primary_killed_mid_traffic_loses_no_acked_event_with_replicas_a
         assert [t for t in received if t in kept] == [t for t in stored if t in set(received)]  # channel order
 
 
+async def test_a_client_that_received_writes_a_failover_lost_is_never_recovered_past_them(
+        servers, js, proxies, own_redis_cluster):
+    """With ``replicas_ack = 0`` and a lagging replica, a subscriber receives events that the
+    failover then loses, and the promoted replica gives their offsets to new events. Cut just
+    before the kill, the client comes back with the offset of a lost event once the channel's
+    new offsets have passed it: it must be recovered with every event the channel holds, or be
+    told recovery is impossible — never recovered past the events that reused its offsets
+    (what happened while the channel's epoch stayed the same)."""
+    cluster = own_redis_cluster
+    env = on_cluster(cluster.url, REDIS_REPLICAS_ACK="0", EVENTS_PER_SECOND="1000", EVENT_BURST="1000",
+                     MAX_INFLIGHT_EVENTS="500", PING_INTERVAL="1", PING_TIMEOUT="1")
+    n1, n2 = servers(env=env), servers(env=env)
+    victim = cluster.primary_for("rt:{/chat|room:busy}:meta")
+    heir = cluster.replica_of(victim)
+    proxy = await proxies([n2.port])
+    first = await js.connect("sub", proxy.url + "/chat", transports=["websocket"])
+    await js.connect("pub", n1.url + "/chat", transports=["websocket"])
+    await js.connect("reader", n1.url + "/chat", transports=["websocket"])
+    for name in ("pub", "sub", "reader"):
+        assert (await js.emit(name, "join", {"room": "busy"}))["ok"]
+
+    stop = asyncio.Event()
+
+    async def send(i: int) -> None:
+        try:
+            await js.emit("pub", "message", {"room": "busy", "text": f"m{i}", "eventId": f"e{i}"}, timeout=3000)
+        except AssertionError:  # no ack: lost with the primary, or refused meanwhile
+            pass
+
+    async def publisher() -> None:
+        sends, i, start = [], 0, asyncio.get_running_loop().time()
+        while not stop.is_set():
+            sends.append(asyncio.create_task(send(i)))
+            i += 1
+            await asyncio.sleep(max(0.0, start + i * 0.02 - asyncio.get_running_loop().time()))  # 50/s
+        await asyncio.gather(*sends)
+
+    task = asyncio.create_task(publisher())
+    try:
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(hold_back_replication, victim, heir)
+        await asyncio.sleep(1.0)  # delivered to the subscriber, never replicated
+        proxy.down()
+        await js.call("waitDisconnects", name="sub", count=1)
+        had = [e["args"][0]["text"] for e in await js.events("sub", "message")]
+        held = int((await js.events("sub", "message"))[-1]["args"][-1].split("~")[0])
+        victim.kill()  # kill -9
+        heir.proc.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(wait_promoted, cluster, heir, 30)
+        # Publishing goes on until the channel's offsets pass the one the client holds.
+        deadline = asyncio.get_running_loop().time() + 30
+        while (await js.emit("reader", "history", {"room": "busy", "limit": 1}))["seq"] < held + 5:
+            assert asyncio.get_running_loop().time() < deadline, (held, n1.output()[-3000:])
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        await task
+    stored = await read_room(js, "reader", "busy")
+    lost = [t for t in had if t not in set(stored)]
+    assert lost, "the failover lost nothing the client had: the scenario did not happen"
+
+    proxy.up()
+    state = await js.call("waitConnects", name="sub", count=2)
+    await asyncio.sleep(1.0)  # the replay, and anything after it
+    received = [e["args"][0]["text"] for e in await js.events("sub", "message")]
+    print(f"\nthe client held offset {held}, had {len(had)} events, {len(lost)} of them lost; "
+          f"recovered: {state['recovered']}; the channel holds {len(stored)}")
+    if state["recovered"]:
+        assert state["sid"] == first["sid"]
+        missing = [t for t in stored if t not in set(received)]
+        assert missing == [], (len(missing), missing[:10], n2.output()[-3000:])
+    else:
+        assert state["sid"] != first["sid"]  # told: a new session, history is the application's to read
+    assert len(set(received)) == len(received)  # never twice
+
+
 # ---------------------------------------------------------------------- a slot migration mid-traffic
 
 

@@ -12,6 +12,11 @@ channel has its own history, offsets and epoch, modelled on Centrifuge's broker:
   expired after ``max_age`` without a publication) the next publication starts a new epoch, so
   a reader holding an old position is told recovery is impossible instead of getting a
   partial replay.
+* A failover can lose a channel's newest publications while subscribers already had them, and
+  the promoted replica then gives their offsets to new publications. A node that delivered them
+  says so (``renew_epoch``): the channel gets a new epoch that *continues* the previous one
+  below a base offset, so a reader positioned before the loss goes on exactly, and one that had
+  a lost publication is told recovery is impossible instead of silently missing its successor.
 * Reading never creates anything: the position of a channel that does not exist is
   :data:`EMPTY` (offset 0, epoch ``""``).
 
@@ -28,7 +33,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Protocol
 
 log = logging.getLogger("realtime_channels.channel_log")
@@ -103,11 +108,18 @@ class HistoryResult:
     :param recoverable: False when the reader's ``since`` cannot be continued exactly — the
         epoch changed, or publications after ``since.offset`` were trimmed or are unreadable.
         ``publications`` then holds the oldest retained entries the reader has not seen.
+    :param previous_epoch: when the epoch was renewed after a failover lost writes
+        (:meth:`ChannelLog.renew_epoch`), the epoch before it; ``""`` otherwise.
+    :param base: with ``previous_epoch``: offsets below ``base`` are the same publications in
+        both epochs (a reader at ``(o, previous_epoch)`` with ``o < base`` continues in this
+        one); from ``base`` on the previous epoch's publications were lost.
     """
 
     publications: list[Publication]
     position: StreamPosition
     recoverable: bool
+    previous_epoch: str = ""
+    base: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +199,21 @@ class ChannelLog(Protocol):
         """The channel's current position; :data:`EMPTY` when it does not exist.
         Never creates anything."""
 
+    async def renew_epoch(self, channel: str, epoch: str,
+                          delivered: Iterable[tuple[int, int]]) -> StreamPosition:
+        """Say "I delivered these publications of ``channel`` in ``epoch``", after noticing
+        that a failover lost some (an offset reused by another publication, or the channel's
+        newest offset went back). One atomic step: when the channel is still at ``epoch`` and
+        a delivered publication is missing or is another one now (different time), the
+        channel gets a new epoch continuing ``epoch`` below the lowest such offset (see
+        :attr:`HistoryResult.base`); its history is kept. Returns the channel's position
+        after it (unchanged when nothing was lost or someone renewed already).
+
+        :param epoch: the epoch the publications were delivered in.
+        :param delivered: ``(offset, time_ms)`` of publications delivered in ``epoch``, any
+            order, at most :data:`MAX_DELIVERED` (the newest count).
+        """
+
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Receive notifications for ``channels`` from now on. Returns once the subscription
         is in effect, so a history read after it misses nothing."""
@@ -256,6 +283,65 @@ def check_since(since: object) -> StreamPosition | None:
     return since
 
 
+# renew_epoch looks at this many delivered publications at most.
+MAX_DELIVERED = 1024
+
+
+def check_epoch(epoch: object) -> str:
+    """Return ``epoch`` if it is a string (any string: one that is no epoch matches none)."""
+    if not isinstance(epoch, str):
+        raise ValueError(f"epoch must be a string, got {type(epoch).__name__}")
+    return epoch
+
+
+def check_delivered(delivered: object) -> list[tuple[int, int]]:
+    """Return ``delivered`` as a list of ``(offset >= 1, time_ms >= 0)`` pairs, the newest
+    :data:`MAX_DELIVERED` of them; raise ValueError for anything else."""
+    try:
+        pairs = [(offset, time_ms) for offset, time_ms in delivered]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError("delivered must be (offset, time_ms) pairs") from None
+    for offset, time_ms in pairs:
+        if not (isinstance(offset, int) and not isinstance(offset, bool) and 1 <= offset < 10**15
+                and isinstance(time_ms, int) and not isinstance(time_ms, bool) and 0 <= time_ms < 10**15):
+            raise ValueError(f"delivered holds a bad pair ({offset!r:.20}, {time_ms!r:.20})")
+    return pairs[-MAX_DELIVERED:]
+
+
+def lost_base(delivered: list[tuple[int, int]], top: int, first_retained: int,
+              stored_time: Callable[[int], int | None]) -> int | None:
+    """Where a channel at offset ``top`` lost publications a reader delivered, or None.
+
+    A delivered offset above ``top``, or a retained one whose stored publication is missing or
+    has another time, was lost. A replica holds a prefix of its primary's writes, so everything
+    up to an intact publication is intact: the base is the offset after the highest intact one
+    below the lowest lost one. When none is, the loss may have begun before what ``delivered``
+    shows, and the base is 1 (nothing of the previous epoch continues).
+
+    :param first_retained: the oldest offset still stored; delivered offsets below it were
+        trimmed, not lost, and tell nothing.
+    :param stored_time: the stored time of an offset in ``[first_retained, top]``, None if missing.
+    """
+    lost: int | None = None
+    intact: list[int] = []
+    for offset, time_ms in delivered:
+        if offset > top or (offset >= first_retained and stored_time(offset) != time_ms):
+            lost = offset if lost is None else min(lost, offset)
+        elif offset >= first_retained:
+            intact.append(offset)
+    if lost is None:
+        return None
+    return max((i + 1 for i in intact if i < lost), default=1)
+
+
+def continued(since: StreamPosition, epoch: str, previous_epoch: str, base: int) -> StreamPosition:
+    """``since`` in a channel now at ``epoch``: a position of ``previous_epoch`` below ``base``
+    names the same publications in ``epoch`` (see :meth:`ChannelLog.renew_epoch`)."""
+    if previous_epoch and since.epoch == previous_epoch and since.offset < base:
+        return StreamPosition(since.offset, epoch)
+    return since
+
+
 def new_epoch() -> str:
     """A fresh random epoch."""
     return secrets.token_hex(8)
@@ -294,13 +380,16 @@ def is_valid_epoch(value: object) -> bool:
 
 
 class _Channel:
-    __slots__ = ("epoch", "top", "last_ms", "entries")
+    __slots__ = ("epoch", "top", "last_ms", "entries", "previous_epoch", "base")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.top = 0
         self.last_ms = 0  # time of the newest publication
         self.entries: deque[Publication] = deque()
+        # Set by renew_epoch: the epoch this one continues below `base`.
+        self.previous_epoch = ""
+        self.base = 0
 
 
 class MemoryChannelLog:
@@ -420,17 +509,40 @@ class MemoryChannelLog:
         retained = [p for p in state.entries if p.time_ms >= cutoff]
         first = retained[0].offset if retained else state.top + 1
         position = StreamPosition(state.top, state.epoch)
+        renewed = (state.previous_epoch, state.base)
         if since is None:
-            return HistoryResult(retained[-limit:] if limit else [], position, True)
+            return HistoryResult(retained[-limit:] if limit else [], position, True, *renewed)
+        since = continued(since, state.epoch, *renewed)
         start = max(read_start(since, state.epoch), first)
         # Offsets are contiguous in memory, so the start is found by arithmetic.
         chosen = retained[start - first:start - first + limit] if limit else []
-        return HistoryResult(chosen, position, is_recoverable(since, state.epoch, state.top, first))
+        return HistoryResult(chosen, position, is_recoverable(since, state.epoch, state.top, first), *renewed)
 
     async def position(self, channel: str) -> StreamPosition:
         check_channel(channel)
         state = self._live(channel, self._now_ms())
         return EMPTY if state is None else StreamPosition(state.top, state.epoch)
+
+    async def renew_epoch(self, channel: str, epoch: str,
+                          delivered: Iterable[tuple[int, int]]) -> StreamPosition:
+        check_channel(channel)
+        check_epoch(epoch)
+        pairs = check_delivered(delivered)
+        state = self._live(channel, self._now_ms())
+        if state is None:
+            return EMPTY
+        position = StreamPosition(state.top, state.epoch)
+        if state.epoch != epoch:
+            return position  # renewed already, or a new epoch altogether
+        first = state.entries[0].offset if state.entries else state.top + 1
+        # An in-process log loses nothing, but a caller may know of publications it never
+        # stored: the same contract as Redis.
+        base = lost_base(pairs, state.top, first, lambda o: state.entries[o - first].time_ms)
+        if base is None:
+            return position
+        state.previous_epoch, state.base, state.epoch = epoch, base, new_epoch()
+        state.entries = deque(replace(p, epoch=state.epoch) for p in state.entries)
+        return StreamPosition(state.top, state.epoch)
 
     async def subscribe(self, channels: Iterable[str]) -> None:
         if self._closed:

@@ -4,7 +4,9 @@ Key layout (every key of a channel shares the hash tag ``{<channel>}``, so each 
 exactly one Redis Cluster slot)::
 
     <prefix>:{<channel>}:stream      XADD'ed with the explicit ID "<offset>-0", fields d (data), t (ms)
-    <prefix>:{<channel>}:meta        hash: e (epoch), o (newest offset), t (newest entry's ms)
+    <prefix>:{<channel>}:meta        hash: e (epoch), o (newest offset), t (newest entry's ms);
+                                     after a lossy failover (renew_epoch) also pe (the epoch
+                                     this one continues) and b (the offset it continues below)
     <prefix>:{<channel>}:idem:<key>  hash: o, e of the first publication with that key
     <prefix>:{<channel>}:pub         the notification channel (PUBLISH, or SPUBLISH when sharded)
 
@@ -48,9 +50,12 @@ from .channel_log import (
     StreamPosition,
     check_channel,
     check_data,
+    check_delivered,
+    check_epoch,
     check_idempotency_key,
     check_limit,
     check_since,
+    continued,
     is_recoverable,
     is_valid_epoch,
     new_epoch,
@@ -246,12 +251,14 @@ HISTORY_SCRIPT = _LUA_HELPERS + r"""
 --       epoch, limit, max_age_ms
 -- Returns {} when the channel does not exist, else
 -- {epoch, newest offset, oldest retained offset or nil, entries (oldest first for 'since',
---  newest first for 'newest')}. Read-only: creates nothing.
+--  newest first for 'newest'), previous epoch or nil, base offset or nil}. A reader of the
+-- previous epoch below the base continues in this one (see RENEW_SCRIPT). Read-only.
 local stream, meta = KEYS[1], KEYS[2]
-local state = redis.call('HMGET', meta, 'e', 'o')
+local state = redis.call('HMGET', meta, 'e', 'o', 'pe', 'b')
 if not state[1] then return {} end
-local epoch, top = state[1], state[2]
-if not valid_meta(epoch, top, nil) then return {epoch, top, false, {}} end
+local epoch, top, previous, base = state[1], state[2], state[3], tonumber(state[4] or '')
+if not valid_meta(epoch, top, nil) then return {epoch, top, false, {}, false, false} end
+if previous == nil or base == nil then previous, base = false, false end
 local first = first_retained(stream, now_ms() - tonumber(ARGV[5]))
 local limit = tonumber(ARGV[4])
 local entries = {}
@@ -260,12 +267,57 @@ if first ~= nil and limit > 0 then
     entries = redis.call('XREVRANGE', stream, '+', string.format('%d', first), 'COUNT', limit)
   else
     local start = 1
-    if ARGV[3] == epoch then start = tonumber(ARGV[2]) end
+    if ARGV[3] == epoch or (previous and ARGV[3] == previous and tonumber(ARGV[2]) <= base) then
+      start = tonumber(ARGV[2])
+    end
     start = math.max(start, first)
     entries = redis.call('XRANGE', stream, string.format('%d', start), '+', 'COUNT', limit)
   end
 end
-return {epoch, top, first or false, entries}
+return {epoch, top, first or false, entries, previous, base}
+"""
+
+RENEW_SCRIPT = _LUA_HELPERS + r"""
+-- KEYS: stream, meta
+-- ARGV: the epoch the caller delivered in, a fresh epoch, then offset, time_ms pairs of
+--       publications the caller delivered in that epoch.
+-- A failover lost writes the caller had delivered: when the channel is still at that epoch
+-- and a delivered offset is above the newest one, or its stored entry is missing or has
+-- another time, the channel gets the fresh epoch, continuing the old one (pe) below the base
+-- offset b (offsets below b are the same publications in both). The stream is kept.
+-- Returns {epoch, newest offset, 1 if renewed else 0}; {} when the channel does not exist.
+-- The rule is channel_log.lost_base's.
+local stream, meta = KEYS[1], KEYS[2]
+local state = redis.call('HMGET', meta, 'e', 'o')
+if not state[1] then return {} end
+local epoch, top = state[1], state[2]
+if not valid_meta(epoch, top, nil) then
+  return redis.error_reply('ERR corrupt channel meta in ' .. meta)
+end
+top = tonumber(top)
+if epoch ~= ARGV[1] then return {epoch, top, 0} end
+local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+local first = top + 1
+if head ~= nil then first = entry_offset(head) end
+local lost, intact = nil, {}
+for i = 3, #ARGV - 1, 2 do
+  local offset, t = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local gone = offset > top
+  if not gone and offset >= first then
+    local id = string.format('%d-0', offset)
+    local entry = redis.call('XRANGE', stream, id, id)[1]
+    gone = entry == nil or entry_time(entry) ~= t
+    if not gone then intact[#intact + 1] = offset end
+  end
+  if gone and (lost == nil or offset < lost) then lost = offset end
+end
+if lost == nil then return {epoch, top, 0} end
+local base = 1
+for _, offset in ipairs(intact) do
+  if offset < lost and offset + 1 > base then base = offset + 1 end
+end
+redis.call('HSET', meta, 'e', ARGV[2], 'pe', epoch, 'b', string.format('%d', base))
+return {ARGV[2], top, 1}
 """
 
 TRIM_SCRIPT = _LUA_HELPERS + r"""
@@ -449,6 +501,7 @@ class RedisChannelLog:
         self._publish_script = client.register_script(PUBLISH_SCRIPT)
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._trim_script = client.register_script(TRIM_SCRIPT)
+        self._renew_script = client.register_script(RENEW_SCRIPT)
         self._by_notify: dict[bytes, str] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
@@ -535,11 +588,16 @@ class RedisChannelLog:
                                            args=[*args, self.bounds.max_age_ms])
         if reply == []:
             return HistoryResult([], EMPTY, since is None or is_recoverable(since, "", 0, 1))
-        if not (isinstance(reply, list) and len(reply) == 4 and isinstance(reply[3], list)):
+        if not (isinstance(reply, list) and len(reply) == 6 and isinstance(reply[3], list)):
             raise ChannelLogError(f"unexpected history reply for {keys.meta}")
         epoch, top = _meta(reply[0], reply[1], keys.meta)
         first = reply[2] if isinstance(reply[2], int) else top + 1
         position = StreamPosition(top, epoch)
+        renewed = ("", 0)
+        if isinstance(reply[4], bytes) and isinstance(reply[5], int):
+            renewed = (_meta(reply[4], b"%d" % max(reply[5], 0), keys.meta)[0], reply[5])
+        if since is not None:
+            since = continued(since, epoch, *renewed)
         raw = reply[3] if since is not None else list(reversed(reply[3]))
         publications = [decode_entry(e, epoch, self.bounds.max_data_size) for e in raw]
         valid = [p for p in publications if p is not None]
@@ -555,8 +613,8 @@ class RedisChannelLog:
             self._bad_input.warning("dropped %d malformed entries of %s", len(publications) - len(valid),
                                     keys.stream)
         if since is None:
-            return HistoryResult(valid, position, intact)
-        return HistoryResult(valid, position, intact and is_recoverable(since, epoch, top, first))
+            return HistoryResult(valid, position, intact, *renewed)
+        return HistoryResult(valid, position, intact and is_recoverable(since, epoch, top, first), *renewed)
 
     async def position(self, channel: str) -> StreamPosition:
         check_channel(channel)
@@ -565,6 +623,23 @@ class RedisChannelLog:
         if epoch is None:
             return EMPTY
         return _position(epoch, top, meta)
+
+    async def renew_epoch(self, channel: str, epoch: str,
+                          delivered: Iterable[tuple[int, int]]) -> StreamPosition:
+        check_channel(channel)
+        check_epoch(epoch)
+        pairs = check_delivered(delivered)
+        keys = self.keys(channel)
+        try:
+            reply = await self._renew_script(keys=[keys.stream, keys.meta],
+                                             args=[epoch, new_epoch(), *(n for pair in pairs for n in pair)])
+        except ResponseError as exc:
+            raise publish_error(exc) from None
+        if reply == []:
+            return EMPTY
+        if not (isinstance(reply, list) and len(reply) == 3 and isinstance(reply[1], int)):
+            raise ChannelLogError(f"unexpected renew reply for {keys.meta}")
+        return _position(reply[0], b"%d" % reply[1], keys.meta)
 
     async def trim_expired(self) -> int:
         removed = 0

@@ -31,9 +31,11 @@ from typing import Iterable
 
 from realtime_channels.envelope import channel_tag, parse_offset_token
 
-# Publications per channel whose times a cursor keeps (a failover loses at most the writes its
-# replica had not received: the last few).
-RECENT = 64
+# Publications per channel whose times a cursor keeps: enough to cover the writes a failover
+# loses (those its replica had not received) and one intact write before them, which proves
+# where the loss began (see ChannelLog.renew_epoch). About 32 KiB per busy channel (a quarter
+# of its trail); a deque of tuples, as cheap to append to as it gets.
+RECENT = 256
 
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]
@@ -48,7 +50,8 @@ class ChannelCursor:
     :param trail_length: how many ``(seq, offset)`` pairs the trail keeps.
     """
 
-    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up", "recent")
+    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up", "recent", "previous_epoch", "switched_at",
+                 "replaced_until")
 
     def __init__(self, offset: int, epoch: str, tag: str, trail_length: int) -> None:
         self.offset = offset
@@ -60,6 +63,12 @@ class ChannelCursor:
         # (offset, time_ms) of the last few publications delivered, to tell a publication
         # already delivered from a new one that reuses its offset (see Deliveries.reused).
         self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)
+        # Set when the channel's epoch was renewed after a failover lost writes (see
+        # Deliveries.continue_epoch): the epoch before, the node seq of the switch, and the
+        # offset delivered last before it (publications up to it may be delivered already).
+        self.previous_epoch = ""
+        self.switched_at = 0
+        self.replaced_until = 0
 
     @property
     def position(self) -> Position:
@@ -144,11 +153,40 @@ class Deliveries:
         while cursor.recent and cursor.recent[-1][0] >= offset:
             cursor.recent.pop()
 
+    @staticmethod
+    def seen(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
+        """Whether the publication at ``offset`` (published at ``time_ms``) of a continued
+        epoch was delivered already, before the switch (see :meth:`continue_epoch`)."""
+        return offset <= cursor.replaced_until and (offset, time_ms) in cursor.recent
+
+    def continue_epoch(self, cursor: ChannelCursor, epoch: str, base: int) -> None:
+        """The channel's epoch was renewed after a failover lost writes: ``epoch`` continues
+        the cursor's below ``base`` (the same publications there), and from ``base`` on what
+        this node delivered may be lost. Delivery goes on in ``epoch`` from ``base`` at the
+        latest; publications delivered already (same offset and time, :meth:`seen`) are not
+        sent twice.
+
+        The trail restarts with one entry, the position at the switch, so an answered ping
+        sent after it moves a socket of the old epoch into the new one (:meth:`pong`)."""
+        cursor.previous_epoch = cursor.epoch
+        cursor.replaced_until = cursor.offset
+        cursor.epoch = epoch
+        cursor.offset = min(cursor.offset, base - 1)
+        cursor.trail.clear()
+        self.seq += 1
+        cursor.switched_at = self.seq
+        cursor.trail.append((self.seq, cursor.offset))
+
     def reset(self, cursor: ChannelCursor, epoch: str) -> None:
         """The channel started a new epoch: nothing of the old one counts any more."""
+        cursor.previous_epoch = ""
+        cursor.replaced_until = 0
         cursor.epoch = epoch
         cursor.offset = 0
         cursor.trail.clear()
+        # Times of the old epoch's offsets say nothing about the new one's (a gap read would
+        # take one of them for a reused offset).
+        cursor.recent.clear()
 
     # ------------------------------------------------------------------ per socket
 
@@ -177,16 +215,26 @@ class Deliveries:
         if seq is None or seq <= socket.base_seq:
             return
         self.align(socket)
+        moved = set()
         for channel, (offset, epoch) in socket.origin.items():
             cursor = self.cursors.get(channel)
-            if cursor is None or cursor.epoch != epoch:
+            if cursor is None:
+                continue
+            if cursor.epoch != epoch:
+                last = cursor.last_at(seq)
+                if epoch and epoch == cursor.previous_epoch and seq >= cursor.switched_at and last is not None:
+                    # The epoch was continued after a lossy failover and the client had what
+                    # was delivered up to the switch and after it: it stands in the new epoch.
+                    socket.origin[channel] = (last, cursor.epoch)
+                    moved.add(channel)
                 continue
             last = cursor.last_at(seq)
             if last is not None and last > offset:
                 socket.origin[channel] = (last, epoch)
         for channel, offset in socket.replayed:
             known = socket.origin.get(channel)
-            if known is not None and offset > known[0]:
+            # A replay into a channel just moved to a new epoch named offsets of the old one.
+            if known is not None and offset > known[0] and channel not in moved:
                 socket.origin[channel] = (offset, known[1])
         socket.replayed = []
         socket.base_seq = seq
