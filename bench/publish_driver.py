@@ -219,11 +219,16 @@ async def run_phase(pub: Publisher, phase: str, count: int, window: int, rate: f
 
 
 class Clients:
-    """bench/publish_clients.js as a child process (inherits this process's CPU pinning)."""
+    """bench/publish_clients.js as a child process (inherits this process's CPU pinning).
 
-    def __init__(self, port: int, clients: int, room: str, node: str) -> None:
+    :param rooms: spread the clients over this many rooms, ``<room>-0`` .. (publish_clients.js
+        --rooms); 1: all in ``room``.
+    """
+
+    def __init__(self, port: int, clients: int, room: str, node: str, rooms: int = 1) -> None:
         self.proc = subprocess.Popen(
-            [node, str(HERE / "publish_clients.js"), "--port", str(port), "--clients", str(clients), "--room", room],
+            [node, str(HERE / "publish_clients.js"), "--port", str(port), "--clients", str(clients), "--room", room,
+             "--rooms", str(rooms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def line(self) -> dict[str, Any]:
