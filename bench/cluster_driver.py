@@ -18,7 +18,8 @@ last delivery arrived), delivery latency, and the CPU time each redis-server rep
 cpu`` (``used_cpu_sys`` + ``used_cpu_user``, read before and after; minus each node's idle
 rate, read over ``--idle`` s before the phases: cluster gossip, the server's timers): per
 publish on the masters and on the replicas, each master's share, and the busiest master's % of
-one core — the figures the README's arithmetic stands on. The server's own CPU time per
+one core — the figures the README's arithmetic stands on — and the masters' time inside the
+publish script (``INFO commandstats`` of EVALSHA: the floor, without network I/O). The server's own CPU time per
 delivery comes from /proc. ``summarize FILE`` prints the table of a run.
 """
 
@@ -30,6 +31,7 @@ import json
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,17 @@ def make_emitter(state: dict[str, Any]) -> Any:
     return Emitter(state["url"])
 
 
+def gap_reads(port: int) -> float:
+    """The server's history reads to fill a gap in a channel's notifications (its /metrics):
+    Redis work besides the publishes, when a node falls behind or misses a notification."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return float("nan")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("rt_channel_history_reads_total{") and '"gap"' in line)
+
+
 class RedisNodes:
     """``INFO`` of every redis-server of the run (masters and replicas)."""
 
@@ -79,6 +92,14 @@ class RedisNodes:
             out[p] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
         return out
 
+    def script_seconds(self) -> dict[int, float]:
+        """Port -> seconds spent running scripts (INFO commandstats of EVAL and EVALSHA, which
+        include the commands a script calls): the publish itself, without the process's network
+        I/O and event loop."""
+        return {p: sum(v["usec"] for k, v in c.info("commandstats").items()
+                       if k in ("cmdstat_eval", "cmdstat_evalsha")) / 1e6
+                for p, c in self.clients.items()}
+
     def measure_idle(self, seconds: float) -> None:
         """Each node's CPU seconds per second with nobody publishing (subtracted from phases)."""
         before = self.cpu()
@@ -92,17 +113,21 @@ class RedisNodes:
 
 
 def redis_figures(nodes: RedisNodes, roles: dict[int, str], before: dict[int, float], after: dict[int, float],
-                  span: float, published: int) -> dict[str, Any]:
-    """CPU per publish on the masters and replicas (idle rate subtracted), masters' shares and
-    the busiest master's % of one core over ``span`` s."""
+                  script_before: dict[int, float], script_after: dict[int, float], span: float,
+                  published: int) -> dict[str, Any]:
+    """CPU per publish on the masters and replicas (idle rate subtracted), the masters' script
+    time per publish, masters' shares and the busiest master's % of one core over
+    ``span`` s."""
     used = {p: max(0.0, after[p] - before[p] - nodes.idle[p] * span) for p in after}
     masters = sorted((used[p] for p in used if roles[p] == "master"), reverse=True)
     replicas = [used[p] for p in used if roles[p] != "master"]
     per = lambda s: round(s * 1e6 / published, 1) if published else None  # noqa: E731 - µs per publish
     total = sum(masters)
+    script = sum(script_after[p] - script_before[p] for p in script_after if roles[p] == "master")
     return {
         "redis_masters": len(masters),
-        "redis_us_per_publish": per(total), "replica_us_per_publish": per(sum(replicas)) if replicas else None,
+        "redis_us_per_publish": per(total), "redis_script_us_per_publish": per(script),
+        "replica_us_per_publish": per(sum(replicas)) if replicas else None,
         "master_cpu_s": [round(x, 4) for x in masters], "replica_cpu_s": [round(x, 4) for x in replicas],
         "master_shares": [round(x / total, 2) for x in masters] if total else None,
         "busiest_master_cpu_pct": round(masters[0] * 100 / span, 1) if masters else None,
@@ -132,12 +157,14 @@ async def measure(args: argparse.Namespace) -> None:
             await asyncio.to_thread(receivers[phase].report, "warm" + phase, row["published"])
         for phase in PHASES:
             await asyncio.sleep(0.5)
-            r0, p0, t0 = nodes.cpu(), proc_ticks(), time.perf_counter()
+            g0 = gap_reads(args.port)
+            c0, r0, p0, t0 = nodes.script_seconds(), nodes.cpu(), proc_ticks(), time.perf_counter()
             row = await run_phase(RoomsPublisher(emitter, targets[phase]), phase, count, args.window, None)
             clients = receivers[phase]
             delivered = await asyncio.to_thread(clients.report, phase, row["published"]) if clients else None
             span = time.perf_counter() - t0
-            r1, p1 = nodes.cpu(), proc_ticks()
+            r1, p1, c1 = nodes.cpu(), proc_ticks(), nodes.script_seconds()
+            gaps = gap_reads(args.port) - g0
             spid = state["server_pid"]
             server_s = (p1.get(spid, (0, 0))[1] - p0.get(spid, (0, 0))[1]) / CLK_TCK
             deliveries = delivered["deliveries"] if delivered else 0
@@ -151,7 +178,8 @@ async def measure(args: argparse.Namespace) -> None:
                 "delivery_ms": delivered["lat_ms"] if delivered else None,
                 "out_of_order": delivered["out_of_order"] if delivered else 0,
                 "unexpected_closes": delivered["unexpected_closes"] if delivered else 0,
-                **redis_figures(nodes, roles, r0, r1, span, row["published"]),
+                "gap_reads": None if gaps != gaps else int(gaps),
+                **redis_figures(nodes, roles, r0, r1, c0, c1, span, row["published"]),
                 "server_cpu_pct": round(server_s * 100 / span, 1),
                 "server_us_per_delivery": round(server_s * 1e6 / deliveries, 1) if deliveries else None,
                 **{("server_redis_cpu_pct" if k == "server_cpu_pct" else k): v
@@ -184,7 +212,7 @@ def summarize(path: str) -> None:
         return round(statistics.median(values), 1) if values else "–"
 
     print("| topology | phase | publishes/s | deliveries/s | delivery p50 / p99 ms | Redis CPU µs per publish: "
-          "masters / replicas | masters' shares | busiest master, % of a core | server CPU µs per delivery "
+          "masters / replicas (masters' publish script) | masters' shares | busiest master, % of a core | server CPU µs per delivery "
           "(server %) | others' CPU % |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for topology in ("single", "cluster"):
@@ -197,7 +225,8 @@ def summarize(path: str) -> None:
             print(f"| {topology}{' ⚠' if bad else ''} | {phase} | {med(cell, 'publishes_per_s'):.0f} | "
                   f"{med(cell, 'deliveries_per_s'):.0f} | "
                   f"{med(cell, 'delivery_ms', 'p50')} / {med(cell, 'delivery_ms', 'p99')} | "
-                  f"{med(cell, 'redis_us_per_publish')} / {med(cell, 'replica_us_per_publish')} | {shares} | "
+                  f"{med(cell, 'redis_us_per_publish')} / {med(cell, 'replica_us_per_publish')} "
+                  f"({med(cell, 'redis_script_us_per_publish')}) | {shares} | "
                   f"{med(cell, 'busiest_master_cpu_pct')} | {med(cell, 'server_us_per_delivery')} "
                   f"({med(cell, 'server_cpu_pct')}) | {med(cell, 'other_procs_cpu_pct')} |")
     if len({r["rep"] for r in rows}) > 1:
