@@ -54,11 +54,7 @@ for s in "${senders[@]}"; do
   rc=$?
   set -e
   stop_server
-  while IFS= read -r l; do
-    [[ -n "$l" ]] || continue
-    printf '%s\n' "$l"
-    [[ -z "$OUT" ]] || printf '%s\n' "$l" >> "$OUT"
-  done <<< "$lines"
+  keep_lines "$lines" "$OUT"
   [[ $rc -eq 0 ]] || log "loadgen exit code $rc for $TARGET/chat senders=$s (see $logf)"
   sleep 1
 done

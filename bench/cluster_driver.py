@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 import urllib.request
@@ -37,7 +36,7 @@ from typing import Any
 
 import redis
 
-from publish_driver import CLK_TCK, Clients, cpu_split, proc_ticks, run_phase
+from publish_driver import CLK_TCK, Clients, cpu_split, med, proc_ticks, rows_by, run_phase
 
 PHASES = ("spread", "hot", "nosub")
 
@@ -197,24 +196,11 @@ async def measure(args: argparse.Namespace) -> None:
 def summarize(path: str) -> None:
     """A markdown table of the `cluster` rows of ``path`` (medians over repetitions; ⚠ marks a
     cell with errors, missing or out-of-order deliveries), then each topology's ceilings."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"scenario":"cluster"' in line]
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault((r["topology"], r["phase"]), []).append(r)
-
-    def med(cell: list[dict[str, Any]], *path: str) -> Any:
-        values = []
-        for r in cell:
-            for key in path:
-                r = r.get(key) if isinstance(r, dict) else None
-            if r is not None:
-                values.append(r)
-        return round(statistics.median(values), 1) if values else "–"
-
+    rows, by = rows_by(path, "cluster", "topology")
     print("| topology | phase | publishes/s | deliveries/s | delivery p50 / p99 ms | Redis CPU µs per publish: "
-          "masters / replicas (masters' publish script) | masters' shares | busiest master, % of a core | server CPU µs per delivery "
-          "(server %) | others' CPU % |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "masters / replicas | masters' shares | busiest master, % of a core | server CPU µs per delivery "
+          "(server %) | load generator CPU % | others' CPU % |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for topology in ("single", "cluster"):
         for phase in PHASES:
             cell = by.get((topology, phase))
@@ -225,19 +211,19 @@ def summarize(path: str) -> None:
             print(f"| {topology}{' ⚠' if bad else ''} | {phase} | {med(cell, 'publishes_per_s'):.0f} | "
                   f"{med(cell, 'deliveries_per_s'):.0f} | "
                   f"{med(cell, 'delivery_ms', 'p50')} / {med(cell, 'delivery_ms', 'p99')} | "
-                  f"{med(cell, 'redis_us_per_publish')} / {med(cell, 'replica_us_per_publish')} "
-                  f"({med(cell, 'redis_script_us_per_publish')}) | {shares} | "
+                  f"{med(cell, 'redis_us_per_publish')} / {med(cell, 'replica_us_per_publish')} | {shares} | "
                   f"{med(cell, 'busiest_master_cpu_pct')} | {med(cell, 'server_us_per_delivery')} "
-                  f"({med(cell, 'server_cpu_pct')}) | {med(cell, 'other_procs_cpu_pct')} |")
+                  f"({med(cell, 'server_cpu_pct')}) | {med(cell, 'client_cpu_pct')} | {med(cell, 'other_procs_cpu_pct')} |")
     if len({r["rep"] for r in rows}) > 1:
         print(f"(medians of {len({r['rep'] for r in rows})} repetitions)")
     for topology in ("single", "cluster"):
-        hot, spread = by.get((topology, "nosub")), by.get((topology, "spread"))
-        if hot and spread:
-            us, srv = med(hot, "redis_us_per_publish"), med(spread, "server_us_per_delivery")
-            if isinstance(us, float) and us > 0 and isinstance(srv, float) and srv > 0:
-                print(f"{topology}: one master core ≈ {1e6 / us:,.0f} publishes/s ({us} µs each, no subscriber); "
-                      f"one server core ≈ {1e6 / srv:,.0f} deliveries/s ({srv} µs each)")
+        spread, nosub = by.get((topology, "spread")), by.get((topology, "nosub"))
+        if spread and nosub:
+            us, bare, srv = (med(spread, "redis_us_per_publish"), med(nosub, "redis_us_per_publish"),
+                             med(spread, "server_us_per_delivery"))
+            if all(isinstance(x, float) and x > 0 for x in (us, bare, srv)):
+                print(f"{topology}: one master core ≈ {1e6 / us:,.0f} publishes/s ({us} µs each with the server "
+                      f"subscribed; {bare} µs without); one server core ≈ {1e6 / srv:,.0f} deliveries/s ({srv} µs each)")
 
 
 def main(argv: list[str]) -> None:

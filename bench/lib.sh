@@ -65,5 +65,16 @@ wait_quiet() {
   done
 }
 
+# keep_lines LINES [FILE]: each non-empty line of LINES (a driver's JSON lines) to stdout, and
+# appended to FILE when one is named.
+keep_lines() {
+  local l
+  while IFS= read -r l; do
+    [[ -n "$l" ]] || continue
+    printf '%s\n' "$l"
+    [[ -z "${2:-}" ]] || printf '%s\n' "$l" >> "$2"
+  done <<< "$1"
+}
+
 # A free loopback port (the small race with other processes is acceptable for a bench run).
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

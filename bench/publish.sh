@@ -67,11 +67,7 @@ for flavour in ${FLAVOURS//,/ }; do
   rc=$?
   set -e
   stop_server
-  while IFS= read -r l; do
-    [[ -n "$l" ]] || continue
-    printf '%s\n' "$l"
-    printf '%s\n' "$l" >> "$OUT"
-  done <<< "$lines"
+  keep_lines "$lines" "$OUT"
   [[ $rc -eq 0 ]] || log "driver exit code $rc for flavour $flavour (see $logf)"
   sleep 1
 done

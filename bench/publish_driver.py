@@ -286,22 +286,30 @@ async def measure(args: argparse.Namespace) -> None:
         await pub.close()
 
 
+def rows_by(path: str, scenario: str, key: str) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """The ``scenario`` rows of the JSON-lines file ``path``, and them grouped by (row[key], phase)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if f'"scenario":"{scenario}"' in line]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r[key], r["phase"]), []).append(r)
+    return rows, by
+
+
+def med(cell: list[dict[str, Any]], *path: str) -> Any:
+    """The median of the rows' value at ``path`` (keys into nested objects), to 0.1; "–" if none."""
+    values = []
+    for r in cell:
+        for key in path:
+            r = r.get(key) if isinstance(r, dict) else None
+        if r is not None:
+            values.append(r)
+    return round(statistics.median(values), 1) if values else "–"
+
+
 def summarize(path: str) -> None:
     """A markdown table of the `publish` rows of ``path``: medians over repetitions; ⚠ marks a
     cell with errors or missing deliveries."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"scenario":"publish"' in line]
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault((r["flavour"], r["phase"]), []).append(r)
-
-    def med(cell: list[dict[str, Any]], *path: str) -> Any:
-        values = []
-        for r in cell:
-            for key in path:
-                r = r.get(key) if isinstance(r, dict) else None
-            if r is not None:
-                values.append(r)
-        return round(statistics.median(values), 1) if values else "–"
+    rows, by = rows_by(path, "publish", "flavour")
 
     print("| flavour | publishes/s (window) | call p50 / p99 ms | delivery p50 / p99 ms at max | "
           "delivery p50 / p99 ms at the fixed rate | CPU % at max: server+Redis / publisher+clients | "
