@@ -4,7 +4,7 @@
 # each redis-server spends per publish (INFO cpu), for the README's arithmetic.
 #
 #   bench/cluster.sh [--topologies single,cluster] [--reps K] [--rooms 30] [--members 10]
-#                    [--count 6000] [--window 8] [--quick] [--out FILE] [--no-table]
+#                    [--count 6000] [--window 8] [--quick] [--keep-awake] [--out FILE] [--no-table]
 #
 # Per repetition and topology (interleaved: single, cluster, single, ...), against a fresh server
 # and fresh Redis: bench/with_topology.py starts the Redis (tests/cluster_harness.py's cluster,
@@ -14,6 +14,13 @@
 # (spread over --rooms rooms of --members clients, one hot room, rooms nobody joined). JSON lines
 # go to stdout and --out (default bench/results/cluster-<time>.jsonl); a table at the end.
 # Waits for a quiet machine first, as chat.sh and publish.sh (BENCH_QUIET_PCT, BENCH_QUIET_WAIT).
+#
+# --keep-awake: a `nice -n 19` busy loop on each of the two cores while measuring, so neither goes
+# idle. On this (virtual) machine an idle core is slow to wake: one redis-server answering 8
+# threads did 1.6-1.8k SET/s alone on its core and 4.1-6.9k/s with the spinner there, and the
+# cluster's six processes keep their core awake by themselves, which favours the cluster's
+# wall-clock figures. The spinners take only idle time (and about 1.5 % of a core from any
+# process at nice 0); the driver leaves them out of the other processes' CPU.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -30,7 +37,7 @@ LOG_TAG=cluster
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
 
-TOPOLOGIES=single,cluster; REPS=1; ROOMS=30; MEMBERS=10; COUNT=6000; WINDOW=8; OUT=""; TABLE=1
+TOPOLOGIES=single,cluster; REPS=1; ROOMS=30; MEMBERS=10; COUNT=6000; WINDOW=8; OUT=""; TABLE=1; AWAKE=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --topologies) TOPOLOGIES="$2"; shift 2;;
@@ -40,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     --count) COUNT="$2"; shift 2;;
     --window) WINDOW="$2"; shift 2;;
     --quick) COUNT=1500; shift;;
+    --keep-awake) AWAKE=1; shift;;
     --out) OUT="$2"; shift 2;;
     --no-table) TABLE=0; shift;;
     *) die "unknown option $1";;
@@ -51,6 +59,21 @@ done
 WORK="${BENCH_WORK:-$ROOT/.bench-work}"
 export BENCH_WORK="$WORK"
 mkdir -p "$WORK/logs"
+SPINNERS=()
+start_spinners() {
+  [[ $AWAKE == 1 ]] || return 0
+  local cpu
+  for cpu in "${BENCH_SERVER_CPU:-0}" "${BENCH_CLIENT_CPU:-1}"; do
+    nice -n 19 taskset -c "$cpu" bash -c 'while :; do :; done' &
+    SPINNERS+=("$!")
+  done
+}
+stop_spinners() {
+  local p
+  for p in "${SPINNERS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  SPINNERS=()
+}
+trap 'stop_server; stop_spinners' EXIT INT TERM
 if [[ -z "$OUT" ]]; then mkdir -p "$HERE/results"; OUT="$HERE/results/cluster-$(date +%Y%m%dT%H%M%S).jsonl"; fi
 
 for rep in $(seq 1 "$REPS"); do
@@ -61,6 +84,7 @@ for rep in $(seq 1 "$REPS"); do
     wait_quiet
     log "rep $rep  topology=$topology  rooms=$ROOMS x $MEMBERS clients + 1 hot room  count=$COUNT  window=$WINDOW"
     SERVER_NAME="the server on $topology Redis"
+    start_spinners
     start_server "$logf" env LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
       "$PY" "$HERE/with_topology.py" --topology "$topology" --state "$state" -- \
       "$PY" -m server --config "$HERE/bench.toml" --host "$BENCH_HOST" --port "$BENCH_PORT"
@@ -68,10 +92,12 @@ for rep in $(seq 1 "$REPS"); do
     set +e
     lines="$(cd "$ROOT" && timeout 900 taskset -c "${BENCH_CLIENT_CPU:-1}" "$PY" "$HERE/cluster_driver.py" \
       --state "$state" --port "$BENCH_PORT" --rooms "$ROOMS" --members "$MEMBERS" --count "$COUNT" \
-      --window "$WINDOW" --tree-pid "$SPID" --rep "$rep" --node "$NODE" 2>>"$logf")"
+      --window "$WINDOW" --tree-pid "$SPID" --rep "$rep" --node "$NODE" \
+      --spinners "$(IFS=,; echo "${SPINNERS[*]}")" 2>>"$logf")"
     rc=$?
     set -e
     stop_server
+    stop_spinners
     keep_lines "$lines" "$OUT"
     [[ $rc -eq 0 ]] || log "driver exit code $rc for $topology (see $logf)"
     sleep 1

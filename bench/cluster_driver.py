@@ -136,6 +136,7 @@ def redis_figures(nodes: RedisNodes, roles: dict[int, str], before: dict[int, fl
 
 async def measure(args: argparse.Namespace) -> None:
     state = json.loads(Path(args.state).read_text())
+    spinners = frozenset(int(p) for p in args.spinners.split(",") if p)
     nodes = RedisNodes(state["ports"])
     roles = nodes.roles()
     emitter = make_emitter(state)
@@ -182,7 +183,8 @@ async def measure(args: argparse.Namespace) -> None:
                 "server_cpu_pct": round(server_s * 100 / span, 1),
                 "server_us_per_delivery": round(server_s * 1e6 / deliveries, 1) if deliveries else None,
                 **{("server_redis_cpu_pct" if k == "server_cpu_pct" else k): v
-                   for k, v in cpu_split(p0, p1, span, args.tree_pid).items()},
+                   for k, v in cpu_split(p0, p1, span, args.tree_pid, spinners).items()},
+                "keep_awake": bool(spinners),
                 "rep": args.rep, "ts": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, separators=(",", ":")), flush=True)
     finally:
         for clients in (spread, hot):
@@ -216,6 +218,8 @@ def summarize(path: str) -> None:
                   f"({med(cell, 'server_cpu_pct')}) | {med(cell, 'client_cpu_pct')} | {med(cell, 'other_procs_cpu_pct')} |")
     if len({r["rep"] for r in rows}) > 1:
         print(f"(medians of {len({r['rep'] for r in rows})} repetitions)")
+    if any(r.get("keep_awake") for r in rows):
+        print("(--keep-awake: idle-time spinners kept both cores from going idle)")
     for topology in ("single", "cluster"):
         spread, nosub = by.get((topology, "spread")), by.get((topology, "nosub"))
         if spread and nosub:
@@ -239,6 +243,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--window", type=int, default=8, help="publishing threads")
     p.add_argument("--idle", type=float, default=3.0, help="seconds of the idle CPU reading")
     p.add_argument("--tree-pid", type=int, default=0, help="bench/with_topology.py's pid: server + Redis CPU")
+    p.add_argument("--spinners", default="", help="pids of bench/cluster.sh's --keep-awake loops (not counted)")
     p.add_argument("--rep", type=int, default=1)
     p.add_argument("--node", default="node")
     asyncio.run(measure(p.parse_args(argv)))

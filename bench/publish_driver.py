@@ -75,15 +75,16 @@ def tree(procs: dict[int, tuple[int, int]], root: int) -> set[int]:
 
 
 def cpu_split(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], wall: float,
-              server_pid: int) -> dict[str, float | None]:
+              server_pid: int, ignore: frozenset[int] = frozenset()) -> dict[str, float | None]:
     """CPU % over ``wall`` s of the server's tree (with its Redis), this process's tree (the
-    publisher and the clients: the load generator) and every other process (interference)."""
+    publisher and the clients: the load generator) and every other process (interference)
+    but those in ``ignore`` (bench/cluster.sh's idle-time spinners)."""
     server = tree(after, server_pid) if server_pid else set()
     mine = tree(after, os.getpid())
     used = {"server": 0, "client": 0, "other": 0}
     for pid, (ppid, ticks) in after.items():
         d = ticks - before.get(pid, (0, 0))[1]
-        if d <= 0 or pid == 2 or ppid == 2:  # kernel threads
+        if d <= 0 or pid == 2 or ppid == 2 or pid in ignore:  # kernel threads, spinners
             continue
         used["server" if pid in server else "client" if pid in mine else "other"] += d
     pct = {k: round(v * 100 / CLK_TCK / wall, 1) for k, v in used.items()}
