@@ -19,8 +19,9 @@
 # idle. On this (virtual) machine an idle core is slow to wake: one redis-server answering 8
 # threads did 1.6-1.8k SET/s alone on its core and 4.1-6.9k/s with the spinner there, and the
 # cluster's six processes keep their core awake by themselves, which favours the cluster's
-# wall-clock figures. The spinners take only idle time (and about 1.5 % of a core from any
-# process at nice 0); the driver leaves them out of the other processes' CPU.
+# wall-clock figures. For an otherwise idle machine: on a shared one the loops' time probably
+# counts against this session's share of the cores (every rate fell 3-5x here, README). The
+# driver leaves them out of the other processes' CPU.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
