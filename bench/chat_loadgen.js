@@ -18,30 +18,20 @@
  */
 const fs = require('fs');
 const { performance } = require('perf_hooks');
-const WebSocket = require('ws');
+const { Client, parseArgs, round, summary } = require('./ws_client');
 
 const DEFAULTS = {
   target: 'unknown', proto: 'chat', host: '127.0.0.1', port: 7400, 'server-pid': 0, rep: 0, tag: '',
   mode: '', members: 100, senders: 1, window: 4, duration: 10, warmup: 2, drain: 10, payload: 100,
   room: 'r', 'connect-timeout': 20, 'hard-timeout': 240, 'max-messages': 2000000,
 };
-function parseArgs(argv) {
-  const o = { ...DEFAULTS };
-  for (let i = 0; i < argv.length; i += 2) {
-    const k = argv[i].replace(/^--/, '');
-    if (!(k in DEFAULTS) || argv[i + 1] === undefined) throw new Error(`bad option ${argv[i]}`);
-    o[k] = typeof DEFAULTS[k] === 'number' ? Number(argv[i + 1]) : argv[i + 1];
-  }
-  return o;
-}
-const opt = parseArgs(process.argv.slice(2));
+const opt = parseArgs(DEFAULTS, process.argv.slice(2));
 if (!/^(127\.\d+\.\d+\.\d+|localhost)$/.test(opt.host)) { console.error(`refusing non-loopback host ${opt.host}`); process.exit(2); }
 if (!['chat', 'bench'].includes(opt.proto)) throw new Error('--proto is chat or bench');
 if (!(opt.members >= 1 && opt.members <= 255)) throw new Error('--members is 1..255 (deliveries are counted in bytes)');
 const NSP = opt.proto === 'chat' ? '/chat' : '/bench';
 const DELIVERY_EVENT = opt.proto === 'chat' ? '["message",' : '["msg",';
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const round = (x, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
 
 function out(obj) {
   const row = { target: opt.target, proto: 'sio', client_impl: 'ws', deflate_offered: false, rep: opt.rep,
@@ -103,60 +93,16 @@ function measureEnd(m0) {
 class Samples {
   constructor() { this.a = []; }
   push(v) { this.a.push(v); }
-  summary() {
-    if (this.a.length === 0) return null;
-    const s = Float64Array.from(this.a).sort();
-    const q = (p) => round(s[Math.min(s.length - 1, Math.floor(p * s.length))]);
-    return { n: s.length, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: round(s[s.length - 1]) };
-  }
+  summary() { return summary(this.a); }
 }
 
-// ---------------------------------------------------------------- a minimal Socket.IO client over `ws`
+// ---------------------------------------------------------------- clients: bench/ws_client.js
 let unexpectedCloses = 0;
 let firstCloseReason = null;
-class Client {
-  constructor() { this.acks = new Map(); this.nextId = 0; this.onDelivery = null; this.closing = false; }
-  connect() {
-    return new Promise((resolve, reject) => {
-      const ws = new WebSocket(`ws://${opt.host}:${opt.port}/socket.io/?EIO=4&transport=websocket`, { perMessageDeflate: false });
-      this.ws = ws;
-      const timer = setTimeout(() => { reject(new Error('connect timeout')); ws.terminate(); }, opt['connect-timeout'] * 1000);
-      ws.on('message', (data) => {
-        const s = data.toString();
-        if (s[0] === '2') { ws.send('3'); return; } // Engine.IO ping
-        if (s[0] === '0') { ws.send(`40${NSP},`); return; } // Engine.IO open: join the namespace
-        if (!s.startsWith(NSP, 2)) return;
-        const type = s[1];
-        const i = 2 + NSP.length + 1;
-        if (type === '2') { // EVENT
-          if (this.onDelivery !== null && s.startsWith(DELIVERY_EVENT, i)) this.onDelivery(s, i);
-        } else if (type === '3') { // ACK
-          let j = i, id = 0;
-          while (s.charCodeAt(j) >= 48 && s.charCodeAt(j) <= 57) id = id * 10 + s.charCodeAt(j++) - 48;
-          const cb = this.acks.get(id);
-          if (cb) { this.acks.delete(id); cb(s.slice(j)); }
-        } else if (type === '0') { clearTimeout(timer); this.connected = true; resolve(); }
-        else if (type === '4') { clearTimeout(timer); reject(new Error(`connect_error ${s.slice(0, 200)}`)); }
-      });
-      ws.on('error', (e) => { clearTimeout(timer); if (!this.connected) reject(e); });
-      ws.on('close', (code) => {
-        if (this.connected && !this.closing) { unexpectedCloses++; if (!firstCloseReason) firstCloseReason = `close ${code}`; }
-      });
-    });
-  }
-  emit(event, json, cb) {
-    const id = this.nextId++;
-    this.acks.set(id, cb);
-    this.ws.send(`42${NSP},${id}["${event}",${json}]`);
-  }
-  request(event, json) {
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`${event} timeout`)), 20000);
-      this.emit(event, json, (ack) => { clearTimeout(t); resolve(ack); });
-    });
-  }
-  close() { this.closing = true; this.ws.terminate(); }
-}
+const CLIENT_OPTIONS = {
+  host: opt.host, port: opt.port, nsp: NSP, connectTimeout: opt['connect-timeout'], deliveryPrefix: DELIVERY_EVENT,
+  onUnexpectedClose: (code) => { unexpectedCloses++; if (!firstCloseReason) firstCloseReason = `close ${code}`; },
+};
 
 // acks: chat answers [{"ok":true,...}], the Node reference [true]
 const ackOk = (ack) => ack.startsWith('[true]') || ack.startsWith('[{"ok":true');
@@ -174,7 +120,7 @@ async function main() {
   const t0 = performance.now();
   for (let next = 0; next < n;) { // 50 connects in flight at most
     const batch = [];
-    for (let k = 0; k < 50 && next < n; k++, next++) { const c = new Client(); clients.push(c); batch.push(c.connect()); }
+    for (let k = 0; k < 50 && next < n; k++, next++) { const c = new Client(CLIENT_OPTIONS); clients.push(c); batch.push(c.connect()); }
     await Promise.all(batch);
   }
   const connectWall = (performance.now() - t0) / 1000;

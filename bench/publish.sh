@@ -23,8 +23,9 @@ export BENCH_PY="$PY"
 export BENCH_HOST=127.0.0.1
 export BENCH_PORT="${BENCH_PORT:-7400}"
 NODE="${BENCH_NODE:-$(command -v node)}"
-log() { printf '[publish %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOG_TAG=publish
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 FLAVOURS=async,sync,http,api; CLIENTS=10; COUNT=5000; WINDOW=8; RATE=200; SECONDS_=10; REP=1; OUT=""; TABLE=1
 while [[ $# -gt 0 ]]; do
@@ -48,60 +49,15 @@ mkdir -p "$WORK/logs"
 if [[ -z "$OUT" ]]; then mkdir -p "$HERE/results"; OUT="$HERE/results/publish-$(date +%Y%m%dT%H%M%S).jsonl"; fi
 API_KEY="bench-publish-key-$(date +%s)-0123456789"
 
-# Server start and stop, quiet-machine wait: as bench/chat.sh.
-SPID=""
-port_open() { (exec 3<>"/dev/tcp/$BENCH_HOST/$BENCH_PORT") 2>/dev/null; }
-stop_server() { # only the process group this script started (the server and its redis-server)
-  [[ -n "$SPID" ]] || return 0
-  kill -TERM -- "-$SPID" 2>/dev/null || kill -TERM "$SPID" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL -- "-$SPID" 2>/dev/null || true
-  wait "$SPID" 2>/dev/null || true
-  SPID=""
-  for _ in $(seq 50); do port_open || break; sleep 0.1; done
-}
-trap stop_server EXIT INT TERM
-start_server() { # $1 log file, $2 redis port
-  port_open && die "port $BENCH_PORT already in use (set BENCH_PORT)"
-  set -m
-  (cd "$HERE" && exec taskset -c "${BENCH_SERVER_CPU:-0}" env LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 \
-     MAX_CONNECTIONS_PER_IP=1000000 API_KEYS="bench:$API_KEY" BENCH_REDIS_PORT="$2" \
-     "$HERE/with_redis.sh" "$PY" -m server --config "$HERE/bench.toml" --host "$BENCH_HOST" --port "$BENCH_PORT") \
-    >"$1" 2>&1 &
-  SPID=$!
-  set +m
-  for _ in $(seq 300); do
-    port_open && return 0
-    kill -0 "$SPID" 2>/dev/null || { cat "$1" >&2; die "the server exited during start"; }
-    sleep 0.1
-  done
-  die "the server did not open port $BENCH_PORT within 30 s"
-}
-machine_busy_pct() {
-  local a b c d e f g h t1 i1 t2 i2
-  read -r _ a b c d e f g h _ < /proc/stat; t1=$((a+b+c+d+e+f+g+h)); i1=$((d+e))
-  sleep 1
-  read -r _ a b c d e f g h _ < /proc/stat; t2=$((a+b+c+d+e+f+g+h)); i2=$((d+e))
-  echo $(( 100 * ((t2 - t1) - (i2 - i1)) / (t2 - t1 > 0 ? t2 - t1 : 1) ))
-}
-wait_quiet() {
-  local thr="${BENCH_QUIET_PCT:-10}" max="${BENCH_QUIET_WAIT:-90}" waited=0 busy
-  while :; do
-    busy="$(machine_busy_pct)"
-    (( busy < thr )) && return 0
-    if (( waited >= max )); then log "machine still ${busy}% busy after ${waited}s; running anyway"; return 0; fi
-    log "machine ${busy}% busy (other processes); waiting"
-    sleep 4; waited=$((waited + 5))
-  done
-}
-
 for flavour in ${FLAVOURS//,/ }; do
   case "$flavour" in async|sync|http|api) ;; *) die "unknown flavour $flavour (async, sync, http, api)";; esac
   logf="$WORK/logs/publish-${flavour}-rep${REP}.log"
-  rport="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  rport="$(free_port)"
   wait_quiet
   log "rep $REP  flavour=$flavour  clients=$CLIENTS  count=$COUNT  window=$WINDOW  rate=$RATE/s for ${SECONDS_}s"
-  start_server "$logf" "$rport"
+  start_server "$logf" env LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
+    API_KEYS="bench:$API_KEY" BENCH_REDIS_PORT="$rport" \
+    "$HERE/with_redis.sh" "$PY" -m server --config "$HERE/bench.toml" --host "$BENCH_HOST" --port "$BENCH_PORT"
   sleep 0.5
   set +e
   lines="$(cd "$ROOT" && timeout 600 taskset -c "${BENCH_CLIENT_CPU:-1}" "$PY" "$HERE/publish_driver.py" \
@@ -111,11 +67,7 @@ for flavour in ${FLAVOURS//,/ }; do
   rc=$?
   set -e
   stop_server
-  while IFS= read -r l; do
-    [[ -n "$l" ]] || continue
-    printf '%s\n' "$l"
-    printf '%s\n' "$l" >> "$OUT"
-  done <<< "$lines"
+  keep_lines "$lines" "$OUT"
   [[ $rc -eq 0 ]] || log "driver exit code $rc for flavour $flavour (see $logf)"
   sleep 1
 done

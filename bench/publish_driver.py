@@ -75,15 +75,16 @@ def tree(procs: dict[int, tuple[int, int]], root: int) -> set[int]:
 
 
 def cpu_split(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], wall: float,
-              server_pid: int) -> dict[str, float | None]:
+              server_pid: int, ignore: frozenset[int] = frozenset()) -> dict[str, float | None]:
     """CPU % over ``wall`` s of the server's tree (with its Redis), this process's tree (the
-    publisher and the clients: the load generator) and every other process (interference)."""
+    publisher and the clients: the load generator) and every other process (interference)
+    but those in ``ignore`` (bench/cluster.sh's idle-time spinners)."""
     server = tree(after, server_pid) if server_pid else set()
     mine = tree(after, os.getpid())
     used = {"server": 0, "client": 0, "other": 0}
     for pid, (ppid, ticks) in after.items():
         d = ticks - before.get(pid, (0, 0))[1]
-        if d <= 0 or pid == 2 or ppid == 2:  # kernel threads
+        if d <= 0 or pid == 2 or ppid == 2 or pid in ignore:  # kernel threads, spinners
             continue
         used["server" if pid in server else "client" if pid in mine else "other"] += d
     pct = {k: round(v * 100 / CLK_TCK / wall, 1) for k, v in used.items()}
@@ -219,11 +220,16 @@ async def run_phase(pub: Publisher, phase: str, count: int, window: int, rate: f
 
 
 class Clients:
-    """bench/publish_clients.js as a child process (inherits this process's CPU pinning)."""
+    """bench/publish_clients.js as a child process (inherits this process's CPU pinning).
 
-    def __init__(self, port: int, clients: int, room: str, node: str) -> None:
+    :param rooms: spread the clients over this many rooms, ``<room>-0`` .. (publish_clients.js
+        --rooms); 1: all in ``room``.
+    """
+
+    def __init__(self, port: int, clients: int, room: str, node: str, rooms: int = 1) -> None:
         self.proc = subprocess.Popen(
-            [node, str(HERE / "publish_clients.js"), "--port", str(port), "--clients", str(clients), "--room", room],
+            [node, str(HERE / "publish_clients.js"), "--port", str(port), "--clients", str(clients), "--room", room,
+             "--rooms", str(rooms)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def line(self) -> dict[str, Any]:
@@ -281,22 +287,30 @@ async def measure(args: argparse.Namespace) -> None:
         await pub.close()
 
 
+def rows_by(path: str, scenario: str, key: str) -> tuple[list[dict[str, Any]], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """The ``scenario`` rows of the JSON-lines file ``path``, and them grouped by (row[key], phase)."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if f'"scenario":"{scenario}"' in line]
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault((r[key], r["phase"]), []).append(r)
+    return rows, by
+
+
+def med(cell: list[dict[str, Any]], *path: str) -> Any:
+    """The median of the rows' value at ``path`` (keys into nested objects), to 0.1; "–" if none."""
+    values = []
+    for r in cell:
+        for key in path:
+            r = r.get(key) if isinstance(r, dict) else None
+        if r is not None:
+            values.append(r)
+    return round(statistics.median(values), 1) if values else "–"
+
+
 def summarize(path: str) -> None:
     """A markdown table of the `publish` rows of ``path``: medians over repetitions; ⚠ marks a
     cell with errors or missing deliveries."""
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if '"scenario":"publish"' in line]
-    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault((r["flavour"], r["phase"]), []).append(r)
-
-    def med(cell: list[dict[str, Any]], *path: str) -> Any:
-        values = []
-        for r in cell:
-            for key in path:
-                r = r.get(key) if isinstance(r, dict) else None
-            if r is not None:
-                values.append(r)
-        return round(statistics.median(values), 1) if values else "–"
+    rows, by = rows_by(path, "publish", "flavour")
 
     print("| flavour | publishes/s (window) | call p50 / p99 ms | delivery p50 / p99 ms at max | "
           "delivery p50 / p99 ms at the fixed rate | CPU % at max: server+Redis / publisher+clients | "
