@@ -105,10 +105,18 @@ class PollingFront:
         if raw.startswith(self.prefix):
             method = request.method
             if method == "GET" or method == "POST":
-                response = await self._polling(request, method, raw[len(self.prefix):])
-                if response is not None:
+                target = self._route(request, method, raw[len(self.prefix):])
+                if target is not None:
                     self.lean_requests += 1
-                    return response
+                    socket, cors = target
+                    engine = self.engine
+                    engine.requests_in_flight += 1  # as RealtimeEngine.serve counts them
+                    try:
+                        if socket is None:
+                            return await self._handshake(request, cors)
+                        return await self._session(request, method, socket, cors)
+                    finally:
+                        engine.requests_in_flight -= 1
         self.app_requests += 1
         assert self.app_handler is not None
         return await self.app_handler(request)
@@ -122,8 +130,10 @@ class PollingFront:
         family.add_metric(["app"], self.app_requests)
         yield family
 
-    async def _polling(self, request: web.BaseRequest, method: str, query: str) -> web.StreamResponse | None:
-        """The answer to a polling request, or None to leave it to the application."""
+    def _route(self, request: web.BaseRequest, method: str, query: str) -> tuple[Any, dict[str, str] | None] | None:
+        """Whether a polling request is one for this path: ``(session, cors)`` — the live local
+        session (None for a handshake) and the CORS environ (None without an Origin header) —
+        or None to leave it to the application."""
         params = parse_query(query)
         if params is None or params.get("transport") != "polling" or "j" in params:
             return None
@@ -147,20 +157,11 @@ class PollingFront:
                 return None
             if engine._per_ip.get(request.remote or "", 0) >= engine.max_connections_per_ip:
                 return None  # the application answers 429
-            return await self._counted(self._handshake(request, cors))
+            return None, cors
         socket = engine.sockets.get(sid)
         if socket is None or not socket.connected or socket.upgraded or socket.closed:
             return None  # another node's, unknown, not connected yet, upgraded or ended
-        return await self._counted(self._session(request, method, socket, cors))
-
-    async def _counted(self, answer: Awaitable[web.StreamResponse]) -> web.StreamResponse:
-        """Await ``answer``, counted in the engine's requests in flight (as ``RealtimeEngine.serve``)."""
-        engine = self.engine
-        engine.requests_in_flight += 1
-        try:
-            return await answer
-        finally:
-            engine.requests_in_flight -= 1
+        return socket, cors
 
     async def _handshake(self, request: web.BaseRequest, cors: dict[str, str] | None) -> web.StreamResponse:
         """A new polling session: the connect handlers get the full environ (they read headers
