@@ -24,6 +24,7 @@ from .config import Config
 from .endings import SHUTDOWN
 from .forwarding import Forwarder
 from .operations import ClusterOperations
+from .polling import PollingFront, serve_polling_first
 from .jsonmod import FastJson
 from .manager import RealtimeManager
 from .metrics import Metrics
@@ -464,6 +465,11 @@ def create_app(config: Config, namespaces: Sequence[NamespaceFactory] = ()) -> w
     # Other methods reach the engine too, which answers them 400 as the spec says (not 405).
     for method in ("PUT", "DELETE", "PATCH"):
         app.router.add_route(method, "/socket.io/", runtime.sio.handle_request)
+    # Long-polling GETs and POSTs are answered before the application's router and middlewares
+    # (server/polling.py); everything else, and any polling request out of the ordinary, reaches it.
+    front = PollingFront(runtime.sio.eio, path="/socket.io/")
+    runtime.metrics.registry.register(front)  # rt_http_requests_total{path="lean"|"app"}
+    serve_polling_first(app, front)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

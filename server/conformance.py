@@ -21,6 +21,7 @@ from .config import load_config
 from realtime_channels.channel_log import MemoryChannelLog
 from .manager import RealtimeManager
 from .metrics import Metrics
+from .polling import PollingFront, serve_polling_first
 from .realtime import RealtimeEngine, RealtimeServer
 from .sessions import MemorySessionStore
 
@@ -74,6 +75,10 @@ def create_conformance_app() -> web.Application:
     for method in ("PUT", "DELETE", "PATCH"):
         app.router.add_route(method, "/socket.io/", sio.handle_request)
         app.router.add_route(method, "/engine.io/", eio.handle_request)
+
+    # Long-polling through the lean path, as in the production app (so these suites test it).
+    serve_polling_first(app, PollingFront(sio.eio, path="/socket.io/"))
+    serve_polling_first(app, PollingFront(eio, path="/engine.io/"))
 
     async def started(app: web.Application) -> None:
         sio.manager_initialized = True

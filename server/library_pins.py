@@ -182,6 +182,25 @@ USED: dict[str, str | None] = {
     "engineio.exceptions:UnknownPacketError": None,
     "engineio.exceptions:SocketIsClosedError": None,
     "socketio.exceptions:ConnectionRefusedError.error_args": None,
+    # the lean long-polling path (server/polling.py) calls what python-engineio's handle_request
+    # calls for a polling handshake, GET and POST, and reads the settings it reads
+    "engineio.async_server:AsyncServer._handle_connect": "(self, environ, transport, jsonp_index=None)",
+    "engineio.async_server:AsyncServer._cors_headers": "(self, environ)",
+    "engineio.async_server:AsyncServer._bad_request": "(self, message=None)",
+    "engineio.async_server:AsyncServer._gzip": "(self, response)",
+    "engineio.async_server:AsyncServer._deflate": "(self, response)",
+    "engineio.async_server:AsyncServer.compression_methods": None,
+    "engineio.async_server:AsyncServer.compression_threshold": None,
+    "engineio.async_server:AsyncServer.http_compression": None,
+    "engineio.async_server:AsyncServer.cors_allowed_origins": None,
+    "engineio.async_server:AsyncServer.transports": None,
+    "engineio.async_socket:AsyncSocket.handle_get_request": "(self, environ)",
+    # and puts itself in front of the application in aiohttp's low-level server
+    "aiohttp.web_app:Application._make_handler":
+        "(self, *, loop: asyncio.events.AbstractEventLoop | None = None, "
+        "access_log_class: type[aiohttp.abc.AbstractAccessLogger] = <class 'aiohttp.web_log.AccessLogger'>, "
+        "**kwargs: Any) -> aiohttp.web_server.Server",
+    "aiohttp.web_server:Server.request_handler": None,
     # aiohttp internals under the direct WebSocket frame writes (server/engine_socket.py)
     "aiohttp.web_ws:WebSocketResponse._writer": None,
     "aiohttp.web_ws:WebSocketResponse.compress": None,

@@ -8,6 +8,7 @@ with that name, e.g. ``test_overridden_method_unchanged[socketio.async_server:As
 from __future__ import annotations
 
 import ast
+import asyncio
 import functools
 import importlib
 import inspect
@@ -77,7 +78,17 @@ def instances() -> dict[str, Any]:
         "socketio.exceptions:ConnectionRefusedError": socketio.exceptions.ConnectionRefusedError("no"),
         "aiohttp.web_ws:WebSocketResponse": web.WebSocketResponse(),
         "aiohttp.http_websocket:WebSocketWriter": WebSocketWriter(None, None),  # type: ignore[arg-type]
+        "aiohttp.web_server:Server": low_level_server(),
     }
+
+
+def low_level_server() -> Any:
+    """aiohttp's low-level server (it keeps a loop, here a closed one)."""
+    from aiohttp.web_server import Server
+
+    loop = asyncio.new_event_loop()
+    loop.close()
+    return Server(lambda request: None, loop=loop)  # type: ignore[arg-type, return-value]
 
 
 def check(key: str, signature: str | None) -> None:

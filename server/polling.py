@@ -1,0 +1,256 @@
+"""The lean long-polling path: ``/socket.io/`` polling requests served before the web application.
+
+A long-polling request through the application paid for aiohttp's router and middleware chain,
+then python-engineio's ``handle_request``: a WSGI-style environ built from every header, the query
+parsed with ``urllib``, the answer as a status line string and header list turned into a
+``web.Response``. :class:`PollingFront` sits in front of the application in aiohttp's low-level
+server (its request handler, :func:`serve_polling_first`) and serves the three requests a polling
+session is made of — the handshake GET, the long-poll GET and the POST — itself, with the same
+engine state and the same guards:
+
+- the request limits of ``RealtimeEngine`` (body size, read time and packet count through its own
+  ``_read_body``; a missed heartbeat; overlapping polls; connections per address);
+- the CORS/origin rules, through python-engineio's own ``_cors_allowed_origins``/``_cors_headers``
+  with an environ of the few headers they read, built only when the request names an origin;
+- the engine's in-flight count; ``rt_http_requests_total{path="lean"}`` counts them (plain
+  integers read when /metrics is scraped: a prometheus_client ``inc`` costs eight calls).
+
+Anything else, or anything unusual about one of those (a WebSocket upgrade, OPTIONS, a JSONP
+``j``, an unknown or foreign session, a session not connected or already upgraded, an origin
+that is not allowed, another Engine.IO version, a malformed query), is handed to the application
+unchanged (``path="app"``), which answers it as before: no new answers, only fewer steps for the
+common ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from engineio import exceptions
+from prometheus_client.core import CounterMetricFamily
+from engineio import packet as eio_packet
+
+log = logging.getLogger("server.polling")
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+TEXT_PACKETS = "text/plain; charset=UTF-8"  # python-engineio's Content-Type of a payload
+# The request headers python-engineio's CORS methods read (as environ keys, in translate_request's form).
+_CORS_HEADERS = (("Origin", "HTTP_ORIGIN"), ("Host", "HTTP_HOST"), ("X-Forwarded-Proto", "HTTP_X_FORWARDED_PROTO"),
+                 ("X-Forwarded-Host", "HTTP_X_FORWARDED_HOST"),
+                 ("Access-Control-Request-Headers", "HTTP_ACCESS_CONTROL_REQUEST_HEADERS"))
+
+
+def parse_query(query: str) -> dict[str, str] | None:
+    """The query string's parameters, first value of each (as ``request.query.get`` gives);
+    None when a part has no ``=`` or cannot be decoded (the application's path then answers).
+
+    :param query: the raw query string, without the ``?``.
+    """
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, eq, value = part.partition("=")
+        if not eq:
+            return None
+        if "%" in part or "+" in part:
+            try:
+                name, value = unquote_plus(name, errors="strict"), unquote_plus(value, errors="strict")
+            except UnicodeDecodeError:
+                return None
+        if name not in params:
+            params[name] = value
+    return params
+
+
+def cors_environ(method: str, headers: Any) -> dict[str, str]:
+    """The part of python-engineio's environ its CORS methods read (``translate_request``'s
+    keys and values: repeated headers joined with commas)."""
+    environ = {"REQUEST_METHOD": method}
+    for header, key in _CORS_HEADERS:
+        values = headers.getall(header, None)
+        if values:
+            environ[key] = ",".join(values)
+    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    return environ
+
+
+class PollingFront:
+    """Serves ``/socket.io/`` long-polling requests itself; hands every other request on.
+
+    Also a Prometheus collector (register it in the node's registry): ``rt_http_requests_total``
+    by ``path``, ``lean`` (answered here) or ``app`` (handed to the application).
+
+    :param engine: the Engine.IO server (a ``RealtimeEngine``) whose sessions and limits apply.
+    :param path: the Engine.IO endpoint's path (``/socket.io/``).
+    """
+
+    def __init__(self, engine: Any, path: str = "/socket.io/") -> None:
+        self.engine = engine
+        self.lean_requests = 0
+        self.app_requests = 0
+        self.prefix = path + "?"
+        self.app_handler: Handler | None = None  # the application's request handler (set on install)
+        self._plain_cors: list[tuple[str, str]] | None = None
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The low-level server's request handler: a polling request is answered here, any
+        other goes to the application."""
+        raw = request.raw_path
+        if raw.startswith(self.prefix):
+            method = request.method
+            if method == "GET" or method == "POST":
+                target = self._route(request, method, raw[len(self.prefix):])
+                if target is not None:
+                    self.lean_requests += 1
+                    socket, cors = target
+                    engine = self.engine
+                    engine.requests_in_flight += 1  # as RealtimeEngine.serve counts them
+                    try:
+                        if socket is None:
+                            return await self._handshake(request, cors)
+                        return await self._session(request, method, socket, cors)
+                    finally:
+                        engine.requests_in_flight -= 1
+        self.app_requests += 1
+        assert self.app_handler is not None
+        return await self.app_handler(request)
+
+    def collect(self) -> Any:
+        """The request counts, for prometheus_client's registry."""
+        family = CounterMetricFamily("rt_http_requests", "HTTP requests by what served them (lean: a /socket.io/ "
+                                     "long-polling request answered before the web application, server/polling.py; "
+                                     "app: the web application)", labels=["path"])
+        family.add_metric(["lean"], self.lean_requests)
+        family.add_metric(["app"], self.app_requests)
+        yield family
+
+    def _route(self, request: web.BaseRequest, method: str, query: str) -> tuple[Any, dict[str, str] | None] | None:
+        """Whether a polling request is one for this path: ``(session, cors)`` — the live local
+        session (None for a handshake) and the CORS environ (None without an Origin header) —
+        or None to leave it to the application."""
+        params = parse_query(query)
+        if params is None or params.get("transport") != "polling" or "j" in params:
+            return None
+        engine = self.engine
+        if "polling" not in engine.transports:
+            return None
+        headers = request.headers
+        if "Upgrade" in headers:
+            return None
+        cors: dict[str, str] | None = None
+        if engine.cors_allowed_origins != [] and ("Origin" in headers or "Access-Control-Request-Headers" in headers):
+            cors = cors_environ(method, headers)
+            origin = cors.get("HTTP_ORIGIN")
+            if origin:
+                allowed = engine._cors_allowed_origins(cors)
+                if allowed is not None and origin not in allowed:
+                    return None  # the application answers 400, naming the origin
+        sid = params.get("sid")
+        if sid is None:
+            if method != "GET" or params.get("EIO") != "4":
+                return None
+            if engine._per_ip.get(request.remote or "", 0) >= engine.max_connections_per_ip:
+                return None  # the application answers 429
+            return None, cors
+        socket = engine.sockets.get(sid)
+        if socket is None or not socket.connected or socket.upgraded or socket.closed:
+            return None  # another node's, unknown, not connected yet, upgraded or ended
+        return socket, cors
+
+    async def _handshake(self, request: web.BaseRequest, cors: dict[str, str] | None) -> web.StreamResponse:
+        """A new polling session: the connect handlers get the full environ (they read headers
+        and the request), as on the application's path."""
+        engine = self.engine
+        environ = engine._async["translate_request"](request)
+        return self._response(await engine._handle_connect(environ, "polling"), request, cors, "GET")
+
+    async def _session(self, request: web.BaseRequest, method: str, socket: Any,
+                       cors: dict[str, str] | None) -> web.StreamResponse:
+        """A long-poll GET or a POST of a live local polling session (RealtimeEngine._handle's
+        checks, then python-engineio's GET/POST handling)."""
+        engine = self.engine
+        sid = socket.sid
+        if socket.last_ping and time.time() - socket.last_ping > engine.ping_timeout:
+            await socket.close(wait=False, abort=True, reason=engine.reason.PING_TIMEOUT)
+            engine.sockets.pop(sid, None)
+            return web.Response(status=400, text='"Session timed out"')
+        if method == "POST":
+            refusal = await engine._read_body(request, socket)
+            if refusal is not None:
+                return refusal
+            try:
+                await socket.handle_post_request({"rt.packets": request["rt_packets"]})
+            except exceptions.EngineIOError:
+                if sid in engine.sockets:
+                    await engine.disconnect(sid)
+                return self._response(engine._bad_request(), request, cors, method)
+            except Exception:  # as python-engineio: logged, and the POST still answered
+                log.exception("post request handler error")
+            return self._response(engine._ok(), request, cors, method)
+        if sid in engine._polling:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            await engine._end(socket)
+            return web.Response(status=400, text='"Overlapping polling requests"')
+        engine._polling.add(sid)
+        try:
+            try:
+                packets = await socket.handle_get_request({})
+            except exceptions.EngineIOError:
+                if sid in engine.sockets:
+                    await engine.disconnect(sid)
+                return self._response(engine._bad_request(), request, cors, method)
+            if sid in engine.sockets and engine.sockets[sid].closed:
+                del engine.sockets[sid]
+            return self._response(engine._ok(packets), request, cors, method)
+        finally:
+            engine._polling.discard(sid)
+
+    def _response(self, answer: Any, request: web.BaseRequest, cors: dict[str, str] | None,
+                  method: str) -> web.StreamResponse:
+        """python-engineio's answer (a dict of status, headers and body) as an aiohttp response,
+        compressed and with CORS headers as its ``handle_request`` would make it."""
+        if not isinstance(answer, dict):
+            return answer
+        engine = self.engine
+        body = answer["response"]
+        headers = answer["headers"]
+        if engine.http_compression and len(body) >= engine.compression_threshold:
+            accepted = request.headers.get("Accept-Encoding", "")
+            for encoding in (e.split(";")[0].strip() for e in accepted.split(",")):
+                if encoding in engine.compression_methods:
+                    body = getattr(engine, "_" + encoding)(body)
+                    headers = [*headers, ("Content-Encoding", encoding)]
+                    break
+        if engine.cors_allowed_origins != []:
+            if cors is None:
+                # Without Origin and Access-Control-Request-Headers the CORS headers are the
+                # same for every GET and POST (Access-Control-Allow-Credentials at most).
+                if self._plain_cors is None:
+                    self._plain_cors = engine._cors_headers({"REQUEST_METHOD": method})
+                headers = headers + self._plain_cors
+            else:
+                headers = headers + engine._cors_headers(cors)
+        return web.Response(body=body, status=int(answer["status"][:3]), headers=headers)
+
+
+def serve_polling_first(app: web.Application, front: PollingFront) -> None:
+    """Make ``front`` the request handler of the low-level server aiohttp builds for ``app``
+    (``web.run_app`` or an ``AppRunner``), with the application's own handler behind it.
+
+    aiohttp builds that server in ``Application._make_handler`` when the application starts;
+    this wraps that method on this one instance (server/library_pins.py lists it)."""
+    make_handler = app._make_handler
+
+    def _make_handler(**kwargs: Any) -> Any:
+        server = make_handler(**kwargs)
+        front.app_handler = server.request_handler
+        server.request_handler = front.handle
+        return server
+
+    app._make_handler = _make_handler  # type: ignore[method-assign]
