@@ -144,3 +144,24 @@ async def proxies() -> AsyncIterator[Callable[..., asyncio.Future]]:
     yield make
     for proxy in made:
         await proxy.stop()
+
+
+# The longest groups (a minute or more each on a quiet machine), started first so that the
+# workers finish together; the rest keep the order they are collected in.
+LONGEST_FIRST = ("redis-cluster", "test_pages.py", "test_delivery_load.py", "test_hostile.py",
+                 "test_recovery.py", "test_browser.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (make test runs 2 workers): each file is
+    one group, run by one worker (its module fixtures set up once), except that every file with
+    a test on the shared Redis Cluster joins one group, so that one worker starts that cluster,
+    not each; the groups of LONGEST_FIRST come first (addopts has --no-loadscope-reorder)."""
+    cluster_files = {item.path for item in items if "redis_cluster" in getattr(item, "fixturenames", ())}
+    groups = {}
+    for item in items:
+        group = "redis-cluster" if item.path in cluster_files else item.path.name
+        groups[item] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    rank = {group: i for i, group in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: files stay in order

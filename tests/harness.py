@@ -22,10 +22,28 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "js" / "driver.mjs"
 
 
+def _worker() -> tuple[int, int]:
+    """This process's pytest-xdist worker (index, count) from the variables xdist sets in
+    each worker (PYTEST_XDIST_WORKER=gw<index>); (0, 1) when the suite runs in one process."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+    return index, max(count, 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port the kernel picked, from this worker's share of the ports: with
+    several xdist workers, each takes only ports whose pair number (port // 2) modulo the
+    worker count is its own index, so that two workers never hand out the same port between
+    picking it and a server binding it (the kernel hands even ports to bind(0) first, hence
+    pairs rather than single ports)."""
+    index, count = _worker()
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if (port // 2) % count == index:
+            return port
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

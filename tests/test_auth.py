@@ -65,20 +65,26 @@ async def test_valid_tokens_of_every_key_are_accepted(auth_server, js, rsa_key):
         assert me["user"] == "dana" and me["name"] == "Dana" and me["guest"] is False
 
 
-@pytest.mark.parametrize("case,auth,code", [
-    ("no token", {}, "token_required"),
-    ("expired", {"token": token(exp=time.time() - 10)}, "token_expired"),
-    ("not yet valid", {"token": token(nbf=time.time() + 600)}, "invalid_token"),
-    ("wrong audience", {"token": token(aud="someone-else")}, "invalid_token"),
-    ("unknown kid", {"token": token(kid="2025-01")}, "invalid_token"),
-    ("wrong secret", {"token": token(secret="x" * 40)}, "invalid_token"),
-    ("alg none", {"token": jwt.encode({"sub": "x", "exp": time.time() + 60}, None, algorithm="none")}, "invalid_token"),
-    ("garbage", {"token": "not.a.jwt"}, "invalid_token"),
-    ("not a string", {"token": 42}, "invalid_token"),
-    ("namespace not allowed", {"token": token(namespaces=["/game"])}, "forbidden"),
-])
+# Each auth is made when its test runs, not at collection: a token minted then (exp now + 600 s)
+# would have expired by the time a late test of a long run uses it.
+BAD_TOKENS = [
+    ("no token", lambda: {}, "token_required"),
+    ("expired", lambda: {"token": token(exp=time.time() - 10)}, "token_expired"),
+    ("not yet valid", lambda: {"token": token(nbf=time.time() + 600)}, "invalid_token"),
+    ("wrong audience", lambda: {"token": token(aud="someone-else")}, "invalid_token"),
+    ("unknown kid", lambda: {"token": token(kid="2025-01")}, "invalid_token"),
+    ("wrong secret", lambda: {"token": token(secret="x" * 40)}, "invalid_token"),
+    ("alg none", lambda: {"token": jwt.encode({"sub": "x", "exp": time.time() + 60}, None, algorithm="none")},
+     "invalid_token"),
+    ("garbage", lambda: {"token": "not.a.jwt"}, "invalid_token"),
+    ("not a string", lambda: {"token": 42}, "invalid_token"),
+    ("namespace not allowed", lambda: {"token": token(namespaces=["/game"])}, "forbidden"),
+]
+
+
+@pytest.mark.parametrize("case,auth,code", BAD_TOKENS, ids=[case for case, _, _ in BAD_TOKENS])
 async def test_bad_tokens_are_refused_with_a_code(auth_server, js, case, auth, code):
-    error = await refused(js, auth_server, "x", auth)
+    error = await refused(js, auth_server, "x", auth())
     assert error["data"]["code"] == code, (case, error)
 
 
