@@ -166,3 +166,22 @@ async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_pub
     await asyncio.sleep(0.05)
     assert cursor.offset == 3 and manager.deliveries.seq == 4
     await manager.stop()
+
+
+def test_a_cursor_allocates_its_deques_at_the_first_delivery_only():
+    # Every socket has a channel of its own (OWN) that mostly never carries a publication:
+    # its cursor must not hold two empty 64-slot deques (1.5 KiB per idle connection).
+    from collections import deque
+
+    node = node_with(OWN)
+    cursor = node.cursors[OWN]
+    assert not isinstance(cursor.trail, deque) and not isinstance(cursor.recent, deque)
+    assert cursor.last_at(5) is None and not node.reused(cursor, 1, 0)
+    assert node.trail_of(member_of(node, OWN), 10) == []
+    node.delivered(cursor, 1, 7)
+    assert list(cursor.trail) == [(1, 1)] and list(cursor.recent) == [(1, 7)]
+    assert cursor.trail.maxlen == 8
+    node.reset(cursor, "f")
+    assert not cursor.trail and cursor.last_at(5) is None
+    node.delivered(cursor, 1, 8)
+    assert list(cursor.trail) == [(2, 1)]

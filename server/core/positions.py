@@ -38,6 +38,8 @@ RECENT = 64
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]
 NOWHERE: Position = (0, "")
+# A cursor's trail and recent publications before its channel's first delivery (read-only).
+NOTHING: tuple[()] = ()
 
 
 class ChannelCursor:
@@ -48,18 +50,22 @@ class ChannelCursor:
     :param trail_length: how many ``(seq, offset)`` pairs the trail keeps.
     """
 
-    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up", "recent")
+    __slots__ = ("offset", "epoch", "trail", "trail_length", "tag", "catching_up", "recent")
 
     def __init__(self, offset: int, epoch: str, tag: str, trail_length: int) -> None:
         self.offset = offset
         self.epoch = epoch
         self.tag = tag
-        self.trail: deque[tuple[int, int]] = deque(maxlen=trail_length)
+        # Both deques are created at the channel's first delivery (Deliveries.delivered): every
+        # socket has a channel of its own that mostly never carries a publication, and two
+        # empty deques are 1.5 KiB (a deque allocates its first 64-slot block up front).
+        self.trail: deque[tuple[int, int]] | tuple[()] = NOTHING
+        self.trail_length = trail_length
         # True while a history read fills a gap: notifications wait for it.
         self.catching_up = False
         # (offset, time_ms) of the last few publications delivered, to tell a publication
         # already delivered from a new one that reuses its offset (see Deliveries.reused).
-        self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)
+        self.recent: deque[tuple[int, int]] | tuple[()] = NOTHING
 
     @property
     def position(self) -> Position:
@@ -123,8 +129,12 @@ class Deliveries:
         channel was delivered now."""
         self.seq += 1
         cursor.offset = offset
-        cursor.trail.append((self.seq, offset))
-        cursor.recent.append((offset, time_ms))
+        if cursor.trail is NOTHING:
+            cursor.trail = deque(maxlen=cursor.trail_length)
+        if cursor.recent is NOTHING:
+            cursor.recent = deque(maxlen=RECENT)
+        cursor.trail.append((self.seq, offset))  # type: ignore[union-attr]
+        cursor.recent.append((offset, time_ms))  # type: ignore[union-attr]
 
     @staticmethod
     def reused(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
@@ -142,13 +152,13 @@ class Deliveries:
         their offsets reused)."""
         cursor.offset = offset - 1
         while cursor.recent and cursor.recent[-1][0] >= offset:
-            cursor.recent.pop()
+            cursor.recent.pop()  # type: ignore[union-attr]
 
     def reset(self, cursor: ChannelCursor, epoch: str) -> None:
         """The channel started a new epoch: nothing of the old one counts any more."""
         cursor.epoch = epoch
         cursor.offset = 0
-        cursor.trail.clear()
+        cursor.trail = NOTHING
 
     # ------------------------------------------------------------------ per socket
 
