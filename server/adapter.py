@@ -73,6 +73,11 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
                                            compress=bool(self.server.websocket_compression))
         await self._sock.prepare(request)
         self.environ = environ
+        # A session may run its WebSocket from the request's top frame instead of down here,
+        # below python-engineio's call chain (see RealtimeSocket.websocket_opened).
+        owner = getattr(self.handler, "__self__", None)
+        if isinstance(owner, SocketAdapter) and owner.websocket_opened(self, request):
+            return self._sock
         await self.handler(self)
         return self._sock
 
@@ -108,6 +113,10 @@ class EngineAdapter(engineio.AsyncServer):
             return environ
 
         self._async = {**self._async, "translate_request": translate_request, "websocket": AiohttpWebSocket}
+        # Every request comes through handle_request: bound to serve itself, each one (and each
+        # open WebSocket, suspended in serve) skips the hand-over's coroutine frame (the
+        # override below stays for any other caller).
+        self.handle_request = self.serve  # type: ignore[method-assign]
 
     # python-engineio 4.15.1: AsyncServer.create_queue
     def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
@@ -236,6 +245,12 @@ class SocketAdapter(AsyncSocket):
     async def serve_websocket(self, ws: Any) -> None:
         """Run the session's WebSocket (an upgrade, or a session that started on one)."""
         raise NotImplementedError
+
+    def websocket_opened(self, ws: Any, request: web.Request) -> bool:
+        """The driver has just opened this session's WebSocket ``ws`` for ``request``: True
+        when the session will run it later itself (the driver then returns at once), False
+        to have it run now through ``_websocket_handler``."""
+        return False
 
 
 class ServerAdapter(socketio.AsyncServer):

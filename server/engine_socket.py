@@ -254,14 +254,32 @@ class RealtimeSocket(SocketAdapter):
 
     # ------------------------------------------------------------------ WebSocket transport
 
+    def websocket_opened(self, ws: Any, request: Any) -> bool:
+        """A session that starts on a WebSocket runs it from RealtimeEngine.serve, the
+        request's top frame of ours, once python-engineio's call chain has returned: each idle
+        connection then keeps seven fewer suspended coroutine frames (python-engineio's
+        handle_request, _handle_connect, handle_get_request, _upgrade_websocket, the driver's
+        __call__, _websocket_handler and the hand-over to it). An upgrade from polling runs
+        where it is (it is rarer and needs its probe exchange first)."""
+        if self.connected or not getattr(self.server, "runs_websockets", False):
+            return False
+        self.connected = True
+        self.upgraded = True
+        request["rt_websocket"] = (self, ws)
+        return True
+
     async def serve_websocket(self, ws: Any) -> None:
-        server = self.server
         if self.connected:
             if not await self._upgrade_handshake(ws):
                 return
         else:
             self.connected = True
             self.upgraded = True
+        await self.run_websocket(ws)
+
+    async def run_websocket(self, ws: Any) -> None:
+        """Read the open WebSocket ``ws`` until it ends, then end the session."""
+        server = self.server
         sock = ws._sock
         if not sock.compress:
             self.ws_out = tcp_transport(sock)

@@ -156,6 +156,7 @@ class RealtimeEngine(EngineAdapter):
     """
 
     socket_class = RealtimeSocket
+    runs_websockets = True  # serve() runs a new session's WebSocket (RealtimeSocket.websocket_opened)
     body_timeout = 10.0
     max_packets_per_payload = 256
     max_connections_per_ip = 1000
@@ -186,7 +187,21 @@ class RealtimeEngine(EngineAdapter):
         WebSockets and pending polls included), so a request that never ends shows."""
         self.requests_in_flight += 1
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            opened = request.get("rt_websocket")
+            if opened is not None:
+                # A new session's WebSocket runs here, not at the bottom of python-engineio's
+                # call chain (RealtimeSocket.websocket_opened), which has returned by now.
+                del request["rt_websocket"]
+                socket, ws = opened
+                tcp = self._websockets.get(socket.sid)
+                try:
+                    await socket.run_websocket(ws)
+                finally:
+                    self._drop_transport(socket.sid, tcp)
+                    if socket.closed and self.sockets.get(socket.sid) is socket:
+                        del self.sockets[socket.sid]  # as python-engineio's _handle_connect does
+            return response
         finally:
             self.requests_in_flight -= 1
 
@@ -246,7 +261,8 @@ class RealtimeEngine(EngineAdapter):
             opened = True
         finally:
             sid = request.get("rt_sid", "")
-            self._drop_transport(sid, tcp)
+            if not (opened and "rt_websocket" in request):  # else serve() runs it, then drops it
+                self._drop_transport(sid, tcp)
             created = self.sockets.get(sid)
             if created is not None and not created.connected:  # its WebSocket never opened
                 await self._end(created)
