@@ -82,12 +82,15 @@ async def client(port: int, conns: int, namespace: str) -> None:
         sem = asyncio.Semaphore(100)
         t0 = time.perf_counter()
 
+        keepers = []
+
         async def one():
             async with sem:
-                return await _connect(session, url, namespace)
+                ws = await _connect(session, url, namespace)
+            keepers.append(asyncio.ensure_future(_keep_alive(ws)))  # from now on, as a slow run lasts
+            return ws
 
         clients = await asyncio.gather(*(one() for _ in range(conns)))
-        keepers = [asyncio.ensure_future(_keep_alive(ws)) for ws in clients]
         print(json.dumps({"opened": len(clients), "wall_s": round(time.perf_counter() - t0, 2)}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         for k in keepers:
@@ -149,8 +152,8 @@ async def measure(args: argparse.Namespace) -> dict:
     await asyncio.sleep(3.0)
     settle()
     rss1, objs1 = rss_kib(), len(gc.get_objects())
-    n = opened["opened"]
-    result = {"conns": n, "loop": args.loop, "namespace": args.namespace, "connect_wall_s": opened["wall_s"],
+    n = len(app["runtime"].sio.eio.sockets)  # the sessions alive (divides every figure)
+    result = {"conns": n, "opened": opened["opened"], "loop": args.loop, "namespace": args.namespace, "connect_wall_s": opened["wall_s"],
               "kib_per_conn_rss": round((rss1 - rss0) / n, 2), "gc_objects_per_conn": round((objs1 - objs0) / n, 1)}
     if args.tracemalloc:
         after_snap = tracemalloc.take_snapshot()

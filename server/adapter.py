@@ -64,7 +64,8 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
     """python-engineio's aiohttp WebSocket driver, honouring ``websocket_compression`` and
     without stray NOOP frames."""
 
-    # python-engineio 4.15.1: WebSocket.__call__ (a copy of the library's, plus `compress`)
+    # python-engineio 4.15.1: WebSocket.__call__ (a copy of the library's, plus `compress`,
+    # websocket_opened, and no `self.environ`)
     async def __call__(self, environ: dict) -> Any:
         # python-engineio's aiohttp driver ignores websocket_compression, so every
         # connection negotiated permessage-deflate (~100 KiB of zlib state each).
@@ -72,7 +73,8 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
                                            compress=bool(self.server.websocket_compression))
         await self._sock.prepare(request)
-        self.environ = environ
+        # (The library keeps `environ` on the driver too, which nothing reads: the session's
+        # WebSocket would keep the request's environ alive for the connection's life.)
         # A session may run its WebSocket from the request's top frame instead of down here,
         # below python-engineio's call chain (see RealtimeSocket.websocket_opened).
         owner = getattr(self.handler, "__self__", None)

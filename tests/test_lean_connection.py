@@ -1,13 +1,14 @@
 """What an idle WebSocket connection keeps alive on the server: the request's coroutine chain
 stops in RealtimeEngine.serve, below no python-engineio frame (each suspended frame is memory
-every idle connection holds; bench/conn_memory.py has the figures), and the session still
-ends cleanly when the client goes. The server runs in this process so its tasks can be read."""
+every idle connection holds; bench/conn_memory.py has the figures), the environ kept for it has
+no per-connection key strings, and the session still ends cleanly when the client goes. The server runs in this process so its tasks can be read."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,14 @@ async def test_an_idle_websocket_waits_in_serve_below_no_engineio_frame():
             ours = [code.co_qualname for code in chain if "/server/" in code.co_filename]
             assert len(ours) <= 3, ours  # the forwarding middleware, serve, the read loop
 
-            eio = app["runtime"].sio.eio
+            sio = app["runtime"].sio
+            eio = sio.eio
+            # The environ kept for the session (namespace handlers get it) has every item, under
+            # keys shared between connections; the driver keeps no second reference to it.
+            [(eio_sid, environ)] = sio.environ.items()
+            assert environ["HTTP_UPGRADE"] == "websocket" and environ["aiohttp.request"].remote == "127.0.0.1"
+            assert all(key is sys.intern(key) for key in environ)
+            assert "environ" not in vars(eio.sockets[eio_sid]._ws)
             assert len(eio.sockets) == 1 and eio.requests_in_flight == 1 and len(eio._websockets) == 1
             await ws.close()
             for _ in range(100):  # the session ends and is forgotten with its transport
