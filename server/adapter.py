@@ -64,8 +64,7 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
     """python-engineio's aiohttp WebSocket driver, honouring ``websocket_compression`` and
     without stray NOOP frames."""
 
-    # python-engineio 4.15.1: WebSocket.__call__ (a copy of the library's, plus `compress`,
-    # websocket_opened, and no `self.environ`)
+    # python-engineio 4.15.1: WebSocket.__call__ (the library's, plus compress and websocket_opened)
     async def __call__(self, environ: dict) -> Any:
         # python-engineio's aiohttp driver ignores websocket_compression, so every
         # connection negotiated permessage-deflate (~100 KiB of zlib state each).
