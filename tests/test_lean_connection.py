@@ -83,3 +83,30 @@ async def test_an_idle_websocket_waits_in_serve_below_no_engineio_frame():
             assert not eio.sockets and not eio._websockets and eio.requests_in_flight == 0
     finally:
         await runner.cleanup()
+
+
+async def test_the_read_watchdog_rearms_after_a_read_and_cuts_a_silent_websocket():
+    runner, app, port = await start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await connect(session, port)
+            eio = app["runtime"].sio.eio
+            [socket] = eio.sockets.values()
+            loop = asyncio.get_running_loop()
+            deadline = eio.ping_interval + eio.ping_timeout
+            first = socket._watchdog
+            assert first is not None and first.when() > loop.time() + deadline - 5
+            socket._watch()  # fired early (a read came since): re-armed, nothing cut
+            assert socket._watchdog is not first and not ws.closed and eio.sockets
+            socket._watchdog.cancel()
+            socket._last_read = loop.time() - deadline - 1  # silent for a whole heartbeat cycle
+            socket._watch()
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            for _ in range(100):
+                if not eio.sockets:
+                    break
+                await asyncio.sleep(0.05)
+            assert not eio.sockets and socket._watchdog is None
+    finally:
+        await runner.cleanup()
