@@ -6,7 +6,7 @@
 Runs the server in this process (the bench profile, ``bench/bench.toml``, embedded: no Redis,
 the collector tuned as ``python -m server`` tunes it) and a client in a child process (so its
 memory is not counted) that opens ``--conns`` Socket.IO connections over WebSocket, each
-connected to ``--namespace``, at most 100 in flight, and keeps them idle. After a warm-up
+connected to ``--namespace``, at most 100 in flight, and keeps them idle ``--hold`` seconds. After a warm-up
 (10 connections opened, used and closed, so lazily loaded code is in the baseline) it
 prints, per connection: the RSS delta (KiB), the number of objects the collector tracks, and
 with ``--tracemalloc`` (plain asyncio then, to see inside the event loop; slower, and RSS is
@@ -149,8 +149,9 @@ async def measure(args: argparse.Namespace) -> dict:
     rss0, objs0 = rss_kib(), len(gc.get_objects())
     child.stdin.write(b"go\n")
     opened = json.loads(await child.stdout.readline())
-    await asyncio.sleep(3.0)
-    settle()
+    await asyncio.sleep(args.hold)
+    if not args.no_collect:
+        settle()
     rss1, objs1 = rss_kib(), len(gc.get_objects())
     n = len(app["runtime"].sio.eio.sockets)  # the sessions alive (divides every figure)
     result = {"conns": n, "opened": opened["opened"], "loop": args.loop, "namespace": args.namespace, "connect_wall_s": opened["wall_s"],
@@ -187,6 +188,13 @@ def main() -> int:
     parser.add_argument("--namespace", default="/bench", help="the namespace each connection joins")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default=None,
                         help="event loop (default: uvloop as in production, asyncio with --tracemalloc)")
+    parser.add_argument("--hold", type=float, default=45.0,
+                        help="seconds the connections stay idle before the measure: the default covers a "
+                             "heartbeat ping (25 s) and the session heartbeat that saves every live "
+                             "socket's session (max_disconnection_duration / 3 = 40 s)")
+    parser.add_argument("--no-collect", action="store_true",
+                        help="measure without a full collection first (as the harness's conns scenario: "
+                             "cyclic garbage not collected yet counts)")
     parser.add_argument("--tracemalloc", action="store_true", help="also the Python heap by file and package")
     parser.add_argument("--top", type=int, default=15, help="files listed with --tracemalloc")
     parser.add_argument("--frames", type=int, default=1,
