@@ -46,8 +46,8 @@ def settle() -> None:
 
 # ------------------------------------------------------------------ client (child process)
 
-async def _connect(session, url: str, namespace: str):
-    ws = await session.ws_connect(url, autoping=False, max_msg_size=0)
+async def _connect(session, url: str, namespace: str, deflate: bool = False):
+    ws = await session.ws_connect(url, autoping=False, max_msg_size=0, compress=15 if deflate else 0)
     msg = await ws.receive()  # the Engine.IO OPEN
     assert msg.data.startswith("0"), msg.data
     prefix = "" if namespace == "/" else namespace + ","
@@ -67,13 +67,13 @@ async def _keep_alive(ws) -> None:
             await ws.send_str("3")
 
 
-async def client(port: int, conns: int, namespace: str) -> None:
+async def client(port: int, conns: int, namespace: str, deflate: bool) -> None:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as session:
-        warm = [await _connect(session, url, namespace) for _ in range(10)]
+        warm = [await _connect(session, url, namespace, deflate) for _ in range(10)]
         for ws in warm:
             await ws.close()
         await asyncio.sleep(1.0)
@@ -86,7 +86,7 @@ async def client(port: int, conns: int, namespace: str) -> None:
 
         async def one():
             async with sem:
-                ws = await _connect(session, url, namespace)
+                ws = await _connect(session, url, namespace, deflate)
             keepers.append(asyncio.ensure_future(_keep_alive(ws)))  # from now on, as a slow run lasts
             return ws
 
@@ -137,7 +137,7 @@ async def measure(args: argparse.Namespace) -> dict:
 
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--conns", str(args.conns), "--namespace", args.namespace,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        *(["--deflate"] if args.deflate else []), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert (await child.stdout.readline()).strip() == b"warm"
     await asyncio.sleep(0.5)
     settle()
@@ -188,6 +188,8 @@ def main() -> int:
     parser.add_argument("--namespace", default="/bench", help="the namespace each connection joins")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default=None,
                         help="event loop (default: uvloop as in production, asyncio with --tracemalloc)")
+    parser.add_argument("--deflate", action="store_true",
+                        help="clients offer permessage-deflate, as browsers and the harness's client do")
     parser.add_argument("--hold", type=float, default=45.0,
                         help="seconds the connections stay idle before the measure: the default covers a "
                              "heartbeat ping (25 s) and the session heartbeat that saves every live "
@@ -202,7 +204,7 @@ def main() -> int:
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        asyncio.run(client(args.client, args.conns, args.namespace))
+        asyncio.run(client(args.client, args.conns, args.namespace, args.deflate))
         return 0
     if args.loop is None:
         args.loop = "asyncio" if args.tracemalloc else "uvloop"
