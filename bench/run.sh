@@ -75,13 +75,14 @@ export NODE_PATH="$NODE_DIR/node_modules"
 
 # Limits raised so the harness measures throughput, not our per-connection protection.
 # The harness runs the command as `exec <command>` from its own folder; PYTHONPATH makes this
-# tree's packages the ones imported there (the shared .venv's editable install points at the
-# main checkout: without it a worktree's run measured main's code). In the redis mode bench/with_redis.sh starts a
-# fresh redis-server and execs the server with REDIS_URL pointing at it.
+# checkout's packages the ones imported there (the editable install points at the checkout
+# it was made from: run from a git worktree, the benchmark measured the main checkout's code).
+# In the redis mode bench/with_redis.sh starts a fresh redis-server and execs the server with
+# REDIS_URL pointing at it.
 ours() { # $1 mode
   local wrap=""
   [[ $1 == redis ]] && wrap="'$ROOT/bench/with_redis.sh' "
-  echo "env PYTHONPATH='$ROOT' BENCH_NAMESPACE=1 LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
+  echo "env PYTHONPATH='$ROOT:$ROOT/channels' BENCH_NAMESPACE=1 LOG_LEVEL=warning EVENTS_PER_SECOND=1000000 MAX_CONNECTIONS_PER_IP=1000000 \
 $wrap'$PY' -m server --config '$ROOT/bench/bench.toml' --host \$BENCH_HOST --port \$BENCH_PORT"
 }
 target() { [[ $1 == redis ]] && echo realtime-server+redis || echo realtime-server; }

@@ -64,7 +64,7 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
     """python-engineio's aiohttp WebSocket driver, honouring ``websocket_compression`` and
     without stray NOOP frames."""
 
-    # python-engineio 4.15.1: WebSocket.__call__ (a copy of the library's, plus `compress`)
+    # python-engineio 4.15.1: WebSocket.__call__ (the library's, plus compress and websocket_opened)
     async def __call__(self, environ: dict) -> Any:
         # python-engineio's aiohttp driver ignores websocket_compression, so every
         # connection negotiated permessage-deflate (~100 KiB of zlib state each).
@@ -72,7 +72,13 @@ class AiohttpWebSocket(eio_aiohttp.WebSocket):
         self._sock = web.WebSocketResponse(max_msg_size=self.server.max_http_buffer_size,
                                            compress=bool(self.server.websocket_compression))
         await self._sock.prepare(request)
-        self.environ = environ
+        # (The library keeps `environ` on the driver too, which nothing reads: the session's
+        # WebSocket would keep the request's environ alive for the connection's life.)
+        # A session may run its WebSocket from the request's top frame instead of down here,
+        # below python-engineio's call chain (see RealtimeSocket.websocket_opened).
+        owner = getattr(self.handler, "__self__", None)
+        if isinstance(owner, SocketAdapter) and owner.websocket_opened(self, request):
+            return self._sock
         await self.handler(self)
         return self._sock
 
@@ -108,6 +114,10 @@ class EngineAdapter(engineio.AsyncServer):
             return environ
 
         self._async = {**self._async, "translate_request": translate_request, "websocket": AiohttpWebSocket}
+        # Every request comes through handle_request: bound to serve itself, each one (and each
+        # open WebSocket, suspended in serve) skips the hand-over's coroutine frame (the
+        # override below stays for any other caller).
+        self.handle_request = self.serve  # type: ignore[method-assign]
 
     # python-engineio 4.15.1: AsyncServer.create_queue
     def create_queue(self, *args: Any, **kwargs: Any) -> SendQueue:
@@ -236,6 +246,12 @@ class SocketAdapter(AsyncSocket):
     async def serve_websocket(self, ws: Any) -> None:
         """Run the session's WebSocket (an upgrade, or a session that started on one)."""
         raise NotImplementedError
+
+    def websocket_opened(self, ws: Any, request: web.Request) -> bool:
+        """The driver has just opened this session's WebSocket ``ws`` for ``request``: True
+        when the session will run it later itself (the driver then returns at once), False
+        to have it run now through ``_websocket_handler``."""
+        return False
 
 
 class ServerAdapter(socketio.AsyncServer):

@@ -86,6 +86,8 @@ class RealtimeSocket(SocketAdapter):
     _ws: Any = None  # python-engineio's WebSocket while this session's is open (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
     _ping_timer: asyncio.TimerHandle | None = None
+    _watchdog: asyncio.TimerHandle | None = None  # the read watchdog while the WebSocket is read
+    _last_read = 0.0  # loop time of the last frame read from the WebSocket
     _writer: asyncio.Future[None] | None = None
     # Inbound packets waiting for this connection's running handler to finish; None while
     # no handler of this connection is waiting on anything.
@@ -254,14 +256,32 @@ class RealtimeSocket(SocketAdapter):
 
     # ------------------------------------------------------------------ WebSocket transport
 
+    def websocket_opened(self, ws: Any, request: Any) -> bool:
+        """A session that starts on a WebSocket runs it from RealtimeEngine.serve, the
+        request's top frame of ours, once python-engineio's call chain has returned: each idle
+        connection then keeps seven fewer suspended coroutine frames (python-engineio's
+        handle_request, _handle_connect, handle_get_request, _upgrade_websocket, the driver's
+        __call__, _websocket_handler and the hand-over to it). An upgrade from polling runs
+        where it is (it is rarer and needs its probe exchange first)."""
+        if self.connected or not getattr(self.server, "runs_websockets", False):
+            return False
+        self.connected = True
+        self.upgraded = True
+        request["rt_websocket"] = (self, ws)
+        return True
+
     async def serve_websocket(self, ws: Any) -> None:
-        server = self.server
         if self.connected:
             if not await self._upgrade_handshake(ws):
                 return
         else:
             self.connected = True
             self.upgraded = True
+        await self.run_websocket(ws)
+
+    async def run_websocket(self, ws: Any) -> None:
+        """Read the open WebSocket ``ws`` until it ends, then end the session."""
+        server = self.server
         sock = ws._sock
         if not sock.compress:
             self.ws_out = tcp_transport(sock)
@@ -274,19 +294,10 @@ class RealtimeSocket(SocketAdapter):
         limit = server.max_http_buffer_size
         # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
         # re-arms from the last read, instead of a timeout armed and disarmed on every read.
+        # (Its state is on the socket, not in a closure: no function and cells per connection.)
         loop = asyncio.get_running_loop()
-        deadline = server.ping_interval + server.ping_timeout
-        last_read = loop.time()
-
-        def watchdog() -> None:
-            nonlocal timer
-            idle = loop.time() - last_read
-            if idle < deadline:
-                timer = loop.call_later(deadline - idle, watchdog)
-            elif (transport := tcp_transport(sock)) is not None:
-                transport.abort()  # ends the receive below
-
-        timer = loop.call_later(deadline, watchdog)
+        self._last_read = loop.time()
+        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch)
         try:
             while True:
                 try:
@@ -295,7 +306,7 @@ class RealtimeSocket(SocketAdapter):
                     break
                 if msg.type not in _DATA:
                     break
-                last_read = loop.time()
+                self._last_read = loop.time()
                 data = msg.data
                 if len(data) > limit:
                     break
@@ -314,15 +325,30 @@ class RealtimeSocket(SocketAdapter):
                         break
                 if self._waiting is not None and len(self._waiting) >= server.max_inflight_events:
                     await self.wait_for_backlog()  # stop reading until the handlers catch up
-                    last_read = loop.time()
+                    self._last_read = loop.time()
         finally:
-            timer.cancel()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             self.ws_out = None
         queue.put_nowait(None)  # the writer closes the WebSocket when it reaches this
         if self._writer is not None:
             await self._writer
         queue.on_put = self._ws = None  # no reference cycle left for the collector
         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    def _watch(self) -> None:
+        """The read watchdog: re-armed from the last read, or cut the silent connection off."""
+        server, ws = self.server, self._ws
+        loop = asyncio.get_running_loop()
+        deadline = server.ping_interval + server.ping_timeout
+        idle = loop.time() - self._last_read
+        if idle < deadline:
+            self._watchdog = loop.call_later(deadline - idle, self._watch)
+        else:
+            self._watchdog = None
+            if ws is not None and (transport := tcp_transport(ws._sock)) is not None:
+                transport.abort()  # ends the read loop's receive
 
     async def _upgrade_handshake(self, ws: Any) -> bool:
         """The polling → WebSocket probe exchange, as python-engineio does it."""

@@ -98,9 +98,10 @@ class PollingFront:
         self.app_handler: Handler | None = None  # the application's request handler (set on install)
         self._plain_cors: list[tuple[str, str]] | None = None
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         """The low-level server's request handler: a polling request is answered here, any
-        other goes to the application."""
+        other goes to the application. A plain function returning what aiohttp awaits, so a
+        request passed on (a WebSocket's, for its whole life) keeps no frame of this one."""
         raw = request.raw_path
         if raw.startswith(self.prefix):
             method = request.method
@@ -108,18 +109,21 @@ class PollingFront:
                 target = self._route(request, method, raw[len(self.prefix):])
                 if target is not None:
                     self.lean_requests += 1
-                    socket, cors = target
-                    engine = self.engine
-                    engine.requests_in_flight += 1  # as RealtimeEngine.serve counts them
-                    try:
-                        if socket is None:
-                            return await self._handshake(request, cors)
-                        return await self._session(request, method, socket, cors)
-                    finally:
-                        engine.requests_in_flight -= 1
+                    return self._answer(request, method, *target)
         self.app_requests += 1
         assert self.app_handler is not None
-        return await self.app_handler(request)
+        return self.app_handler(request)
+
+    async def _answer(self, request: web.BaseRequest, method: str, socket: Any,
+                      cors: dict[str, str] | None) -> web.StreamResponse:
+        engine = self.engine
+        engine.requests_in_flight += 1  # as RealtimeEngine.serve counts them
+        try:
+            if socket is None:
+                return await self._handshake(request, cors)
+            return await self._session(request, method, socket, cors)
+        finally:
+            engine.requests_in_flight -= 1
 
     def collect(self) -> Any:
         """The request counts, for prometheus_client's registry."""

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -114,14 +115,14 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
     return pkt
 
 
-@dataclass
+@dataclass(slots=True)  # one per live socket: no instance dict
 class CsrState:
     """A live socket's recovery id (``pid``), sent in the CONNECT reply."""
 
     pid: str
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection: no instance dict
 class TokenBucket:
     rate: float
     burst: float
@@ -156,6 +157,7 @@ class RealtimeEngine(EngineAdapter):
     """
 
     socket_class = RealtimeSocket
+    runs_websockets = True  # serve() runs a new session's WebSocket (RealtimeSocket.websocket_opened)
     body_timeout = 10.0
     max_packets_per_payload = 256
     max_connections_per_ip = 1000
@@ -186,7 +188,21 @@ class RealtimeEngine(EngineAdapter):
         WebSockets and pending polls included), so a request that never ends shows."""
         self.requests_in_flight += 1
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
+            opened = request.get("rt_websocket")
+            if opened is not None:
+                # A new session's WebSocket runs here, not at the bottom of python-engineio's
+                # call chain (RealtimeSocket.websocket_opened), which has returned by now.
+                del request["rt_websocket"]
+                socket, ws = opened
+                tcp = self._websockets.get(socket.sid)
+                try:
+                    await socket.run_websocket(ws)
+                finally:
+                    self._drop_transport(socket.sid, tcp)
+                    if socket.closed and self.sockets.get(socket.sid) is socket:
+                        del self.sockets[socket.sid]  # as python-engineio's _handle_connect does
+            return response
         finally:
             self.requests_in_flight -= 1
 
@@ -246,7 +262,8 @@ class RealtimeEngine(EngineAdapter):
             opened = True
         finally:
             sid = request.get("rt_sid", "")
-            self._drop_transport(sid, tcp)
+            if not (opened and "rt_websocket" in request):  # else serve() runs it, then drops it
+                self._drop_transport(sid, tcp)
             created = self.sockets.get(sid)
             if created is not None and not created.connected:  # its WebSocket never opened
                 await self._end(created)
@@ -472,6 +489,11 @@ class RealtimeServer(ServerAdapter):
 
     async def eio_connected(self, eio_sid: str, environ: dict) -> None:
         await self.library_handle_eio_connect(eio_sid, environ)
+        if self.environ.get(eio_sid) is environ:
+            # Kept for the session's life (each namespace CONNECT's handler gets it): the same
+            # items under interned keys, instead of the "HTTP_*" key strings python-engineio
+            # builds anew for every request (about 0.5 KiB per connection).
+            self.environ[eio_sid] = {sys.intern(key): value for key, value in environ.items()}
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.

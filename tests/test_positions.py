@@ -245,3 +245,22 @@ async def test_a_node_moves_into_a_renewed_epoch_delivering_only_what_it_had_not
     await asyncio.sleep(0.05)
     assert other.position == (7, renewed.epoch) and manager.deliveries.seq == seq + 1 + 1
     await manager.stop()
+
+
+def test_a_cursor_allocates_its_deques_at_the_first_delivery_only():
+    # Every socket has a channel of its own (OWN) that mostly never carries a publication:
+    # its cursor must not hold two empty 64-slot deques (1.5 KiB per idle connection).
+    from collections import deque
+
+    node = node_with(OWN)
+    cursor = node.cursors[OWN]
+    assert not isinstance(cursor.trail, deque) and not isinstance(cursor.recent, deque)
+    assert cursor.last_at(5) is None and not node.reused(cursor, 1, 0)
+    assert node.trail_of(member_of(node, OWN), 10) == []
+    node.delivered(cursor, 1, 7)
+    assert list(cursor.trail) == [(1, 1)] and list(cursor.recent) == [(1, 7)]
+    assert cursor.trail.maxlen == 8
+    node.reset(cursor, "f")
+    assert not cursor.trail and cursor.last_at(5) is None
+    node.delivered(cursor, 1, 8)
+    assert list(cursor.trail) == [(2, 1)]

@@ -40,6 +40,8 @@ RECENT = 256
 # (offset, epoch) of a channel. Epoch "" with offset 0: the channel did not exist yet.
 Position = tuple[int, str]
 NOWHERE: Position = (0, "")
+# A cursor's trail and recent publications before its channel's first delivery (read-only).
+NOTHING: tuple[()] = ()
 
 
 class ChannelCursor:
@@ -50,19 +52,23 @@ class ChannelCursor:
     :param trail_length: how many ``(seq, offset)`` pairs the trail keeps.
     """
 
-    __slots__ = ("offset", "epoch", "trail", "tag", "catching_up", "recent", "previous_epoch", "switched_at",
-                 "replaced_until")
+    __slots__ = ("offset", "epoch", "trail", "trail_length", "tag", "catching_up", "recent", "previous_epoch",
+                 "switched_at", "replaced_until")
 
     def __init__(self, offset: int, epoch: str, tag: str, trail_length: int) -> None:
         self.offset = offset
         self.epoch = epoch
         self.tag = tag
-        self.trail: deque[tuple[int, int]] = deque(maxlen=trail_length)
+        # Both deques are created at the channel's first delivery (Deliveries.delivered): every
+        # socket has a channel of its own that mostly never carries a publication, and two
+        # empty deques are 1.5 KiB (a deque allocates its first 64-slot block up front).
+        self.trail: deque[tuple[int, int]] | tuple[()] = NOTHING
+        self.trail_length = trail_length
         # True while a history read fills a gap: notifications wait for it.
         self.catching_up = False
         # (offset, time_ms) of the last few publications delivered, to tell a publication
         # already delivered from a new one that reuses its offset (see Deliveries.reused).
-        self.recent: deque[tuple[int, int]] = deque(maxlen=RECENT)
+        self.recent: deque[tuple[int, int]] | tuple[()] = NOTHING
         # Set when the channel's epoch was renewed after a failover lost writes (see
         # Deliveries.continue_epoch): the epoch before, the node seq of the switch, and the
         # offset delivered last before it (publications up to it may be delivered already).
@@ -132,8 +138,12 @@ class Deliveries:
         channel was delivered now."""
         self.seq += 1
         cursor.offset = offset
-        cursor.trail.append((self.seq, offset))
-        cursor.recent.append((offset, time_ms))
+        if cursor.trail is NOTHING:
+            cursor.trail = deque(maxlen=cursor.trail_length)
+        if cursor.recent is NOTHING:
+            cursor.recent = deque(maxlen=RECENT)
+        cursor.trail.append((self.seq, offset))  # type: ignore[union-attr]
+        cursor.recent.append((offset, time_ms))  # type: ignore[union-attr]
 
     @staticmethod
     def reused(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
@@ -151,7 +161,7 @@ class Deliveries:
         their offsets reused)."""
         cursor.offset = offset - 1
         while cursor.recent and cursor.recent[-1][0] >= offset:
-            cursor.recent.pop()
+            cursor.recent.pop()  # type: ignore[union-attr]
 
     @staticmethod
     def seen(cursor: ChannelCursor, offset: int, time_ms: int) -> bool:
@@ -172,7 +182,7 @@ class Deliveries:
         cursor.replaced_until = cursor.offset
         cursor.epoch = epoch
         cursor.offset = min(cursor.offset, base - 1)
-        cursor.trail.clear()
+        cursor.trail = deque([], maxlen=cursor.trail_length)
         self.seq += 1
         cursor.switched_at = self.seq
         cursor.trail.append((self.seq, cursor.offset))
@@ -183,10 +193,10 @@ class Deliveries:
         cursor.replaced_until = 0
         cursor.epoch = epoch
         cursor.offset = 0
-        cursor.trail.clear()
+        cursor.trail = NOTHING
         # Times of the old epoch's offsets say nothing about the new one's (a gap read would
         # take one of them for a reused offset).
-        cursor.recent.clear()
+        cursor.recent = NOTHING
 
     # ------------------------------------------------------------------ per socket
 

@@ -1,0 +1,112 @@
+"""What an idle WebSocket connection keeps alive on the server: the request's coroutine chain
+stops in RealtimeEngine.serve, below no python-engineio frame (each suspended frame is memory
+every idle connection holds; bench/conn_memory.py has the figures), the environ kept for it has
+no per-connection key strings, and the session still ends cleanly when the client goes. The server runs in this process so its tasks can be read."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from namespaces import factories
+from server.app import create_app
+from server.config import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def chain_of(task: asyncio.Task) -> list[Any]:
+    """The code objects of the coroutines a task is suspended in, outermost first."""
+    codes = []
+    awaited: Any = task.get_coro()
+    while inspect.iscoroutine(awaited):
+        codes.append(awaited.cr_code)
+        awaited = awaited.cr_await
+    return codes
+
+
+async def start_server() -> tuple[web.AppRunner, web.Application, int]:
+    config = load_config(str(ROOT / "bench" / "bench.toml"), environ={"BENCH_NAMESPACE": "1"})
+    app = create_app(config, factories(bench=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, app, sock.getsockname()[1]
+
+
+async def connect(session: aiohttp.ClientSession, port: int) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str()).startswith("0")  # Engine.IO OPEN
+    await ws.send_str("40/bench,")
+    assert (await ws.receive_str()).startswith("40/bench,")  # the namespace CONNECT ack
+    return ws
+
+
+async def test_an_idle_websocket_waits_in_serve_below_no_engineio_frame():
+    runner, app, port = await start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await connect(session, port)
+            await asyncio.sleep(0.1)
+            chains = [chain_of(t) for t in asyncio.all_tasks()]
+            [chain] = [c for c in chains if any(code.co_qualname == "RealtimeEngine.serve" for code in c)]
+            names = [code.co_qualname for code in chain]
+            below = names[names.index("RealtimeEngine.serve") + 1:]
+            assert below[0] == "RealtimeSocket.run_websocket", names
+            assert not [code for code in chain if "/engineio/" in code.co_filename], names
+            ours = [code.co_qualname for code in chain if "/server/" in code.co_filename]
+            assert len(ours) <= 3, ours  # the forwarding middleware, serve, the read loop
+
+            sio = app["runtime"].sio
+            eio = sio.eio
+            # The environ kept for the session (namespace handlers get it) has every item, under
+            # keys shared between connections; the driver keeps no second reference to it.
+            [(eio_sid, environ)] = sio.environ.items()
+            assert environ["HTTP_UPGRADE"] == "websocket" and environ["aiohttp.request"].remote == "127.0.0.1"
+            assert all(key is sys.intern(key) for key in environ)
+            assert "environ" not in vars(eio.sockets[eio_sid]._ws)
+            assert len(eio.sockets) == 1 and eio.requests_in_flight == 1 and len(eio._websockets) == 1
+            await ws.close()
+            for _ in range(100):  # the session ends and is forgotten with its transport
+                if not eio.sockets and not eio._websockets and not eio.requests_in_flight:
+                    break
+                await asyncio.sleep(0.05)
+            assert not eio.sockets and not eio._websockets and eio.requests_in_flight == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_read_watchdog_rearms_after_a_read_and_cuts_a_silent_websocket():
+    runner, app, port = await start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            ws = await connect(session, port)
+            eio = app["runtime"].sio.eio
+            [socket] = eio.sockets.values()
+            loop = asyncio.get_running_loop()
+            deadline = eio.ping_interval + eio.ping_timeout
+            first = socket._watchdog
+            assert first is not None and first.when() > loop.time() + deadline - 5
+            socket._watch()  # fired early (a read came since): re-armed, nothing cut
+            assert socket._watchdog is not first and not ws.closed and eio.sockets
+            socket._watchdog.cancel()
+            socket._last_read = loop.time() - deadline - 1  # silent for a whole heartbeat cycle
+            socket._watch()
+            msg = await asyncio.wait_for(ws.receive(), 5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            for _ in range(100):
+                if not eio.sockets:
+                    break
+                await asyncio.sleep(0.05)
+            assert not eio.sockets and socket._watchdog is None
+    finally:
+        await runner.cleanup()
