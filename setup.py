@@ -13,7 +13,10 @@ except ImportError:  # no Cython: the pure-Python modules only
 else:
     from setuptools import Extension
 
-    # optional: a failed compile (no gcc, no Python headers) is a warning, not a failed install.
-    extensions = cythonize([Extension("server._codec", ["server/_codec.pyx"], optional=True)], quiet=True)
+    extensions = cythonize([Extension("server._codec", ["server/_codec.pyx"])], quiet=True)
+    for extension in extensions:
+        # A failed compile (no gcc, no Python headers) is a warning, not a failed install.
+        # (Set after cythonize, which does not carry `optional` over.)
+        extension.optional = True
 
 setup(ext_modules=extensions)
