@@ -13,34 +13,19 @@ from typing import Any
 from engineio import packet as eio_packet
 from socketio.packet import Packet as _LibraryPacket
 
-EVENT, ACK = 2, 3
-
 
 def data_is_binary(data: Any) -> bool:
     """Whether ``data`` holds bytes anywhere in its lists and dict values."""
     return bool(_LibraryPacket.data_is_binary(data))
 
 
-def init_packet(self: Any, packet_type: Any = EVENT, data: Any = None, namespace: Any = None, id: Any = None,
-                binary: Any = None, encoded_packet: Any = None) -> None:
-    """python-socketio's ``Packet.__init__``.
-
-    :param self: the packet being built (a ``TextPacket``).
-    :param encoded_packet: the packet as received; when given, it sets every other field.
-    """
-    _LibraryPacket.__init__(self, packet_type, data, namespace, id, binary, encoded_packet)
-
-
-def decode_packet(self: Any, encoded_packet: Any) -> int:
-    """python-socketio's ``Packet.decode``: set the packet's fields from ``encoded_packet`` and
-    return how many binary attachments follow."""
-    return _LibraryPacket.decode(self, encoded_packet)
-
-
-def encode_packet(self: Any) -> Any:
-    """python-socketio's ``Packet.encode``: the text encoding (a list, text then attachments,
-    for a binary packet)."""
-    return _LibraryPacket.encode(self)
+# python-socketio's own methods themselves (no wrapper: the fallback costs what the library does).
+# init_packet(self, packet_type=EVENT, data=None, namespace=None, id=None, binary=None, encoded_packet=None)
+init_packet = _LibraryPacket.__init__
+# decode_packet(self, encoded_packet) -> the number of binary attachments that follow
+decode_packet = _LibraryPacket.decode
+# encode_packet(self) -> the text (a list, text then attachments, for a binary packet)
+encode_packet = _LibraryPacket.encode
 
 
 def message_packet(text: Any) -> eio_packet.Packet:
