@@ -11,8 +11,11 @@ operation instead of reimplementing it, and keeps C only for the common ASCII ca
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
+import orjson
 from engineio.packet import Packet as _EioPacket
 from socketio.packet import Packet as _LibraryPacket
+
+from .jsonmod import FastJson as _FastJson
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
@@ -23,6 +26,10 @@ cdef tuple _DIGITS = tuple("0123456789")
 # Deeper than this, data_is_binary hands the rest to python-socketio's (recursive, Python-level,
 # so it raises RecursionError where the pure twin does instead of overflowing the C stack).
 cdef int MAX_C_DEPTH = 64
+# FastJson's own calls, made here without its wrapper's frame (the twin test checks they agree).
+cdef object _loads = orjson.loads
+cdef object _dumps = orjson.dumps
+cdef object _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
 
 
 cdef bint _is_binary(object data, int depth) except -1:
@@ -140,7 +147,11 @@ cdef object _decode_text(object self, str ep):
             if pos < n and ep[pos].isdigit():
                 raise ValueError("id field is too long")
     if pos < n:
-        self.data = self.json.loads(ep[pos:])
+        json = self.json
+        if json is _FastJson:
+            self.data = _loads(ep[pos:])
+        else:
+            self.data = json.loads(ep[pos:])
     return attachment_count
 
 
@@ -161,7 +172,11 @@ def encode_packet(self):
         encoded += str(id)
     data = self.data
     if data is not None:
-        encoded += self.json.dumps(data, separators=SEPARATORS)
+        json = self.json
+        if json is _FastJson:
+            encoded += (<bytes>_dumps(data, option=_NON_STR_KEYS)).decode("utf-8")
+        else:
+            encoded += json.dumps(data, separators=SEPARATORS)
     return encoded
 
 

@@ -193,3 +193,25 @@ def test_twins_build_the_same_message_packets(text):
     pure, compiled = _codec_pure.message_packet(text), _compiled.message_packet(text)
     assert type(compiled) is type(pure) and vars(compiled) == vars(pure)
     assert outcome(compiled.encode) == outcome(pure.encode)
+
+
+@needs_compiled
+@pytest.mark.parametrize("text", HOSTILE[:60], ids=range(60))
+def test_twins_agree_with_another_json_module(text):
+    """With FastJson the compiled codec calls orjson itself; with any other json module it calls
+    that module's loads and dumps, as the library does."""
+    import json
+
+    pure, compiled = (type(cls.__name__ + "_json", (cls,), {"json": json}) for cls in (PURE, COMPILED))
+    assert outcome(lambda: compiled(encoded_packet=text)) == outcome(lambda: pure(encoded_packet=text))
+    for data in (["é", {"a": [1, 2.5, None]}], {"k": "\u4e2d"}, "x"):
+        made = [cls(3, data=data, namespace="/chat", id=7) for cls in (pure, compiled)]
+        assert made[1].encode() == made[0].encode()
+
+
+@needs_compiled
+@pytest.mark.parametrize("data", [[{1: "a", 2.5: True, None: 0}], {"k": [b"x"]}, ["\U0001f600", -0.0, 2**63 - 1]])
+def test_twins_encode_what_only_the_server_builds_alike(data):
+    """Data no client sends but handlers return: non-string keys (FastJson's OPT_NON_STR_KEYS), bytes."""
+    built = [cls(3, data=data, namespace="/chat", id=1) for cls in (PURE, COMPILED)]
+    assert outcome(built[1].encode) == outcome(built[0].encode)
