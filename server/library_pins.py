@@ -14,7 +14,9 @@ the pinned ones.
 Upgrading python-socketio or python-engineio: change :data:`PINNED` and the exact pins in
 ``pyproject.toml``, run ``make lock`` and ``make install``, run that test; for each failure read
 the library's change, adapt the override in ``server/adapter.py`` and its version comment, then
-update its line here.
+update its line here. Run ``tests/test_codec.py`` too: ``server/_codec.pyx`` re-implements
+``Packet.__init__``, ``decode`` and ``encode`` in C, and must still agree with the library's
+(``server/_codec_pure.py`` binds those themselves).
 
 Keys are ``"module:Class.attribute"`` (``"module:function"`` for a module's function); a
 ``[name]`` step looks up a dict key. A signature is what ``str(inspect.signature(...))`` prints
