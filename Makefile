@@ -27,7 +27,8 @@ install: $(VENV)/.installed node_modules/.installed
 
 # Locked packages first (hash-checked, the build backend included), then the project itself
 # without dependencies and without build isolation, so nothing unlocked is fetched.
-$(VENV)/.installed: pyproject.toml $(LOCK)
+# setup.py compiles server/_codec.pyx (Cython, gcc) into the package in place: rebuilt when it changes.
+$(VENV)/.installed: pyproject.toml $(LOCK) setup.py server/_codec.pyx
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

@@ -34,7 +34,9 @@ from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 from socketio import AsyncManager
+from socketio import packet as sio_packet
 
+from . import codec
 from .send_queue import SendQueue
 
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
@@ -48,6 +50,19 @@ class CountedPayload(eio_payload.Payload):
 
     # python-engineio 4.15.1: Payload.max_decode_packets (a class attribute)
     max_decode_packets = sys.maxsize
+
+
+class TextPacket(sio_packet.Packet):
+    """python-socketio's packet for the default (JSON text) serializer, with its constructor,
+    decode and encode from server/codec.py: compiled (server/_codec.pyx) after ``make install``,
+    else the library's own code. ServerAdapter makes it the server's ``packet_class``."""
+
+    # python-socketio 5.18.1: Packet.__init__
+    __init__ = codec.init_packet
+    # python-socketio 5.18.1: Packet.decode
+    decode = codec.decode_packet
+    # python-socketio 5.18.1: Packet.encode
+    encode = codec.encode_packet
 
 
 class _FullBody:
@@ -268,6 +283,9 @@ class ServerAdapter(socketio.AsyncServer):
         # here; bound to eio_message itself, every inbound packet skips the hand-over's frame
         # (the override below stays for any other caller).
         self._handle_eio_message = self.eio_message
+        if options.get("serializer", "default") == "default":
+            # python-socketio then sets json= on TextPacket, not on its own Packet class.
+            options["serializer"] = TextPacket
         super().__init__(client_manager=manager, async_handlers=False, **options)
 
     # python-socketio 5.18.1: AsyncServer.emit (plus `volatile`)
@@ -303,7 +321,7 @@ class ServerAdapter(socketio.AsyncServer):
         if isinstance(encoded, str):
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None and not socket.closed:
-                eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, data=encoded)
+                eio_pkt = codec.message_packet(encoded)
                 if isinstance(socket, SocketAdapter):  # its send_packet, without send's frame
                     await socket.send_packet(eio_pkt)
                 else:

@@ -33,6 +33,7 @@ from engineio import exceptions
 from engineio import packet as eio_packet
 
 from .adapter import SocketAdapter
+from .codec import text_frame  # the server-to-client text frame (compiled after make install)
 from .eager import start_eagerly
 from .send_queue import packet_size
 
@@ -52,19 +53,6 @@ CLIENT_PACKET_TYPES = frozenset({eio_packet.CLOSE, eio_packet.PONG, eio_packet.M
 
 class PacketNotAllowed(exceptions.EngineIOError):
     """A client sent an Engine.IO packet type it may not send (see ``CLIENT_PACKET_TYPES``)."""
-
-
-def text_frame(text: str) -> bytes:
-    """The server-to-client WebSocket text frame (unmasked, so the same bytes for any recipient)."""
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 65536:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
 
 
 def tcp_transport(ws: Any) -> asyncio.Transport | None:

@@ -14,7 +14,9 @@ the pinned ones.
 Upgrading python-socketio or python-engineio: change :data:`PINNED` and the exact pins in
 ``pyproject.toml``, run ``make lock`` and ``make install``, run that test; for each failure read
 the library's change, adapt the override in ``server/adapter.py`` and its version comment, then
-update its line here.
+update its line here. Run ``tests/test_codec.py`` too: ``server/_codec.pyx`` re-implements
+``Packet.__init__``, ``decode`` and ``encode`` in C, and must still agree with the library's
+(``server/_codec_pure.py`` binds those themselves).
 
 Keys are ``"module:Class.attribute"`` (``"module:function"`` for a module's function); a
 ``[name]`` step looks up a dict key. A signature is what ``str(inspect.signature(...))`` prints
@@ -88,6 +90,12 @@ OVERRIDDEN: dict[str, str | None] = {
     # __init__ calls this one; the namespaces extend it) and EchoNamespace (server/conformance.py)
     "socketio.async_namespace:AsyncNamespace.__init__": "(self, namespace=None)",
     "socketio.async_namespace:AsyncNamespace.trigger_event": "(self, event, *args)",
+    # TextPacket (server/adapter.py): the server's packet_class, its codec from server/codec.py
+    # (compiled server/_codec.pyx, or server/_codec_pure.py: the library's own methods)
+    "socketio.packet:Packet.__init__":
+        "(self, packet_type=2, data=None, namespace=None, id=None, binary=None, encoded_packet=None)",
+    "socketio.packet:Packet.decode": "(self, encoded_packet)",
+    "socketio.packet:Packet.encode": "(self)",
 }
 
 # Library methods our code calls and library attributes it reads or assigns, without overriding
@@ -156,10 +164,10 @@ USED: dict[str, str | None] = {
     "socketio.async_manager:AsyncManager.initialize": "(self)",
     "socketio.async_manager:AsyncManager.connect": "(self, sid, namespace)",
     # packets, built and taken apart by hand on the hot paths
-    "socketio.packet:Packet.__init__":
-        "(self, packet_type=2, data=None, namespace=None, id=None, binary=None, encoded_packet=None)",
-    "socketio.packet:Packet.encode": "(self)",
     "socketio.packet:Packet.add_attachment": "(self, attachment)",
+    "socketio.packet:Packet.data_is_binary": "(data)",
+    "socketio.packet:Packet.uses_binary_events": None,
+    "socketio.packet:Packet.json": None,
     "socketio.packet:Packet.packet_type": None,
     "socketio.packet:Packet.namespace": None,
     "socketio.packet:Packet.id": None,
@@ -170,6 +178,8 @@ USED: dict[str, str | None] = {
     "engineio.packet:Packet.encode": "(self, b64=False)",
     "engineio.packet:Packet.packet_type": None,
     "engineio.packet:Packet.data": None,
+    "engineio.packet:Packet.encode_cache": None,  # server/_codec.pyx message_packet builds packets
+    "engineio.packet:Packet.binary": None,
     "engineio.packet:OPEN": None,
     "engineio.packet:CLOSE": None,
     "engineio.packet:PING": None,

@@ -1,0 +1,218 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, binding=True
+"""The compiled twin of server/_codec_pure.py: the Socket.IO text-packet codec and the WebSocket
+frame builder of the hot path (see server/codec.py, which picks one of the two).
+
+Every function here gives the same result, or raises the same exception type, as its pure twin
+for any input; tests/test_codec.py runs both on the same inputs, hostile ones included. Where the
+semantics are Python's own (``int()`` of a non-ASCII digit, ``str.isdigit``), this calls Python's
+operation instead of reimplementing it, and keeps C only for the common ASCII case.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.string cimport memcpy
+
+import orjson
+from engineio.packet import Packet as _EioPacket
+from socketio.packet import Packet as _LibraryPacket
+
+from .jsonmod import FastJson as _FastJson
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+
+cdef int EVENT = 2, ACK = 3, BINARY_EVENT = 5, BINARY_ACK = 6
+cdef tuple SEPARATORS = (",", ":")
+cdef tuple _DIGITS = tuple("0123456789")
+# Deeper than this, data_is_binary hands the rest to python-socketio's (recursive, Python-level,
+# so it raises RecursionError where the pure twin does instead of overflowing the C stack).
+cdef int MAX_C_DEPTH = 64
+# FastJson's own calls, made here without its wrapper's frame (the twin test checks they agree).
+cdef object _loads = orjson.loads
+cdef object _dumps = orjson.dumps
+cdef object _NON_STR_KEYS = orjson.OPT_NON_STR_KEYS
+
+
+cdef bint _is_binary(object data, int depth) except -1:
+    cdef object item
+    if depth > MAX_C_DEPTH:
+        return bool(_LibraryPacket.data_is_binary(data))
+    if isinstance(data, (bytes, bytearray)):
+        return True
+    if isinstance(data, list):
+        found = False
+        for item in data:  # every item, as the library's reduce() does (its errors included)
+            if _is_binary(item, depth + 1):
+                found = True
+        return found
+    if isinstance(data, dict):
+        found = False
+        for item in data.values():
+            if _is_binary(item, depth + 1):
+                found = True
+        return found
+    return False
+
+
+def data_is_binary(data):
+    """Whether ``data`` holds bytes anywhere in its lists and dict values."""
+    return _is_binary(data, 0)
+
+
+def init_packet(self, packet_type=EVENT, data=None, namespace=None, id=None, binary=None, encoded_packet=None):
+    """python-socketio's ``Packet.__init__``: the same attributes, the same exceptions."""
+    self.packet_type = packet_type
+    self.data = data
+    self.namespace = namespace
+    self.id = id
+    if self.uses_binary_events and (binary or (binary is None and _is_binary(data, 0))):
+        if packet_type == EVENT:
+            self.packet_type = BINARY_EVENT
+        elif packet_type == ACK:
+            self.packet_type = BINARY_ACK
+        else:
+            raise ValueError("Packet does not support binary payload.")
+    self.attachment_count = 0
+    self.attachments = []
+    if encoded_packet:
+        if type(encoded_packet) is str:
+            self.attachment_count = _decode_text(self, <str>encoded_packet) or 0
+        else:
+            self.attachment_count = self.decode(encoded_packet) or 0
+
+
+def decode_packet(self, encoded_packet):
+    """python-socketio's ``Packet.decode``: set the packet's fields from its encoding and return
+    how many binary attachments follow. Text is decoded here; anything else by the library."""
+    if type(encoded_packet) is str:
+        return _decode_text(self, <str>encoded_packet)
+    return _LibraryPacket.decode(self, encoded_packet)
+
+
+cdef object _decode_text(object self, str ep):
+    cdef Py_ssize_t n = len(ep)
+    cdef Py_ssize_t pos = 1, dash, sep, q, i, end
+    cdef Py_UCS4 c
+    cdef long long number
+    cdef bint ascii_digits
+    attachment_count = 0
+    if n == 0:
+        self.packet_type = int(ep)  # ValueError, as the library's int(ep[0:1])
+    c = ep[0]
+    if 48 <= c <= 57:
+        self.packet_type = <int>c - 48
+    else:
+        self.packet_type = int(ep[0:1])  # a non-ASCII decimal digit, or ValueError
+    self.namespace = None
+    self.data = None
+    dash = ep.find("-", 1)
+    if dash > 1 and ep[1:dash].isdigit():
+        if dash - 1 > 10:
+            raise ValueError("too many attachments")
+        attachment_count = int(ep[1:dash])
+        pos = dash + 1
+    if pos < n and ep[pos] == u"/":
+        sep = ep.find(",", pos)
+        if sep == -1:
+            namespace = ep[pos:]
+            pos = n
+        else:
+            namespace = ep[pos:sep]
+            pos = sep + 1
+        q = namespace.find("?")
+        if q != -1:
+            namespace = namespace[:q]
+        self.namespace = namespace
+    if pos < n:
+        c = ep[pos]
+        if c.isdigit():
+            # The library's loop: at most 100 digits, then ValueError if a digit still follows.
+            i = 1
+            end = n - pos
+            ascii_digits = 48 <= c <= 57
+            number = <long long>c - 48
+            while i < end:
+                c = ep[pos + i]
+                if not c.isdigit() or i >= 100:
+                    break
+                if ascii_digits and 48 <= c <= 57:
+                    number = number * 10 + (<long long>c - 48)
+                else:
+                    ascii_digits = False
+                i += 1
+            if ascii_digits and i <= 18:
+                self.id = number
+            else:
+                self.id = int(ep[pos:pos + i])
+            pos += i
+            if pos < n and ep[pos].isdigit():
+                raise ValueError("id field is too long")
+    if pos < n:
+        json = self.json
+        if json is _FastJson:
+            self.data = _loads(ep[pos:])
+        else:
+            self.data = json.loads(ep[pos:])
+    return attachment_count
+
+
+def encode_packet(self):
+    """python-socketio's ``Packet.encode`` for a text packet (a binary one goes to the library)."""
+    packet_type = self.packet_type
+    if packet_type == BINARY_EVENT or packet_type == BINARY_ACK:
+        return _LibraryPacket.encode(self)
+    if type(packet_type) is int and 0 <= packet_type <= 9:
+        encoded = _DIGITS[packet_type]
+    else:
+        encoded = str(packet_type)
+    namespace = self.namespace
+    if namespace is not None and namespace != "/":
+        encoded += namespace + ","
+    id = self.id
+    if id is not None:
+        encoded += str(id)
+    data = self.data
+    if data is not None:
+        json = self.json
+        if json is _FastJson:
+            encoded += (<bytes>_dumps(data, option=_NON_STR_KEYS)).decode("utf-8")
+        else:
+            encoded += json.dumps(data, separators=SEPARATORS)
+    return encoded
+
+
+def message_packet(text):
+    """The Engine.IO MESSAGE packet carrying the encoded Socket.IO packet ``text``, as
+    ``engineio.packet.Packet(MESSAGE, data=text)`` builds it (the same attributes), less its
+    constructor's checks: ``text`` is a str."""
+    if type(text) is not str:
+        return _EioPacket(4, data=text)
+    pkt = _EioPacket.__new__(_EioPacket)
+    pkt.packet_type = 4
+    pkt.data = text
+    pkt.encode_cache = None
+    pkt.binary = False
+    return pkt
+
+
+def text_frame(str text not None):
+    """The server-to-client WebSocket text frame of ``text`` (unmasked, so the same bytes for any
+    recipient)."""
+    cdef Py_ssize_t n
+    cdef const char* payload = PyUnicode_AsUTF8AndSize(text, &n)
+    cdef Py_ssize_t header = 2 if n < 126 else 4 if n < 65536 else 10
+    cdef bytes frame = PyBytes_FromStringAndSize(NULL, header + n)
+    cdef unsigned char* out = <unsigned char*>PyBytes_AS_STRING(frame)
+    cdef int k
+    out[0] = 0x81
+    if header == 2:
+        out[1] = <unsigned char>n
+    elif header == 4:
+        out[1] = 126
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>(n & 0xFF)
+    else:
+        out[1] = 127
+        for k in range(8):
+            out[2 + k] = <unsigned char>((<unsigned long long>n >> (8 * (7 - k))) & 0xFF)
+    memcpy(out + header, payload, n)
+    return frame
