@@ -170,10 +170,21 @@ class RealtimeManager(ManagerAdapter):
             publishes nothing and returns the first position.
         """
         envelope = Envelope(event, list(args), tuple(skip), tuple(others), stamp)
-        result = await self.log.publish(channel_name(namespace, room), encode_envelope(envelope),
-                                        idempotency_key=idempotency_key)
+        channel = channel_name(namespace, room)
+        cursor = self.deliveries.cursors.get(channel)
+        before = cursor.position if cursor is not None else None
+        result = await self.log.publish(channel, encode_envelope(envelope), idempotency_key=idempotency_key)
         if not result.duplicate:
             self.metrics.events_logged.labels(namespace).inc()
+            if (before is not None and before[1] and result.position.epoch == before[1]
+                    and result.position.offset <= before[0] and self.deliveries.cursors.get(channel) is cursor):
+                # An offset this node had delivered before this publish began was given to it:
+                # a failover lost writes. Renew the epoch now, not when the notifications (whose
+                # subscription the failover broke) come back, so that no client recovers from a
+                # lost offset past the publications that reused it meanwhile.
+                log.warning("channel %s: published at offset %d, already delivered here: a failover lost writes",
+                            channel, result.position.offset)
+                self._renew_epoch(channel, cursor)
         return result
 
     # ------------------------------------------------------------------ local delivery

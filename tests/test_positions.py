@@ -264,3 +264,48 @@ def test_a_cursor_allocates_its_deques_at_the_first_delivery_only():
     assert not cursor.trail and cursor.last_at(5) is None
     node.delivered(cursor, 1, 8)
     assert list(cursor.trail) == [(2, 1)]
+
+
+async def test_a_publish_given_an_offset_already_delivered_renews_the_epoch_at_once():
+    # After a lossy failover the node's subscription is broken for a while (no notifications),
+    # but its own publish gets back an offset it had delivered: proof that writes were lost.
+    # The epoch is renewed then, not when notifications return.
+    import asyncio
+
+    from realtime_channels.channel_log import MemoryChannelLog, StreamPosition
+    from server.manager import RealtimeManager
+    from server.metrics import Metrics
+
+    muted = False
+
+    def log_of(on_publication, on_resync):
+        return MemoryChannelLog(on_publication=lambda c, p: None if muted else on_publication(c, p),
+                                on_resync=on_resync)
+
+    manager = RealtimeManager(log_of, ["/chat"], Metrics())
+    cursor = await manager.open_channel(ROOM)
+    for i in range(4):
+        await manager.publish("/chat", "room:a", "message", [{"n": i}])
+    await asyncio.sleep(0.05)
+    epoch = cursor.epoch
+    assert cursor.position == (4, epoch)
+    # As if this node had also delivered 5..7, which the promoted replica never had.
+    times = dict(cursor.recent)
+    for offset in (5, 6, 7):
+        manager.deliveries.delivered(cursor, offset, times[4] + offset)
+    muted = True
+    result = await manager.publish("/chat", "room:a", "message", [{"n": 4}])  # takes offset 5 again
+    assert result.position == StreamPosition(5, epoch) and not result.duplicate
+    await asyncio.sleep(0.05)
+    renewed = await manager.log.position(ROOM)
+    assert renewed.epoch != epoch, "the epoch must change although no notification arrived"
+    history = await manager.log.history(ROOM, since=StreamPosition(6, epoch), limit=10)
+    assert not history.recoverable  # a client holding the lost offset 6 is told, not given a hole
+    # A duplicate (idempotency) or an offset beyond what was delivered is no sign of loss.
+    muted = False
+    other = await manager.open_channel(OTHER)
+    for i in range(3):
+        await manager.publish("/chat", "room:b", "message", [{"n": i}], idempotency_key="same")
+    await asyncio.sleep(0.05)
+    assert (await manager.log.position(OTHER)).epoch == other.epoch
+    await manager.stop()
