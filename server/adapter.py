@@ -63,6 +63,10 @@ class TextPacket(sio_packet.Packet):
     decode = codec.decode_packet
     # python-socketio 5.18.1: Packet.encode
     encode = codec.encode_packet
+    # The server assigns its json module to its packet class at start; defined here as well, it
+    # is TextPacket's own attribute from the first, not only once a server has started.
+    # python-socketio 5.18.1: Packet.json
+    json = sio_packet.Packet.json
 
 
 class _FullBody:

@@ -34,6 +34,8 @@ PINNED = {
 # Library methods overridden (all in server/adapter.py; the constructors of our subclasses aside),
 # with the library's signature the override was written against.
 OVERRIDDEN: dict[str, str | None] = {
+    # TextPacket carries the json module python-socketio assigns per server (server/adapter.py)
+    "socketio.packet:Packet.json": None,
     # EngineAdapter (server/adapter.py), extended by RealtimeEngine (server/realtime.py)
     "engineio.async_server:AsyncServer.__init__":
         "(self, async_mode=None, ping_interval=25, ping_timeout=20, max_http_buffer_size=1000000, "
@@ -167,7 +169,6 @@ USED: dict[str, str | None] = {
     "socketio.packet:Packet.add_attachment": "(self, attachment)",
     "socketio.packet:Packet.data_is_binary": "(data)",
     "socketio.packet:Packet.uses_binary_events": None,
-    "socketio.packet:Packet.json": None,
     "socketio.packet:Packet.packet_type": None,
     "socketio.packet:Packet.namespace": None,
     "socketio.packet:Packet.id": None,

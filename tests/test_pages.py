@@ -199,6 +199,26 @@ async def test_editor_reload_keeps_the_document(server, browser):
     assert page.errors == []
 
 
+async def test_editor_opening_a_document_takes_none_of_the_previous_one(server, browser):
+    # Typing while a newly opened document syncs (a slow connection, a loaded machine) must not
+    # carry the previous document's text, still in the editor, into the new one.
+    page = await page_of(browser, server.url + "/collab.html")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await expect(page.locator("#editor")).not_to_have_value("")  # the seeded welcome document
+    await page.evaluate("""() => {
+        document.getElementById('doc').value = 'scratch';
+        document.getElementById('open').click();
+        const editor = document.getElementById('editor');  // typed in the same instant
+        editor.value += 'x';
+        editor.dispatchEvent(new Event('input'));
+    }""")
+    await expect(page.locator("#editor")).to_be_enabled()
+    await page.wait_for_function("collabDebug.text() !== null")
+    assert await page.evaluate("collabDebug.text()") == "x"
+    await expect(page.locator("#editor")).to_have_value("x")
+    assert page.errors == []
+
+
 # ---------------------------------------------------------------------- no request leaves the machine
 
 
