@@ -8,8 +8,9 @@ server (its request handler, :func:`serve_polling_first`) and serves the three r
 session is made of — the handshake GET, the long-poll GET and the POST — itself, with the same
 engine state and the same guards:
 
-- the request limits of ``RealtimeEngine`` (body size, read time and packet count through its own
-  ``_read_body``; a missed heartbeat; overlapping polls; connections per address);
+- the request limits of ``RealtimeEngine``, through the one ``check_polling`` both paths call (a
+  missed heartbeat; body size, read time and packet count; overlapping polls), and its
+  connections per address;
 - the CORS/origin rules, through python-engineio's own ``_cors_allowed_origins``/``_cors_headers``
   with an environ of the few headers they read, built only when the request names an origin;
 - the engine's in-flight count; ``rt_http_requests_total{path="lean"}`` counts them (plain
@@ -25,14 +26,12 @@ common ones.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote_plus
 
 from aiohttp import web
 from engineio import exceptions
 from prometheus_client.core import CounterMetricFamily
-from engineio import packet as eio_packet
 
 log = logging.getLogger("server.polling")
 
@@ -180,14 +179,10 @@ class PollingFront:
         checks, then python-engineio's GET/POST handling)."""
         engine = self.engine
         sid = socket.sid
-        if socket.last_ping and time.time() - socket.last_ping > engine.ping_timeout:
-            await socket.close(wait=False, abort=True, reason=engine.reason.PING_TIMEOUT)
-            engine.sockets.pop(sid, None)
-            return web.Response(status=400, text='"Session timed out"')
+        refusal = await engine.check_polling(request, socket, method, method == "GET")
+        if refusal is not None:
+            return refusal
         if method == "POST":
-            refusal = await engine._read_body(request, socket)
-            if refusal is not None:
-                return refusal
             try:
                 await socket.handle_post_request({"rt.packets": request["rt_packets"]})
             except exceptions.EngineIOError:
@@ -197,10 +192,6 @@ class PollingFront:
             except Exception:  # as python-engineio: logged, and the POST still answered
                 log.exception("post request handler error")
             return self._response(engine._ok(), request, cors, method)
-        if sid in engine._polling:
-            socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
-            await engine._end(socket)
-            return web.Response(status=400, text='"Overlapping polling requests"')
         engine._polling.add(sid)
         try:
             try:

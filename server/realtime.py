@@ -230,25 +230,38 @@ class RealtimeEngine(EngineAdapter):
             finally:
                 self._drop_transport(sid, tcp)
         if socket is not None and transport == "polling" and not socket.upgraded:
-            if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
-                await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
-                self.sockets.pop(sid, None)
-                return web.Response(status=400, text='"Session timed out"')
-            if method == "POST":
-                refusal = await self._read_body(request, socket)
-                if refusal is not None:
-                    return refusal
-            elif method == "GET" and request.headers.get("Upgrade", "").lower() != "websocket":
-                if sid in self._polling:
-                    socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
-                    await self._end(socket)
-                    return web.Response(status=400, text='"Overlapping polling requests"')
+            poll = method == "GET" and request.headers.get("Upgrade", "").lower() != "websocket"
+            refusal = await self.check_polling(request, socket, method, poll)
+            if refusal is not None:
+                return refusal
+            if poll:
                 self._polling.add(sid)
                 try:
                     return await self.library_handle_request(request)
                 finally:
                     self._polling.discard(sid)
         return await self.library_handle_request(request)
+
+    async def check_polling(self, request: web.BaseRequest, socket: Any, method: str,
+                            poll: bool) -> web.StreamResponse | None:
+        """The refusal, if any, of a request of a live local polling session — the one place
+        both paths (this application's and the lean one, server/polling.py) check it: a missed
+        heartbeat ends the session (400); a POST's body must keep within its limits (it is read
+        here, see :meth:`_read_body`); a long-poll GET while another is pending ends the session
+        (400).
+
+        :param poll: the request is a long-poll GET (not a WebSocket upgrade)."""
+        if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
+            await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
+            self.sockets.pop(socket.sid, None)
+            return web.Response(status=400, text='"Session timed out"')
+        if method == "POST":
+            return await self._read_body(request, socket)
+        if poll and socket.sid in self._polling:
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            await self._end(socket)
+            return web.Response(status=400, text='"Overlapping polling requests"')
+        return None
 
     async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
         """A new session that starts on a WebSocket. python-engineio creates the session
