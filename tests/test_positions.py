@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from realtime_channels.envelope import (Envelope, channel_name, channel_tag, decode_envelope, encode_envelope,
                                   offset_token, parse_offset_token, split_channel)
 from server.core.positions import NOWHERE, Deliveries, SocketPositions, resolve
@@ -142,15 +144,27 @@ def test_a_reused_offset_is_told_from_a_repeated_notification_by_its_time():
     assert not node.reused(cursor, 3, 2000)
 
 
-async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_publication():
-    import asyncio
-
-    from realtime_channels.channel_log import MemoryChannelLog, Publication
+def memory_manager(deaf: Callable[[], bool] = lambda: False) -> Any:
+    """A RealtimeManager of /chat on the memory channel log (imported here, as the tests above
+    need only server.core); its notifications are dropped while ``deaf()`` is true, as while a
+    failover's broken subscription is being renewed."""
+    from realtime_channels.channel_log import MemoryChannelLog
     from server.manager import RealtimeManager
     from server.metrics import Metrics
 
-    manager = RealtimeManager(lambda on_publication, on_resync: MemoryChannelLog(
-        on_publication=on_publication, on_resync=on_resync), ["/chat"], Metrics())
+    def log_of(on_publication, on_resync):
+        return MemoryChannelLog(on_publication=lambda c, p: None if deaf() else on_publication(c, p),
+                                on_resync=on_resync)
+
+    return RealtimeManager(log_of, ["/chat"], Metrics())
+
+
+async def test_a_node_delivers_again_from_an_offset_a_failover_gave_to_a_new_publication():
+    import asyncio
+
+    from realtime_channels.channel_log import Publication
+
+    manager = memory_manager()
     cursor = await manager.open_channel(ROOM)
     for i in range(3):
         await manager.publish("/chat", "room:a", "message", [{"n": i}])
@@ -209,12 +223,7 @@ def test_a_socket_of_the_old_epoch_that_had_a_lost_publication_resolves_to_the_o
 async def test_a_node_moves_into_a_renewed_epoch_delivering_only_what_it_had_not():
     import asyncio
 
-    from realtime_channels.channel_log import MemoryChannelLog
-    from server.manager import RealtimeManager
-    from server.metrics import Metrics
-
-    manager = RealtimeManager(lambda on_publication, on_resync: MemoryChannelLog(
-        on_publication=on_publication, on_resync=on_resync), ["/chat"], Metrics())
+    manager = memory_manager()
     cursor = await manager.open_channel(ROOM)
     for i in range(6):
         await manager.publish("/chat", "room:a", "message", [{"n": i}])
@@ -272,17 +281,10 @@ async def test_a_publish_given_an_offset_already_delivered_renews_the_epoch_at_o
     # The epoch is renewed then, not when notifications return.
     import asyncio
 
-    from realtime_channels.channel_log import MemoryChannelLog, StreamPosition
-    from server.manager import RealtimeManager
-    from server.metrics import Metrics
+    from realtime_channels.channel_log import StreamPosition
 
     muted = False
-
-    def log_of(on_publication, on_resync):
-        return MemoryChannelLog(on_publication=lambda c, p: None if muted else on_publication(c, p),
-                                on_resync=on_resync)
-
-    manager = RealtimeManager(log_of, ["/chat"], Metrics())
+    manager = memory_manager(lambda: muted)
     cursor = await manager.open_channel(ROOM)
     for i in range(4):
         await manager.publish("/chat", "room:a", "message", [{"n": i}])
