@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Awaitable, Callable
 
 import pytest
 
@@ -287,6 +288,19 @@ async def test_the_bus_follows_a_failover_of_its_shard(servers, js, own_redis_cl
 # ---------------------------------------------------------------------- a primary killed mid-traffic
 
 
+async def send_at_50_per_second(send: Callable[[int], Awaitable[None]], stop: asyncio.Event) -> int:
+    """Start ``send(0)``, ``send(1)``, … as tasks, 50 a second, until ``stop`` is set; wait for
+    every one and return how many were started."""
+    loop = asyncio.get_running_loop()
+    sends, i, start = [], 0, loop.time()
+    while not stop.is_set():
+        sends.append(asyncio.create_task(send(i)))
+        i += 1
+        await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+    await asyncio.gather(*sends)
+    return i
+
+
 async def read_room(js, name: str, room: str) -> list[str]:
     """Every message of ``room`` still in its channel, oldest first (``history``, paged)."""
     texts: list[str] = []
@@ -377,16 +391,7 @@ async def test_a_primary_killed_mid_traffic_loses_no_acked_event_with_replicas_a
         else:
             refused += 1
 
-    async def publisher() -> int:
-        sends, i, start = [], 0, asyncio.get_running_loop().time()
-        while not stop.is_set():
-            sends.append(asyncio.create_task(send(i)))
-            i += 1
-            await asyncio.sleep(max(0.0, start + i * 0.02 - asyncio.get_running_loop().time()))  # 50/s
-        await asyncio.gather(*sends)
-        return i
-
-    task = asyncio.create_task(publisher())
+    task = asyncio.create_task(send_at_50_per_second(send, stop))
     try:
         await asyncio.sleep(2.0)
         if lagging:
@@ -468,15 +473,7 @@ async def test_a_client_that_received_writes_a_failover_lost_is_never_recovered_
         except AssertionError:  # no ack: lost with the primary, or refused meanwhile
             pass
 
-    async def publisher() -> None:
-        sends, i, start = [], 0, asyncio.get_running_loop().time()
-        while not stop.is_set():
-            sends.append(asyncio.create_task(send(i)))
-            i += 1
-            await asyncio.sleep(max(0.0, start + i * 0.02 - asyncio.get_running_loop().time()))  # 50/s
-        await asyncio.gather(*sends)
-
-    task = asyncio.create_task(publisher())
+    task = asyncio.create_task(send_at_50_per_second(send, stop))
     try:
         await asyncio.sleep(1.0)
         await asyncio.to_thread(hold_back_replication, victim, heir)
@@ -566,17 +563,8 @@ async def test_a_busy_channel_migrated_to_another_primary_mid_traffic(servers, j
                 return
             await asyncio.sleep(0.2)
 
-    sends = []
     stop = asyncio.Event()
-
-    async def publisher() -> None:
-        i, start = 0, asyncio.get_running_loop().time()
-        while not stop.is_set():
-            sends.append(asyncio.create_task(send(i)))
-            i += 1
-            await asyncio.sleep(max(0.0, start + i * 0.02 - asyncio.get_running_loop().time()))
-
-    task = asyncio.create_task(publisher())
+    task = asyncio.create_task(send_at_50_per_second(send, stop))
     try:
         await asyncio.sleep(1.0)
         began = asyncio.get_running_loop().time()
@@ -585,10 +573,8 @@ async def test_a_busy_channel_migrated_to_another_primary_mid_traffic(servers, j
         await asyncio.sleep(1.5)
     finally:
         stop.set()
-        await task
-        await asyncio.gather(*sends)
+        sent = await task
     assert cluster.primary_for("rt:{/chat|room:busy}:meta").port == target != source
-    sent = len(sends)
     print(f"\nslot migrated in {migrating:.1f} s while {sent} events were published ({len(acked)} acked)")
     assert migrating > 1.0  # the traffic really ran into the migration
     assert sorted(acked, key=lambda t: int(t[1:])) == [f"m{i}" for i in range(sent)]  # every one acked, once
