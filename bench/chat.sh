@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The `chat` scenario for one target: start the server (pinned to BENCH_SERVER_CPU, default 0, in
-# its own process group), run bench/chat_loadgen.js (pinned to BENCH_CLIENT_CPU, default 1), stop
-# the server; once per sender count, each against a fresh server, as the shared harness does for
-# fan-out rates. JSON lines go to stdout and to --out.
+# This server's own scenarios for one target: start the server (pinned to BENCH_SERVER_CPU,
+# default 0, in its own process group), run the load generator (pinned to BENCH_CLIENT_CPU,
+# default 1), stop the server. JSON lines go to stdout and to --out.
+#   --scenario chat      bench/chat_loadgen.js, once per sender count, each against a fresh
+#                        server, as the shared harness does for fan-out rates (the default)
+#   --scenario echo-id   bench/echo_id_loadgen.js: the harness's echo with an eventId in every event
+#   --scenario echo-plain  the same load generator without the IDs
 #
-#   bench/chat.sh --target NAME --proto chat|bench --cmd CMD [--rep K] [--out FILE]
-#                 [--senders 1,10] [--quick] [-- LOADGEN OPTIONS]
+#   bench/chat.sh --target NAME --proto chat|bench --cmd CMD [--scenario chat|echo-id|echo-plain]
+#                 [--rep K] [--out FILE] [--senders 1,10] [--quick] [-- LOADGEN OPTIONS]
 #
 # CMD runs as `bash -c "exec CMD"` from bench/, with BENCH_HOST/BENCH_PORT set, like the harness's
 # --cmd. Waits for a quiet machine first (BENCH_QUIET_PCT, BENCH_QUIET_WAIT, as the harness).
@@ -18,12 +21,13 @@ LOG_TAG=chat
 # shellcheck source=bench/lib.sh
 source "$HERE/lib.sh"
 
-TARGET=""; PROTO=chat; CMD=""; REP=1; OUT=""; SENDERS=1,10; QUICK=0; EXTRA=()
+TARGET=""; PROTO=chat; SCENARIO=chat; CMD=""; REP=1; OUT=""; SENDERS=1,10; QUICK=0; EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --target) TARGET="$2"; shift 2;;
     --proto) PROTO="$2"; shift 2;;
     --cmd) CMD="$2"; shift 2;;
+    --scenario) SCENARIO="$2"; shift 2;;
     --rep) REP="$2"; shift 2;;
     --out) OUT="$2"; shift 2;;
     --senders) SENDERS="$2"; shift 2;;
@@ -40,21 +44,27 @@ SERVER_NAME="server $TARGET"
 
 QUICK_ARGS=()
 [[ $QUICK == 1 ]] && QUICK_ARGS=(--duration 2 --warmup 1)
-IFS=',' read -r -a senders <<< "$SENDERS"
-for s in "${senders[@]}"; do
-  logf="$WORK/logs/${TARGET}-chat-${s}-rep${REP}.log"
+case "$SCENARIO" in
+  chat) LOADGEN=chat_loadgen.js; IFS=',' read -r -a variants <<< "$SENDERS";;
+  echo-id) LOADGEN=echo_id_loadgen.js; variants=(1);;
+  echo-plain) LOADGEN=echo_id_loadgen.js; variants=(0);;
+  *) die "unknown scenario $SCENARIO (chat, echo-id, echo-plain)";;
+esac
+for v in "${variants[@]}"; do
+  logf="$WORK/logs/${TARGET}-${SCENARIO}-${v}-rep${REP}.log"
   wait_quiet
-  log "rep $REP  target=$TARGET  scenario=chat  senders=$s"
+  log "rep $REP  target=$TARGET  scenario=$SCENARIO  $([[ $SCENARIO == chat ]] && echo senders || echo ids)=$v"
   start_server "$logf" bash -c "exec $CMD"
   sleep 0.5
+  if [[ $SCENARIO == chat ]]; then args=(--proto "$PROTO" --senders "$v"); else args=(--ids "$v"); fi
   set +e
-  lines="$(timeout 300 taskset -c "${BENCH_CLIENT_CPU:-1}" "$NODE" "$HERE/chat_loadgen.js" \
-    --target "$TARGET" --proto "$PROTO" --port "$BENCH_PORT" --server-pid "$SPID" --rep "$REP" \
-    --senders "$s" ${BENCH_MODE:+--mode "$BENCH_MODE"} "${QUICK_ARGS[@]}" "${EXTRA[@]}" 2>>"$logf")"
+  lines="$(timeout 300 taskset -c "${BENCH_CLIENT_CPU:-1}" "$NODE" "$HERE/$LOADGEN" \
+    --target "$TARGET" --port "$BENCH_PORT" --server-pid "$SPID" --rep "$REP" "${args[@]}" \
+    ${BENCH_MODE:+--mode "$BENCH_MODE"} "${QUICK_ARGS[@]}" "${EXTRA[@]}" 2>>"$logf")"
   rc=$?
   set -e
   stop_server
   keep_lines "$lines" "$OUT"
-  [[ $rc -eq 0 ]] || log "loadgen exit code $rc for $TARGET/chat senders=$s (see $logf)"
+  [[ $rc -eq 0 ]] || log "loadgen exit code $rc for $TARGET/$SCENARIO $v (see $logf)"
   sleep 1
 done

@@ -16,9 +16,8 @@
  * The text of every message is "<n>:<send time µs>:<padding>", so a delivery is matched to its
  * message without JSON.parse. Only loopback targets; bounded by time, count and a watchdog.
  */
-const fs = require('fs');
 const { performance } = require('perf_hooks');
-const { Client, parseArgs, round, summary } = require('./ws_client');
+const { Client, Samples, measureStart, measureEnd, parseArgs, round } = require('./ws_client');
 
 const DEFAULTS = {
   target: 'unknown', proto: 'chat', host: '127.0.0.1', port: 7400, 'server-pid': 0, rep: 0, tag: '',
@@ -40,61 +39,6 @@ function out(obj) {
 }
 setTimeout(() => { out({ scenario: 'chat', error: `hard timeout ${opt['hard-timeout']}s` }); process.exit(3); },
   opt['hard-timeout'] * 1000).unref();
-
-// ---------------------------------------------------------------- CPU and memory, as the harness measures them
-const CLK_TCK = 100;
-function stat(pid) { // [ppid, utime+stime] or null
-  try {
-    const s = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return [Number(f[1]), Number(f[11]) + Number(f[12])];
-  } catch { return null; }
-}
-function allProcs() { // pid -> [ppid, ticks]
-  const m = new Map();
-  for (const d of fs.readdirSync('/proc')) if (/^\d+$/.test(d)) { const s = stat(d); if (s) m.set(Number(d), s); }
-  return m;
-}
-function tree(procs, root) { // the root and its descendants
-  const set = new Set([root]);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const [pid, [ppid]] of procs) if (!set.has(pid) && set.has(ppid)) { set.add(pid); grew = true; }
-  }
-  return set;
-}
-function rssKiB(pids) {
-  let kib = 0;
-  for (const p of pids) {
-    try { const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'latin1')); if (m) kib += Number(m[1]); } catch { /* gone */ }
-  }
-  return kib;
-}
-function measureStart() { return { t: performance.now(), cpu: process.cpuUsage(), procs: allProcs() }; }
-function measureEnd(m0) {
-  const wall = (performance.now() - m0.t) / 1000;
-  const procs = allProcs();
-  const server = opt['server-pid'] ? tree(procs, opt['server-pid']) : new Set();
-  let srv = 0, other = 0;
-  for (const [pid, [ppid, ticks]] of procs) {
-    const d = ticks - (m0.procs.has(pid) ? m0.procs.get(pid)[1] : 0);
-    if (d <= 0 || pid === process.pid) continue;
-    if (server.has(pid)) srv += d; else if (pid !== 2 && ppid !== 2) other += d;
-  }
-  const c = process.cpuUsage(m0.cpu);
-  return {
-    wall_s: round(wall), server_cpu_pct: opt['server-pid'] ? round((100 * srv / CLK_TCK) / wall, 1) : null,
-    client_cpu_pct: round((100 * (c.user + c.system) / 1e6) / wall, 1),
-    interference: { other_procs_cpu_pct: round((100 * other / CLK_TCK) / wall, 1) },
-    server_rss_kib: opt['server-pid'] ? rssKiB(server) : null,
-  };
-}
-
-class Samples {
-  constructor() { this.a = []; }
-  push(v) { this.a.push(v); }
-  summary() { return summary(this.a); }
-}
 
 // ---------------------------------------------------------------- clients: bench/ws_client.js
 let unexpectedCloses = 0;
@@ -184,7 +128,7 @@ async function main() {
   st.measuring = true;
   await sleep(opt.duration * 1000);
   st.measuring = false;
-  const m = measureEnd(m0);
+  const m = measureEnd(m0, opt['server-pid']);
   st.running = false;
   const tD = performance.now();
   while (st.deliveries < st.sent * n && performance.now() - tD < opt.drain * 1000) await sleep(20);

@@ -24,10 +24,14 @@ METRICS = [
     ("echo", "acks_per_s", "acks/s", True),
     ("polling", "acks_per_s", "acks/s", True),
     ("fanout", "deliveries_per_s", "deliveries/s", True),
+    # At a fixed rate both deliver everything: the server CPU it takes is the measure.
+    ("fanout", "server_cpu_pct", "server CPU % (lower is better)", False),
     ("conns", "conns_per_s", "conns/s", True),
     ("conns", "kib_per_conn", "KiB/conn (lower is better)", False),
     ("chat", "acks_per_s", "acked messages/s", True),
     ("chat", "deliveries_per_s", "deliveries/s", True),
+    ("echo-id", "acks_per_s", "acks/s, an eventId in every event", True),
+    ("echo-plain", "acks_per_s", "acks/s, the same load without IDs (ours only)", True),
 ]
 CHAT_COLUMNS = [("acks_per_s", "acked msg/s"), ("deliveries_per_s", "deliveries/s"),
                 ("ack_lat_ms.p50", "ack p50 ms"), ("ack_lat_ms.p99", "ack p99 ms"),
@@ -123,7 +127,7 @@ def report(path: str, max_interference: float) -> None:
             red, red_clean = median(groups.get((MODES["redis"], scenario, var), []), metric, max_interference)
             if node is None and emb is None and red is None:
                 continue
-            key = scenario + (f"@{var}" if var else "") + (f":{metric}" if scenario in ("chat", "conns") else "")
+            key = scenario + (f"@{var}" if var else "") + (f":{metric}" if scenario in ("chat", "conns", "fanout") else "")
             for name, value in (("ratios_vs_node_socketio", ratio(emb, node)),
                                 ("ratios_vs_node_socketio_redis", ratio(red, node)),
                                 ("redis_vs_embedded", ratio(red, emb))):
@@ -133,6 +137,13 @@ def report(path: str, max_interference: float) -> None:
                          f"{fmt(emb, emb_clean)} | {show(ratio(emb, node))} | {fmt(red, red_clean)} | "
                          f"{show(ratio(red, node))} | {show(ratio(red, emb))} |")
     print("\n".join(lines))
+    for mode, target in MODES.items():
+        with_ids, _ = median(groups.get((target, "echo-id", ""), []), "acks_per_s", max_interference)
+        plain, _ = median(groups.get((target, "echo-plain", ""), []), "acks_per_s", max_interference)
+        if with_ids and plain:
+            ratios.setdefault("event_ids_vs_none", {})[mode] = ratio(with_ids, plain)
+            print(f"\nwhat applying each event once costs ({mode}): echo with eventId ÷ without = "
+                  f"{show(ratio(with_ids, plain))}")
     chat = sorted(k for k in groups if k[1] == "chat")
     if chat:
         print("\nchat (Node: /bench `fanout` with ack; ours: /chat `message` with ack), medians:\n")

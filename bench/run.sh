@@ -4,7 +4,7 @@
 # run, server pinned to CPU 0 and the load generator to CPU 1, using the shared harness in
 # ../shared/bench/ for echo, fanout, conns and polling, and bench/chat.sh for chat.
 #
-#   bench/run.sh [--reps N] [--modes embedded,redis] [--scenarios echo,fanout,conns,polling,chat,publish]
+#   bench/run.sh [--reps N] [--modes embedded,redis] [--scenarios echo,fanout,conns,polling,chat,echo-id,publish]
 #                [--chat-senders 1,10] [--fanout-rates 5,50,max] [--quick] [-- HARNESS LOADGEN ARGS]
 #
 #   --modes        which deployments of our server to measure (default both): `embedded` (no Redis)
@@ -15,6 +15,9 @@
 #                  (--chat-senders) each keeping 4 messages with ack outstanding: ours through
 #                  /chat `join` + `message`; Node's reference through /bench `join` + `fanout`
 #                  with an ack (`nsp.to(room).emit('msg', payload); ack(true)`).
+#                  echo-id = the harness's echo with an eventId in every event (bench/echo_id_loadgen.js):
+#                  ours applies each once (dedupe on), Node echoes it; ours also without the IDs
+#                  (`echo-plain`), for the guarantee's cost in the same run.
 #                  publish = bench/publish.sh (emitters and HTTP API to a /chat room; always with
 #                  Redis, whatever --modes; no Node counterpart), its defaults (--quick: shorter).
 #
@@ -31,7 +34,7 @@ fi
 PY="$ROOT/.venv/bin/python"
 [[ -x "$PY" ]] || { echo "run 'make install' first" >&2; exit 1; }
 
-REPS=1; MODES=embedded,redis; SCENARIOS=echo,fanout,conns,polling,chat; CHAT_SENDERS=1,10
+REPS=1; MODES=embedded,redis; SCENARIOS=echo,fanout,conns,polling,chat,echo-id; CHAT_SENDERS=1,10
 PASS=(); CHAT_PASS=(); EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -47,10 +50,11 @@ done
 for m in ${MODES//,/ }; do
   [[ $m == embedded || $m == redis ]] || { echo "unknown mode $m (embedded, redis)" >&2; exit 1; }
 done
-HARNESS_SCEN=""; CHAT=0; PUBLISH=0
+HARNESS_SCEN=""; CHAT=0; ECHO_ID=0; PUBLISH=0
 for s in ${SCENARIOS//,/ }; do
   case "$s" in
     chat) CHAT=1;;
+    echo-id) ECHO_ID=1;;
     publish) PUBLISH=1;;
     echo|fanout|conns|polling) HARNESS_SCEN="${HARNESS_SCEN:+$HARNESS_SCEN,}$s";;
     *) echo "unknown scenario $s" >&2; exit 1;;
@@ -104,13 +108,23 @@ for rep in $(seq 1 "$REPS"); do
         --rep "$rep" --out "$OUT" --senders "$CHAT_SENDERS" "${CHAT_PASS[@]}"
     done
   fi
+  if [[ $ECHO_ID == 1 ]]; then
+    "$ROOT/bench/chat.sh" --scenario echo-id --target node-socketio --cmd "$NODE_REF" --rep "$rep" --out "$OUT" \
+      "${CHAT_PASS[@]}"
+    for m in ${MODES//,/ }; do
+      for scenario in echo-id echo-plain; do
+        BENCH_MODE="$m" "$ROOT/bench/chat.sh" --scenario "$scenario" --target "$(target "$m")" --cmd "$(ours "$m")" \
+          --rep "$rep" --out "$OUT" "${CHAT_PASS[@]}"
+      done
+    done
+  fi
   if [[ $PUBLISH == 1 ]]; then
     "$ROOT/bench/publish.sh" --rep "$rep" --out "$OUT" --no-table "${CHAT_PASS[@]}"
   fi
 done
 if [[ -n "$HARNESS_SCEN" ]]; then # the harness's own tables know its four scenarios only
-  grep -v '"scenario":"chat"\|"scenario":"publish"' "$OUT" | python3 "$SHARED/lib/summarize.py" /dev/stdin
-  grep -v '"scenario":"chat"\|"scenario":"publish"' "$OUT" | python3 "$SHARED/lib/summarize.py" --headline /dev/stdin
+  grep -v '"scenario":"\(chat\|publish\|echo-id\|echo-plain\)"' "$OUT" | python3 "$SHARED/lib/summarize.py" /dev/stdin
+  grep -v '"scenario":"\(chat\|publish\|echo-id\|echo-plain\)"' "$OUT" | python3 "$SHARED/lib/summarize.py" --headline /dev/stdin
 fi
 [[ $PUBLISH == 1 ]] && "$PY" "$ROOT/bench/publish_driver.py" summarize "$OUT"
 python3 "$ROOT/bench/ratios.py" "$OUT"

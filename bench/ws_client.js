@@ -1,9 +1,12 @@
 'use strict';
 /*
- * What bench/chat_loadgen.js and bench/publish_clients.js share: a minimal Socket.IO client over
- * `ws` (no socket.io-client overhead on the load generator's core), their option parser and the
- * latency summary of their JSON lines.
+ * What bench/chat_loadgen.js, bench/echo_id_loadgen.js and bench/publish_clients.js share: a
+ * minimal Socket.IO client over `ws` (no socket.io-client overhead on the load generator's core),
+ * their option parser, the latency summary of their JSON lines, and the server's CPU and memory
+ * measured as the shared harness measures them.
  */
+const fs = require('fs');
+const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 
 const round = (x, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
@@ -25,6 +28,65 @@ function summary(samples) {
   const s = Float64Array.from(samples).sort();
   const q = (p) => round(s[Math.min(s.length - 1, Math.floor(p * s.length))]);
   return { n: s.length, p50: q(0.5), p90: q(0.9), p99: q(0.99), max: round(s[s.length - 1]) };
+}
+
+/** Latency samples in ms, summarised as `summary` does. */
+class Samples {
+  constructor() { this.a = []; }
+  push(v) { this.a.push(v); }
+  summary() { return summary(this.a); }
+}
+
+// ---------------------------------------------------------------- CPU and memory, as the harness measures them
+const CLK_TCK = 100;
+function stat(pid) { // [ppid, utime+stime] or null
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return [Number(f[1]), Number(f[11]) + Number(f[12])];
+  } catch { return null; }
+}
+function allProcs() { // pid -> [ppid, ticks]
+  const m = new Map();
+  for (const d of fs.readdirSync('/proc')) if (/^\d+$/.test(d)) { const s = stat(d); if (s) m.set(Number(d), s); }
+  return m;
+}
+function tree(procs, root) { // the root and its descendants
+  const set = new Set([root]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [pid, [ppid]] of procs) if (!set.has(pid) && set.has(ppid)) { set.add(pid); grew = true; }
+  }
+  return set;
+}
+function rssKiB(pids) {
+  let kib = 0;
+  for (const p of pids) {
+    try { const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${p}/status`, 'latin1')); if (m) kib += Number(m[1]); } catch { /* gone */ }
+  }
+  return kib;
+}
+/** The start of a measurement window (pass it to measureEnd). */
+function measureStart() { return { t: performance.now(), cpu: process.cpuUsage(), procs: allProcs() }; }
+/** The window's wall time, the CPU of the server's process tree (rooted at serverPid, 0: none),
+ * of this process and of every other process (interference), and the server's RSS. */
+function measureEnd(m0, serverPid) {
+  const wall = (performance.now() - m0.t) / 1000;
+  const procs = allProcs();
+  const server = serverPid ? tree(procs, serverPid) : new Set();
+  let srv = 0, other = 0;
+  for (const [pid, [ppid, ticks]] of procs) {
+    const d = ticks - (m0.procs.has(pid) ? m0.procs.get(pid)[1] : 0);
+    if (d <= 0 || pid === process.pid) continue;
+    if (server.has(pid)) srv += d; else if (pid !== 2 && ppid !== 2) other += d;
+  }
+  const c = process.cpuUsage(m0.cpu);
+  return {
+    wall_s: round(wall), server_cpu_pct: serverPid ? round((100 * srv / CLK_TCK) / wall, 1) : null,
+    client_cpu_pct: round((100 * (c.user + c.system) / 1e6) / wall, 1),
+    interference: { other_procs_cpu_pct: round((100 * other / CLK_TCK) / wall, 1) },
+    server_rss_kib: serverPid ? rssKiB(server) : null,
+  };
 }
 
 /**
@@ -92,4 +154,4 @@ class Client {
   close() { this.closing = true; this.ws.terminate(); }
 }
 
-module.exports = { Client, parseArgs, round, summary };
+module.exports = { Client, Samples, measureStart, measureEnd, parseArgs, round, summary };
