@@ -183,6 +183,11 @@ async def _open(front: Any, request: web.BaseRequest, environ: dict, cors: dict 
         handler._message_tail = b""
         handler.transport = None
         handler.connection_lost(None)
+        # The request stays in the session's environ (the connect handlers read it): it must not
+        # keep the detached handler alive through itself or its writer (request.transport is
+        # None from now on, as for any request whose connection is gone).
+        request._protocol = None
+        request._payload_writer = None
         transport.set_protocol(connection)
         handed = True
         connection.start(tail)
