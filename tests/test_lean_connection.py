@@ -1,7 +1,8 @@
-"""What an idle WebSocket connection keeps alive on the server: the request's coroutine chain
-stops in RealtimeEngine.serve, below no python-engineio frame (each suspended frame is memory
-every idle connection holds; bench/conn_memory.py has the figures), the environ kept for it has
-no per-connection key strings, and the session still ends cleanly when the client goes. The server runs in this process so its tasks can be read."""
+"""What an idle WebSocket connection keeps alive on the server: no Task, no coroutine and no
+aiohttp request handler (server/websocket.py's protocol serves it; each suspended frame or Task
+is memory every idle connection holds; bench/conn_memory.py has the figures), the environ kept
+for it has no per-connection key strings, and the session still ends cleanly when the client
+goes. The server runs in this process so its tasks can be read."""
 
 from __future__ import annotations
 
