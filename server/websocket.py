@@ -172,9 +172,9 @@ async def _open(front: Any, request: web.BaseRequest, environ: dict, cors: dict 
             await engine._end(socket)
             return web.Response(status=400, text='"Invalid WebSocket handshake"')
         connection = WebSocketConnection(socket, transport, engine)
-        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                        b"Sec-WebSocket-Accept: " + accept_key(request.headers["Sec-WebSocket-Key"]).encode()
-                        + b"\r\n\r\n")
+        switching = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept_key(request.headers["Sec-WebSocket-Key"]).encode()
+                     + b"\r\n\r\n")
         # Detach aiohttp's RequestHandler without closing the transport: with no transport its
         # connection_lost closes nothing, its server manager forgets it, its keep-alive timer is
         # cancelled, and its start() Task ends on _Detached's reset (server/library_pins.py).
@@ -190,7 +190,7 @@ async def _open(front: Any, request: web.BaseRequest, environ: dict, cors: dict 
         request._payload_writer = None
         transport.set_protocol(connection)
         handed = True
-        connection.start(tail)
+        connection.start(switching, tail)
         return _Detached(status=101)
     finally:
         if not handed:
@@ -226,21 +226,22 @@ class WebSocketConnection(asyncio.Protocol):
         self._read_paused = False
         self._stopped = False  # the session could not go on: only a close frame is still read
 
-    def start(self, tail: bytes) -> None:
-        """The 101 is written: send what the session queued (its OPEN), then read."""
+    def start(self, switching: bytes, tail: bytes) -> None:
+        """Write the ``101`` answer ``switching`` and what the session queued (its OPEN) in
+        one write, then read, starting with ``tail`` (what the client sent behind its request)."""
         socket = self.socket
         socket.connected = True  # as RealtimeSocket.websocket_opened marks it
         socket.upgraded = True
         queue = socket.queue
         items = queue.items()
+        frames = [switching]
         if items and all(pkt is not None and isinstance(pkt.data, (str, dict, type(None)))
                          and pkt.packet_type != eio_packet.NOOP for pkt in items):
             # Written here, in order, before anything else can be: no writer Task for them.
-            frames = []
             while not queue.empty():
                 frames.append(text_frame(queue.get_nowait().encode()))
                 queue.task_done()
-            self.transport.write(b"".join(frames))
+        self.transport.write(b"".join(frames))
         socket.open_websocket(self, self.transport, direct=True)
         if tail:
             self.data_received(tail)
