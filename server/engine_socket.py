@@ -12,8 +12,11 @@ memory. This subclass keeps the library's protocol handling and changes only tha
   one, so a later event can never reach the log before an earlier one), except acks, which a
   waiting handler may itself be waiting for; when ``max_inflight_events`` packets wait, the
   transport stops reading from the client until they are down again (backpressure, no loss);
-- the WebSocket read loop waits on the read itself; one watchdog timer per socket, re-armed
-  from the last read, cuts off a client silent for a whole heartbeat cycle;
+- a new session's plain WebSocket is read by server/websocket.py's protocol (no Task at all);
+  an upgrade from polling or a compressed one by aiohttp's read loop here, which waits on the
+  read itself; both hand each message to :meth:`RealtimeSocket.read_message` and end through
+  :meth:`RealtimeSocket.websocket_ended`; one watchdog timer per socket, re-armed from the last
+  read, cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
   queued before it and the transport is not backed up; otherwise it is queued, and the
   writer marks a packet done only once written, so "nothing unfinished" really means it;
