@@ -307,3 +307,21 @@ async def test_a_refused_connect_gets_the_same_answer_as_on_the_application_path
         finally:
             await runner.cleanup()
     assert answers[0] == answers[1] and answers[0][0] == 401, answers
+
+
+async def test_frames_sent_right_behind_the_request_are_read(server):
+    """A client may send frames before the 101 arrives: aiohttp holds them as the request's tail,
+    and the connection reads them first."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  f"\r\n").encode() + frame(9, b"early") + frame(1, b"40/chat,"))
+    ws = RawWebSocket(reader, writer, await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5))
+    try:
+        assert ws.head.startswith(b"HTTP/1.1 101 "), ws.head
+        got = [await ws.recv() for _ in range(3)]
+        assert got[0][0] == 1 and got[0][1].startswith(b"0{")  # the OPEN first
+        assert (10, b"early") in got[1:] and [m for m in got[1:] if m[1].startswith(b"40/chat,{")]
+    finally:
+        ws.close()
