@@ -133,7 +133,7 @@ async def test_handshake_pings_and_a_namespace_on_the_lean_path(server):
         ws.send(frame(1, b'42/chat,1["join",', fin=False) + frame(9, b"") + frame(0, b'{"room":"r"}]'))
         assert await ws.recv() == (10, b"")
         assert (await ws.text()).startswith("43/chat,1[")
-        assert server.get("/metrics")[1].count('rt_http_requests_total{path="lean"}') == 1
+        assert 'rt_http_requests_total{path="lean"} 1.0' in server.get("/metrics")[1]  # taken by server/websocket.py
     finally:
         ws.close()
 
@@ -323,5 +323,19 @@ async def test_frames_sent_right_behind_the_request_are_read(server):
         got = [await ws.recv() for _ in range(3)]
         assert got[0][0] == 1 and got[0][1].startswith(b"0{")  # the OPEN first
         assert (10, b"early") in got[1:] and [m for m in got[1:] if m[1].startswith(b"40/chat,{")]
+    finally:
+        ws.close()
+
+
+async def test_server_lean_websocket_false_keeps_every_websocket_on_aiohttp(servers, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\nlean_websocket = false\n")
+    srv = servers(args=["--config", str(config)])
+    ws, _ = await opened(srv.port)
+    try:
+        ws.send(frame(1, b"40/chat,"))
+        assert (await ws.text()).startswith("40/chat,{")
+        metrics = srv.get("/metrics")[1]
+        assert 'rt_http_requests_total{path="lean"} 0.0' in metrics
     finally:
         ws.close()
