@@ -45,3 +45,126 @@ def text_frame(text: str) -> bytes:
     else:
         header = bytes((0x81, 127)) + n.to_bytes(8, "big")
     return header + payload
+
+
+# ------------------------------------------------------------------ WebSocket frames from clients
+
+# What FrameParser.feed yields: (opcode, payload) — a whole message (TEXT: str, BINARY: bytes) or
+# a control frame (CLOSE, PING, PONG: bytes) — or (FAIL, close code) once the stream broke the
+# protocol (nothing is parsed after that).
+TEXT, BINARY, CLOSE, PING, PONG, FAIL = 1, 2, 8, 9, 10, -1
+PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1002, 1007, 1009
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    if not n:
+        return b""
+    key = int.from_bytes((mask * ((n + 3) >> 2))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
+class FrameParser:
+    """RFC 6455 client frames to messages, for a connection that negotiated no extension:
+    frames must be masked, RSV bits clear, opcodes continuation/text/binary/close/ping/pong;
+    control frames at most 125 bytes and unfragmented (they may come between fragments); a
+    message's payload at most ``limit`` bytes (1009, checked from the frame headers, before
+    any payload is buffered); a text message valid UTF-8 (1007); anything else fails with 1002.
+
+    :param limit: the largest message payload accepted, in bytes.
+    """
+
+    __slots__ = ("limit", "_buf", "_parts", "_opcode", "_size", "_failed")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()  # the start of a frame not complete yet
+        self._parts: list[bytes] = []  # the fragments of a message under way
+        self._opcode = 0  # that message's opcode (0: none under way)
+        self._size = 0  # its payload bytes so far
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[tuple[int, Any]]:
+        """The messages and control frames completed by ``data`` (bytes read from the client)."""
+        out: list[tuple[int, Any]] = []
+        if self._failed:
+            return out
+        buf: Any = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        end = len(buf)
+        pos = 0
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            opcode = b0 & 0x0F
+            fin = b0 & 0x80
+            n = b1 & 0x7F
+            if b0 & 0x70 or not b1 & 0x80:
+                return self._fail(out, PROTOCOL_ERROR)  # an extension's bit, or an unmasked frame
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                if n >> 63:
+                    return self._fail(out, PROTOCOL_ERROR)
+                head = 10
+            if opcode >= 8:
+                if opcode > 10 or not fin or n > 125:
+                    return self._fail(out, PROTOCOL_ERROR)
+            elif opcode == 0:
+                if not self._opcode:
+                    return self._fail(out, PROTOCOL_ERROR)  # a continuation of nothing
+            elif opcode > 2 or self._opcode:
+                return self._fail(out, PROTOCOL_ERROR)  # reserved, or a new message inside one
+            if opcode < 8 and self._size + n > self.limit:
+                return self._fail(out, TOO_BIG)
+            start = pos + head + 4
+            if end - start < n:
+                break
+            payload = _unmask(bytes(buf[start:start + n]), bytes(buf[start - 4:start]))
+            pos = start + n
+            if opcode >= 8:
+                out.append((opcode, payload))
+                continue
+            if opcode:
+                self._opcode = opcode
+            if not fin:
+                self._parts.append(payload)
+                self._size += n
+                continue
+            if self._parts:
+                self._parts.append(payload)
+                payload = b"".join(self._parts)
+                self._parts = []
+            opcode = self._opcode
+            self._opcode = self._size = 0
+            if opcode == TEXT:
+                try:
+                    out.append((TEXT, payload.decode("utf-8")))
+                except UnicodeDecodeError:
+                    return self._fail(out, INVALID_DATA)
+            else:
+                out.append((BINARY, payload))
+        if pos:
+            if buf is self._buf:
+                del self._buf[:pos]
+            elif pos < end:
+                self._buf += buf[pos:]
+        elif buf is not self._buf:
+            self._buf += buf
+        return out
+
+    def _fail(self, out: list[tuple[int, Any]], code: int) -> list[tuple[int, Any]]:
+        self._failed = True
+        self._buf = bytearray()
+        self._parts = []
+        out.append((FAIL, code))
+        return out

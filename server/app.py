@@ -135,6 +135,7 @@ def build_sio(config: Config, manager: RealtimeManager, stores: Stores, metrics:
         limits=config.limits, metrics=metrics, connect_timeout=config.server.connect_timeout, bus=bus, **kwargs)
     # The engine is built inside AsyncServer.__init__: its settings can only be set on it after.
     sio.eio.websocket_compression = config.server.websocket_compression
+    sio.eio.lean_websocket = config.server.lean_websocket  # server/websocket.py
     sio.eio.body_timeout = config.limits.body_timeout
     sio.eio.max_packets_per_payload = config.limits.max_packets_per_payload
     sio.eio.max_connections_per_ip = config.limits.max_connections_per_ip

@@ -31,3 +31,5 @@ encode_packet = implementation.encode_packet
 data_is_binary = implementation.data_is_binary
 message_packet = implementation.message_packet
 text_frame = implementation.text_frame
+# RFC 6455 client frames to messages (server/websocket.py); its event codes are the same in both.
+FrameParser = implementation.FrameParser

@@ -40,6 +40,7 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     node_id: str = ""
     websocket_compression: bool = False
+    lean_websocket: bool = True
     bench_namespace: bool = False
     pages: bool = True
     assets_dir: str = ""
@@ -415,6 +416,7 @@ SCHEMA: dict[str, dict[str, Validator]] = {
         "shutdown_timeout": lambda k, s, v: _float(k, s, v, 0, 600),
         "node_id": lambda k, s, v: _str(k, s, v),
         "websocket_compression": _bool,
+        "lean_websocket": _bool,
         "bench_namespace": _bool,
         "pages": _bool,
         "assets_dir": _folder,

@@ -12,8 +12,11 @@ memory. This subclass keeps the library's protocol handling and changes only tha
   one, so a later event can never reach the log before an earlier one), except acks, which a
   waiting handler may itself be waiting for; when ``max_inflight_events`` packets wait, the
   transport stops reading from the client until they are down again (backpressure, no loss);
-- the WebSocket read loop waits on the read itself; one watchdog timer per socket, re-armed
-  from the last read, cuts off a client silent for a whole heartbeat cycle;
+- a new session's plain WebSocket is read by server/websocket.py's protocol (no Task at all);
+  an upgrade from polling or a compressed one by aiohttp's read loop here, which waits on the
+  read itself; both hand each message to :meth:`RealtimeSocket.read_message` and end through
+  :meth:`RealtimeSocket.websocket_ended`; one watchdog timer per socket, re-armed from the last
+  read, cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
   queued before it and the transport is not backed up; otherwise it is queued, and the
   writer marks a packet done only once written, so "nothing unfinished" really means it;
@@ -71,7 +74,8 @@ class RealtimeSocket(SocketAdapter):
     # The TCP transport of this session's WebSocket while it is open and uncompressed (an
     # aiohttp WebSocketResponse keeps its transport for life: looked up once, not per write).
     ws_out: asyncio.Transport | None = None
-    _ws: Any = None  # python-engineio's WebSocket while this session's is open (compressed or not)
+    _ws: Any = None  # what the queued writer sends through while this session's WebSocket is open
+    _tcp: asyncio.Transport | None = None  # the TCP transport under it (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
     _ping_timer: asyncio.TimerHandle | None = None
     _watchdog: asyncio.TimerHandle | None = None  # the read watchdog while the WebSocket is read
@@ -160,12 +164,17 @@ class RealtimeSocket(SocketAdapter):
         """Return once fewer than ``max_inflight_events`` packets wait (stop reading until then)."""
         if self.inbound_backlog() < self.server.max_inflight_events:
             return
+        await self.drained()
+
+    def drained(self) -> asyncio.Future[None]:
+        """A future resolved once fewer than ``max_inflight_events`` packets wait: a reader
+        that is backlogged stops reading until then (counted as a backpressure pause)."""
         metrics = self.server.metrics
         if metrics is not None:
             metrics.backpressure_pauses.inc()
         if self._drained is None:
             self._drained = asyncio.get_running_loop().create_future()
-        await self._drained
+        return self._drained
 
     async def on_post(self, environ: dict) -> None:
         # RealtimeEngine has already read, counted and decoded the body (rt.packets).
@@ -208,8 +217,7 @@ class RealtimeSocket(SocketAdapter):
     def write_buffer_size(self) -> int:
         """Bytes written to this session's WebSocket that the kernel has not taken yet (the
         client is not reading them); 0 without a WebSocket."""
-        ws = self._ws
-        transport = tcp_transport(ws._sock) if ws is not None else None
+        transport = self._tcp
         return transport.get_write_buffer_size() if transport is not None else 0
 
     def direct_transport(self) -> asyncio.Transport | None:
@@ -268,24 +276,15 @@ class RealtimeSocket(SocketAdapter):
         await self.run_websocket(ws)
 
     async def run_websocket(self, ws: Any) -> None:
-        """Read the open WebSocket ``ws`` until it ends, then end the session."""
+        """Read the open aiohttp WebSocket ``ws`` until it ends, then end the session (the path
+        of a compressed WebSocket and of an upgrade from polling; a new uncompressed session's
+        WebSocket is read by server/websocket.py's protocol instead)."""
         server = self.server
         sock = ws._sock
-        if not sock.compress:
-            self.ws_out = tcp_transport(sock)
-        # The writer Task exists only while packets wait in the queue (most go out directly).
-        queue = self.queue
-        self._ws = ws
-        queue.on_put = self._start_writer
-        if not queue.empty():
-            self._start_writer()
+        transport = tcp_transport(sock)
+        self.open_websocket(ws, transport, direct=not sock.compress)
         limit = server.max_http_buffer_size
-        # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
-        # re-arms from the last read, instead of a timeout armed and disarmed on every read.
-        # (Its state is on the socket, not in a closure: no function and cells per connection.)
         loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
-        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch)
         try:
             while True:
                 try:
@@ -296,38 +295,85 @@ class RealtimeSocket(SocketAdapter):
                     break
                 self._last_read = loop.time()
                 data = msg.data
-                if len(data) > limit:
+                if len(data) > limit or not self.read_message(data):
                     break
-                if data.__class__ is str and data[:1] == "4":
-                    self._dispatch(data[1:])  # the common case, without a Packet object
-                else:
-                    try:
-                        await self.on_packet(eio_packet.Packet(encoded_packet=data))
-                    except PacketNotAllowed as exc:
-                        log.info("%s: Engine.IO packet type %s not allowed from a client, closing", self.sid, exc)
-                        break
-                    except exceptions.SocketIsClosedError:
-                        break
-                    except Exception:
-                        log.info("%s: undecodable Engine.IO packet, closing", self.sid)
-                        break
-                if self._waiting is not None and len(self._waiting) >= server.max_inflight_events:
+                if self.backlogged():
                     await self.wait_for_backlog()  # stop reading until the handlers catch up
                     self._last_read = loop.time()
         finally:
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
-            self.ws_out = None
+            self.stop_reading()
+        await self.websocket_ended()
+
+    def open_websocket(self, writer: Any, transport: asyncio.Transport | None, direct: bool) -> None:
+        """This session's WebSocket is open: packets go to it from now on.
+
+        :param writer: what the queued writer sends through (``await send(message)``, text or
+            bytes, one message a frame; ``await close()``).
+        :param transport: the TCP transport under it (the watchdog aborts it).
+        :param direct: frames may be written to ``transport`` directly (no compression).
+        """
+        server = self.server
+        if direct:
+            self.ws_out = transport
+        self._tcp = transport
+        # The writer Task exists only while packets wait in the queue (most go out directly).
+        self._ws = writer
+        queue = self.queue
+        queue.on_put = self._start_writer
+        if not queue.empty():
+            self._start_writer()
+        # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
+        # re-arms from the last read, instead of a timeout armed and disarmed on every read.
+        # (Its state is on the socket, not in a closure: no function and cells per connection.)
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch)
+
+    def read_message(self, data: Any) -> bool:
+        """Handle one WebSocket message from the client (both readers call this); False when
+        the connection must end (an undecodable packet, a type a client may not send)."""
+        if data.__class__ is str and data[:1] == "4":
+            self._dispatch(data[1:])  # the common case, without a Packet object
+            return True
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:
+            log.info("%s: undecodable Engine.IO packet, closing", self.sid)
+            return False
+        if pkt.packet_type not in CLIENT_PACKET_TYPES:
+            log.info("%s: Engine.IO packet type %s not allowed from a client, closing", self.sid, pkt.packet_type)
+            return False
+        if self.closed:
+            return False
+        # Only a CLOSE waits (for the session's end); the rest is done before this returns.
+        start_eagerly(self.on_packet(pkt))
+        return True
+
+    def backlogged(self) -> bool:
+        """Whether ``max_inflight_events`` packets wait: the reader stops until they drain."""
+        return self._waiting is not None and len(self._waiting) >= self.server.max_inflight_events
+
+    def stop_reading(self) -> None:
+        """The WebSocket is not read any more: no watchdog, no direct writes."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.ws_out = None
+
+    async def websocket_ended(self) -> None:
+        """The one end of a session whose WebSocket ended, however it ended: the writer
+        closes the WebSocket (after what is queued), then the session closes."""
+        queue = self.queue
         queue.put_nowait(None)  # the writer closes the WebSocket when it reaches this
         if self._writer is not None:
             await self._writer
         queue.on_put = self._ws = None  # no reference cycle left for the collector
-        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+        self._tcp = None
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def _watch(self) -> None:
         """The read watchdog: re-armed from the last read, or cut the silent connection off."""
-        server, ws = self.server, self._ws
+        server = self.server
         loop = asyncio.get_running_loop()
         deadline = server.ping_interval + server.ping_timeout
         idle = loop.time() - self._last_read
@@ -335,8 +381,8 @@ class RealtimeSocket(SocketAdapter):
             self._watchdog = loop.call_later(deadline - idle, self._watch)
         else:
             self._watchdog = None
-            if ws is not None and (transport := tcp_transport(ws._sock)) is not None:
-                transport.abort()  # ends the read loop's receive
+            if self._tcp is not None:
+                self._tcp.abort()  # ends the read loop's receive (the protocol's connection_lost)
 
     async def _upgrade_handshake(self, ws: Any) -> bool:
         """The polling → WebSocket probe exchange, as python-engineio does it."""

@@ -216,6 +216,30 @@ USED: dict[str, str | None] = {
     "aiohttp.web_ws:WebSocketResponse._writer": None,
     "aiohttp.web_ws:WebSocketResponse.compress": None,
     "aiohttp.http_websocket:WebSocketWriter.transport": None,
+    # the lean WebSocket (server/websocket.py): a new session created as _handle_connect does
+    # (MIRRORED below), and aiohttp's RequestHandler detached from the transport it hands over
+    "engineio.async_server:AsyncServer._upgrades": "(self, sid, transport)",
+    "engineio.async_server:AsyncServer._unauthorized": "(self, message=None)",
+    "engineio.async_server:AsyncServer._service_task": "(self)",
+    "engineio.async_server:AsyncServer.start_background_task": "(self, target, *args, **kwargs)",
+    "engineio.async_server:AsyncServer.start_service_task": None,
+    "engineio.async_server:AsyncServer.service_task_handle": None,
+    "engineio.async_server:AsyncServer.logger": None,
+    "engineio.async_socket:AsyncSocket.schedule_ping": "(self)",
+    "aiohttp.web_protocol:RequestHandler.connection_lost": "(self, exc: BaseException | None) -> None",
+    "aiohttp.web_protocol:RequestHandler._message_tail": None,
+    "aiohttp.web_protocol:RequestHandler.transport": None,
+    "aiohttp.web_request:BaseRequest.protocol": None,
+    "aiohttp.web_request:BaseRequest.transport": None,
+}
+
+# Library functions our code repeats step by step, with the sha256 of their source
+# (inspect.getsource) when it was written: a new release that changes one fails
+# tests/test_websocket_protocol.py until our copy is checked against it.
+MIRRORED: dict[str, str] = {
+    # server/websocket.py create_session: a new WebSocket session, up to the transport's start
+    "engineio.async_server:AsyncServer._handle_connect":
+        "5bd7edc1d1ae115ae973b4a39b435d3b243a3c9b1e3218f21bbeb7ef6aa37e93",
 }
 
 # Library functions that must still call the methods we override (else the override is dead code).

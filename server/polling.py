@@ -33,6 +33,8 @@ from aiohttp import web
 from engineio import exceptions
 from prometheus_client.core import CounterMetricFamily
 
+from .websocket import take_websocket
+
 log = logging.getLogger("server.polling")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -104,6 +106,11 @@ class PollingFront:
         raw = request.raw_path
         if raw.startswith(self.prefix):
             method = request.method
+            if method == "GET" and "Upgrade" in request.headers:  # a new session's WebSocket (server/websocket.py)
+                opening = take_websocket(self, request)
+                if opening is not None:
+                    self.lean_requests += 1
+                    return opening
             if method == "GET" or method == "POST":
                 target = self._route(request, method, raw[len(self.prefix):])
                 if target is not None:

@@ -1,7 +1,8 @@
-"""What an idle WebSocket connection keeps alive on the server: the request's coroutine chain
-stops in RealtimeEngine.serve, below no python-engineio frame (each suspended frame is memory
-every idle connection holds; bench/conn_memory.py has the figures), the environ kept for it has
-no per-connection key strings, and the session still ends cleanly when the client goes. The server runs in this process so its tasks can be read."""
+"""What an idle WebSocket connection keeps alive on the server: no Task, no coroutine and no
+aiohttp request handler (server/websocket.py's protocol serves it; each suspended frame or Task
+is memory every idle connection holds; bench/conn_memory.py has the figures), the environ kept
+for it has no per-connection key strings, and the session still ends cleanly when the client
+goes. The server runs in this process so its tasks can be read."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from namespaces import factories
 from server.app import create_app
 from server.config import load_config
+from server.websocket import WebSocketConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,20 +53,25 @@ async def connect(session: aiohttp.ClientSession, port: int) -> aiohttp.ClientWe
     return ws
 
 
-async def test_an_idle_websocket_waits_in_serve_below_no_engineio_frame():
+async def test_an_idle_websocket_has_no_task_and_no_aiohttp_request_handler():
+    """A new session's WebSocket is served by server/websocket.py's protocol: no Task, no
+    coroutine, no aiohttp RequestHandler left for the idle connection."""
     runner, app, port = await start_server()
     try:
         async with aiohttp.ClientSession() as session:
+            # (python-engineio's service task starts with the first session, once per server.)
+            first = await connect(session, port)
+            await asyncio.sleep(0.1)
+            before = set(asyncio.all_tasks())
             ws = await connect(session, port)
             await asyncio.sleep(0.1)
-            chains = [chain_of(t) for t in asyncio.all_tasks()]
-            [chain] = [c for c in chains if any(code.co_qualname == "RealtimeEngine.serve" for code in c)]
-            names = [code.co_qualname for code in chain]
-            below = names[names.index("RealtimeEngine.serve") + 1:]
-            assert below[0] == "RealtimeSocket.run_websocket", names
-            assert not [code for code in chain if "/engineio/" in code.co_filename], names
-            ours = [code.co_qualname for code in chain if "/server/" in code.co_filename]
-            assert len(ours) <= 3, ours  # the forwarding middleware, serve, the read loop
+            assert not [chain_of(t) for t in asyncio.all_tasks() - before]
+            await first.close()
+            for _ in range(100):
+                if len(app["runtime"].sio.eio.sockets) == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert runner.server.connections == []  # aiohttp forgot both connections: they are ours
 
             sio = app["runtime"].sio
             eio = sio.eio
@@ -73,7 +80,7 @@ async def test_an_idle_websocket_waits_in_serve_below_no_engineio_frame():
             [(eio_sid, environ)] = sio.environ.items()
             assert environ["HTTP_UPGRADE"] == "websocket" and environ["aiohttp.request"].remote == "127.0.0.1"
             assert all(key is sys.intern(key) for key in environ)
-            assert "environ" not in vars(eio.sockets[eio_sid]._ws)
+            assert type(eio.sockets[eio_sid]._ws) is WebSocketConnection
             assert len(eio.sockets) == 1 and eio.requests_in_flight == 1 and len(eio._websockets) == 1
             await ws.close()
             for _ in range(100):  # the session ends and is forgotten with its transport
