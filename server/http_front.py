@@ -160,6 +160,10 @@ class HttpFront(asyncio.Protocol):
         self._count += 1
         headers[key] = headers[key] + "," + text if key in headers else text
 
+    def on_headers_complete(self) -> None:
+        # (llhttp forgets it once the message is complete)
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+
     def on_message_complete(self) -> None:
         self._complete = True
 
@@ -224,8 +228,8 @@ class HttpFront(asyncio.Protocol):
             return self._take_body()
         end = buf.find(b"\r\n\r\n")
         if end < 0 or end + 4 > MAX_HEAD:
-            if len(buf) > MAX_HEAD:
-                self._hand_off()
+            if len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
+                self._hand_off()  # too long for us, or bare LFs (which llhttp may accept)
             elif self.kind != "head":
                 self._expire(HEAD_TIMEOUT, "head")
             return False
@@ -305,8 +309,6 @@ class HttpFront(asyncio.Protocol):
         self.busy = True
         self.deadline = 0.0  # no timer while served: a long-poll arms its own
         self.kind = ""
-        if self.keep_alive:
-            self.keep_alive = self.parser.should_keep_alive()
         self.pending = (cors, self.headers.get("accept-encoding", ""), method)
         front = self.front
         front.lean_requests += 1
