@@ -201,9 +201,14 @@ class HttpFront(asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if not self.busy and not self.processing:
             self._process()
-        if len(self.buf) > MAX_HEAD + self.engine.max_http_buffer_size and not self.paused and self.transport:
+        if len(self.buf) > self._held_limit() and not self.paused and self.transport:
             self.paused = True  # bounded: pipelined requests wait in the kernel's buffers
             self.transport.pause_reading()
+
+    def _held_limit(self) -> int:
+        """The most bytes held before reading pauses: one whole request (a head and the
+        largest body) always fits, so a request that can be served is never held back."""
+        return MAX_HEAD + self.engine.max_http_buffer_size
 
     # ------------------------------------------------------------------ requests
 
@@ -216,7 +221,7 @@ class HttpFront(asyncio.Protocol):
                     break
         finally:
             self.processing = False
-        if self.paused and self.transport is not None and len(self.buf) <= MAX_HEAD:
+        if self.paused and self.transport is not None and len(self.buf) <= self._held_limit():
             self.paused = False
             self.transport.resume_reading()
 
@@ -475,7 +480,7 @@ class HttpFront(asyncio.Protocol):
         self._expire(self.server.keepalive_timeout, "idle")
         if not self.processing and self.buf:
             self._process()
-        elif self.paused and len(self.buf) <= MAX_HEAD:
+        elif self.paused and len(self.buf) <= self._held_limit():
             self.paused = False
             transport.resume_reading()
 
