@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 import httptools
 from aiohttp import web, web_server
 from aiohttp.tcp_helpers import tcp_keepalive
@@ -52,7 +54,7 @@ MAX_HEAD = 8190  # aiohttp's max_line_size and max_field_size: a longer head goe
 MAX_HEADERS = 128  # aiohttp's max_headers
 HEAD_TIMEOUT = 10.0  # seconds for a request's head, from its first byte
 LINGER_TIMEOUT = 10.0  # aiohttp's lingering_time: how long the rest of a refused body is read
-_SERVER = f"Python/3.11 aiohttp/{__import__('aiohttp').__version__}"  # aiohttp's Server header
+_SERVER = "Python/{0[0]}.{0[1]} aiohttp/{1}".format(sys.version_info, aiohttp.__version__)  # as aiohttp's
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NOOP = eio_packet.NOOP
 _POLLING = {"transport": "polling"}
@@ -556,10 +558,10 @@ class HttpFront(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        if not self.busy:
-            transport.close()
-        elif self.poll_socket is not None:
-            self.poll_socket.queue.put_nowait(eio_packet.Packet(_NOOP))
+        if not self.busy and self.body_at is None:
+            transport.close()  # (a head not complete yet is dropped, as aiohttp does)
+        elif self.poll_socket is not None and self.poll_socket.queue.on_put == self._on_put:
+            self.poll_socket.queue.put_nowait(eio_packet.Packet(_NOOP))  # ends the poll now
 
 
 class LeanServer(web_server.Server):
@@ -580,12 +582,16 @@ class LeanServer(web_server.Server):
             conn.shut()
 
     async def shutdown(self, timeout: float | None = None) -> None:
+        """aiohttp's connections and ours end together: ours once their answer is written,
+        or aborted after ``timeout`` (aiohttp's graceful shutdown does not know them)."""
+        await asyncio.gather(super().shutdown(timeout), self._drain(timeout if timeout is not None else 15.0))
+
+    async def _drain(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        end = loop.time() + (timeout if timeout is not None else 15.0)
-        await super().shutdown(timeout)
+        end = loop.time() + timeout
         while self.lean_fronts and loop.time() < end:
             for conn in list(self.lean_fronts):
-                conn.shut()
+                conn.shut()  # again: a session's end may have queued what a poll waited for
             await asyncio.sleep(0.05)
         for conn in list(self.lean_fronts):
             if conn.transport is not None:
