@@ -16,6 +16,10 @@ engine state and the same guards:
 - the engine's in-flight count; ``rt_http_requests_total{path="lean"}`` counts them (plain
   integers read when /metrics is scraped: a prometheus_client ``inc`` costs eight calls).
 
+``HttpFront`` (server/http_front.py), our own Protocol in front of aiohttp's, serves the same
+requests (``route`` decides for both; ``post`` and ``answer_parts`` are shared) without aiohttp's
+per-request objects; what it hands to aiohttp comes here as before.
+
 Anything else, or anything unusual about one of those (a WebSocket upgrade, OPTIONS, a JSONP
 ``j``, an unknown or foreign session, a session not connected or already upgraded, an origin
 that is not allowed, another Engine.IO version, a malformed query), is handed to the application
@@ -128,8 +132,9 @@ class PollingFront:
     def collect(self) -> Any:
         """The request counts, for prometheus_client's registry."""
         family = CounterMetricFamily("rt_http_requests", "HTTP requests by what served them (lean: a /socket.io/ "
-                                     "long-polling request answered before the web application, server/polling.py; "
-                                     "app: the web application)", labels=["path"])
+                                     "long-polling request answered before the web application, by "
+                                     "server/http_front.py or server/polling.py; app: the web application)",
+                                     labels=["path"])
         family.add_metric(["lean"], self.lean_requests)
         family.add_metric(["app"], self.app_requests)
         yield family
