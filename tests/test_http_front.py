@@ -306,3 +306,23 @@ def test_shutdown_answers_a_pending_long_poll_and_closes_idle_connections(server
     assert status == 200 and headers["connection"] == "close"
     assert re.match(rb"^[0-9]", body) or body == b""
     assert closed(poll) and closed(idle)
+
+
+def test_a_large_answer_is_compressed_as_the_client_accepts(servers):
+    import gzip
+    server = servers(env={"BENCH_NAMESPACE": "true"})
+    sid = handshake(server)
+    path = f"/socket.io/?EIO=4&transport=polling&sid={sid}"
+    sock = connect(server)
+    buf = bytearray()
+    sock.sendall(request("POST", path, b"40/bench,"))
+    assert read_response(sock, buf)[2] == b"ok"
+    sock.sendall(request("GET", path))
+    assert read_response(sock, buf)[2].startswith(b"40/bench,")
+    sock.sendall(request("POST", path, b'42/bench,7["echo","' + b"x" * 5000 + b'"]'))
+    assert read_response(sock, buf)[2] == b"ok"
+    sock.sendall(request("GET", path, headers={"Accept-Encoding": "br;q=1, gzip;q=0.8"}))
+    status, headers, body = read_response(sock, buf)
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body).startswith(b'43/bench,7["' + b"x" * 100)
+    sock.close()
