@@ -24,6 +24,7 @@ from .config import Config
 from .endings import SHUTDOWN
 from .forwarding import Forwarder
 from .operations import ClusterOperations
+from .http_front import serve_lean_http
 from .polling import PollingFront, serve_polling_first
 from .jsonmod import FastJson
 from .manager import RealtimeManager
@@ -471,6 +472,7 @@ def create_app(config: Config, namespaces: Sequence[NamespaceFactory] = ()) -> w
     front = PollingFront(runtime.sio.eio, path="/socket.io/")
     runtime.metrics.registry.register(front)  # rt_http_requests_total{path="lean"|"app"}
     serve_polling_first(app, front)
+    serve_lean_http(app, front)  # and our own Protocol in front of aiohttp's (server/http_front.py)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

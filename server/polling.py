@@ -16,6 +16,10 @@ engine state and the same guards:
 - the engine's in-flight count; ``rt_http_requests_total{path="lean"}`` counts them (plain
   integers read when /metrics is scraped: a prometheus_client ``inc`` costs eight calls).
 
+``HttpFront`` (server/http_front.py), our own Protocol in front of aiohttp's, serves the same
+requests (``route`` decides for both; ``post`` and ``answer_parts`` are shared) without aiohttp's
+per-request objects; what it hands to aiohttp comes here as before.
+
 Anything else, or anything unusual about one of those (a WebSocket upgrade, OPTIONS, a JSONP
 ``j``, an unknown or foreign session, a session not connected or already upgraded, an origin
 that is not allowed, another Engine.IO version, a malformed query), is handed to the application
@@ -41,9 +45,9 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 TEXT_PACKETS = "text/plain; charset=UTF-8"  # python-engineio's Content-Type of a payload
 # The request headers python-engineio's CORS methods read (as environ keys, in translate_request's form).
-_CORS_HEADERS = (("Origin", "HTTP_ORIGIN"), ("Host", "HTTP_HOST"), ("X-Forwarded-Proto", "HTTP_X_FORWARDED_PROTO"),
-                 ("X-Forwarded-Host", "HTTP_X_FORWARDED_HOST"),
-                 ("Access-Control-Request-Headers", "HTTP_ACCESS_CONTROL_REQUEST_HEADERS"))
+_CORS_HEADERS = (("origin", "HTTP_ORIGIN"), ("host", "HTTP_HOST"), ("x-forwarded-proto", "HTTP_X_FORWARDED_PROTO"),
+                 ("x-forwarded-host", "HTTP_X_FORWARDED_HOST"),
+                 ("access-control-request-headers", "HTTP_ACCESS_CONTROL_REQUEST_HEADERS"))
 
 
 def parse_query(query: str) -> dict[str, str] | None:
@@ -96,6 +100,7 @@ class PollingFront:
         self.lean_requests = 0
         self.app_requests = 0
         self.prefix = path + "?"
+        self.prefix_bytes = self.prefix.encode()
         self.app_handler: Handler | None = None  # the application's request handler (set on install)
         self._plain_cors: list[tuple[str, str]] | None = None
 
@@ -112,7 +117,7 @@ class PollingFront:
                     self.lean_requests += 1
                     return opening
             if method == "GET" or method == "POST":
-                target = self._route(request, method, raw[len(self.prefix):])
+                target = self.route(method, raw[len(self.prefix):], request.headers, request.remote or "")
                 if target is not None:
                     self.lean_requests += 1
                     return self._answer(request, method, *target)
@@ -134,27 +139,35 @@ class PollingFront:
     def collect(self) -> Any:
         """The request counts, for prometheus_client's registry."""
         family = CounterMetricFamily("rt_http_requests", "HTTP requests by what served them (lean: a /socket.io/ "
-                                     "long-polling request answered before the web application, server/polling.py; "
-                                     "app: the web application)", labels=["path"])
+                                     "long-polling request answered before the web application, by "
+                                     "server/http_front.py or server/polling.py; app: the web application)",
+                                     labels=["path"])
         family.add_metric(["lean"], self.lean_requests)
         family.add_metric(["app"], self.app_requests)
         yield family
 
-    def _route(self, request: web.BaseRequest, method: str, query: str) -> tuple[Any, dict[str, str] | None] | None:
-        """Whether a polling request is one for this path: ``(session, cors)`` — the live local
-        session (None for a handshake) and the CORS environ (None without an Origin header) —
-        or None to leave it to the application."""
+    def route(self, method: str, query: str, headers: Any, remote: str) -> tuple[Any, dict[str, str] | None] | None:
+        """Whether a polling request is one for the lean path: ``(session, cors)`` — the live
+        local session (None for a handshake) and the CORS environ (None without an Origin
+        header) — or None to leave it to the application. The one decision both fronts take:
+        this one in aiohttp's low-level server and ``HttpFront`` (server/http_front.py).
+
+        :param method: ``GET`` or ``POST``.
+        :param query: the raw query string, without the ``?``.
+        :param headers: the request's headers, looked up by lower-case name with ``in`` and
+                        ``getall(name, default)`` (aiohttp's CIMultiDictProxy, or HttpFront's).
+        :param remote: the client's address (what ``request.remote`` gives).
+        """
         params = parse_query(query)
         if params is None or params.get("transport") != "polling" or "j" in params:
             return None
         engine = self.engine
         if "polling" not in engine.transports:
             return None
-        headers = request.headers
-        if "Upgrade" in headers:
+        if "upgrade" in headers:
             return None
         cors: dict[str, str] | None = None
-        if engine.cors_allowed_origins != [] and ("Origin" in headers or "Access-Control-Request-Headers" in headers):
+        if engine.cors_allowed_origins != [] and ("origin" in headers or "access-control-request-headers" in headers):
             cors = cors_environ(method, headers)
             origin = cors.get("HTTP_ORIGIN")
             if origin:
@@ -165,7 +178,7 @@ class PollingFront:
         if sid is None:
             if method != "GET" or params.get("EIO") != "4":
                 return None
-            if engine._per_ip.get(request.remote or "", 0) >= engine.max_connections_per_ip:
+            if engine._per_ip.get(remote, 0) >= engine.max_connections_per_ip:
                 return None  # the application answers 429
             return None, cors
         socket = engine.sockets.get(sid)
@@ -185,20 +198,12 @@ class PollingFront:
         """A long-poll GET or a POST of a live local polling session (RealtimeEngine._handle's
         checks, then python-engineio's GET/POST handling)."""
         engine = self.engine
+        if method == "POST":
+            return self._response(await self.post(request, socket), request, cors, method)
         sid = socket.sid
-        refusal = await engine.check_polling(request, socket, method, method == "GET")
+        refusal = await engine.check_polling(request, socket, method, True)
         if refusal is not None:
             return refusal
-        if method == "POST":
-            try:
-                await socket.handle_post_request({"rt.packets": request["rt_packets"]})
-            except exceptions.EngineIOError:
-                if sid in engine.sockets:
-                    await engine.disconnect(sid)
-                return self._response(engine._bad_request(), request, cors, method)
-            except Exception:  # as python-engineio: logged, and the POST still answered
-                log.exception("post request handler error")
-            return self._response(engine._ok(), request, cors, method)
         engine._polling.add(sid)
         try:
             try:
@@ -213,18 +218,48 @@ class PollingFront:
         finally:
             engine._polling.discard(sid)
 
+    async def post(self, request: Any, socket: Any, body: bytes | None = None) -> Any:
+        """A POST of a live local polling session, for both fronts: python-engineio's answer
+        (a dict), or RealtimeEngine's refusal (a ``web.Response``).
+
+        :param request: what ``check_polling`` reads the body from (and puts its packets on).
+        :param body: the whole body when the caller has read it already (HttpFront)."""
+        engine = self.engine
+        sid = socket.sid
+        refusal = await engine.check_polling(request, socket, "POST", False, body)
+        if refusal is not None:
+            return refusal
+        try:
+            await socket.handle_post_request({"rt.packets": request["rt_packets"]})
+        except exceptions.EngineIOError:
+            if sid in engine.sockets:
+                await engine.disconnect(sid)
+            return engine._bad_request()
+        except Exception:  # as python-engineio: logged, and the POST still answered
+            log.exception("post request handler error")
+        return engine._ok()
+
     def _response(self, answer: Any, request: web.BaseRequest, cors: dict[str, str] | None,
                   method: str) -> web.StreamResponse:
         """python-engineio's answer (a dict of status, headers and body) as an aiohttp response,
         compressed and with CORS headers as its ``handle_request`` would make it."""
         if not isinstance(answer, dict):
             return answer
+        status, headers, body = self.answer_parts(answer, request.headers.get("Accept-Encoding", ""), cors, method)
+        return web.Response(body=body, status=status, headers=headers)
+
+    def answer_parts(self, answer: dict, accept_encoding: str, cors: dict[str, str] | None,
+                     method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        """python-engineio's answer as ``(status, headers, body)``, compressed and with CORS
+        headers as its ``handle_request`` would make it (for both fronts).
+
+        :param accept_encoding: the request's Accept-Encoding header ("" without one).
+        :param cors: the CORS environ ``route`` gave (None without an Origin header)."""
         engine = self.engine
         body = answer["response"]
         headers = answer["headers"]
-        if engine.http_compression and len(body) >= engine.compression_threshold:
-            accepted = request.headers.get("Accept-Encoding", "")
-            for encoding in (e.split(";")[0].strip() for e in accepted.split(",")):
+        if engine.http_compression and len(body) >= engine.compression_threshold and accept_encoding:
+            for encoding in (e.split(";")[0].strip() for e in accept_encoding.split(",")):
                 if encoding in engine.compression_methods:
                     body = getattr(engine, "_" + encoding)(body)
                     headers = [*headers, ("Content-Encoding", encoding)]
@@ -238,7 +273,7 @@ class PollingFront:
                 headers = headers + self._plain_cors
             else:
                 headers = headers + engine._cors_headers(cors)
-        return web.Response(body=body, status=int(answer["status"][:3]), headers=headers)
+        return int(answer["status"][:3]), headers, body
 
 
 def serve_polling_first(app: web.Application, front: PollingFront) -> None:

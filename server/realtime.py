@@ -243,20 +243,22 @@ class RealtimeEngine(EngineAdapter):
         return await self.library_handle_request(request)
 
     async def check_polling(self, request: web.BaseRequest, socket: Any, method: str,
-                            poll: bool) -> web.StreamResponse | None:
+                            poll: bool, body: bytes | None = None) -> web.StreamResponse | None:
         """The refusal, if any, of a request of a live local polling session — the one place
         both paths (this application's and the lean one, server/polling.py) check it: a missed
         heartbeat ends the session (400); a POST's body must keep within its limits (it is read
         here, see :meth:`_read_body`); a long-poll GET while another is pending ends the session
         (400).
 
-        :param poll: the request is a long-poll GET (not a WebSocket upgrade)."""
+        :param poll: the request is a long-poll GET (not a WebSocket upgrade).
+        :param body: a POST's whole body when the caller has read it already (server/http_front.py
+                     does, within ``body_timeout``); None: read it from ``request`` here."""
         if socket.last_ping and time.time() - socket.last_ping > self.ping_timeout:
             await socket.close(wait=False, abort=True, reason=self.reason.PING_TIMEOUT)
             self.sockets.pop(socket.sid, None)
             return web.Response(status=400, text='"Session timed out"')
         if method == "POST":
-            return await self._read_body(request, socket)
+            return await self._read_body(request, socket, body)
         if poll and socket.sid in self._polling:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             await self._end(socket)
@@ -321,7 +323,16 @@ class RealtimeEngine(EngineAdapter):
             if socket is not None:
                 await self._end(socket, self.reason.SERVER_DISCONNECT)
 
-    async def _read_body(self, request: web.Request, socket: Any) -> web.StreamResponse | None:
+    async def _read_body(self, request: web.Request, socket: Any,
+                         body: bytes | None = None) -> web.StreamResponse | None:
+        if body is None:
+            body = await self._receive_body(request, socket)
+            if not isinstance(body, bytes):
+                return body
+        return await self._take_body(request, socket, body)
+
+    async def _receive_body(self, request: web.Request, socket: Any) -> bytes | web.StreamResponse:
+        """The body of ``request`` (up to one byte past the limit), or the refusal."""
         length = request.content_length
         if length is not None and length > self.max_http_buffer_size:
             await self._end(socket)
@@ -338,6 +349,10 @@ class RealtimeEngine(EngineAdapter):
         except asyncio.TimeoutError:
             await self._end(socket)
             return web.Response(status=408, text='"Request body too slow"', headers={"Connection": "close"})
+        return body
+
+    async def _take_body(self, request: web.Request, socket: Any, body: bytes) -> web.StreamResponse | None:
+        """Check and decode a POST's whole ``body``; its packets go on ``request`` (rt_packets)."""
         if len(body) > self.max_http_buffer_size:
             await self._end(socket)
             return web.Response(status=413, text='"Payload too large"', headers={"Connection": "close"})

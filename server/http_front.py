@@ -1,0 +1,616 @@
+"""HttpFront: the long-polling requests of live local sessions served by our own asyncio Protocol.
+
+Even before the application (server/polling.py), a polling request through aiohttp paid for a
+Task per request (``RequestHandler.start`` on Python 3.11), a ``BaseRequest``, a ``StreamWriter``,
+a ``web.Response`` and its header serialisation. :class:`LeanServer` is aiohttp's low-level
+``Server`` whose protocol factory gives every accepted connection an :class:`HttpFront` instead
+of aiohttp's ``RequestHandler``. The front parses each request's head with httptools (llhttp)
+and serves exactly what ``PollingFront.route`` accepts — the polling handshake GET, and the
+long-poll GET and the POST of a live local session — with the same checks
+(``RealtimeEngine.check_polling``, through ``PollingFront.post`` for a POST) and the same
+answers (``PollingFront.answer_parts``), written to the transport as bytes. A long-poll GET
+waits for its packets through the session queue's ``on_put`` callback and one timer, without a
+Task; a POST or a GET runs as a coroutine started eagerly (a Task only if it has to wait, as
+the handshake does).
+
+Anything else — another path or method, a WebSocket upgrade, OPTIONS, JSONP, an unknown or
+foreign session, HTTP/1.0, ``Transfer-Encoding``, ``Expect``, a GET with a body, a head longer
+than aiohttp's 8190-byte line limit or with more headers than its 128, anything httptools
+refuses — hands the connection to aiohttp for good: its ``RequestHandler`` from the original
+factory takes the transport and every byte received since the start of the current request
+(so ``PollingFront.handle`` sees it as before).
+
+Requests on one connection are served one at a time, in order: bytes of pipelined requests
+wait, and reading pauses while more than a request's worth waits. Limits: the head must come
+within ``HEAD_TIMEOUT`` (else 408 and close), a POST's body within the engine's
+``body_timeout`` (408, through ``check_polling``), a declared body over the engine's
+``max_http_buffer_size`` gets 413 at once; an idle connection closes after aiohttp's
+keep-alive timeout. At shutdown idle connections close, a pending long-poll is answered (a
+NOOP) with ``Connection: close``, and what is left after the shutdown timeout is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+
+import aiohttp
+import httptools
+from aiohttp import web, web_server
+from aiohttp.tcp_helpers import tcp_keepalive
+from engineio import packet as eio_packet
+
+from .eager import start_eagerly
+from .polling import PollingFront
+
+log = logging.getLogger("server.http_front")
+
+MAX_HEAD = 8190  # aiohttp's max_line_size and max_field_size: a longer head goes to aiohttp
+MAX_HEADERS = 128  # aiohttp's max_headers
+HEAD_TIMEOUT = 10.0  # seconds for a request's head, from its first byte
+LINGER_TIMEOUT = 10.0  # aiohttp's lingering_time: how long the rest of a refused body is read
+_SERVER = "Python/{0[0]}.{0[1]} aiohttp/{1}".format(sys.version_info, aiohttp.__version__)  # as aiohttp's
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_NOOP = eio_packet.NOOP
+_POLLING = {"transport": "polling"}
+
+
+class Headers(dict):
+    """A request's headers by lower-case name, repeated ones joined with commas; what
+    ``PollingFront.route`` reads (``in``, ``get``, ``getall``)."""
+
+    __slots__ = ()
+
+    def getall(self, name: str, default: Any = None) -> Any:
+        value = self.get(name)
+        return default if value is None else [value]
+
+
+class LeanRequest(dict):
+    """What ``check_polling`` and python-engineio's environ need of a request on the lean path:
+    the declared body length, a body stream (only for a body that never came), the client's
+    address, the transport its query names, and item storage (``rt_packets``, ``rt_sid``)."""
+
+    __slots__ = ("content_length", "content", "remote", "query")
+
+    def __init__(self, remote: str, content_length: int | None = None, content: Any = None) -> None:
+        super().__init__()
+        self.query = _POLLING  # every lean request is a polling one
+        self.remote = remote
+        self.content_length = content_length
+        self.content = content
+
+
+class _StalledBody:
+    """The body stream of a POST whose body did not come within ``body_timeout``: reading it
+    times out, so ``check_polling`` answers 408 as it does on aiohttp's path."""
+
+    async def read(self, n: int = -1) -> bytes:
+        raise asyncio.TimeoutError
+
+    def at_eof(self) -> bool:
+        return False
+
+
+_date_second = -1
+_date_value = ""
+
+
+def http_date() -> str:
+    """The Date header's value, formatted once a second."""
+    global _date_second, _date_value
+    now = int(time.time())
+    if now != _date_second:
+        _date_second, _date_value = now, formatdate(now, usegmt=True)
+    return _date_value
+
+
+class HttpFront(asyncio.Protocol):
+    """One client connection until it is handed to aiohttp (see the module docstring).
+
+    :param server: the LeanServer that accepted it (its front, engine and keep-alive timeout).
+    """
+
+    __slots__ = ("server", "front", "engine", "transport", "loop", "remote", "buf", "parser", "url", "headers",
+                 "_name", "_complete", "_count", "body_at", "busy", "keep_alive", "closing", "paused", "processing",
+                 "timer", "deadline", "kind", "poll_socket", "pending", "linger")
+
+    def __init__(self, server: "LeanServer") -> None:
+        self.server = server
+        self.front: PollingFront = server.lean_front
+        self.engine = self.front.engine
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self.remote = ""
+        self.buf = b""  # every byte received since the start of the current request
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers = Headers()
+        self._name = ""
+        self._complete = False
+        self._count = 0
+        # A POST waiting for its body: (head length, body length, session, cors, request).
+        self.body_at: tuple[int, int, Any, Any, LeanRequest] | None = None
+        self.busy = False  # a request is being served; later bytes wait
+        self.keep_alive = True
+        self.closing = False  # shutting down: answer what is in progress with Connection: close
+        self.paused = False
+        self.processing = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.kind = ""  # what the deadline is for: idle, head, body, poll
+        self.poll_socket: Any = None  # the session whose packets a pending long-poll waits for
+        self.pending: Any = None  # (cors, accept-encoding, method) of the request being served
+        # Bytes of a refused body still to come: read and dropped before closing (as aiohttp's
+        # lingering close), so the client finishes sending and reads the answer.
+        self.linger = 0
+
+    # ------------------------------------------------------------------ httptools callbacks
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self.headers
+        self._count += 1
+        headers[key] = headers[key] + "," + text if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        # (llhttp forgets it once the message is complete)
+        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, (list, tuple)) and peer else ""
+        tcp_keepalive(transport)  # as aiohttp's RequestHandler does
+        self.server.lean_fronts.add(self)
+        self._expire(self.server.keepalive_timeout, "idle")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self.server.lean_fronts.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        socket = self.poll_socket
+        if socket is not None:
+            # The client gave up its long-poll: what is queued waits for its next one.
+            self.poll_socket = None
+            if socket.queue.on_put == self._on_put:
+                socket.queue.on_put = None
+            self.engine._polling.discard(socket.sid)
+            self._done()
+
+    def data_received(self, data: bytes) -> None:
+        if self.linger:
+            self.linger -= len(data)
+            if self.linger <= 0 and not self.busy and self.transport is not None:
+                self.transport.close()
+            return
+        self.buf = self.buf + data if self.buf else data
+        if not self.busy and not self.processing:
+            self._process()
+        if len(self.buf) > self._held_limit() and not self.paused and self.transport:
+            self.paused = True  # bounded: pipelined requests wait in the kernel's buffers
+            self.transport.pause_reading()
+
+    def _held_limit(self) -> int:
+        """The most bytes held before reading pauses: one whole request (a head and the
+        largest body) always fits, so a request that can be served is never held back."""
+        return MAX_HEAD + self.engine.max_http_buffer_size
+
+    # ------------------------------------------------------------------ requests
+
+    def _process(self) -> None:
+        """Serve the requests waiting in ``buf``, one at a time, until one has to wait."""
+        self.processing = True
+        try:
+            while self.buf and not self.busy and self.transport is not None:
+                if not self._next_request():
+                    break
+        finally:
+            self.processing = False
+        if self.paused and self.transport is not None and len(self.buf) <= self._held_limit():
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _next_request(self) -> bool:
+        """Start the request at the head of ``buf``; False when it needs more bytes (or the
+        connection was handed over or is closing)."""
+        buf = self.buf
+        if self.body_at is not None:
+            return self._take_body()
+        end = buf.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > MAX_HEAD:
+            if len(buf) > MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
+                self._hand_off()  # too long for us, or bare LFs (which llhttp may accept)
+            elif self.kind != "head":
+                self._expire(HEAD_TIMEOUT, "head")
+            return False
+        size = end + 4
+        head = buf[:size]
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return self._hand_off()  # a bare LF: llhttp might end the head elsewhere than we do
+        self.url = b""
+        self.headers = Headers()
+        self._complete = False
+        self._count = 0
+        parser = self.parser
+        try:
+            parser.feed_data(head)
+        except Exception:  # malformed, an upgrade, ...: aiohttp answers it
+            return self._hand_off()
+        headers = self.headers
+        prefix = self.front.prefix_bytes
+        url = self.url
+        if (self._count > MAX_HEADERS or not url.startswith(prefix) or parser.get_http_version() != "1.1"
+                or "transfer-encoding" in headers or "expect" in headers):
+            return self._hand_off()
+        method = parser.get_method()
+        try:
+            query = url[len(prefix):].decode("ascii")
+        except UnicodeDecodeError:
+            return self._hand_off()
+        if method == b"GET":
+            if not self._complete or "content-length" in headers:
+                return self._hand_off()
+            target = self.front.route("GET", query, headers, self.remote)
+            if target is None:
+                return self._hand_off()
+            self.buf = buf[size:]
+            self._start(target[0], target[1], "GET", query, None)
+            return True
+        if method != b"POST":
+            return self._hand_off()
+        length = headers.get("content-length")
+        if length is None or not length.isdigit():
+            return self._hand_off()
+        target = self.front.route("POST", query, headers, self.remote)
+        if target is None or target[0] is None:
+            return self._hand_off()
+        request = LeanRequest(self.remote, int(length))
+        if request.content_length > self.engine.max_http_buffer_size:
+            self.linger = max(request.content_length - (len(buf) - size), 0)
+            self.buf = b""  # no more requests: the answer closes the connection
+            self.keep_alive = False
+            self._start(target[0], target[1], "POST", query, request)  # 413 from check_polling
+            return False
+        self.body_at = (size, request.content_length, target[0], target[1], request)
+        self._expire(self.engine.body_timeout, "body")
+        return self._take_body()
+
+    def _take_body(self) -> bool:
+        """Serve the POST whose head was read once its whole body is in ``buf``."""
+        assert self.body_at is not None
+        size, length, socket, cors, request = self.body_at
+        total = size + length
+        buf = self.buf
+        if len(buf) < total:
+            return False
+        self.body_at = None
+        body = buf[size:total]
+        self.buf = buf[total:]
+        try:
+            self.parser.feed_data(body)
+        except Exception:  # cannot happen for a body of the declared length; start afresh
+            self.parser = httptools.HttpRequestParser(self)
+        self._start(socket, cors, "POST", "", request, body)
+        return True
+
+    def _start(self, socket: Any, cors: Any, method: str, query: str, request: LeanRequest | None,
+               body: bytes | None = None) -> None:
+        """Serve one lean request (counted as in flight until it is answered)."""
+        self.busy = True
+        self.deadline = 0.0  # no timer while served: a long-poll arms its own
+        self.kind = ""
+        self.pending = (cors, self.headers.get("accept-encoding", ""), method)
+        front = self.front
+        front.lean_requests += 1
+        self.engine.requests_in_flight += 1
+        if socket is None:
+            start_eagerly(self._handshake(query))
+        elif method == "POST":
+            assert request is not None
+            start_eagerly(self._post(socket, request, body))
+        else:
+            start_eagerly(self._get(socket))
+
+    async def _handshake(self, query: str) -> None:
+        try:
+            answer = await self.engine._handle_connect(self._environ(query), "polling")
+        except Exception:
+            log.exception("polling handshake failed")
+            answer = web.Response(status=500, text="500 Internal Server Error")
+        self._answer(answer)
+
+    def _environ(self, query: str) -> dict[str, Any]:
+        """python-engineio's environ for a handshake, as its aiohttp driver's translate_request
+        builds it (the connect handlers read headers, the address and the query)."""
+        path = self.front.prefix[:-1]
+        environ: dict[str, Any] = {
+            "wsgi.input": None, "wsgi.version": (1, 0), "wsgi.async": True, "wsgi.multithread": False,
+            "wsgi.multiprocess": False, "wsgi.run_once": False, "SERVER_SOFTWARE": "aiohttp",
+            "REQUEST_METHOD": "GET", "QUERY_STRING": query, "RAW_URI": self.front.prefix + query,
+            "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "0",
+            "SERVER_NAME": "aiohttp", "SERVER_PORT": "0", "aiohttp.request": LeanRequest(self.remote),
+        }
+        for name, value in self.headers.items():
+            if name == "content-type":
+                environ["CONTENT_TYPE"] = value
+            elif name == "content-length":
+                environ["CONTENT_LENGTH"] = value
+            else:
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
+        environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+        environ["PATH_INFO"] = path
+        environ["SCRIPT_NAME"] = ""
+        return environ
+
+    async def _post(self, socket: Any, request: LeanRequest, body: bytes | None) -> None:
+        try:
+            answer = await self.front.post(request, socket, body)
+        except Exception:
+            log.exception("polling POST failed")
+            answer = web.Response(status=500, text="500 Internal Server Error")
+        self._answer(answer)
+
+    async def _get(self, socket: Any) -> None:
+        """A long-poll: answered at once when packets wait, else when the first one is queued
+        (``_on_put``) or after a heartbeat cycle (``_poll_expired``), without a Task."""
+        engine = self.engine
+        try:
+            refusal = await engine.check_polling(None, socket, "GET", True)
+        except Exception:
+            log.exception("polling GET failed")
+            refusal = web.Response(status=500, text="500 Internal Server Error")
+        if refusal is not None:
+            return self._answer(refusal)
+        if socket.upgrading or socket.upgraded:
+            # python-engineio: no more packets through polling once an upgrade began
+            return self._answer(engine._ok([eio_packet.Packet(_NOOP)]))
+        engine._polling.add(socket.sid)
+        self.poll_socket = socket
+        if not socket.queue.empty():
+            return self._deliver()
+        socket.queue.on_put = self._on_put
+        self._expire(engine.ping_interval + engine.ping_timeout, "poll")
+
+    def _on_put(self) -> None:
+        """The first packet for a pending long-poll: deliver on the next loop turn, so the
+        packets queued together go in one answer (as python-engineio's wake-up does)."""
+        socket = self.poll_socket
+        if socket is not None and socket.queue.on_put == self._on_put:
+            socket.queue.on_put = None
+            self.loop.call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        """Answer the pending long-poll with what is queued (python-engineio's ``poll``)."""
+        socket = self.poll_socket
+        if socket is None:
+            return  # the connection was lost meanwhile
+        self.poll_socket = None
+        self.deadline = 0.0
+        self.kind = ""
+        queue = socket.queue
+        packets: list[Any] = []
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                if packets:
+                    queue.put_nowait(None)  # the session's end, for its next poll
+                break
+            packets.append(pkt)
+        engine = self.engine
+        sid = socket.sid
+        engine._polling.discard(sid)
+        if sid in engine.sockets and engine.sockets[sid].closed:
+            del engine.sockets[sid]
+        self._answer(engine._ok(packets))
+
+    def _poll_expired(self) -> None:
+        socket = self.poll_socket
+        if socket is None:
+            return
+        self.poll_socket = None
+        if socket.queue.on_put == self._on_put:
+            socket.queue.on_put = None
+        start_eagerly(self._expired(socket))
+
+    async def _expired(self, socket: Any) -> None:
+        """No packet for a whole heartbeat cycle: the session ends (python-engineio's
+        QueueEmpty), the poll gets 400."""
+        engine = self.engine
+        sid = socket.sid
+        try:
+            await socket.close(wait=False, reason=engine.reason.TRANSPORT_ERROR)
+            if sid in engine.sockets:
+                await engine.disconnect(sid)
+        except Exception:
+            log.exception("ending an expired poll's session failed")
+        finally:
+            engine._polling.discard(sid)
+        self._answer(engine._bad_request())
+
+    # ------------------------------------------------------------------ answers
+
+    def _answer(self, answer: Any) -> None:
+        """Write python-engineio's answer (a dict) or a refusal (a ``web.Response``), then go on
+        with the next request (or close)."""
+        self._done()
+        transport = self.transport
+        if transport is None:
+            return
+        cors, accept_encoding, method = self.pending
+        self.pending = None
+        if isinstance(answer, dict):
+            status, headers, body = self.front.answer_parts(answer, accept_encoding, cors, method)
+            close = False
+        else:
+            status, body = answer.status, answer.body or b""
+            headers = [(k, v) for k, v in answer.headers.items() if k.lower() != "content-length"]
+            close = answer.headers.get("Connection", "").lower() == "close"
+        close = close or not self.keep_alive or self.closing
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+        lines.append(f"Content-Length: {len(body)}\r\nDate: {http_date()}\r\nServer: {_SERVER}\r\n")
+        if close:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        transport.write("".join(lines).encode("latin-1") + body)
+        if close:
+            self.buf = b""
+            if self.linger > 0:
+                self._expire(LINGER_TIMEOUT, "linger")
+            else:
+                transport.close()
+            return
+        self._expire(self.server.keepalive_timeout, "idle")
+        if not self.processing and self.buf:
+            self._process()
+        elif self.paused and len(self.buf) <= self._held_limit():
+            self.paused = False
+            transport.resume_reading()
+
+    def _done(self) -> None:
+        if self.busy:
+            self.busy = False
+            self.engine.requests_in_flight -= 1
+
+    # ------------------------------------------------------------------ timers, hand-off, shutdown
+
+    def _expire(self, delay: float, kind: str) -> None:
+        """Arm the connection's one deadline ``delay`` seconds from now, for ``kind``."""
+        when = self.loop.time() + delay
+        self.deadline = when
+        self.kind = kind
+        timer = self.timer
+        if timer is None or timer.when() > when:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if not self.deadline or self.transport is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        kind = self.kind
+        self.deadline = 0.0
+        self.kind = ""
+        if kind == "poll":
+            self._poll_expired()
+        elif kind == "body":
+            assert self.body_at is not None
+            _size, _length, socket, cors, request = self.body_at
+            self.body_at = None
+            self.buf = b""
+            self.keep_alive = False
+            request.content = _StalledBody()
+            self._start(socket, cors, "POST", "", request)  # 408 from check_polling
+        elif kind == "head":
+            self.buf = b""
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                 b"Content-Length: 21\r\nConnection: close\r\n\r\n408 Request Timeout\r\n")
+            self.transport.close()
+        elif not self.busy:  # idle past the keep-alive timeout
+            self.transport.close()
+
+    def _hand_off(self) -> bool:
+        """Give the connection to aiohttp, with every byte since the current request began."""
+        transport = self.transport
+        assert transport is not None and not self.busy
+        self.transport = None
+        self.server.lean_fronts.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        data, self.buf = self.buf, b""
+        handler = web_server.Server.__call__(self.server)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self.paused:
+            transport.resume_reading()
+        if data:
+            handler.data_received(data)
+        return False
+
+    def shut(self) -> None:
+        """Shutdown begins: close now when idle, else after the current answer (a pending
+        long-poll is answered at once)."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if not self.busy and self.body_at is None:
+            transport.close()  # (a head not complete yet is dropped, as aiohttp does)
+        elif self.poll_socket is not None and self.poll_socket.queue.on_put == self._on_put:
+            self.poll_socket.queue.put_nowait(eio_packet.Packet(_NOOP))  # ends the poll now
+
+
+class LeanServer(web_server.Server):
+    """aiohttp's low-level server whose connections start with an :class:`HttpFront`
+    (made one by :func:`serve_lean_http`; aiohttp's own handler takes over a connection the
+    front hands to it)."""
+
+    lean_front: PollingFront
+    lean_fronts: set[HttpFront]
+    keepalive_timeout: float
+
+    def __call__(self) -> Any:
+        return HttpFront(self)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for conn in list(self.lean_fronts):
+            conn.shut()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """aiohttp's connections and ours end together: ours once their answer is written,
+        or aborted after ``timeout`` (aiohttp's graceful shutdown does not know them)."""
+        await asyncio.gather(super().shutdown(timeout), self._drain(timeout if timeout is not None else 15.0))
+
+    async def _drain(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.lean_fronts and loop.time() < end:
+            for conn in list(self.lean_fronts):
+                conn.shut()  # again: a session's end may have queued what a poll waited for
+            await asyncio.sleep(0.05)
+        for conn in list(self.lean_fronts):
+            if conn.transport is not None:
+                conn.transport.abort()
+
+
+def serve_lean_http(app: web.Application, front: PollingFront) -> None:
+    """Make the low-level server aiohttp builds for ``app`` (after :func:`serve_polling_first`
+    made ``front`` its request handler) a :class:`LeanServer`: every connection starts with an
+    HttpFront. aiohttp builds that server in ``Application._make_handler``; this wraps that
+    method on this one instance (server/library_pins.py lists it and the internals used)."""
+    make_handler = app._make_handler
+
+    def _make_handler(**kwargs: Any) -> Any:
+        server = make_handler(**kwargs)
+        server.__class__ = LeanServer
+        server.lean_front = front
+        server.lean_fronts = set()
+        server.keepalive_timeout = float(server._kwargs.get("keepalive_timeout", 75.0))
+        return server
+
+    app._make_handler = _make_handler  # type: ignore[method-assign]
