@@ -936,13 +936,19 @@ class RealtimeServer(ServerAdapter):
             log.warning("could not save session of %s for recovery: %s", sid, exc)
 
     async def save_session_of(self, namespace: str, sid: str) -> None:
-        """Save a live socket's session now (its rooms changed)."""
+        """Save a live socket's session now (it connected, or its rooms changed), when the
+        session store outlives this node (else it is saved when the socket ends)."""
+        if not self.sessions.outlives_node:
+            return
         state = self.csr.get((namespace, sid))
         if state is not None and self.manager.is_connected(sid, namespace):
             await self._save(namespace, sid, state)
 
     async def session_heartbeat(self) -> None:
-        """Keep every live socket's session saved, so it outlives a crash of this node."""
+        """Keep every live socket's session saved, so it outlives a crash of this node (not
+        needed when the store would not outlive it: it returns at once then)."""
+        if not self.sessions.outlives_node:
+            return
         while True:
             await asyncio.sleep(max(1.0, self.max_disconnection_duration / 3))
             items = list(self.csr.items())
