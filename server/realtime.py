@@ -920,13 +920,21 @@ class RealtimeServer(ServerAdapter):
                 log.debug("could not drop session %s: %s", forget, exc)
 
     async def _snapshot(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> SavedSession:
-        try:
-            data = await self.get_session(sid, namespace=namespace)
-        except KeyError:
-            data = {}
+        data = self._session_data(namespace, sid)
+        saved_state = getattr(self.namespace_handlers.get(namespace), "saved_state", None)
+        if saved_state is not None:
+            data.update(saved_state(sid))
         positions, trail = self.rt_manager.snapshot(namespace, sid, with_trail)
-        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, data=dict(data),
+        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, data=data,
                             positions=positions, trail=trail)
+
+    def _session_data(self, namespace: str, sid: str) -> dict[str, Any]:
+        """A copy of the socket's python-socketio session (empty when it has none): read
+        without python-socketio's get_session, which creates an empty one for every socket."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+        session = socket.session.get(namespace) if socket is not None else None
+        return dict(session) if session else {}
 
     async def _save(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> None:
         try:

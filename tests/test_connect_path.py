@@ -1,8 +1,11 @@
-"""The connect path's shortcuts give what the generic code they replace gave."""
+"""The connect path's shortcuts give what the generic code they replace gave, and what a
+socket keeps once is still there when its session is saved and restored."""
 
 from __future__ import annotations
 
 import dataclasses
+
+import pytest
 
 from server.auth import Identity
 
@@ -19,3 +22,27 @@ def test_identity_to_dict_is_asdict() -> None:
     assert Identity.from_dict(copied) == identity
     guest = Identity(user="guest-abcdefgh", name="g", guest=True)
     assert guest.to_dict() == dataclasses.asdict(guest)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_recovery_restores_the_identity_twice(servers, js, proxies, redis_url, store):
+    """A socket's identity is kept once (runtime.identities) and put in each save of its
+    session (BaseNamespace.saved_state): a guest recovered after a cut is the same guest, with
+    its name, and stays so after a second cut (its restored session is saved again)."""
+    env = {"PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    if store == "redis":
+        env["REDIS_URL"] = redis_url
+    srv = servers(env=env)
+    proxy = await proxies([srv.port])
+    first = await js.connect("g", proxy.url + "/chat", transports=["websocket"], auth={"name": "Zed"})
+    me = await js.emit("g", "whoami")
+    assert me["guest"] is True and me["name"] == "Zed"
+    for count in (2, 3):
+        proxy.down()
+        await js.call("waitDisconnects", name="g", count=count - 1)
+        proxy.up()
+        state = await js.call("waitConnects", name="g", count=count)
+        # Without its identity the saved session is not restored (may_recover), and a guest
+        # connecting afresh without its guest token gets a new guest id.
+        assert state["recovered"] is True and state["sid"] == first["sid"], state
+        assert await js.emit("g", "whoami") == me
