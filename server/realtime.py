@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import Backlog
+from .session_environ import SessionEnviron
 from .sessions import SavedSession, SessionStore
 
 log = logging.getLogger("server.realtime")
@@ -503,11 +503,10 @@ class RealtimeServer(ServerAdapter):
 
     async def eio_connected(self, eio_sid: str, environ: dict) -> None:
         await self.library_handle_eio_connect(eio_sid, environ)
-        if self.environ.get(eio_sid) is environ:
-            # Kept for the session's life (each namespace CONNECT's handler gets it): the same
-            # items under interned keys, instead of the "HTTP_*" key strings python-engineio
-            # builds anew for every request (about 0.5 KiB per connection).
-            self.environ[eio_sid] = {sys.intern(key): value for key, value in environ.items()}
+        request = environ.get("aiohttp.request")
+        if request is not None and self.environ.get(eio_sid) is environ:
+            # Kept for the session's life, read by almost nobody: rebuilt when read instead.
+            self.environ[eio_sid] = SessionEnviron(request, self.eio._async["translate_request"])
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.

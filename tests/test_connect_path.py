@@ -46,3 +46,37 @@ async def test_recovery_restores_the_identity_twice(servers, js, proxies, redis_
         # connecting afresh without its guest token gets a new guest id.
         assert state["recovered"] is True and state["sid"] == first["sid"], state
         assert await js.emit("g", "whoami") == me
+
+
+async def test_session_environ_is_the_environ_python_engineio_built() -> None:
+    """What a session keeps of its request's environ (SessionEnviron) reads as the dict
+    python-engineio's aiohttp driver built for that request, however it is read, after the
+    request is over too."""
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from engineio.async_drivers.aiohttp import translate_request
+
+    from server.session_environ import SessionEnviron
+
+    kept: list[tuple[SessionEnviron, dict]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        kept.append((SessionEnviron(request, translate_request), translate_request(request)))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/socket.io/", handler)
+    async with TestServer(app) as server, aiohttp.ClientSession() as client:
+        for agent in ("a", "b"):
+            url = server.make_url("/socket.io/?EIO=4&transport=websocket")
+            async with client.get(url, headers={"User-Agent": agent, "X-Forwarded-For": "10.0.0.1"}) as response:
+                assert response.status == 200
+    (first, built_first), (second, built_second) = kept
+    for environ, built in ((first, built_first), (second, built_second), (first, built_first)):
+        assert dict(environ.items()) == built and environ == built
+        assert environ.get("HTTP_USER_AGENT") == built["HTTP_USER_AGENT"] and environ["RAW_URI"] == built["RAW_URI"]
+        assert "HTTP_X_FORWARDED_FOR" in environ and "HTTP_COOKIE" not in environ
+        assert environ.get("nothing", 5) == 5 and len(environ) == len(built) and list(environ) == list(built)
+        assert environ.environ() is not environ.environ()  # a caller's copy to change
+    assert first.get("HTTP_USER_AGENT") == "a" and second.get("HTTP_USER_AGENT") == "b"
