@@ -13,8 +13,10 @@ difference of the two profiles divided by ``--conns`` is the work of one connect
 what a storm costs once (start-up, warm-up): Python calls per connect outside the event loop
 (the event loop's and built-ins' calls vary with the machine's load; they are in the second
 figure, all calls), then the functions with the most calls per connect. Call counts do not depend on the machine's load, so one run is
-enough to compare two trees; ``--gc`` also counts the collector's runs per connect and the
-objects they examined (gc.callbacks), for the same two storms.
+enough to compare two trees; ``--gc`` also counts the collector's runs per 1,000 connects
+(gc.callbacks), for the same two storms. ``--gc-storms K`` instead runs K storms of
+``--conns`` (10,000, say), unprofiled, and says what the collector did in each (runs and
+milliseconds by generation) and the RSS after each, closed again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import pstats
 import socket
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,16 +72,56 @@ async def client(port: int, namespace: str) -> None:
 
 
 class GcCount:
-    """Collections and objects examined, by generation, while installed (gc.callbacks)."""
+    """Collections, their time and what they freed, by generation, while installed (gc.callbacks)."""
 
     def __init__(self) -> None:
         self.runs = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
         self.collected = 0
+        self._started = 0.0
 
     def __call__(self, phase: str, info: dict) -> None:
-        if phase == "stop":
-            self.runs[info["generation"]] += 1
+        if phase == "start":
+            self._started = time.process_time()  # CPU time: not inflated by the machine's load
+        else:
+            generation = info["generation"]
+            self.runs[generation] += 1
+            self.seconds[generation] += time.process_time() - self._started
             self.collected += info["collected"]
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def gc_storms(child: asyncio.subprocess.Process, n: int, storms: int, runtime) -> list[dict]:
+    """``storms`` storms of ``n`` connects, each closed again, not profiled: per storm, the
+    collector's runs and seconds by generation while it opened them, its wall time, and the
+    RSS and tracked objects once they are closed (cyclic garbage left uncollected shows as
+    growth from storm to storm)."""
+    rows = [{"before": True, "rss_kib": rss_kib(), "tracked": len(gc.get_objects())}]
+    for _ in range(storms):
+        counter = GcCount()
+        gc.callbacks.append(counter)
+        started, cpu = time.perf_counter(), time.process_time()
+        child.stdin.write(f"{n}\n".encode())
+        assert int(await child.stdout.readline()) == n
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        gc.callbacks.remove(counter)
+        child.stdin.write(b"close\n")
+        assert (await child.stdout.readline()).strip() == b"closed"
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if len(runtime.sio.eio.sockets) == 0:
+                break
+        await asyncio.sleep(1.0)
+        rows.append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "gc_runs": counter.runs,
+                     "gc_ms": [round(x * 1000, 1) for x in counter.seconds], "gc_freed": counter.collected,
+                     "rss_kib_after": rss_kib(), "tracked_after": len(gc.get_objects())})
+    return rows
 
 
 async def storm(child: asyncio.subprocess.Process, n: int, runtime) -> tuple[pstats.Stats, GcCount, int]:
@@ -140,12 +183,20 @@ async def measure(args: argparse.Namespace) -> dict:
     port = sock.getsockname()[1]
     await web.SockSite(runner, sock).start()
     tune_gc()
+    if args.gc_threshold:
+        gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--namespace", args.namespace,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert (await child.stdout.readline()).strip() == b"warm"
     await asyncio.sleep(0.5)
     runtime = app["runtime"]
+    if args.gc_storms:
+        rows = await gc_storms(child, args.conns, args.gc_storms, runtime)
+        child.stdin.write(b"\n")
+        await child.wait()
+        await runner.cleanup()
+        return {"conns": args.conns, "storms": rows}
     small, gc_small, _ = await storm(child, args.conns, runtime)
     large, gc_large, live = await storm(child, 2 * args.conns, runtime)
     child.stdin.write(b"\n")
@@ -174,12 +225,20 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30, help="functions listed")
     parser.add_argument("--filter", default="", help="list only functions whose location holds this")
     parser.add_argument("--gc", action="store_true", help="also the collector's runs per 1,000 connects, by generation")
+    parser.add_argument("--gc-storms", type=int, default=0, metavar="K",
+                        help="instead: K storms of --conns connects, not profiled, each closed again: the "
+                             "collector's runs and milliseconds per storm, RSS and tracked objects after each")
+    parser.add_argument("--gc-threshold", metavar="A,B,C", help="the collector's thresholds after tune_gc's (to try others)")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.namespace))
         return 0
     result = asyncio.run(measure(args))
+    if args.gc_storms:
+        for row in result["storms"]:
+            print(json.dumps(row))
+        return 0
     print(f"Python calls per connect, outside the event loop: {result['calls_per_connect']} "
           f"(all calls: {result['calls_per_connect_all']})")
     for name, calls in result["top"]:

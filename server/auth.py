@@ -46,7 +46,7 @@ class AuthError(Exception):
         self.code = code
 
 
-@dataclass
+@dataclass(slots=True)  # one per connected socket: no instance dict
 class Identity:
     user: str
     name: str

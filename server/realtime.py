@@ -513,8 +513,6 @@ class RealtimeServer(ServerAdapter):
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.
             socket.transport_started_as_polling = environ.get("QUERY_STRING", "").find("transport=polling") >= 0
-        rate, burst = self.limits.events_per_second, self.limits.event_burst
-        self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         asyncio.get_running_loop().call_later(self.connect_timeout, self._check_joined, eio_sid)
 
     def _check_joined(self, eio_sid: str) -> None:
@@ -743,6 +741,11 @@ class RealtimeServer(ServerAdapter):
                 bucket = self._operator_buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         else:
             bucket = self._buckets.get(eio_sid)
+            if bucket is None and eio_sid in self.environ:
+                # Made at the session's first event, full: as one made when the session began
+                # would be by then (it refills up to its burst); idle sessions keep none.
+                rate, burst = self.limits.events_per_second, self.limits.event_burst
+                bucket = self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         if bucket is not None and not bucket.take():
             return "rate_limited"
         return None
@@ -907,8 +910,9 @@ class RealtimeServer(ServerAdapter):
 
     async def _csr_state(self, namespace: str, sid: str, session: SavedSession | None) -> CsrState:
         state = CsrState(session.pid if session is not None else secrets.token_urlsafe(15))
-        self.csr[(namespace, sid)] = state
-        self.pids[state.pid] = (namespace, sid)
+        key = (namespace, sid)  # one tuple for both maps
+        self.csr[key] = state
+        self.pids[state.pid] = key
         return state
 
     # ------------------------------------------------------------------ disconnect
