@@ -97,7 +97,21 @@ def rss_kib() -> int:
     return 0
 
 
-async def gc_storms(child: asyncio.subprocess.Process, n: int, storms: int, runtime) -> list[dict]:
+def cyclic_garbage(n: int, top: int = 25) -> dict[str, float]:
+    """What a full collection finds unreachable now, per connection, by type (the objects
+    that closed connections leave for the collector: only it frees reference cycles)."""
+    from collections import Counter
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.collect()
+    found = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.garbage)
+    gc.garbage.clear()
+    gc.set_debug(0)
+    return {k: round(v / n, 2) for k, v in found.most_common(top)}
+
+
+async def gc_storms(child: asyncio.subprocess.Process, n: int, storms: int, runtime,
+                    garbage: bool = False) -> list[dict]:
     """``storms`` storms of ``n`` connects, each closed again, not profiled: per storm, the
     collector's runs and seconds by generation while it opened them, its wall time, and the
     RSS and tracked objects once they are closed (cyclic garbage left uncollected shows as
@@ -118,6 +132,11 @@ async def gc_storms(child: asyncio.subprocess.Process, n: int, storms: int, runt
             if len(runtime.sio.eio.sockets) == 0:
                 break
         await asyncio.sleep(1.0)
+        if garbage:
+            rows.append({"garbage_per_conn": cyclic_garbage(n)})
+            from collections import Counter
+            live = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+            rows.append({"tracked_per_conn_after_close": {k: round(v / n, 2) for k, v in live.most_common(12)}})
         rows.append({"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "gc_runs": counter.runs,
                      "gc_ms": [round(x * 1000, 1) for x in counter.seconds], "gc_freed": counter.collected,
                      "rss_kib_after": rss_kib(), "tracked_after": len(gc.get_objects())})
@@ -192,7 +211,7 @@ async def measure(args: argparse.Namespace) -> dict:
     await asyncio.sleep(0.5)
     runtime = app["runtime"]
     if args.gc_storms:
-        rows = await gc_storms(child, args.conns, args.gc_storms, runtime)
+        rows = await gc_storms(child, args.conns, args.gc_storms, runtime, args.garbage)
         child.stdin.write(b"\n")
         await child.wait()
         await runner.cleanup()
@@ -228,6 +247,8 @@ def main() -> int:
     parser.add_argument("--gc-storms", type=int, default=0, metavar="K",
                         help="instead: K storms of --conns connects, not profiled, each closed again: the "
                              "collector's runs and milliseconds per storm, RSS and tracked objects after each")
+    parser.add_argument("--garbage", action="store_true",
+                        help="with --gc-storms: after each storm is closed, the cyclic garbage it left, by type")
     parser.add_argument("--gc-threshold", metavar="A,B,C", help="the collector's thresholds after tune_gc's (to try others)")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

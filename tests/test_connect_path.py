@@ -3,6 +3,7 @@ socket keeps once is still there when its session is saved and restored."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -80,3 +81,36 @@ async def test_session_environ_is_the_environ_python_engineio_built() -> None:
         assert environ.get("nothing", 5) == 5 and len(environ) == len(built) and list(environ) == list(built)
         assert environ.environ() is not environ.environ()  # a caller's copy to change
     assert first.get("HTTP_USER_AGENT") == "a" and second.get("HTTP_USER_AGENT") == "b"
+
+
+async def test_connect_timeout_closes_only_sessions_that_never_joined(servers) -> None:
+    """One timer checks every session's connect_timeout (RealtimeServer._sweep_joining): each
+    session that joined no namespace is closed once its own timeout passed, sessions opened
+    later too; a session that joined one stays."""
+    import aiohttp
+
+    srv = servers(env={"CONNECT_TIMEOUT": "1"})
+    url = srv.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    loop = asyncio.get_running_loop()
+
+    async def closed_at(ws) -> float:
+        async for _ in ws:
+            pass
+        return loop.time()
+
+    async with aiohttp.ClientSession() as http:
+        start = loop.time()
+        idle = await http.ws_connect(url)
+        joined = await http.ws_connect(url)
+        for ws in (idle, joined):
+            assert (await ws.receive_str()).startswith("0")
+        await joined.send_str("40/chat,")
+        assert (await joined.receive_str()).startswith("40/chat,")
+        await asyncio.sleep(0.4)
+        later = await http.ws_connect(url)
+        assert (await later.receive_str()).startswith("0")
+        first, second = await asyncio.wait_for(asyncio.gather(closed_at(idle), closed_at(later)), 5)
+        assert 0.9 <= first - start <= 1.9 and 1.3 <= second - start <= 2.3, (first - start, second - start)
+        await asyncio.sleep(0.5)
+        assert not joined.closed
+        await joined.close()
