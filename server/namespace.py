@@ -167,7 +167,9 @@ class BaseNamespace(NamespaceAdapter):
             # The JS client gets err.message and err.data (here {code}).
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": exc.code}) from None
         self._set_identity(sid, identity)
-        await self.enter_room(sid, user_room(identity.user))
+        # Straight to the manager: AsyncNamespace.enter_room, AsyncServer.enter_room and
+        # AsyncManager.enter_room only hand it on (three coroutines per connect).
+        await self.server.manager.enter(sid, self.namespace, user_room(identity.user))
         await self.connected(sid, identity, recovered, auth)
         admin = self.runtime.namespaces.get("/admin")
         if admin is not None:
