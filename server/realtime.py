@@ -49,6 +49,8 @@ MAX_NAMESPACE_LENGTH = 128
 # Operators' connections: their own event limits, and refusals reported to the namespace.
 OPERATOR_NAMESPACE = "/admin"
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
+# Seconds a just-connected socket's session save waits, to go in one pipeline with others'.
+SAVE_BATCH_DELAY = 0.01
 
 
 # Failures of shared state (Redis unreachable, no pool connection free in time).
@@ -477,6 +479,10 @@ class RealtimeServer(ServerAdapter):
         self._events_in: dict[str, Any] = {}  # namespace -> its events_in counter (connected ones only)
         self._connects: dict[str, Any] = {}  # namespace -> its connects counter (served ones only)
         self._on_connect: dict[str, Any] = {}  # namespace -> its on_connect, see _connect_handler
+        # Sockets whose session is to be saved soon, in one batch (see _save_soon).
+        self._to_save: set[tuple[str, str]] = set()
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._saving: set[asyncio.Task] = set()
         # eio sid -> when it must have joined a namespace, in that order (see _sweep_joining)
         self._joining: dict[str, float] = {}
         self._joining_timer: asyncio.TimerHandle | None = None
@@ -858,7 +864,7 @@ class RealtimeServer(ServerAdapter):
             counter = self._connects[namespace] = self.metrics.connects.labels(namespace)
         counter.inc()
         if csr:
-            await self.save_session_of(namespace, sid)
+            self._save_soon(namespace, sid)
 
     def _connect_handler(self, namespace: str) -> Any:
         """The ``on_connect`` coroutine method of ``namespace``'s class, when python-socketio's
@@ -1000,6 +1006,36 @@ class RealtimeServer(ServerAdapter):
         state = self.csr.get((namespace, sid))
         if state is not None and self.manager.is_connected(sid, namespace):
             await self._save(namespace, sid, state)
+
+    def _save_soon(self, namespace: str, sid: str) -> None:
+        """Save a socket's session within ``SAVE_BATCH_DELAY``, in one pipeline with the other
+        sockets' that connected meanwhile (a connect storm: one round trip per batch, not per
+        connect), when the session store outlives this node. For the save after a CONNECT,
+        which its reply does not wait for anyway."""
+        if not self.sessions.outlives_node:
+            return
+        self._to_save.add((namespace, sid))
+        if self._save_timer is None:
+            self._save_timer = asyncio.get_running_loop().call_later(SAVE_BATCH_DELAY, self._start_saves)
+
+    def _start_saves(self) -> None:
+        self._save_timer = None
+        keys, self._to_save = self._to_save, set()
+        task = asyncio.get_running_loop().create_task(self._save_batch(keys), name="session-saves")
+        self._saving.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._saving.discard)
+
+    async def _save_batch(self, keys: set[tuple[str, str]]) -> None:
+        snapshots = []
+        for namespace, sid in keys:
+            state = self.csr.get((namespace, sid))
+            if state is not None and self.manager.is_connected(sid, namespace):
+                snapshots.append(await self._snapshot(namespace, sid, state))
+        if snapshots:
+            try:
+                await self.sessions.save_many(snapshots, self.max_disconnection_duration)
+            except Exception as exc:
+                log.warning("could not save %d sessions for recovery: %s", len(snapshots), exc)
 
     async def session_heartbeat(self) -> None:
         """Keep every live socket's session saved, so it outlives a crash of this node (not

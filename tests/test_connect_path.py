@@ -114,3 +114,22 @@ async def test_connect_timeout_closes_only_sessions_that_never_joined(servers) -
         await asyncio.sleep(0.5)
         assert not joined.closed
         await joined.close()
+
+
+async def test_a_socket_recovers_on_another_node_when_its_node_dies_right_after_its_connect(
+        servers, js, proxies, redis_url):
+    """With Redis, a socket's session is saved just after its CONNECT (RealtimeServer._save_soon,
+    batched with other sockets' in one pipeline): a node killed a moment later (no disconnect
+    handler runs) leaves the session for the client to recover on another node."""
+    env = {"REDIS_URL": redis_url, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    node1, node2 = servers(env=env), servers(env=env)
+    proxy = await proxies([node1.port])
+    first = await js.connect("s", proxy.url + "/chat", transports=["websocket"], auth={"name": "Kim"})
+    me = await js.emit("s", "whoami")
+    await asyncio.sleep(0.3)
+    node1.kill()
+    await js.call("waitDisconnects", name="s", count=1)
+    proxy.up([node2.port])
+    state = await js.call("waitConnects", name="s", count=2)
+    assert state["recovered"] is True and state["sid"] == first["sid"], state
+    assert await js.emit("s", "whoami") == me
