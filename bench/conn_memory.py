@@ -1,14 +1,15 @@
 """What one idle WebSocket connection costs the server: RSS, Python heap by file, GC objects.
 
     .venv/bin/python bench/conn_memory.py [--conns 2000] [--namespace /bench] [--loop uvloop|asyncio]
-                                          [--tracemalloc] [--top 15]
+                                          [--tracemalloc] [--top 15] [--types]
 
 Runs the server in this process (the bench profile, ``bench/bench.toml``, embedded: no Redis,
 the collector tuned as ``python -m server`` tunes it) and a client in a child process (so its
 memory is not counted) that opens ``--conns`` Socket.IO connections over WebSocket, each
 connected to ``--namespace``, at most 100 in flight, and keeps them idle ``--hold`` seconds. After a warm-up
 (10 connections opened, used and closed, so lazily loaded code is in the baseline) it
-prints, per connection: the RSS delta (KiB), the number of objects the collector tracks, and
+prints, per connection: the RSS delta (KiB), the number of objects the collector tracks (with
+``--types``, by type), and
 with ``--tracemalloc`` (plain asyncio then, to see inside the event loop; slower, and RSS is
 inflated by tracemalloc's own bookkeeping) the Python heap delta by file, top ``--top``, and
 by package. Memory is not disturbed by other processes' CPU load, so one run is enough.
@@ -101,6 +102,14 @@ async def client(port: int, conns: int, namespace: str, deflate: bool) -> None:
 
 # ------------------------------------------------------------------ server (this process)
 
+def tracked_types() -> dict[str, int]:
+    """The objects the collector tracks, by type (``module.qualname``)."""
+    counts: dict[str, int] = defaultdict(int)
+    for o in gc.get_objects():
+        counts[f"{type(o).__module__}.{type(o).__qualname__}"] += 1
+    return counts
+
+
 def package_of(filename: str) -> str:
     for name in ("aiohttp", "asyncio", "engineio", "socketio", "uvloop", "multidict", "yarl"):
         if f"/{name}/" in filename:
@@ -147,6 +156,7 @@ async def measure(args: argparse.Namespace) -> dict:
         tracemalloc.start(max(1, args.frames))
         before_snap = tracemalloc.take_snapshot()
     rss0, objs0 = rss_kib(), len(gc.get_objects())
+    types0 = tracked_types() if args.types else None
     child.stdin.write(b"go\n")
     opened = json.loads(await child.stdout.readline())
     await asyncio.sleep(args.hold)
@@ -156,6 +166,11 @@ async def measure(args: argparse.Namespace) -> dict:
     n = len(app["runtime"].sio.eio.sockets)  # the sessions alive (divides every figure)
     result = {"conns": n, "opened": opened["opened"], "loop": args.loop, "namespace": args.namespace, "connect_wall_s": opened["wall_s"],
               "kib_per_conn_rss": round((rss1 - rss0) / n, 2), "gc_objects_per_conn": round((objs1 - objs0) / n, 1)}
+    if types0 is not None:
+        types1 = tracked_types()
+        diff = {k: (types1.get(k, 0) - types0.get(k, 0)) / n for k in set(types0) | set(types1)}
+        result["tracked_types_per_conn"] = {k: round(v, 2) for k, v in sorted(diff.items(), key=lambda kv: -kv[1])
+                                            if v >= 0.05}
     if args.tracemalloc:
         after_snap = tracemalloc.take_snapshot()
         filters = [tracemalloc.Filter(False, tracemalloc.__file__)]
@@ -198,6 +213,8 @@ def main() -> int:
                         help="measure without a full collection first (as the harness's conns scenario: "
                              "cyclic garbage not collected yet counts)")
     parser.add_argument("--tracemalloc", action="store_true", help="also the Python heap by file and package")
+    parser.add_argument("--types", action="store_true",
+                        help="also the objects the collector tracks per connection, by type")
     parser.add_argument("--top", type=int, default=15, help="files listed with --tracemalloc")
     parser.add_argument("--frames", type=int, default=1,
                         help="with --tracemalloc: over 1, also the top call chains this deep")

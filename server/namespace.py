@@ -1,7 +1,7 @@
 """BaseNamespace: what every application namespace shares.
 
 - Authentication on CONNECT (a JWT in ``auth.token``, or a guest identity kept by
-  ``auth.guestToken``), kept in the socket's session so connection state recovery restores it
+  ``auth.guestToken``), saved with the socket's session so connection state recovery restores it
   (after checking it was not revoked and has not expired meanwhile).
 - Every socket joins the room ``user:<id>`` so messages to a user reach all their connections.
 - Client event IDs: an event whose first argument is an object with ``eventId`` (a string of at
@@ -150,8 +150,12 @@ class BaseNamespace(NamespaceAdapter):
     async def on_connect(self, sid: str, environ: dict, auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
         recovered = self.server.is_recovered(sid, self.namespace)
-        session = await self.get_session(sid)
-        previous = Identity.from_dict(session.get("identity")) if recovered else None
+        previous = None
+        if recovered:
+            # The identity its restored session holds; from now on runtime.identities holds it,
+            # and saved_state puts it in every save of the session.
+            session = await self.get_session(sid)
+            previous = Identity.from_dict(session.pop("identity", None))
         try:
             if previous is not None and "token" not in auth and not self.auth.requires_token(self.namespace):
                 identity = previous
@@ -162,14 +166,22 @@ class BaseNamespace(NamespaceAdapter):
         except AuthError as exc:
             # The JS client gets err.message and err.data (here {code}).
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"code": exc.code}) from None
-        session["identity"] = identity.to_dict()
-        await self.save_session(sid, session)
         self._set_identity(sid, identity)
-        await self.enter_room(sid, user_room(identity.user))
+        # Straight to the manager: AsyncNamespace.enter_room, AsyncServer.enter_room and
+        # AsyncManager.enter_room only hand it on (three coroutines per connect).
+        await self.server.manager.enter(sid, self.namespace, user_room(identity.user))
         await self.connected(sid, identity, recovered, auth)
         admin = self.runtime.namespaces.get("/admin")
         if admin is not None:
             await admin.socket_connected(self.namespace, sid)
+
+    def saved_state(self, sid: str) -> dict[str, Any]:
+        """What a socket's saved session holds besides its python-socketio session (called by
+        RealtimeServer at each save): its identity, which recovery restores (see
+        :meth:`may_recover`). Kept once per socket, in runtime.identities, not also as a
+        dict in its session."""
+        identity = self.runtime.identities.get((self.namespace, sid))
+        return {} if identity is None else {"identity": identity.to_dict()}
 
     def may_recover(self, data: dict[str, Any]) -> bool:
         """Whether a saved session (its data, ``data``) may be restored by its ``pid``: it names an
@@ -248,9 +260,7 @@ class BaseNamespace(NamespaceAdapter):
             raise ClientError(exc.code, str(exc)) from None
         if fresh.user != current.user:
             raise ClientError("forbidden", "token is for another user")
-        self._set_identity(sid, fresh)
-        async with self.session(sid) as session:
-            session["identity"] = fresh.to_dict()
+        self._set_identity(sid, fresh)  # what the socket's saved session will hold (saved_state)
         return ok(expires=fresh.expires)
 
 

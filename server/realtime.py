@@ -11,10 +11,10 @@ takes that connection over instead of failing; recovery can repeat any number of
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +34,7 @@ from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import Backlog
+from .session_environ import SessionEnviron
 from .sessions import SavedSession, SessionStore
 
 log = logging.getLogger("server.realtime")
@@ -48,6 +49,8 @@ MAX_NAMESPACE_LENGTH = 128
 # Operators' connections: their own event limits, and refusals reported to the namespace.
 OPERATOR_NAMESPACE = "/admin"
 NOTEPACK_UNDEFINED = msgpack.ExtType(0, b"\x00")
+# Seconds a just-connected socket's session save waits, to go in one pipeline with others'.
+SAVE_BATCH_DELAY = 0.01
 
 
 # Failures of shared state (Redis unreachable, no pool connection free in time).
@@ -489,6 +492,15 @@ class RealtimeServer(ServerAdapter):
         self._operator_buckets: dict[str, TokenBucket] = {}  # eio sid -> bucket, once it sent an /admin event
         self._upgraded: set[str] = set()
         self._events_in: dict[str, Any] = {}  # namespace -> its events_in counter (connected ones only)
+        self._connects: dict[str, Any] = {}  # namespace -> its connects counter (served ones only)
+        self._on_connect: dict[str, Any] = {}  # namespace -> its on_connect, see _connect_handler
+        # Sockets whose session is to be saved soon, in one batch (see _save_soon).
+        self._to_save: set[tuple[str, str]] = set()
+        self._save_timer: asyncio.TimerHandle | None = None
+        self._saving: set[asyncio.Task] = set()
+        # eio sid -> when it must have joined a namespace, in that order (see _sweep_joining)
+        self._joining: dict[str, float] = {}
+        self._joining_timer: asyncio.TimerHandle | None = None
         # Reasons a disconnect keeps the session: the client's link failed (as Node's
         # RECOVERABLE_DISCONNECT_REASONS), or a recoverable server-initiated Ending.
         self._recoverable = {self.reason.TRANSPORT_CLOSE, self.reason.TRANSPORT_ERROR, self.reason.PING_TIMEOUT,
@@ -517,18 +529,34 @@ class RealtimeServer(ServerAdapter):
 
     async def eio_connected(self, eio_sid: str, environ: dict) -> None:
         await self.library_handle_eio_connect(eio_sid, environ)
-        if self.environ.get(eio_sid) is environ:
-            # Kept for the session's life (each namespace CONNECT's handler gets it): the same
-            # items under interned keys, instead of the "HTTP_*" key strings python-engineio
-            # builds anew for every request (about 0.5 KiB per connection).
-            self.environ[eio_sid] = {sys.intern(key): value for key, value in environ.items()}
+        request = environ.get("aiohttp.request")
+        if request is not None and self.environ.get(eio_sid) is environ:
+            # Kept for the session's life, read by almost nobody: rebuilt when read instead.
+            self.environ[eio_sid] = SessionEnviron(request, self.eio._async["translate_request"])
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.
             socket.transport_started_as_polling = environ.get("QUERY_STRING", "").find("transport=polling") >= 0
-        rate, burst = self.limits.events_per_second, self.limits.event_burst
-        self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
-        asyncio.get_running_loop().call_later(self.connect_timeout, self._check_joined, eio_sid)
+        loop = asyncio.get_running_loop()
+        self._joining[eio_sid] = loop.time() + self.connect_timeout
+        if self._joining_timer is None:
+            self._joining_timer = loop.call_later(self.connect_timeout, self._sweep_joining)
+
+    def _sweep_joining(self) -> None:
+        """Check the sessions whose ``connect_timeout`` has passed (:meth:`_check_joined`), then
+        sleep until the next one's: one timer for all sessions instead of one each (a
+        TimerHandle, its context and arguments: about 250 bytes a session for 45 s). A
+        session leaves ``_joining`` when it joins a namespace or ends."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._joining_timer = None
+        while self._joining:
+            eio_sid, deadline = next(iter(self._joining.items()))  # in order: one timeout for all
+            if deadline > now:
+                self._joining_timer = loop.call_at(deadline, self._sweep_joining)
+                return
+            del self._joining[eio_sid]
+            self._check_joined(eio_sid)
 
     def _check_joined(self, eio_sid: str) -> None:
         if eio_sid not in self.environ:
@@ -756,6 +784,11 @@ class RealtimeServer(ServerAdapter):
                 bucket = self._operator_buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         else:
             bucket = self._buckets.get(eio_sid)
+            if bucket is None and eio_sid in self.environ:
+                # Made at the session's first event, full: as one made when the session began
+                # would be by then (it refills up to its burst); idle sessions keep none.
+                rate, burst = self.limits.events_per_second, self.limits.event_burst
+                bucket = self._buckets[eio_sid] = TokenBucket(rate, burst, burst, time.monotonic())
         if bucket is not None and not bucket.take():
             return "rate_limited"
         return None
@@ -810,7 +843,14 @@ class RealtimeServer(ServerAdapter):
 
         fail: Any = None
         try:
-            ok = await self._trigger_event("connect", namespace, sid, self.environ[eio_sid], data)
+            on_connect = self._connect_handler(namespace)
+            if on_connect is not None:
+                try:
+                    ok = await on_connect(sid, self.environ[eio_sid], data)
+                except asyncio.CancelledError:  # as python-socketio's AsyncNamespace.trigger_event
+                    ok = None
+            else:
+                ok = await self._trigger_event("connect", namespace, sid, self.environ[eio_sid], data)
         except exceptions.ConnectionRefusedError as exc:
             ok, fail = False, exc.error_args
         if ok is False:
@@ -833,9 +873,27 @@ class RealtimeServer(ServerAdapter):
             self.metrics.replayed.labels(namespace).inc(len(missed))
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)
-        self.metrics.connects.labels(namespace).inc()
+        self._joining.pop(eio_sid, None)  # it joined one: no connect timeout any more
+        counter = self._connects.get(namespace)
+        if counter is None:  # labels() costs four times the inc() it is for
+            counter = self._connects[namespace] = self.metrics.connects.labels(namespace)
+        counter.inc()
         if csr:
-            await self.save_session_of(namespace, sid)
+            self._save_soon(namespace, sid)
+
+    def _connect_handler(self, namespace: str) -> Any:
+        """The ``on_connect`` coroutine method of ``namespace``'s class, when python-socketio's
+        ``_trigger_event`` would come to it (a namespace class, no decorator handlers): called
+        directly, a connect skips its handler look-ups and the ``inspect`` checks on the way
+        (about 25 calls). None: go through ``_trigger_event``."""
+        if namespace in self._on_connect:
+            return self._on_connect[namespace]
+        handler = self.namespace_handlers.get(namespace)
+        method = getattr(handler, "on_connect", None) if handler is not None and not self.handlers else None
+        if method is not None and not inspect.iscoroutinefunction(method):
+            method = None
+        self._on_connect[namespace] = method
+        return method
 
     async def evict(self, pid: str) -> bool:
         """Close the socket holding ``pid`` on this node without saving its session again.
@@ -896,8 +954,9 @@ class RealtimeServer(ServerAdapter):
 
     async def _csr_state(self, namespace: str, sid: str, session: SavedSession | None) -> CsrState:
         state = CsrState(session.pid if session is not None else secrets.token_urlsafe(15))
-        self.csr[(namespace, sid)] = state
-        self.pids[state.pid] = (namespace, sid)
+        key = (namespace, sid)  # one tuple for both maps
+        self.csr[key] = state
+        self.pids[state.pid] = key
         return state
 
     # ------------------------------------------------------------------ disconnect
@@ -931,13 +990,21 @@ class RealtimeServer(ServerAdapter):
                 log.debug("could not drop session %s: %s", forget, exc)
 
     async def _snapshot(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> SavedSession:
-        try:
-            data = await self.get_session(sid, namespace=namespace)
-        except KeyError:
-            data = {}
+        data = self._session_data(namespace, sid)
+        saved_state = getattr(self.namespace_handlers.get(namespace), "saved_state", None)
+        if saved_state is not None:
+            data.update(saved_state(sid))
         positions, trail = self.rt_manager.snapshot(namespace, sid, with_trail)
-        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, data=dict(data),
+        return SavedSession(sid=sid, pid=state.pid, namespace=namespace, data=data,
                             positions=positions, trail=trail)
+
+    def _session_data(self, namespace: str, sid: str) -> dict[str, Any]:
+        """A copy of the socket's python-socketio session (empty when it has none): read
+        without python-socketio's get_session, which creates an empty one for every socket."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        socket = self.eio.sockets.get(eio_sid) if eio_sid else None
+        session = socket.session.get(namespace) if socket is not None else None
+        return dict(session) if session else {}
 
     async def _save(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> None:
         try:
@@ -947,13 +1014,49 @@ class RealtimeServer(ServerAdapter):
             log.warning("could not save session of %s for recovery: %s", sid, exc)
 
     async def save_session_of(self, namespace: str, sid: str) -> None:
-        """Save a live socket's session now (its rooms changed)."""
+        """Save a live socket's session now (it connected, or its rooms changed), when the
+        session store outlives this node (else it is saved when the socket ends)."""
+        if not self.sessions.outlives_node:
+            return
         state = self.csr.get((namespace, sid))
         if state is not None and self.manager.is_connected(sid, namespace):
             await self._save(namespace, sid, state)
 
+    def _save_soon(self, namespace: str, sid: str) -> None:
+        """Save a socket's session within ``SAVE_BATCH_DELAY``, in one pipeline with the other
+        sockets' that connected meanwhile (a connect storm: one round trip per batch, not per
+        connect), when the session store outlives this node. For the save after a CONNECT,
+        which its reply does not wait for anyway."""
+        if not self.sessions.outlives_node:
+            return
+        self._to_save.add((namespace, sid))
+        if self._save_timer is None:
+            self._save_timer = asyncio.get_running_loop().call_later(SAVE_BATCH_DELAY, self._start_saves)
+
+    def _start_saves(self) -> None:
+        self._save_timer = None
+        keys, self._to_save = self._to_save, set()
+        task = asyncio.get_running_loop().create_task(self._save_batch(keys), name="session-saves")
+        self._saving.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._saving.discard)
+
+    async def _save_batch(self, keys: set[tuple[str, str]]) -> None:
+        snapshots = []
+        for namespace, sid in keys:
+            state = self.csr.get((namespace, sid))
+            if state is not None and self.manager.is_connected(sid, namespace):
+                snapshots.append(await self._snapshot(namespace, sid, state))
+        if snapshots:
+            try:
+                await self.sessions.save_many(snapshots, self.max_disconnection_duration)
+            except Exception as exc:
+                log.warning("could not save %d sessions for recovery: %s", len(snapshots), exc)
+
     async def session_heartbeat(self) -> None:
-        """Keep every live socket's session saved, so it outlives a crash of this node."""
+        """Keep every live socket's session saved, so it outlives a crash of this node (not
+        needed when the store would not outlive it: it returns at once then)."""
+        if not self.sessions.outlives_node:
+            return
         while True:
             await asyncio.sleep(max(1.0, self.max_disconnection_duration / 3))
             items = list(self.csr.items())
@@ -969,6 +1072,7 @@ class RealtimeServer(ServerAdapter):
                     break
 
     async def eio_disconnected(self, eio_sid: str, reason: str) -> None:
+        self._joining.pop(eio_sid, None)
         self._buckets.pop(eio_sid, None)
         self._operator_buckets.pop(eio_sid, None)
         self._upgraded.discard(eio_sid)

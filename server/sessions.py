@@ -81,6 +81,12 @@ def _offset(value: object) -> bool:
 
 
 class SessionStore(Protocol):
+    # Whether what it holds outlives this process (shared with the other nodes). When it does
+    # not, a live socket's session is saved only when the socket ends: saving it while it is
+    # live (on connect, on a room change, by the heartbeat) guards against this node's death,
+    # which takes such a store with it.
+    outlives_node: bool
+
     async def save(self, session: SavedSession, ttl: float) -> None:
         """Keep ``session`` for ``ttl`` seconds under its ``pid``."""
 
@@ -92,6 +98,8 @@ class SessionStore(Protocol):
 
 
 class MemorySessionStore:
+    outlives_node = False
+
     def __init__(self) -> None:
         self._items: dict[str, tuple[float, SavedSession]] = {}
         self._next_sweep = 0.0
@@ -117,6 +125,8 @@ class MemorySessionStore:
 
 
 class RedisSessionStore:
+    outlives_node = True
+
     def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
         self.client = client
         self.prefix = prefix

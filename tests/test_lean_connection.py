@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from aiohttp import web
 from namespaces import factories
 from server.app import create_app
 from server.config import load_config
+from server.session_environ import SessionEnviron
 from server.websocket import WebSocketConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +75,11 @@ async def test_an_idle_websocket_has_no_task_and_no_aiohttp_request_handler():
 
             sio = app["runtime"].sio
             eio = sio.eio
-            # The environ kept for the session (namespace handlers get it) has every item, under
-            # keys shared between connections; the driver keeps no second reference to it.
+            # The environ kept for the session (namespace handlers get it) has every item, kept
+            # as its request (SessionEnviron), not as a dict; the driver keeps no second reference.
             [(eio_sid, environ)] = sio.environ.items()
             assert environ["HTTP_UPGRADE"] == "websocket" and environ["aiohttp.request"].remote == "127.0.0.1"
-            assert all(key is sys.intern(key) for key in environ)
+            assert isinstance(environ, SessionEnviron) and not hasattr(environ, "__dict__")
             assert type(eio.sockets[eio_sid]._ws) is WebSocketConnection
             assert len(eio.sockets) == 1 and eio.requests_in_flight == 1 and len(eio._websockets) == 1
             await ws.close()

@@ -1,0 +1,135 @@
+"""The connect path's shortcuts give what the generic code they replace gave, and what a
+socket keeps once is still there when its session is saved and restored."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from server.auth import Identity
+
+
+def test_identity_to_dict_is_asdict() -> None:
+    """Identity.to_dict is written out by hand (asdict deep-copies, once per connect): it must
+    name every field, and copy the lists, as asdict does."""
+    identity = Identity(user="u1", name="U", guest=False, expires=5.0, namespaces=["/chat"], rooms=["a:"],
+                        role="admin", issued=1.5, notice="n")
+    assert identity.to_dict() == dataclasses.asdict(identity)
+    assert list(identity.to_dict()) == [f.name for f in dataclasses.fields(Identity)]
+    copied = identity.to_dict()
+    assert copied["namespaces"] is not identity.namespaces and copied["rooms"] is not identity.rooms
+    assert Identity.from_dict(copied) == identity
+    guest = Identity(user="guest-abcdefgh", name="g", guest=True)
+    assert guest.to_dict() == dataclasses.asdict(guest)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_recovery_restores_the_identity_twice(servers, js, proxies, redis_url, store):
+    """A socket's identity is kept once (runtime.identities) and put in each save of its
+    session (BaseNamespace.saved_state): a guest recovered after a cut is the same guest, with
+    its name, and stays so after a second cut (its restored session is saved again)."""
+    env = {"PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    if store == "redis":
+        env["REDIS_URL"] = redis_url
+    srv = servers(env=env)
+    proxy = await proxies([srv.port])
+    first = await js.connect("g", proxy.url + "/chat", transports=["websocket"], auth={"name": "Zed"})
+    me = await js.emit("g", "whoami")
+    assert me["guest"] is True and me["name"] == "Zed"
+    for count in (2, 3):
+        proxy.down()
+        await js.call("waitDisconnects", name="g", count=count - 1)
+        proxy.up()
+        state = await js.call("waitConnects", name="g", count=count)
+        # Without its identity the saved session is not restored (may_recover), and a guest
+        # connecting afresh without its guest token gets a new guest id.
+        assert state["recovered"] is True and state["sid"] == first["sid"], state
+        assert await js.emit("g", "whoami") == me
+
+
+async def test_session_environ_is_the_environ_python_engineio_built() -> None:
+    """What a session keeps of its request's environ (SessionEnviron) reads as the dict
+    python-engineio's aiohttp driver built for that request, however it is read, after the
+    request is over too."""
+    import aiohttp
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+    from engineio.async_drivers.aiohttp import translate_request
+
+    from server.session_environ import SessionEnviron
+
+    kept: list[tuple[SessionEnviron, dict]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        kept.append((SessionEnviron(request, translate_request), translate_request(request)))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/socket.io/", handler)
+    async with TestServer(app) as server, aiohttp.ClientSession() as client:
+        for agent in ("a", "b"):
+            url = server.make_url("/socket.io/?EIO=4&transport=websocket")
+            async with client.get(url, headers={"User-Agent": agent, "X-Forwarded-For": "10.0.0.1"}) as response:
+                assert response.status == 200
+    (first, built_first), (second, built_second) = kept
+    for environ, built in ((first, built_first), (second, built_second), (first, built_first)):
+        assert dict(environ.items()) == built and environ == built
+        assert environ.get("HTTP_USER_AGENT") == built["HTTP_USER_AGENT"] and environ["RAW_URI"] == built["RAW_URI"]
+        assert "HTTP_X_FORWARDED_FOR" in environ and "HTTP_COOKIE" not in environ
+        assert environ.get("nothing", 5) == 5 and len(environ) == len(built) and list(environ) == list(built)
+        assert environ.environ() is not environ.environ()  # a caller's copy to change
+    assert first.get("HTTP_USER_AGENT") == "a" and second.get("HTTP_USER_AGENT") == "b"
+
+
+async def test_connect_timeout_closes_only_sessions_that_never_joined(servers) -> None:
+    """One timer checks every session's connect_timeout (RealtimeServer._sweep_joining): each
+    session that joined no namespace is closed once its own timeout passed, sessions opened
+    later too; a session that joined one stays."""
+    import aiohttp
+
+    srv = servers(env={"CONNECT_TIMEOUT": "1"})
+    url = srv.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    loop = asyncio.get_running_loop()
+
+    async def closed_at(ws) -> float:
+        async for _ in ws:
+            pass
+        return loop.time()
+
+    async with aiohttp.ClientSession() as http:
+        start = loop.time()
+        idle = await http.ws_connect(url)
+        joined = await http.ws_connect(url)
+        for ws in (idle, joined):
+            assert (await ws.receive_str()).startswith("0")
+        await joined.send_str("40/chat,")
+        assert (await joined.receive_str()).startswith("40/chat,")
+        await asyncio.sleep(0.4)
+        later = await http.ws_connect(url)
+        assert (await later.receive_str()).startswith("0")
+        first, second = await asyncio.wait_for(asyncio.gather(closed_at(idle), closed_at(later)), 5)
+        assert 0.9 <= first - start <= 1.9 and 1.3 <= second - start <= 2.3, (first - start, second - start)
+        await asyncio.sleep(0.5)
+        assert not joined.closed
+        await joined.close()
+
+
+async def test_a_socket_recovers_on_another_node_when_its_node_dies_right_after_its_connect(
+        servers, js, proxies, redis_url):
+    """With Redis, a socket's session is saved just after its CONNECT (RealtimeServer._save_soon,
+    batched with other sockets' in one pipeline): a node killed a moment later (no disconnect
+    handler runs) leaves the session for the client to recover on another node."""
+    env = {"REDIS_URL": redis_url, "PING_INTERVAL": "1", "PING_TIMEOUT": "1"}
+    node1, node2 = servers(env=env), servers(env=env)
+    proxy = await proxies([node1.port])
+    first = await js.connect("s", proxy.url + "/chat", transports=["websocket"], auth={"name": "Kim"})
+    me = await js.emit("s", "whoami")
+    await asyncio.sleep(0.3)
+    node1.kill()
+    await js.call("waitDisconnects", name="s", count=1)
+    proxy.up([node2.port])
+    state = await js.call("waitConnects", name="s", count=2)
+    assert state["recovered"] is True and state["sid"] == first["sid"], state
+    assert await js.emit("s", "whoami") == me
