@@ -45,8 +45,10 @@ from aiohttp import web, web_server
 from aiohttp.tcp_helpers import tcp_keepalive
 from engineio import packet as eio_packet
 
+from . import websocket
 from .eager import start_eagerly
-from .polling import PollingFront
+from .lean_request import Headers, LeanRequest, lean_environ
+from .polling import PollingFront, parse_query
 
 log = logging.getLogger("server.http_front")
 
@@ -57,35 +59,6 @@ LINGER_TIMEOUT = 10.0  # aiohttp's lingering_time: how long the rest of a refuse
 _SERVER = "Python/{0[0]}.{0[1]} aiohttp/{1}".format(sys.version_info, aiohttp.__version__)  # as aiohttp's
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NOOP = eio_packet.NOOP
-_POLLING = {"transport": "polling"}
-
-
-class Headers(dict):
-    """A request's headers by lower-case name, repeated ones joined with commas; what
-    ``PollingFront.route`` reads (``in``, ``get``, ``getall``)."""
-
-    __slots__ = ()
-
-    def getall(self, name: str, default: Any = None) -> Any:
-        value = self.get(name)
-        return default if value is None else [value]
-
-
-class LeanRequest(dict):
-    """What ``check_polling`` and python-engineio's environ need of a request on the lean path:
-    the declared body length, a body stream (only for a body that never came), the client's
-    address, the transport its query names, and item storage (``rt_packets``, ``rt_sid``)."""
-
-    __slots__ = ("content_length", "content", "remote", "query")
-
-    def __init__(self, remote: str, content_length: int | None = None, content: Any = None) -> None:
-        super().__init__()
-        self.query = _POLLING  # every lean request is a polling one
-        self.remote = remote
-        self.content_length = content_length
-        self.content = content
-
-
 class _StalledBody:
     """The body stream of a POST whose body did not come within ``body_timeout``: reading it
     times out, so ``check_polling`` answers 408 as it does on aiohttp's path."""
@@ -251,7 +224,9 @@ class HttpFront(asyncio.Protocol):
         parser = self.parser
         try:
             parser.feed_data(head)
-        except Exception:  # malformed, an upgrade, ...: aiohttp answers it
+        except httptools.HttpParserUpgrade:
+            return self._websocket(size)
+        except Exception:  # malformed, ...: aiohttp answers it
             return self._hand_off()
         headers = self.headers
         prefix = self.front.prefix_bytes
@@ -292,6 +267,69 @@ class HttpFront(asyncio.Protocol):
         self._expire(self.engine.body_timeout, "body")
         return self._take_body()
 
+    def _websocket(self, size: int) -> bool:
+        """An upgrade request (its head ``size`` bytes): a new session's WebSocket is opened from
+        here by server/websocket.py, with no aiohttp on the way; any other goes to aiohttp."""
+        headers = self.headers
+        parser = self.parser
+        prefix = self.front.prefix_bytes
+        url = self.url
+        if (self._count > MAX_HEADERS or not url.startswith(prefix) or parser.get_method() != b"GET"
+                or parser.get_http_version() != "1.1" or "content-length" in headers
+                or "transfer-encoding" in headers):
+            return self._hand_off()
+        try:
+            query = url[len(prefix):].decode("ascii")
+        except UnicodeDecodeError:
+            return self._hand_off()
+        params = parse_query(query)
+        if params is None or not websocket.acceptable(self.engine, params, headers, self.remote):
+            return self._hand_off()
+        request = LeanRequest(self.remote, path=self.front.prefix[:-1], query_string=query, headers=headers,
+                              query=params)
+        request.transport = self.transport
+        environ = lean_environ(request)
+        allowed, cors = websocket.cors_of(self.engine, environ)
+        if not allowed:
+            return self._hand_off()
+        tail, self.buf = self.buf[size:], b""
+        self.busy = True  # (counted in flight until the connection is the WebSocket's)
+        self.deadline = 0.0
+        self.kind = ""
+        self.keep_alive = False  # a refused WebSocket request is answered, then the connection closed
+        self.pending = (cors, "", "GET")
+        self.front.lean_requests += 1
+        self.engine.requests_in_flight += 1
+        start_eagerly(self._open_websocket(environ, headers["sec-websocket-key"], tail))
+        return False
+
+    async def _open_websocket(self, environ: dict[str, Any], key: str, tail: bytes) -> None:
+        try:
+            refusal = await websocket.open_session(self.engine, environ, key, lambda: self._give_transport(tail))
+        except Exception:
+            log.exception("WebSocket handshake failed")
+            refusal = web.Response(status=500, text="500 Internal Server Error")
+        if refusal is not None:
+            self._answer(refusal)
+
+    def _give_transport(self, tail: bytes) -> tuple[asyncio.Transport, bytes] | None:
+        """This connection for the WebSocket, with ``tail`` (what came behind its request): this
+        front lets it go; None when the client left meanwhile."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return None
+        self.transport = None
+        self.server.lean_fronts.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._done()
+        self.pending = None
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+        return transport, tail
+
     def _take_body(self) -> bool:
         """Serve the POST whose head was read once its whole body is in ``buf``."""
         assert self.body_at is not None
@@ -330,34 +368,12 @@ class HttpFront(asyncio.Protocol):
 
     async def _handshake(self, query: str) -> None:
         try:
-            answer = await self.engine._handle_connect(self._environ(query), "polling")
+            request = LeanRequest(self.remote, path=self.front.prefix[:-1], query_string=query, headers=self.headers)
+            answer = await self.engine._handle_connect(lean_environ(request), "polling")
         except Exception:
             log.exception("polling handshake failed")
             answer = web.Response(status=500, text="500 Internal Server Error")
         self._answer(answer)
-
-    def _environ(self, query: str) -> dict[str, Any]:
-        """python-engineio's environ for a handshake, as its aiohttp driver's translate_request
-        builds it (the connect handlers read headers, the address and the query)."""
-        path = self.front.prefix[:-1]
-        environ: dict[str, Any] = {
-            "wsgi.input": None, "wsgi.version": (1, 0), "wsgi.async": True, "wsgi.multithread": False,
-            "wsgi.multiprocess": False, "wsgi.run_once": False, "SERVER_SOFTWARE": "aiohttp",
-            "REQUEST_METHOD": "GET", "QUERY_STRING": query, "RAW_URI": self.front.prefix + query,
-            "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "0",
-            "SERVER_NAME": "aiohttp", "SERVER_PORT": "0", "aiohttp.request": LeanRequest(self.remote),
-        }
-        for name, value in self.headers.items():
-            if name == "content-type":
-                environ["CONTENT_TYPE"] = value
-            elif name == "content-length":
-                environ["CONTENT_LENGTH"] = value
-            else:
-                environ["HTTP_" + name.upper().replace("-", "_")] = value
-        environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
-        environ["PATH_INFO"] = path
-        environ["SCRIPT_NAME"] = ""
-        return environ
 
     async def _post(self, socket: Any, request: LeanRequest, body: bytes | None) -> None:
         try:

@@ -34,6 +34,7 @@ from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import Backlog
+from .lean_request import LeanRequest, lean_environ
 from .session_environ import SessionEnviron
 from .sessions import SavedSession, SessionStore
 
@@ -532,7 +533,8 @@ class RealtimeServer(ServerAdapter):
         request = environ.get("aiohttp.request")
         if request is not None and self.environ.get(eio_sid) is environ:
             # Kept for the session's life, read by almost nobody: rebuilt when read instead.
-            self.environ[eio_sid] = SessionEnviron(request, self.eio._async["translate_request"])
+            translate = lean_environ if isinstance(request, LeanRequest) else self.eio._async["translate_request"]
+            self.environ[eio_sid] = SessionEnviron(request, translate)
         socket = self.eio.sockets.get(eio_sid)
         if socket is not None:
             # Counted as an upgrade later only if the session began on long-polling.

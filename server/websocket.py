@@ -24,7 +24,8 @@ import base64
 import binascii
 import hashlib
 import logging
-from typing import Any, Awaitable
+from collections.abc import Mapping
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from engineio import packet as eio_packet
@@ -83,44 +84,62 @@ def _shutting_down(engine: Any) -> bool:
     return bool(getattr(engine, "shutting_down", False) or getattr(owner, "shutting_down", False))
 
 
+def acceptable(engine: Any, params: Mapping[str, str], headers: Any, remote: str) -> bool:
+    """Whether a GET to the Engine.IO path opens a new session's WebSocket that this module
+    serves (see the module docstring); the origin is checked by :func:`cors_of`.
+
+    :param engine: the Engine.IO server (a RealtimeEngine).
+    :param params: the request's query parameters.
+    :param headers: its headers, read by lower-case name with ``get`` (aiohttp's or
+        server/lean_request.py's ``Headers``).
+    :param remote: the client's address (its connection limit).
+    """
+    if not getattr(engine, "lean_websocket", True) or engine.websocket_compression:
+        return False
+    if "websocket" not in engine.transports or not issubclass(engine.socket_class, RealtimeSocket):
+        return False
+    if (params.get("EIO") != "4" or params.get("transport") != "websocket" or "sid" in params
+            or "j" in params):
+        return False
+    if (headers.get("upgrade", "").lower() != "websocket" or headers.get("sec-websocket-version") != "13"
+            or "upgrade" not in [part.strip() for part in headers.get("connection", "").lower().split(",")]
+            or not _valid_key(headers.get("sec-websocket-key"))):
+        return False
+    # Else the application answers 429 / the namespace refuses.
+    return engine._per_ip.get(remote, 0) < engine.max_connections_per_ip and not _shutting_down(engine)
+
+
+def cors_of(engine: Any, environ: dict) -> tuple[bool, dict | None]:
+    """Whether the request's origin is allowed (else the application answers 400, naming it),
+    and the environ its CORS headers are made from (None: the plain ones)."""
+    if engine.cors_allowed_origins == []:
+        return True, None
+    origin = environ.get("HTTP_ORIGIN")
+    if origin:
+        allowed = engine._cors_allowed_origins(environ)
+        if allowed is not None and origin not in allowed:
+            return False, None
+    return True, environ if origin or "HTTP_ACCESS_CONTROL_REQUEST_HEADERS" in environ else None
+
+
 def take_websocket(front: Any, request: web.BaseRequest) -> Awaitable[web.StreamResponse] | None:
-    """The lean path's answer to ``request`` when it opens a new session's WebSocket that this
-    module can serve (see the module docstring), else None (the application answers it).
+    """The answer to ``request``, through aiohttp's request handler, when it opens a new
+    session's WebSocket that this module can serve (see the module docstring), else None (the
+    application answers it). (server/http_front.py's HttpFront takes such requests before aiohttp
+    parses them; this serves those it handed to aiohttp, and a node without the lean front.)
 
     :param front: server/polling.py's ``PollingFront`` (its engine; its CORS answer on refusal).
     :param request: a GET to the Engine.IO path, before the application has seen it.
     """
     engine = front.engine
-    if not getattr(engine, "lean_websocket", True) or engine.websocket_compression:
+    if not acceptable(engine, request.query, request.headers, request.remote or "") or request.can_read_body:
         return None
-    if "websocket" not in engine.transports or not issubclass(engine.socket_class, RealtimeSocket):
+    if request.transport is None or getattr(request.protocol, "_message_tail", None) is None:
         return None
-    query = request.query
-    if (query.get("EIO") != "4" or query.get("transport") != "websocket" or "sid" in query
-            or "j" in query):
-        return None
-    headers = request.headers
-    if headers.get("Upgrade", "").lower() != "websocket" or headers.get("Sec-WebSocket-Version") != "13":
-        return None
-    if "upgrade" not in [part.strip() for part in headers.get("Connection", "").lower().split(",")]:
-        return None
-    if not _valid_key(headers.get("Sec-WebSocket-Key")) or request.can_read_body:
-        return None
-    protocol = request.protocol
-    if request.transport is None or getattr(protocol, "_message_tail", None) is None:
-        return None
-    if engine._per_ip.get(request.remote or "", 0) >= engine.max_connections_per_ip or _shutting_down(engine):
-        return None  # the application answers 429 / the namespace refuses
     environ = engine._async["translate_request"](request)
-    cors: dict | None = None
-    if engine.cors_allowed_origins != []:
-        origin = environ.get("HTTP_ORIGIN")
-        if origin:
-            allowed = engine._cors_allowed_origins(environ)
-            if allowed is not None and origin not in allowed:
-                return None  # the application answers 400, naming the origin
-        if origin or "HTTP_ACCESS_CONTROL_REQUEST_HEADERS" in environ:
-            cors = environ
+    allowed, cors = cors_of(engine, environ)
+    if not allowed:
+        return None
     return _open(front, request, environ, cors)
 
 
@@ -159,42 +178,69 @@ class _Detached(web.StreamResponse):
         raise ConnectionResetError("the connection was handed to server.websocket")
 
 
-async def _open(front: Any, request: web.BaseRequest, environ: dict, cors: dict | None) -> web.StreamResponse:
-    engine = front.engine
+async def open_session(engine: Any, environ: dict, key: str,
+                       take_transport: Callable[[], tuple[asyncio.Transport, bytes] | None]) -> Any:
+    """Create a new session for the WebSocket request of ``environ`` and make a
+    :class:`WebSocketConnection` its connection's protocol: None once done, else the answer
+    to write (the connect handler's refusal, or a 400 when the client left meanwhile).
+
+    :param engine: the Engine.IO server.
+    :param environ: the request's environ (the connect handlers read it).
+    :param key: the client's ``Sec-WebSocket-Key``.
+    :param take_transport: detaches the connection from the protocol that read the request
+        and returns its transport and the bytes received behind the request, or None when the
+        connection is gone; called once the session is accepted.
+    """
     engine.requests_in_flight += 1  # while the WebSocket is open, as RealtimeEngine.serve counted it
     handed = False
     try:
         socket, refusal = await create_session(engine, environ)
         if refusal is not None:
-            return front._response(refusal, request, cors, "GET")
-        transport = request.transport
-        if transport is None or transport.is_closing() or socket.closed:  # the client left meanwhile
+            return refusal
+        taken = take_transport() if not socket.closed else None
+        if taken is None:  # the client left meanwhile
             await engine._end(socket)
             return web.Response(status=400, text='"Invalid WebSocket handshake"')
+        transport, tail = taken
         connection = WebSocketConnection(socket, transport, engine)
         switching = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept_key(request.headers["Sec-WebSocket-Key"]).encode()
-                     + b"\r\n\r\n")
-        # Detach aiohttp's RequestHandler without closing the transport: with no transport its
-        # connection_lost closes nothing, its server manager forgets it, its keep-alive timer is
-        # cancelled, and its start() Task ends on _Detached's reset (server/library_pins.py).
-        handler = request.protocol
-        tail = handler._message_tail  # frames the client sent behind its request already
-        handler._message_tail = b""
-        handler.transport = None
-        handler.connection_lost(None)
-        # The request stays in the session's environ (the connect handlers read it): it must not
-        # keep the detached handler alive through itself or its writer (request.transport is
-        # None from now on, as for any request whose connection is gone).
-        request._protocol = None
-        request._payload_writer = None
+                     b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n")
         transport.set_protocol(connection)
         handed = True
         connection.start(switching, tail)
-        return _Detached(status=101)
+        return None
     finally:
         if not handed:
             engine.requests_in_flight -= 1
+
+
+def _detach(request: web.BaseRequest) -> tuple[asyncio.Transport, bytes] | None:
+    """Take the connection of ``request`` from aiohttp's RequestHandler without closing it:
+    with no transport its connection_lost closes nothing, its server manager forgets it, its
+    keep-alive timer is cancelled, and its start() Task ends on _Detached's reset
+    (server/library_pins.py)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return None
+    handler = request.protocol
+    tail = handler._message_tail  # frames the client sent behind its request already
+    handler._message_tail = b""
+    handler.transport = None
+    handler.connection_lost(None)
+    # The request stays in the session's environ (the connect handlers read it): it must not
+    # keep the detached handler alive through itself or its writer (request.transport is
+    # None from now on, as for any request whose connection is gone).
+    request._protocol = None
+    request._payload_writer = None
+    return transport, tail
+
+
+async def _open(front: Any, request: web.BaseRequest, environ: dict, cors: dict | None) -> web.StreamResponse:
+    answer = await open_session(front.engine, environ, request.headers["Sec-WebSocket-Key"],
+                                lambda: _detach(request))
+    if answer is None:
+        return _Detached(status=101)
+    return front._response(answer, request, cors, "GET")
 
 
 class WebSocketConnection(asyncio.Protocol):
