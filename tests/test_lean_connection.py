@@ -117,3 +117,33 @@ async def test_the_read_watchdog_rearms_after_a_read_and_cuts_a_silent_websocket
             assert not eio.sockets and socket._watchdog is None
     finally:
         await runner.cleanup()
+
+
+async def test_sessions_opened_on_the_lean_front_keep_an_environ_that_reads_like_engineio_s():
+    """A session opened by server/http_front.py (a polling handshake, a WebSocket) keeps its
+    request, and its environ rebuilt from it reads as python-engineio's: the connect handlers
+    and the Admin UI's socket details read headers, query and address from it. The WebSocket's
+    request never reached aiohttp (no request of the application's path counted)."""
+    runner, app, port = await start_server()
+    try:
+        sio = app["runtime"].sio
+        registry = app["runtime"].metrics.registry
+        async with aiohttp.ClientSession(headers={"User-Agent": "lean-test/1"}) as session:
+            async with session.get(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling&x=1") as resp:
+                assert resp.status == 200 and (await resp.text()).startswith("0")
+            ws = await connect(session, port)
+            environs = list(sio.environ.values())
+            assert len(environs) == 2 and all(isinstance(e, SessionEnviron) for e in environs)
+            polling, websocket = sorted(environs, key=lambda e: e["QUERY_STRING"])
+            assert polling["QUERY_STRING"] == "EIO=4&transport=polling&x=1"
+            assert websocket["QUERY_STRING"] == "EIO=4&transport=websocket"
+            for environ in (polling, websocket):
+                assert environ["HTTP_USER_AGENT"] == "lean-test/1" and environ["REQUEST_METHOD"] == "GET"
+                assert environ["PATH_INFO"] == "/socket.io/" and environ["aiohttp.request"].remote == "127.0.0.1"
+                assert dict(environ)["RAW_URI"] == "/socket.io/?" + environ["QUERY_STRING"]
+            assert websocket["HTTP_UPGRADE"] == "websocket"
+            assert registry.get_sample_value("rt_http_requests_total", {"path": "app"}) == 0
+            assert registry.get_sample_value("rt_http_requests_total", {"path": "lean"}) == 2
+            await ws.close()
+    finally:
+        await runner.cleanup()
