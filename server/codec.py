@@ -31,3 +31,6 @@ encode_packet = implementation.encode_packet
 data_is_binary = implementation.data_is_binary
 message_packet = implementation.message_packet
 text_frame = implementation.text_frame
+
+# The fan-out's per-recipient frame writes (server/manager.py RealtimeManager._deliver).
+write_frames = implementation.write_frames
