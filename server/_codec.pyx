@@ -358,3 +358,33 @@ cdef class FrameParser:
         self._parts = []
         out.append((FAIL, code))
         return out
+
+
+# ------------------------------------------------------------------ fan-out (server/manager.py)
+
+def write_frames(list targets not None, dict sockets not None, bytes frame not None, long long max_packets,
+                 long long max_bytes, long long limit):
+    """Write one fan-out's WebSocket ``frame`` straight to each target's TCP transport where
+    nothing can stand in its way; return the targets left for the general path (see the pure
+    twin's docstring: the same decisions, without a Python frame per target)."""
+    cdef list rest = []
+    cdef Py_ssize_t size = len(frame)
+    cdef long long room = max_bytes - size
+    cdef bint admits = max_packets > 0
+    cdef long long buffered
+    cdef object target, socket, transport
+    for target in targets:
+        socket = sockets.get((<tuple?>target)[1])
+        if socket is None or socket.closed or socket.closing:
+            continue
+        transport = socket.ws_out
+        if (transport is None or not admits or socket.overflowed or socket.upgrading
+                or socket.queue._unfinished_tasks or transport.is_closing()):
+            rest.append(target)
+            continue
+        buffered = transport.get_write_buffer_size()
+        if buffered >= limit or (buffered and buffered > room):
+            rest.append(target)
+            continue
+        transport.write(frame)
+    return rest

@@ -33,3 +33,6 @@ message_packet = implementation.message_packet
 text_frame = implementation.text_frame
 # RFC 6455 client frames to messages (server/websocket.py); its event codes are the same in both.
 FrameParser = implementation.FrameParser
+
+# The fan-out's per-recipient frame writes (server/manager.py RealtimeManager._deliver).
+write_frames = implementation.write_frames
