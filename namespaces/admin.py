@@ -178,6 +178,10 @@ class AdminNamespace(BaseNamespace):
                 for k, v in now.items() if v - previous.get(k, 0) > 0]
 
     async def _stats_loop(self) -> None:
+        if not self._enabled():
+            # No operator can log in (no password configured on this node): nobody to report to,
+            # and each report walks every socket.
+            return
         while True:
             await asyncio.sleep(2)
             # Every node reports; with Redis the emit reaches operators on every node.
