@@ -48,7 +48,7 @@ from engineio import packet as eio_packet
 from . import websocket
 from .eager import start_eagerly
 from .lean_request import Headers, LeanRequest, lean_environ
-from .polling import PollingFront, parse_query
+from .polling import TEXT_PACKETS, PollingFront, parse_query
 
 log = logging.getLogger("server.http_front")
 
@@ -59,6 +59,7 @@ LINGER_TIMEOUT = 10.0  # aiohttp's lingering_time: how long the rest of a refuse
 _SERVER = "Python/{0[0]}.{0[1]} aiohttp/{1}".format(sys.version_info, aiohttp.__version__)  # as aiohttp's
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NOOP = eio_packet.NOOP
+_TYPES = tuple(str(n) for n in range(len(eio_packet.packet_names)))  # a packet type's digit
 class _StalledBody:
     """The body stream of a POST whose body did not come within ``body_timeout``: reading it
     times out, so ``check_polling`` answers 408 as it does on aiohttp's path."""
@@ -72,15 +73,34 @@ class _StalledBody:
 
 _date_second = -1
 _date_value = ""
+_date_bytes = b""
+_time = time.time
+# The rest of a 200 answer's head after its constant headers (PollingFront.ok_head), and its body.
+_OK_TAIL = b"Content-Length: %d\r\nDate: %s\r\nServer: " + _SERVER.encode() + b"\r\n\r\n%s"
+_OK = b"ok"
 
 
 def http_date() -> str:
     """The Date header's value, formatted once a second."""
-    global _date_second, _date_value
-    now = int(time.time())
+    global _date_second, _date_value, _date_bytes
+    now = int(_time())
     if now != _date_second:
         _date_second, _date_value = now, formatdate(now, usegmt=True)
+        _date_bytes = _date_value.encode("latin-1")
     return _date_value
+
+
+def payload_bytes(packets: list) -> bytes:
+    """python-engineio's ``Payload(packets=packets).encode()`` as UTF-8 bytes (what its ``_ok``
+    answers a long-poll with): the packets joined by \\x1e, a binary one in base64 after a
+    ``b``. One text packet, the common answer, is encoded here without the library's steps."""
+    if len(packets) == 1:
+        pkt = packets[0]
+        data = pkt.data
+        if data.__class__ is str and not pkt.binary and not pkt.encode_cache:
+            return (_TYPES[pkt.packet_type] + data).encode()
+        return pkt.encode(b64=True).encode()
+    return "\x1e".join([pkt.encode(b64=True) for pkt in packets]).encode()
 
 
 class HttpFront(asyncio.Protocol):
@@ -91,7 +111,7 @@ class HttpFront(asyncio.Protocol):
 
     __slots__ = ("server", "front", "engine", "transport", "loop", "remote", "buf", "parser", "url", "headers",
                  "_name", "_complete", "_count", "body_at", "busy", "keep_alive", "closing", "paused", "processing",
-                 "timer", "deadline", "kind", "poll_socket", "pending", "linger")
+                 "timer", "timer_at", "deadline", "kind", "poll_socket", "pending", "linger")
 
     def __init__(self, server: "LeanServer") -> None:
         self.server = server
@@ -115,6 +135,7 @@ class HttpFront(asyncio.Protocol):
         self.paused = False
         self.processing = False
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when the timer fires
         self.deadline = 0.0
         self.kind = ""  # what the deadline is for: idle, head, body, poll
         self.poll_socket: Any = None  # the session whose packets a pending long-poll waits for
@@ -264,7 +285,8 @@ class HttpFront(asyncio.Protocol):
             self._start(target[0], target[1], "POST", query, request)  # 413 from check_polling
             return False
         self.body_at = (size, request.content_length, target[0], target[1], request)
-        self._expire(self.engine.body_timeout, "body")
+        if len(buf) < size + request.content_length:
+            self._expire(self.engine.body_timeout, "body")
         return self._take_body()
 
     def _websocket(self, size: int) -> bool:
@@ -363,6 +385,8 @@ class HttpFront(asyncio.Protocol):
         elif method == "POST":
             assert request is not None
             start_eagerly(self._post(socket, request, body))
+        elif self.engine.poll_unrefused(socket):
+            self._poll(socket)  # check_polling would let it through without awaiting anything
         else:
             start_eagerly(self._get(socket))
 
@@ -381,7 +405,10 @@ class HttpFront(asyncio.Protocol):
         except Exception:
             log.exception("polling POST failed")
             answer = web.Response(status=500, text="500 Internal Server Error")
-        self._answer(answer)
+        if answer is None:
+            self._answer_ok("text/plain", _OK)  # python-engineio's _ok() (server/adapter.py's body)
+        else:
+            self._answer(answer)
 
     async def _get(self, socket: Any) -> None:
         """A long-poll: answered at once when packets wait, else when the first one is queued
@@ -394,6 +421,11 @@ class HttpFront(asyncio.Protocol):
             refusal = web.Response(status=500, text="500 Internal Server Error")
         if refusal is not None:
             return self._answer(refusal)
+        self._poll(socket)
+
+    def _poll(self, socket: Any) -> None:
+        """A long-poll that ``check_polling`` let through."""
+        engine = self.engine
         if socket.upgrading or socket.upgraded:
             # python-engineio: no more packets through polling once an upgrade began
             return self._answer(engine._ok([eio_packet.Packet(_NOOP)]))
@@ -435,7 +467,7 @@ class HttpFront(asyncio.Protocol):
         engine._polling.discard(sid)
         if sid in engine.sockets and engine.sockets[sid].closed:
             del engine.sockets[sid]
-        self._answer(engine._ok(packets))
+        self._answer_ok(TEXT_PACKETS, payload_bytes(packets))
 
     def _poll_expired(self) -> None:
         socket = self.poll_socket
@@ -502,6 +534,31 @@ class HttpFront(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
 
+    def _answer_ok(self, content_type: str, body: bytes) -> None:
+        """python-engineio's 200 answer (``_ok``) with this Content-Type and ``body``: written
+        from the front's precomputed head (``PollingFront.ok_head``) when nothing in it depends
+        on the request — no Origin, no compression, not the connection's last answer — else
+        through :meth:`_answer`, as the answer's dict."""
+        cors, accept_encoding, _method = self.pending
+        engine = self.engine
+        transport = self.transport
+        if (cors is not None or self.closing or not self.keep_alive or transport is None
+                or (accept_encoding and engine.http_compression and len(body) >= engine.compression_threshold)):
+            return self._answer({"status": "200 OK", "headers": [("Content-Type", content_type)], "response": body})
+        self.pending = None
+        if self.busy:
+            self.busy = False
+            engine.requests_in_flight -= 1
+        if int(_time()) != _date_second:
+            http_date()
+        transport.write(self.front.ok_head(content_type) + _OK_TAIL % (len(body), _date_bytes, body))
+        self._expire(self.server.keepalive_timeout, "idle")
+        if not self.processing and self.buf:
+            self._process()
+        elif self.paused and len(self.buf) <= self._held_limit():
+            self.paused = False
+            transport.resume_reading()
+
     def _done(self) -> None:
         if self.busy:
             self.busy = False
@@ -515,10 +572,11 @@ class HttpFront(asyncio.Protocol):
         self.deadline = when
         self.kind = kind
         timer = self.timer
-        if timer is None or timer.when() > when:
+        if timer is None or self.timer_at > when:
             if timer is not None:
                 timer.cancel()
             self.timer = self.loop.call_at(when, self._on_timer)
+            self.timer_at = when
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -526,6 +584,7 @@ class HttpFront(asyncio.Protocol):
             return
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            self.timer_at = self.deadline
             return
         kind = self.kind
         self.deadline = 0.0

@@ -103,6 +103,7 @@ class PollingFront:
         self.prefix_bytes = self.prefix.encode()
         self.app_handler: Handler | None = None  # the application's request handler (set on install)
         self._plain_cors: list[tuple[str, str]] | None = None
+        self._ok_heads: dict[str, bytes] = {}
 
     def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         """The low-level server's request handler: a polling request is answered here, any
@@ -199,7 +200,8 @@ class PollingFront:
         checks, then python-engineio's GET/POST handling)."""
         engine = self.engine
         if method == "POST":
-            return self._response(await self.post(request, socket), request, cors, method)
+            answer = await self.post(request, socket)
+            return self._response(engine._ok() if answer is None else answer, request, cors, method)
         sid = socket.sid
         refusal = await engine.check_polling(request, socket, method, True)
         if refusal is not None:
@@ -219,8 +221,9 @@ class PollingFront:
             engine._polling.discard(sid)
 
     async def post(self, request: Any, socket: Any, body: bytes | None = None) -> Any:
-        """A POST of a live local polling session, for both fronts: python-engineio's answer
-        (a dict), or RealtimeEngine's refusal (a ``web.Response``).
+        """A POST of a live local polling session, for both fronts: None when it is answered
+        ``ok`` (python-engineio's ``_ok()``; HttpFront writes that one from a precomputed head),
+        else python-engineio's answer (a dict) or RealtimeEngine's refusal (a ``web.Response``).
 
         :param request: what ``check_polling`` reads the body from (and puts its packets on).
         :param body: the whole body when the caller has read it already (HttpFront)."""
@@ -237,7 +240,7 @@ class PollingFront:
             return engine._bad_request()
         except Exception:  # as python-engineio: logged, and the POST still answered
             log.exception("post request handler error")
-        return engine._ok()
+        return None
 
     def _response(self, answer: Any, request: web.BaseRequest, cors: dict[str, str] | None,
                   method: str) -> web.StreamResponse:
@@ -274,6 +277,19 @@ class PollingFront:
             else:
                 headers = headers + engine._cors_headers(cors)
         return int(answer["status"][:3]), headers, body
+
+
+    def ok_head(self, content_type: str) -> bytes:
+        """The head of a 200 answer of python-engineio's with this Content-Type, as
+        ``answer_parts`` makes it for a request without Origin and uncompressed: the status line
+        and the constant headers, up to (not including) Content-Length; made once."""
+        head = self._ok_heads.get(content_type)
+        if head is None:
+            _status, headers, _body = self.answer_parts(
+                {"status": "200 OK", "headers": [("Content-Type", content_type)], "response": b""}, "", None, "GET")
+            head = ("HTTP/1.1 200 OK\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)).encode("latin-1")
+            self._ok_heads[content_type] = head
+        return head
 
 
 def serve_polling_first(app: web.Application, front: PollingFront) -> None:

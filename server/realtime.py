@@ -262,12 +262,21 @@ class RealtimeEngine(EngineAdapter):
             self.sockets.pop(socket.sid, None)
             return web.Response(status=400, text='"Session timed out"')
         if method == "POST":
+            if body is not None:
+                return await self._take_body(request, socket, body)
             return await self._read_body(request, socket, body)
         if poll and socket.sid in self._polling:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             await self._end(socket)
             return web.Response(status=400, text='"Overlapping polling requests"')
         return None
+
+    def poll_unrefused(self, socket: Any) -> bool:
+        """Whether ``check_polling`` lets a long-poll GET of ``socket`` through (returns None
+        without awaiting anything): what server/http_front.py asks before serving one without a
+        coroutine. Keep it the negation of check_polling's refusals of a long-poll."""
+        last_ping = socket.last_ping
+        return not (last_ping and time.time() - last_ping > self.ping_timeout) and socket.sid not in self._polling
 
     async def _open_websocket(self, request: web.Request) -> web.StreamResponse:
         """A new session that starts on a WebSocket. python-engineio creates the session
@@ -364,12 +373,20 @@ class RealtimeEngine(EngineAdapter):
             await self._end(socket)
             return web.Response(status=400, text='"Too many packets in one payload"')
         try:
-            packets = CountedPayload(encoded_payload=body.decode("utf-8")).packets
+            text = body.decode("utf-8")
+            if "\x1e" in text or not text or text[0] == "d":
+                packets = CountedPayload(encoded_payload=text).packets
+            else:  # one packet (Payload.decode's result, without its steps)
+                packets = [eio_packet.Packet(encoded_packet=text)]
         except Exception:
             await self._end(socket)
             return web.Response(status=400, text='"Undecodable payload"')
         # Checked before any packet is handled, so a refused payload has no effect but the end.
-        refused = next((p.packet_type for p in packets if p.packet_type not in CLIENT_PACKET_TYPES), None)
+        refused = None
+        for pkt in packets:
+            if pkt.packet_type not in CLIENT_PACKET_TYPES:
+                refused = pkt.packet_type
+                break
         if refused is not None:
             log.info("closing %s: Engine.IO packet type %s not allowed from a client", socket.sid, refused)
             await self._end(socket)
