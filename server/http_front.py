@@ -59,6 +59,8 @@ LINGER_TIMEOUT = 10.0  # aiohttp's lingering_time: how long the rest of a refuse
 _SERVER = "Python/{0[0]}.{0[1]} aiohttp/{1}".format(sys.version_info, aiohttp.__version__)  # as aiohttp's
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _NOOP = eio_packet.NOOP
+# Header names as sent -> lower-case str, for the first 256 spellings seen (decoded once each).
+_NAMES: dict[bytes, str] = {}
 _TYPES = tuple(str(n) for n in range(len(eio_packet.packet_names)))  # a packet type's digit
 class _StalledBody:
     """The body stream of a POST whose body did not come within ``body_timeout``: reading it
@@ -78,6 +80,7 @@ _time = time.time
 # The rest of a 200 answer's head after its constant headers (PollingFront.ok_head), and its body.
 _OK_TAIL = b"Content-Length: %d\r\nDate: %s\r\nServer: " + _SERVER.encode() + b"\r\n\r\n%s"
 _OK = b"ok"
+_PLAIN = "text/plain"  # python-engineio's Content-Type of a POST's ok
 
 
 def http_date() -> str:
@@ -88,6 +91,12 @@ def http_date() -> str:
         _date_second, _date_value = now, formatdate(now, usegmt=True)
         _date_bytes = _date_value.encode("latin-1")
     return _date_value
+
+
+def _closes(connection: str) -> bool:
+    """Whether a Connection header's value has the ``close`` token (what makes llhttp's
+    ``should_keep_alive`` false for an HTTP/1.1 request)."""
+    return "close" in connection.lower() and any(t.strip() == "close" for t in connection.lower().split(","))
 
 
 def payload_bytes(packets: list) -> bytes:
@@ -110,7 +119,7 @@ class HttpFront(asyncio.Protocol):
     """
 
     __slots__ = ("server", "front", "engine", "transport", "loop", "remote", "buf", "parser", "url", "headers",
-                 "_name", "_complete", "_count", "body_at", "busy", "keep_alive", "closing", "paused", "processing",
+                 "_name", "_count", "held", "body_at", "busy", "keep_alive", "closing", "paused", "processing",
                  "timer", "timer_at", "deadline", "kind", "poll_socket", "pending", "linger")
 
     def __init__(self, server: "LeanServer") -> None:
@@ -125,8 +134,10 @@ class HttpFront(asyncio.Protocol):
         self.url = b""
         self.headers = Headers()
         self._name = ""
-        self._complete = False
         self._count = 0
+        # The most bytes held before reading pauses: one whole request (a head and the largest
+        # body) always fits, so a request that can be served is never held back.
+        self.held = MAX_HEAD + self.engine.max_http_buffer_size
         # A POST waiting for its body: (head length, body length, session, cors, request).
         self.body_at: tuple[int, int, Any, Any, LeanRequest] | None = None
         self.busy = False  # a request is being served; later bytes wait
@@ -150,18 +161,19 @@ class HttpFront(asyncio.Protocol):
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < 256:
+                _NAMES[name] = key
         text = value.decode("latin-1")
         headers = self.headers
         self._count += 1
         headers[key] = headers[key] + "," + text if key in headers else text
 
-    def on_headers_complete(self) -> None:
-        # (llhttp forgets it once the message is complete)
-        self.keep_alive = self.keep_alive and self.parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self._complete = True
+    # (No on_headers_complete, no on_message_complete: a callback less per request each. A GET
+    # served here has neither Content-Length nor Transfer-Encoding, so its message ends with its
+    # head; keep-alive is read from the Connection header, see _closes.)
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -197,14 +209,9 @@ class HttpFront(asyncio.Protocol):
         self.buf = self.buf + data if self.buf else data
         if not self.busy and not self.processing:
             self._process()
-        if len(self.buf) > self._held_limit() and not self.paused and self.transport:
+        if len(self.buf) > self.held and not self.paused and self.transport:
             self.paused = True  # bounded: pipelined requests wait in the kernel's buffers
             self.transport.pause_reading()
-
-    def _held_limit(self) -> int:
-        """The most bytes held before reading pauses: one whole request (a head and the
-        largest body) always fits, so a request that can be served is never held back."""
-        return MAX_HEAD + self.engine.max_http_buffer_size
 
     # ------------------------------------------------------------------ requests
 
@@ -217,7 +224,7 @@ class HttpFront(asyncio.Protocol):
                     break
         finally:
             self.processing = False
-        if self.paused and self.transport is not None and len(self.buf) <= self._held_limit():
+        if self.paused and self.transport is not None and len(self.buf) <= self.held:
             self.paused = False
             self.transport.resume_reading()
 
@@ -240,7 +247,6 @@ class HttpFront(asyncio.Protocol):
             return self._hand_off()  # a bare LF: llhttp might end the head elsewhere than we do
         self.url = b""
         self.headers = Headers()
-        self._complete = False
         self._count = 0
         parser = self.parser
         try:
@@ -255,13 +261,15 @@ class HttpFront(asyncio.Protocol):
         if (self._count > MAX_HEADERS or not url.startswith(prefix) or parser.get_http_version() != "1.1"
                 or "transfer-encoding" in headers or "expect" in headers):
             return self._hand_off()
+        if "connection" in headers and _closes(headers["connection"]):
+            self.keep_alive = False
         method = parser.get_method()
         try:
             query = url[len(prefix):].decode("ascii")
         except UnicodeDecodeError:
             return self._hand_off()
         if method == b"GET":
-            if not self._complete or "content-length" in headers:
+            if "content-length" in headers:
                 return self._hand_off()
             target = self.front.route("GET", query, headers, self.remote)
             if target is None:
@@ -406,7 +414,7 @@ class HttpFront(asyncio.Protocol):
             log.exception("polling POST failed")
             answer = web.Response(status=500, text="500 Internal Server Error")
         if answer is None:
-            self._answer_ok("text/plain", _OK)  # python-engineio's _ok() (server/adapter.py's body)
+            self._answer_ok(_PLAIN, _OK)  # python-engineio's _ok() (server/adapter.py's body)
         else:
             self._answer(answer)
 
@@ -530,7 +538,7 @@ class HttpFront(asyncio.Protocol):
         self._expire(self.server.keepalive_timeout, "idle")
         if not self.processing and self.buf:
             self._process()
-        elif self.paused and len(self.buf) <= self._held_limit():
+        elif self.paused and len(self.buf) <= self.held:
             self.paused = False
             transport.resume_reading()
 
@@ -551,11 +559,15 @@ class HttpFront(asyncio.Protocol):
             engine.requests_in_flight -= 1
         if int(_time()) != _date_second:
             http_date()
-        transport.write(self.front.ok_head(content_type) + _OK_TAIL % (len(body), _date_bytes, body))
+        front = self.front
+        head = front.payload_head if content_type is TEXT_PACKETS else front.post_head
+        if not head:
+            head = front.ok_head(content_type)
+        transport.write(head + _OK_TAIL % (len(body), _date_bytes, body))
         self._expire(self.server.keepalive_timeout, "idle")
         if not self.processing and self.buf:
             self._process()
-        elif self.paused and len(self.buf) <= self._held_limit():
+        elif self.paused and len(self.buf) <= self.held:
             self.paused = False
             transport.resume_reading()
 

@@ -104,6 +104,11 @@ class PollingFront:
         self.app_handler: Handler | None = None  # the application's request handler (set on install)
         self._plain_cors: list[tuple[str, str]] | None = None
         self._ok_heads: dict[str, bytes] = {}
+        self.payload_head = b""  # ok_head(TEXT_PACKETS) once made
+        self.post_head = b""  # ok_head("text/plain") once made
+        # A query string -> (sid, EIO) of a polling request, or False: not one for this path
+        # (parse_query's and route's reading of it, made once per distinct query; bounded).
+        self._shapes: dict[str, Any] = {}
 
     def handle(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         """The low-level server's request handler: a polling request is answered here, any
@@ -159,8 +164,10 @@ class PollingFront:
                         ``getall(name, default)`` (aiohttp's CIMultiDictProxy, or HttpFront's).
         :param remote: the client's address (what ``request.remote`` gives).
         """
-        params = parse_query(query)
-        if params is None or params.get("transport") != "polling" or "j" in params:
+        shape = self._shapes.get(query)
+        if shape is None:
+            shape = self._shape(query)
+        if shape is False:
             return None
         engine = self.engine
         if "polling" not in engine.transports:
@@ -175,9 +182,9 @@ class PollingFront:
                 allowed = engine._cors_allowed_origins(cors)
                 if allowed is not None and origin not in allowed:
                     return None  # the application answers 400, naming the origin
-        sid = params.get("sid")
+        sid, eio = shape
         if sid is None:
-            if method != "GET" or params.get("EIO") != "4":
+            if method != "GET" or eio != "4":
                 return None
             if engine._per_ip.get(remote, 0) >= engine.max_connections_per_ip:
                 return None  # the application answers 429
@@ -186,6 +193,20 @@ class PollingFront:
         if socket is None or not socket.connected or socket.upgraded or socket.closed:
             return None  # another node's, unknown, not connected yet, upgraded or ended
         return socket, cors
+
+    def _shape(self, query: str) -> Any:
+        """What ``route`` reads of a query: ``(sid, EIO)`` (each None when absent) of a polling
+        request, False for any other (no ``transport=polling``, a JSONP ``j``, malformed).
+        Remembered per distinct query (a session's requests repeat theirs), up to 4096."""
+        params = parse_query(query)
+        if params is None or params.get("transport") != "polling" or "j" in params:
+            shape: Any = False
+        else:
+            shape = (params.get("sid"), params.get("EIO"))
+        if len(self._shapes) >= 4096:
+            self._shapes.clear()
+        self._shapes[query] = shape
+        return shape
 
     async def _handshake(self, request: web.BaseRequest, cors: dict[str, str] | None) -> web.StreamResponse:
         """A new polling session: the connect handlers get the full environ (they read headers
@@ -289,6 +310,10 @@ class PollingFront:
                 {"status": "200 OK", "headers": [("Content-Type", content_type)], "response": b""}, "", None, "GET")
             head = ("HTTP/1.1 200 OK\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers)).encode("latin-1")
             self._ok_heads[content_type] = head
+            if content_type == TEXT_PACKETS:
+                self.payload_head = head
+            elif content_type == "text/plain":
+                self.post_head = head
         return head
 
 
