@@ -439,7 +439,7 @@ class HttpFront(asyncio.Protocol):
             return self._answer(engine._ok([eio_packet.Packet(_NOOP)]))
         engine._polling.add(socket.sid)
         self.poll_socket = socket
-        if not socket.queue.empty():
+        if socket.queue._queue:  # (not SendQueue.empty(), without the call)
             return self._deliver()
         socket.queue.on_put = self._on_put
         self._expire(engine.ping_interval + engine.ping_timeout, "poll")
@@ -450,7 +450,10 @@ class HttpFront(asyncio.Protocol):
         socket = self.poll_socket
         if socket is not None and socket.queue.on_put == self._on_put:
             socket.queue.on_put = None
-            self.loop.call_soon(self._deliver)
+            server = self.server
+            if not server.woken:  # one loop callback for all the polls woken in this turn
+                self.loop.call_soon(server.deliver_woken)
+            server.woken.append(self)
 
     def _deliver(self) -> None:
         """Answer the pending long-poll with what is queued (python-engineio's ``poll``)."""
@@ -462,7 +465,7 @@ class HttpFront(asyncio.Protocol):
         self.kind = ""
         queue = socket.queue
         packets: list[Any] = []
-        while not queue.empty():
+        while queue._queue:  # (SendQueue.empty(), without the call)
             pkt = queue.get_nowait()
             queue.task_done()
             if pkt is None:
@@ -659,6 +662,16 @@ class LeanServer(web_server.Server):
     lean_front: PollingFront
     lean_fronts: set[HttpFront]
     keepalive_timeout: float
+    woken: list[HttpFront]  # fronts whose long-poll got its first packet in this loop turn
+
+    def deliver_woken(self) -> None:
+        """Answer the long-polls woken since the last loop turn, in the order they were woken."""
+        fronts, self.woken = self.woken, []
+        for conn in fronts:
+            try:
+                conn._deliver()
+            except Exception:  # one failed answer does not keep the others'
+                log.exception("answering a long-poll failed")
 
     def __call__(self) -> Any:
         return HttpFront(self)
@@ -697,6 +710,7 @@ def serve_lean_http(app: web.Application, front: PollingFront) -> None:
         server.__class__ = LeanServer
         server.lean_front = front
         server.lean_fronts = set()
+        server.woken = []
         server.keepalive_timeout = float(server._kwargs.get("keepalive_timeout", 75.0))
         return server
 
