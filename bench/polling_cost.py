@@ -1,6 +1,7 @@
 """What one long-polling echo round costs the server in work: Python calls per round, by function.
 
     .venv/bin/python bench/polling_cost.py [--clients 20] [--rounds 50] [--top 30] [--filter server/]
+                                           [--cpu N]
 
 Runs the server in this process (the bench profile, ``bench/bench.toml``, embedded, plain
 asyncio) and raw HTTP/1.1 polling clients in a child process: each opens a polling session,
@@ -10,7 +11,9 @@ the GET's ack (``430[...]``) read back. Two runs under cProfile, ``--rounds`` an
 as many rounds per client; the difference of the two profiles divided by the difference of
 rounds (× clients) is the work of one round without what a run costs once. Call counts do not
 depend on the machine's load (the event loop's own and the built-ins' a little: both figures
-are given), so one run is enough to compare two trees.
+are given), so one run is enough to compare two trees. ``--cpu N`` instead runs N unprofiled runs of
+``--rounds`` rounds and gives the server's CPU time (this process's user + system) per round of
+each: it moves with the machine's load, compare trees interleaved.
 """
 
 from __future__ import annotations
@@ -145,6 +148,19 @@ async def measure(args: argparse.Namespace) -> dict:
         sys.executable, __file__, "--client", str(port), "--clients", str(args.clients),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert (await child.stdout.readline()).strip() == b"warm"
+    if args.cpu:
+        per_round = []
+        for _ in range(args.cpu):
+            started = os.times()
+            child.stdin.write(f"{args.rounds}\n".encode())
+            assert (await child.stdout.readline()).strip() == b"done"
+            ended = os.times()
+            cpu = (ended.user - started.user) + (ended.system - started.system)
+            per_round.append(round(cpu / (args.rounds * args.clients) * 1e6, 1))
+        child.stdin.write(b"\n")
+        await child.wait()
+        await runner.cleanup()
+        return {"clients": args.clients, "rounds": args.rounds, "cpu_us_per_round": per_round}
     small = per_function(await run(child, args.rounds))
     large = per_function(await run(child, 3 * args.rounds))
     child.stdin.write(b"\n")
@@ -165,12 +181,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50, help="rounds per client of the first run (the second: 3x)")
     parser.add_argument("--top", type=int, default=30, help="functions listed")
     parser.add_argument("--filter", default="", help="list only functions whose location holds this")
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="instead: N unprofiled runs, the server's CPU microseconds per round of each")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.clients))
         return 0
     result = asyncio.run(measure(args))
+    if args.cpu:
+        print(json.dumps(result))
+        return 0
     print(f"Python calls per round, outside the event loop: {result['calls_per_round']} "
           f"(all calls: {result['calls_per_round_all']})")
     for name, calls in result["top"]:
