@@ -446,7 +446,8 @@ class HttpFront(asyncio.Protocol):
 
     def _on_put(self) -> None:
         """The first packet for a pending long-poll: deliver on the next loop turn, so the
-        packets queued together go in one answer (as python-engineio's wake-up does)."""
+        packets queued together go in one answer (as python-engineio's wake-up does); the polls
+        woken in one turn share that loop callback (``LeanServer.deliver_woken``)."""
         socket = self.poll_socket
         if socket is not None and socket.queue.on_put == self._on_put:
             socket.queue.on_put = None
