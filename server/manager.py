@@ -186,6 +186,9 @@ class RealtimeManager(ManagerAdapter):
         """
         envelope = Envelope(event, list(args), tuple(skip), tuple(others), stamp)
         channel = channel_name(namespace, room)
+        if self._inline and channel not in self.deliveries.cursors and self._has_members(channel):
+            # A room's channel is followed from its first publication on (see _join_inline).
+            self._open_now(channel, False)
         cursor = self.deliveries.cursors.get(channel)
         before = cursor.position if cursor is not None else None
         result = await self.log.publish(channel, encode_envelope(envelope), idempotency_key=idempotency_key)
@@ -617,11 +620,30 @@ class RealtimeManager(ManagerAdapter):
         channel, so the socket receives every publication after its join position."""
         if namespace in self.durable:
             channel = channel_name(namespace, room)
-            await self.follow([channel])
             positions = self.positions.get((namespace, sid))
-            if positions is not None:
-                self.deliveries.join(positions, channel)
+            if self._inline:
+                if positions is not None:
+                    self._join_inline(positions, channel)
+            else:
+                await self.follow([channel])
+                if positions is not None:
+                    self.deliveries.join(positions, channel)
         self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
+
+    def _join_inline(self, positions: SocketPositions, channel: str, fresh: bool = False) -> None:
+        """The socket is in ``channel`` from now on, in the embedded mode, where every
+        publication goes through :meth:`publish` on this node: a channel not followed yet is
+        opened by its first publication (most rooms, a socket's own and its ``user:<id>``
+        room, never carry one), so here its origin is only the log's position now (what
+        opening it would have read: nothing can be published between).
+
+        :param fresh: the channel cannot exist yet (a new socket's own room).
+        """
+        if channel in self.deliveries.cursors:
+            self.deliveries.join(positions, channel)
+        elif channel not in positions.origin:
+            position = EMPTY if fresh else run_now(self.log.position(channel))
+            positions.origin[channel] = (position.offset, position.epoch)
 
     async def admit(self, eio_sid: str, namespace: str, sid: str | None = None) -> str | None:
         """As python-socketio's, but a recovering socket keeps its previous ``sid``, and in a
@@ -645,15 +667,22 @@ class RealtimeManager(ManagerAdapter):
             recovering = True
         if sid is not None and namespace in self.durable:
             positions = self.positions[(namespace, sid)] = SocketPositions(base_seq=self.deliveries.seq)
+            own = channel_name(namespace, sid)
+            if self._inline:
+                everyone = channel_name(namespace, None)
+                if everyone not in self.deliveries.cursors:
+                    self._open_now(everyone, False)
+                self.deliveries.join(positions, everyone)
+                self._join_inline(positions, own, fresh=not recovering)
+                return sid
             try:
-                own = channel_name(namespace, sid)
                 await self.follow([channel_name(namespace, None), own], () if recovering else [own])
             except BaseException:
                 self.positions.pop((namespace, sid), None)
                 self.drop_socket(sid, namespace)
                 raise
             self.deliveries.join(positions, channel_name(namespace, None))
-            self.deliveries.join(positions, channel_name(namespace, sid))
+            self.deliveries.join(positions, own)
         return sid
 
     async def enter(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:

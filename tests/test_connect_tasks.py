@@ -7,6 +7,7 @@ connect (bench/connect_cost.py). The server runs in this process so its Tasks ca
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
@@ -47,10 +48,75 @@ async def test_an_embedded_connect_creates_no_task():
             identities = app["runtime"].identities
             for namespace, sid in sids:
                 user = identities[(namespace, sid)].user
+                # Each socket is in its rooms; only the namespace's channel is followed (the
+                # others are, once something is published to them).
                 for room in (None, sid, user_room(user)):
-                    assert channel_name(namespace, room) in manager.deliveries.cursors
                     assert sid in manager.rooms[namespace][room]
+                assert (channel_name(namespace, user_room(user)) in manager.deliveries.cursors) is False
+            assert "/bench" in manager.deliveries.cursors
             for ws in [first, *clients]:
+                await ws.close()
+    finally:
+        await runner.cleanup()
+
+
+async def _connect_with(session: aiohttp.ClientSession, port: int, auth: dict[str, Any],
+                        before_reply: list[Any] | None = None) -> tuple[aiohttp.ClientWebSocketResponse, dict]:
+    """A WebSocket CONNECTed to /bench with ``auth``: the socket and the CONNECT reply; events
+    written before the reply (a recovery's replay) are put in ``before_reply``."""
+    ws = await session.ws_connect(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket")
+    assert (await ws.receive_str()).startswith("0")
+    await ws.send_str("40/bench," + json.dumps(auth))
+    while True:
+        text = await ws.receive_str()
+        if text.startswith("40/bench,"):
+            return ws, json.loads(text[len("40/bench,"):])
+        assert text.startswith("42/bench,"), text
+        if before_reply is not None:
+            before_reply.append(json.loads(text[len("42/bench,"):]))
+
+
+async def _event(ws: aiohttp.ClientWebSocketResponse) -> list[Any]:
+    text = await asyncio.wait_for(ws.receive_str(), 5)
+    assert text.startswith("42/bench,"), text
+    return json.loads(text[len("42/bench,"):])
+
+
+async def test_a_user_room_followed_from_its_first_publication_reaches_every_connection_and_recovers():
+    """The embedded mode follows a ``user:<id>`` room's channel only once something is
+    published to it: a publication still reaches every connection of the user, and a socket
+    that joined after earlier publications recovers exactly what it missed (its origin is the
+    channel's position when it joined, not the channel's start)."""
+    runner, app, port = await start_server()
+    runtime = app["runtime"]
+    manager = runtime.sio.manager
+    try:
+        async with aiohttp.ClientSession() as session:
+            identity = runtime.authenticator.guest()
+            guest = runtime.authenticator.guest_token(identity)
+            room = user_room(identity.user)
+            # Published while the user has no connection: the channel exists, nobody follows it.
+            await manager.publish("/bench", room, "note", [{"n": 0}])
+            first, reply = await _connect_with(session, port, {"guestToken": guest})
+            assert runtime.identities[("/bench", reply["sid"])].user == identity.user
+            assert channel_name("/bench", room) not in manager.deliveries.cursors
+            # Cut; n=1 is published meanwhile (still nobody follows the channel).
+            await first.close()
+            for _ in range(100):
+                if not runtime.sio.eio.sockets:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # its session is saved
+            await manager.publish("/bench", room, "note", [{"n": 1}])
+            replayed: list[Any] = []
+            first, again = await _connect_with(session, port, {"guestToken": guest, "pid": reply["pid"]}, replayed)
+            assert again["sid"] == reply["sid"]  # recovered, with n=1 only: n=0 was before its join
+            assert [event[:2] for event in replayed] == [["note", {"n": 1}]]
+            second, _ = await _connect_with(session, port, {"guestToken": guest})
+            await manager.publish("/bench", room, "note", [{"n": 2}])
+            assert (await _event(first))[:2] == ["note", {"n": 2}]
+            assert (await _event(second))[:2] == ["note", {"n": 2}]
+            for ws in (first, second):
                 await ws.close()
     finally:
         await runner.cleanup()
