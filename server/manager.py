@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from realtime_channels.channel_log import EMPTY, ChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
+from realtime_channels.channel_log import EMPTY, ChannelLog, MemoryChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
 from realtime_channels.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
 from .adapter import ManagerAdapter
 from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
@@ -63,6 +63,17 @@ def _size(packets: list[eio_packet.Packet]) -> int:
     return sum(map(packet_size, packets))
 
 
+def run_now(coro: Any) -> Any:
+    """Run ``coro``, one that never suspends (the in-process channel log's subscribe,
+    position, unsubscribe), to its end here and return its result: no Task, no loop turn."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("an in-process channel log call suspended")
+
+
 def normalize_args(data: Any) -> list[Any]:
     """python-socketio convention: a tuple is several arguments, None is none, else one."""
     if isinstance(data, tuple):
@@ -90,6 +101,9 @@ class RealtimeManager(ManagerAdapter):
                  trail_length: int = 1024, session_trail: int = 2048, bus: Bus | None = None) -> None:
         super().__init__()
         self.log = channel_log(self._on_publication, self._on_resync)
+        # The in-process log (embedded mode) answers subscribe/position at once: a channel is
+        # opened inline, without the Task (and the loop hand-offs) a Redis subscription needs.
+        self._inline = isinstance(self.log, MemoryChannelLog)
         self.durable = frozenset(durable_namespaces)
         self.metrics = metrics
         self.session_trail = session_trail
@@ -172,6 +186,9 @@ class RealtimeManager(ManagerAdapter):
         """
         envelope = Envelope(event, list(args), tuple(skip), tuple(others), stamp)
         channel = channel_name(namespace, room)
+        if self._inline and channel not in self.deliveries.cursors and self._has_members(channel):
+            # A room's channel is followed from its first publication on (see _join_inline).
+            self._open_now(channel, False)
         cursor = self.deliveries.cursors.get(channel)
         before = cursor.position if cursor is not None else None
         result = await self.log.publish(channel, encode_envelope(envelope), idempotency_key=idempotency_key)
@@ -503,6 +520,8 @@ class RealtimeManager(ManagerAdapter):
         cursor = self.deliveries.cursors.get(channel)
         if cursor is not None:
             return cursor
+        if self._inline:
+            return self._open_now(channel, fresh)
         task = self._opening.get(channel)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._open(channel, fresh), name=f"open {channel}")
@@ -517,6 +536,13 @@ class RealtimeManager(ManagerAdapter):
 
         :param fresh: those of ``channels`` that cannot exist yet (see :meth:`open_channel`).
         """
+        if self._inline:
+            # Nothing to wait for: each channel is opened here, none can be reaped meanwhile.
+            cursors = self.deliveries.cursors
+            for channel in channels:
+                if channel not in cursors:
+                    self._open_now(channel, channel in fresh)
+            return
         new = set(fresh)
         while True:
             for channel in channels:
@@ -527,6 +553,14 @@ class RealtimeManager(ManagerAdapter):
     async def _open(self, channel: str, fresh: bool) -> ChannelCursor:
         await self.log.subscribe([channel])
         position = EMPTY if fresh else await self.log.position(channel)
+        cursor = self.deliveries.open(channel, position.offset, position.epoch)
+        self.metrics.channels_subscribed.inc()
+        return cursor
+
+    def _open_now(self, channel: str, fresh: bool) -> ChannelCursor:
+        """:meth:`_open` for the in-process log, done here (it never suspends)."""
+        run_now(self.log.subscribe([channel]))
+        position = EMPTY if fresh else run_now(self.log.position(channel))
         cursor = self.deliveries.open(channel, position.offset, position.epoch)
         self.metrics.channels_subscribed.inc()
         return cursor
@@ -561,6 +595,10 @@ class RealtimeManager(ManagerAdapter):
             return 0
         for channel in idle:
             self.deliveries.close(channel)
+        if self._inline:
+            run_now(self.log.unsubscribe(idle))
+            self.metrics.channels_subscribed.dec(len(idle))
+            return len(idle)
         task = asyncio.get_running_loop().create_task(self.log.unsubscribe(idle), name="unsubscribe")
         for channel in idle:
             self._closing[channel] = task
@@ -582,11 +620,30 @@ class RealtimeManager(ManagerAdapter):
         channel, so the socket receives every publication after its join position."""
         if namespace in self.durable:
             channel = channel_name(namespace, room)
-            await self.follow([channel])
             positions = self.positions.get((namespace, sid))
-            if positions is not None:
-                self.deliveries.join(positions, channel)
+            if self._inline:
+                if positions is not None:
+                    self._join_inline(positions, channel)
+            else:
+                await self.follow([channel])
+                if positions is not None:
+                    self.deliveries.join(positions, channel)
         self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
+
+    def _join_inline(self, positions: SocketPositions, channel: str, fresh: bool = False) -> None:
+        """The socket is in ``channel`` from now on, in the embedded mode, where every
+        publication goes through :meth:`publish` on this node: a channel not followed yet is
+        opened by its first publication (most rooms, a socket's own and its ``user:<id>``
+        room, never carry one), so here its origin is only the log's position now (what
+        opening it would have read: nothing can be published between).
+
+        :param fresh: the channel cannot exist yet (a new socket's own room).
+        """
+        if channel in self.deliveries.cursors:
+            self.deliveries.join(positions, channel)
+        elif channel not in positions.origin:
+            position = EMPTY if fresh else run_now(self.log.position(channel))
+            positions.origin[channel] = (position.offset, position.epoch)
 
     async def admit(self, eio_sid: str, namespace: str, sid: str | None = None) -> str | None:
         """As python-socketio's, but a recovering socket keeps its previous ``sid``, and in a
@@ -610,15 +667,22 @@ class RealtimeManager(ManagerAdapter):
             recovering = True
         if sid is not None and namespace in self.durable:
             positions = self.positions[(namespace, sid)] = SocketPositions(base_seq=self.deliveries.seq)
+            own = channel_name(namespace, sid)
+            if self._inline:
+                everyone = channel_name(namespace, None)
+                if everyone not in self.deliveries.cursors:
+                    self._open_now(everyone, False)
+                self.deliveries.join(positions, everyone)
+                self._join_inline(positions, own, fresh=not recovering)
+                return sid
             try:
-                own = channel_name(namespace, sid)
                 await self.follow([channel_name(namespace, None), own], () if recovering else [own])
             except BaseException:
                 self.positions.pop((namespace, sid), None)
                 self.drop_socket(sid, namespace)
                 raise
             self.deliveries.join(positions, channel_name(namespace, None))
-            self.deliveries.join(positions, channel_name(namespace, sid))
+            self.deliveries.join(positions, own)
         return sid
 
     async def enter(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
