@@ -21,14 +21,15 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import socket
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from inprocess import start_bench_server  # noqa: E402
 
 
 def rss_kib() -> int:
@@ -122,27 +123,7 @@ def package_of(filename: str) -> str:
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    os.environ.update(BENCH_NAMESPACE="1", LOG_LEVEL="warning", EVENTS_PER_SECOND="1000000",
-                      MAX_CONNECTIONS_PER_IP="1000000")
-    sys.path.insert(0, str(ROOT))
-    from aiohttp import web
-
-    from namespaces import factories
-    from server.__main__ import tune_gc
-    from server.app import configure_logging, create_app
-    from server.config import load_config
-
-    config = load_config(str(ROOT / "bench" / "bench.toml"))
-    configure_logging(config)
-    app = create_app(config, factories(bench=True))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    site = web.SockSite(runner, sock)
-    await site.start()
-    tune_gc()
+    runner, app, port = await start_bench_server()
 
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--conns", str(args.conns), "--namespace", args.namespace,

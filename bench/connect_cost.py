@@ -26,15 +26,15 @@ import asyncio
 import cProfile
 import gc
 import json
-import os
 import pstats
-import socket
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+
+from inprocess import start_bench_server  # noqa: E402
 
 from conn_memory import _connect, _keep_alive  # noqa: E402  (the same client)
 
@@ -182,26 +182,7 @@ def per_function(stats: pstats.Stats) -> dict[str, int]:
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    os.environ.update(BENCH_NAMESPACE="1", LOG_LEVEL="warning", EVENTS_PER_SECOND="1000000",
-                      MAX_CONNECTIONS_PER_IP="1000000")
-    sys.path.insert(0, str(ROOT))
-    from aiohttp import web
-
-    from namespaces import factories
-    from server.__main__ import tune_gc
-    from server.app import configure_logging, create_app
-    from server.config import load_config
-
-    config = load_config(str(ROOT / "bench" / "bench.toml"))
-    configure_logging(config)
-    app = create_app(config, factories(bench=True))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    await web.SockSite(runner, sock).start()
-    tune_gc()
+    runner, app, port = await start_bench_server()
     if args.gc_threshold:
         gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
     child = await asyncio.create_subprocess_exec(

@@ -1,0 +1,41 @@
+"""The benchmark profile's server in this process, for the tools that count its work from inside
+(bench/conn_memory.py, connect_cost.py, fanout_cost.py, polling_cost.py, echo_cost.py): the bench
+configuration (``bench/bench.toml``, the /bench namespace, embedded: no Redis), the limits that
+would throttle a load generator raised as bench/run.sh raises them, and the collector tuned as
+``python -m server`` tunes it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start_bench_server() -> tuple[Any, Any, int]:
+    """Start the server on a free loopback port: ``(runner, app, port)``; ``await
+    runner.cleanup()`` stops it. ``LOG_LEVEL`` may be set by the caller (default warning)."""
+    os.environ.update(BENCH_NAMESPACE="1", EVENTS_PER_SECOND="1000000", MAX_CONNECTIONS_PER_IP="1000000")
+    os.environ.setdefault("LOG_LEVEL", "warning")
+    sys.path[:0] = [str(ROOT), str(ROOT / "channels")]  # this checkout's packages, not the editable install's
+    from aiohttp import web
+
+    from namespaces import factories
+    from server.__main__ import tune_gc
+    from server.app import configure_logging, create_app
+    from server.config import load_config
+
+    config = load_config(str(ROOT / "bench" / "bench.toml"))
+    configure_logging(config)
+    app = create_app(config, factories(bench=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    tune_gc()
+    return runner, app, sock.getsockname()[1]
