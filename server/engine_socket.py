@@ -229,10 +229,14 @@ class RealtimeSocket(SocketAdapter):
         buffered = transport.get_write_buffer_size()
         if buffered >= DIRECT_WRITE_LIMIT:
             return False
-        message = "4" + text
         backlog = self.server.backlog
-        if backlog is not None and not backlog.admit_direct(self, buffered, len(text)):
-            return True
+        # Backlog.admit_direct, asked only when its answer is not a plain yes (nothing cut,
+        # packets allowed, and nothing buffered or room for this one).
+        if backlog is not None and (self.overflowed or backlog.max_packets <= 0
+                                    or (buffered and buffered + len(text) > backlog.max_bytes)):
+            if not backlog.admit_direct(self, buffered, len(text)):
+                return True
+        message = "4" + text
         transport.write(text_frame(message))
         return True
 

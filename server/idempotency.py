@@ -62,6 +62,7 @@ def _unpack(raw: bytes) -> Any:
 
 # What an entry costs besides its key and value: the dict slot, the tuple, the float.
 ENTRY_OVERHEAD = 120
+_PENDING_WEIGHT = len(PENDING) + ENTRY_OVERHEAD  # a claim's, besides its key
 
 
 class MemoryIdempotencyStore:
@@ -97,8 +98,7 @@ class MemoryIdempotencyStore:
         items[key] = (expires, value)
         self._bytes = size
         if size > self.max_bytes:
-            while self._bytes > self.max_bytes and items:
-                self._drop(next(iter(items)))
+            self._shed()
 
     def _drop(self, key: str) -> None:
         item = self._items.pop(key, None)
@@ -121,8 +121,15 @@ class MemoryIdempotencyStore:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
-        item = self._items.get(key)
-        if item is not None and item[0] > now:
+        items = self._items
+        item = items.get(key)
+        if item is None:  # the common case: _put for a key not held, inline
+            items[key] = (now + ttl, PENDING)
+            self._bytes += len(key) + _PENDING_WEIGHT
+            if self._bytes > self.max_bytes:
+                self._shed()
+            return True, None
+        if item[0] > now:
             return False, _unpack(item[1])
         self._put(key, now + ttl, PENDING)
         return True, None
@@ -130,7 +137,15 @@ class MemoryIdempotencyStore:
     def complete_now(self, key: str, ack: Any, ttl: float) -> None:
         """:meth:`complete`, without awaiting."""
         packed = _pack_now(ack)
-        self._put(key, time.monotonic() + ttl, packed if len(packed) <= self.max_reply_bytes else TOO_LARGE)
+        if len(packed) > self.max_reply_bytes:
+            packed = TOO_LARGE
+        self._put(key, time.monotonic() + ttl, packed)
+
+    def _shed(self) -> None:
+        """Drop the oldest entries until the store is within ``max_bytes``."""
+        items = self._items
+        while self._bytes > self.max_bytes and items:
+            self._drop(next(iter(items)))
 
     async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
         return self.claim_now(key, ttl)

@@ -102,7 +102,7 @@ class BaseNamespace(NamespaceAdapter):
             # The event-ID check inline (this runs for every event): only an object first
             # argument holding "eventId" goes on to the dedupe.
             if data and isinstance(data[0], dict) and "eventId" in data[0]:
-                return await self._once(self._event_key(sid, event, data), handler, sid, data)
+                return await self._once(handler, sid, event, data)
             return await handler(sid, *data)
         except ClientError as exc:
             return exc.ack()
@@ -123,18 +123,14 @@ class BaseNamespace(NamespaceAdapter):
             self._handlers[event] = handler
         return handler
 
-    def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:
-        if not data or not isinstance(data[0], dict) or "eventId" not in data[0]:
-            return None
+    async def _once(self, handler: Any, sid: str, event: str, data: tuple[Any, ...]) -> Any:
+        """Run ``handler`` for ``event`` once per event ID (``data[0]["eventId"]``): a retry,
+        even while the first is still running, gets the first one's ack."""
         event_id = data[0]["eventId"]
         if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
             raise ClientError("invalid_event_id", "eventId must be 1-128 characters: letters, digits, _ . : -")
         identity = self.runtime.identities.get((self.namespace, sid))
-        return f"{self.namespace}:{identity.user if identity else sid}:{event}:{event_id}"
-
-    async def _once(self, key: str | None, handler: Any, sid: str, data: tuple[Any, ...]) -> Any:
-        if key is None:  # no event ID after all
-            return await handler(sid, *data)
+        key = f"{self.namespace}:{identity.user if identity else sid}:{event}:{event_id}"
         store, ttl = self.stores.idempotency, self.config.delivery.dedupe_ttl
         sync = store.sync  # the memory store: its calls are plain calls, not coroutines
         # A claim whose handler died with the store unreachable cannot be released: it lapses

@@ -702,7 +702,9 @@ class RealtimeServer(ServerAdapter):
         """Send the ACK of an event: ``result`` is what its handler returned. A text ack to a
         session whose WebSocket can take it now is written here (RealtimeSocket.write_text),
         without the Engine.IO packet and the three calls of the general way."""
-        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=normalize_args(result))
+        # normalize_args, for the usual ack (an object: one argument) without its call
+        args = [result] if result.__class__ is dict else normalize_args(result)
+        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=args)
         if pkt.packet_type == sio_packet.ACK:  # not a BINARY_ACK
             encoded = pkt.encode()
             if encoded.__class__ is str:  # not the msgpack parser's bytes
