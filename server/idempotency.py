@@ -139,7 +139,16 @@ class MemoryIdempotencyStore:
         packed = _pack_now(ack)
         if len(packed) > self.max_reply_bytes:
             packed = TOO_LARGE
-        self._put(key, time.monotonic() + ttl, packed)
+        # _put, inline: the claim's entry (if still held) is replaced and moves to the end.
+        items = self._items
+        old = items.pop(key, None)
+        size = self._bytes + len(key) + len(packed) + ENTRY_OVERHEAD
+        if old is not None:
+            size -= len(key) + len(old[1]) + ENTRY_OVERHEAD
+        items[key] = (time.monotonic() + ttl, packed)
+        self._bytes = size
+        if size > self.max_bytes:
+            self._shed()
 
     def _shed(self) -> None:
         """Drop the oldest entries until the store is within ``max_bytes``."""

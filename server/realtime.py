@@ -665,7 +665,18 @@ class RealtimeServer(ServerAdapter):
             if size > self.limits.max_event_bytes:
                 refusal: str | None = "payload_too_large"
             elif namespace != OPERATOR_NAMESPACE and (bucket := self._buckets.get(eio_sid)) is not None:
-                refusal = None if bucket.take() else "rate_limited"
+                # TokenBucket.take, inline
+                now = time.monotonic()
+                tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+                if tokens > bucket.burst:
+                    tokens = bucket.burst
+                bucket.stamp = now
+                if tokens >= 1:
+                    bucket.tokens = tokens - 1
+                    refusal = None
+                else:
+                    bucket.tokens = tokens
+                    refusal = "rate_limited"
             else:
                 refusal = self._refuse_event(eio_sid, size, namespace)
             args = pkt.data
