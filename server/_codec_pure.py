@@ -213,3 +213,31 @@ def write_frames(targets: list, sockets: dict, frame: bytes, max_packets: int, m
             continue
         transport.write(frame)
     return rest
+
+
+# ---------------------------------------------------------------- the client EVENT checks (echo path)
+
+def check_event(pkt: Any, max_namespace: int, max_ack_id: int, reserved: Any) -> str | None:
+    """server/realtime.py parse_client_packet's checks of a decoded EVENT (type 2) packet ``pkt``:
+    None when it passes (its namespace cut to ``max_namespace`` characters), else why not (the
+    ProtocolError's message).
+
+    :param max_ack_id: the largest ack id allowed.
+    :param reserved: the event names a client may not send.
+    """
+    namespace = pkt.namespace
+    if namespace is not None:
+        if not isinstance(namespace, str):
+            return "namespace must be a string"
+        if len(namespace) > max_namespace:
+            pkt.namespace = namespace[:max_namespace]
+    ack_id = pkt.id
+    if ack_id is not None and (isinstance(ack_id, bool) or not isinstance(ack_id, int)
+                               or not 0 <= ack_id <= max_ack_id):
+        return "bad ack id"
+    data = pkt.data
+    if not isinstance(data, list) or not data or not isinstance(data[0], str):
+        return "event payload must be an array starting with the event name"
+    if data[0] in reserved:
+        return f"reserved event name {data[0]!r}"
+    return None

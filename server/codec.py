@@ -36,3 +36,6 @@ FrameParser = implementation.FrameParser
 
 # The fan-out's per-recipient frame writes (server/manager.py RealtimeManager._deliver).
 write_frames = implementation.write_frames
+
+# The checks of a client's EVENT packet, in one call (server/realtime.py parse_client_packet).
+check_event = implementation.check_event

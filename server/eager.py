@@ -19,6 +19,8 @@ log = logging.getLogger("server.eager")
 
 # A Task is only weakly referenced by the event loop; these are kept until they finish.
 _running: set[asyncio.Task[Any]] = set()
+# The running task of each loop: asyncio's own table, which current_task() reads (3.11).
+_current_tasks = _tasks._current_tasks
 
 
 def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
@@ -33,7 +35,7 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
     # connect timeouts bind to the current task, and must cancel that Task, not the
     # connection's reader that happened to be running (or fail for want of any task).
     loop = asyncio.get_running_loop()
-    outer = _tasks.current_task(loop)
+    outer = _current_tasks.get(loop)  # asyncio.current_task(loop), less its Python frame
     if outer is not None:
         _tasks._leave_task(loop, outer)
     standin = _TaskToBe()

@@ -39,8 +39,13 @@ class IdempotencyStore(Protocol):
         """Drop expired entries (the periodic sweep; a no-op where the store expires them itself)."""
 
 
+# msgpack.packb(ack, default=repr) makes a Packer per call; this one is reused (it resets
+# after each pack, and nothing here packs re-entrantly).
+_pack_now = msgpack.Packer(default=repr).pack
+
+
 def _pack(ack: Any, max_bytes: int) -> bytes:
-    packed = msgpack.packb(ack, default=repr)
+    packed = _pack_now(ack)
     return packed if len(packed) <= max_bytes else TOO_LARGE
 
 
@@ -57,6 +62,7 @@ def _unpack(raw: bytes) -> Any:
 
 # What an entry costs besides its key and value: the dict slot, the tuple, the float.
 ENTRY_OVERHEAD = 120
+_PENDING_WEIGHT = len(PENDING) + ENTRY_OVERHEAD  # a claim's, besides its key
 
 
 class MemoryIdempotencyStore:
@@ -84,11 +90,15 @@ class MemoryIdempotencyStore:
         return self._bytes
 
     def _put(self, key: str, expires: float, value: bytes) -> None:
-        self._drop(key)
-        self._items[key] = (expires, value)
-        self._bytes += len(key) + len(value) + ENTRY_OVERHEAD
-        while self._bytes > self.max_bytes and self._items:
-            self._drop(next(iter(self._items)))
+        items = self._items
+        old = items.pop(key, None)
+        size = self._bytes + len(key) + len(value) + ENTRY_OVERHEAD
+        if old is not None:
+            size -= len(key) + len(old[1]) + ENTRY_OVERHEAD
+        items[key] = (expires, value)
+        self._bytes = size
+        if size > self.max_bytes:
+            self._shed()
 
     def _drop(self, key: str) -> None:
         item = self._items.pop(key, None)
@@ -96,27 +106,61 @@ class MemoryIdempotencyStore:
             self._bytes -= len(key) + len(item[1]) + ENTRY_OVERHEAD
 
     def _sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
         self._next_sweep = now + 1.0
         for key in [k for k, (exp, _) in self._items.items() if exp <= now]:
             self._drop(key)
 
     async def sweep(self) -> None:
-        self._next_sweep = 0.0
         self._sweep(time.monotonic())
 
-    async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
+    # The event path calls these two directly (``sync`` says it may): no coroutine per call.
+    sync = True
+
+    def claim_now(self, key: str, ttl: float) -> tuple[bool, Any]:
+        """:meth:`claim`, without awaiting (this store never waits)."""
         now = time.monotonic()
-        self._sweep(now)
-        item = self._items.get(key)
-        if item is not None and item[0] > now:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        items = self._items
+        item = items.get(key)
+        if item is None:  # the common case: _put for a key not held, inline
+            items[key] = (now + ttl, PENDING)
+            self._bytes += len(key) + _PENDING_WEIGHT
+            if self._bytes > self.max_bytes:
+                self._shed()
+            return True, None
+        if item[0] > now:
             return False, _unpack(item[1])
         self._put(key, now + ttl, PENDING)
         return True, None
 
+    def complete_now(self, key: str, ack: Any, ttl: float) -> None:
+        """:meth:`complete`, without awaiting."""
+        packed = _pack_now(ack)
+        if len(packed) > self.max_reply_bytes:
+            packed = TOO_LARGE
+        # _put, inline: the claim's entry (if still held) is replaced and moves to the end.
+        items = self._items
+        old = items.pop(key, None)
+        size = self._bytes + len(key) + len(packed) + ENTRY_OVERHEAD
+        if old is not None:
+            size -= len(key) + len(old[1]) + ENTRY_OVERHEAD
+        items[key] = (time.monotonic() + ttl, packed)
+        self._bytes = size
+        if size > self.max_bytes:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Drop the oldest entries until the store is within ``max_bytes``."""
+        items = self._items
+        while self._bytes > self.max_bytes and items:
+            self._drop(next(iter(items)))
+
+    async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
+        return self.claim_now(key, ttl)
+
     async def complete(self, key: str, ack: Any, ttl: float) -> None:
-        self._put(key, time.monotonic() + ttl, _pack(ack, self.max_reply_bytes))
+        self.complete_now(key, ack, ttl)
 
     async def release(self, key: str) -> None:
         self._drop(key)
@@ -144,6 +188,7 @@ class RedisIdempotencyStore:
         self.max_reply_bytes = max_reply_bytes
         self._claim = client.register_script(_CLAIM)
 
+    sync = False  # every call is a round trip: awaited
     def _key(self, key: str) -> str:
         return f"{self.prefix}:dedupe:{key}"  # one key per operation: any cluster slot will do
 

@@ -82,22 +82,28 @@ class BaseNamespace(NamespaceAdapter):
         self.stores = runtime.stores
         self.metrics = runtime.metrics
         self.auth = runtime.authenticator
+        # event name -> its bound ``on_*`` method, filled as events arrive (the name mangling
+        # and getattr once per event name, not once per event).
+        self._handlers: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ dispatch
 
     async def handle_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
             return await self.library_trigger_event(event, *args)
-        handler = getattr(self, "on_" + event.replace(":", "_").replace("-", "_"), None)
-        if handler is None or event.startswith("_"):
-            # An unknown event with an ack still gets an answer, so the client is not left waiting.
-            return ClientError("unknown_event", f"no event {event!r} in {self.namespace}").ack()
+        handler = self._handlers.get(event)
+        if handler is None:
+            handler = self._handler_for(event)
+            if handler is None:
+                # An unknown event with an ack still gets an answer, so the client is not left waiting.
+                return ClientError("unknown_event", f"no event {event!r} in {self.namespace}").ack()
         sid, data = args[0], args[1:]
         try:
-            key = self._event_key(sid, event, data)
-            if key is None:
-                return await handler(sid, *data)
-            return await self._once(key, handler, sid, data)
+            # The event-ID check inline (this runs for every event): only an object first
+            # argument holding "eventId" goes on to the dedupe.
+            if data and isinstance(data[0], dict) and "eventId" in data[0]:
+                return await self._once(handler, sid, event, data)
+            return await handler(sid, *data)
         except ClientError as exc:
             return exc.ack()
         except TypeError as exc:
@@ -107,21 +113,32 @@ class BaseNamespace(NamespaceAdapter):
         # Anything else (shared state unreachable included) is answered by the server in one
         # place: RealtimeServer._handler_failed (unavailable / internal error acks).
 
-    def _event_key(self, sid: str, event: str, data: tuple[Any, ...]) -> str | None:
-        if not data or not isinstance(data[0], dict) or "eventId" not in data[0]:
+    def _handler_for(self, event: str) -> Any:
+        """The ``on_*`` method for ``event`` (None for none, or a name starting with ``_``),
+        remembered for the known ones; unknown names are not remembered (clients choose them)."""
+        if event.startswith("_"):
             return None
+        handler = getattr(self, "on_" + event.replace(":", "_").replace("-", "_"), None)
+        if handler is not None:
+            self._handlers[event] = handler
+        return handler
+
+    async def _once(self, handler: Any, sid: str, event: str, data: tuple[Any, ...]) -> Any:
+        """Run ``handler`` for ``event`` once per event ID (``data[0]["eventId"]``): a retry,
+        even while the first is still running, gets the first one's ack."""
         event_id = data[0]["eventId"]
         if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
             raise ClientError("invalid_event_id", "eventId must be 1-128 characters: letters, digits, _ . : -")
         identity = self.runtime.identities.get((self.namespace, sid))
-        who = identity.user if identity else sid
-        return f"{self.namespace}:{who}:{event}:{event_id}"
-
-    async def _once(self, key: str, handler: Any, sid: str, data: tuple[Any, ...]) -> Any:
+        key = f"{self.namespace}:{identity.user if identity else sid}:{event}:{event_id}"
         store, ttl = self.stores.idempotency, self.config.delivery.dedupe_ttl
+        sync = store.sync  # the memory store: its calls are plain calls, not coroutines
         # A claim whose handler died with the store unreachable cannot be released: it lapses
         # after PENDING_TTL rather than blocking retries for the whole dedupe window.
-        fresh, ack = await store.claim(key, min(ttl, PENDING_TTL))
+        if sync:
+            fresh, ack = store.claim_now(key, ttl if ttl < PENDING_TTL else PENDING_TTL)
+        else:
+            fresh, ack = await store.claim(key, min(ttl, PENDING_TTL))
         if not fresh and ack is PENDING:
             fresh, ack = await wait_for_ack(store, key, ttl)
         if not fresh:
@@ -142,7 +159,10 @@ class BaseNamespace(NamespaceAdapter):
         except BaseException:
             await store.release(key)
             raise
-        await store.complete(key, result, ttl)
+        if sync:
+            store.complete_now(key, result, ttl)
+        else:
+            await store.complete(key, result, ttl)
         return result
 
     # ------------------------------------------------------------------ connect / disconnect

@@ -28,6 +28,7 @@ from socketio import packet as sio_packet
 
 from .adapter import CountedPayload, EngineAdapter, ServerAdapter
 from .bus import Bus
+from .codec import check_event
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
@@ -89,6 +90,11 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
     """
     pkt = packet_class(encoded_packet=data)
     kind = pkt.packet_type
+    if kind == 2:  # an EVENT, the common packet: its checks below, in one (compiled) call
+        problem = check_event(pkt, MAX_NAMESPACE_LENGTH, MAX_ACK_ID, RESERVED_EVENTS)
+        if problem is not None:
+            raise ProtocolError(problem)
+        return pkt
     if kind not in (0, 1, 2, 3, 5, 6):
         raise ProtocolError(f"packet type {kind!r} not allowed from a client")
     if pkt.namespace is not None and not isinstance(pkt.namespace, str):
@@ -135,7 +141,8 @@ class TokenBucket:
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
         self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -509,7 +516,6 @@ class RealtimeServer(ServerAdapter):
         self._buckets: dict[str, TokenBucket] = {}
         self._operator_buckets: dict[str, TokenBucket] = {}  # eio sid -> bucket, once it sent an /admin event
         self._upgraded: set[str] = set()
-        self._events_in: dict[str, Any] = {}  # namespace -> its events_in counter (connected ones only)
         self._connects: dict[str, Any] = {}  # namespace -> its connects counter (served ones only)
         self._on_connect: dict[str, Any] = {}  # namespace -> its on_connect, see _connect_handler
         # Sockets whose session is to be saved soon, in one batch (see _save_soon).
@@ -646,69 +652,115 @@ class RealtimeServer(ServerAdapter):
         await self.end(eio_sid, ending)
 
     async def eio_message(self, eio_sid: str, data: Any) -> None:
-        self.metrics.bytes_in.inc(len(data))
+        metrics = self.metrics
+        metrics.bytes_in.value += len(data)  # plain numbers, read at scrape time (server/metrics.py)
         if eio_sid not in self._upgraded:
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None and socket.upgraded:
                 self._upgraded.add(eio_sid)
                 if socket.transport_started_as_polling:
-                    self.metrics.upgrades.inc()
+                    metrics.upgrades.inc()
         try:
-            await self._dispatch(eio_sid, data)
+            if eio_sid in self._binary_packet:
+                return await self._attachment(eio_sid, data)
+            pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
+            if pkt.packet_type != 2:
+                return await self._dispatch(eio_sid, pkt, len(data))
+            # A text EVENT, the common packet: python-socketio's _handle_event →
+            # _handle_event_internal → _trigger_event, and our _dispatch, _refuse_event and
+            # _handle_class_event, folded into this one frame (same checks, same order).
+            namespace = pkt.namespace or "/"
+            manager = self.manager
+            sid = manager.sid_from_eio_sid(eio_sid, namespace)
+            if not sid:
+                raise ProtocolError(f"packet for namespace {namespace} before CONNECT")
+            try:
+                metrics.events_in.counts[namespace] += 1
+            except KeyError:  # the namespace's first event
+                metrics.events_in.labels(namespace).inc()
+            size = len(data)
+            if size > self.limits.max_event_bytes:
+                refusal: str | None = "payload_too_large"
+            elif namespace != OPERATOR_NAMESPACE and (bucket := self._buckets.get(eio_sid)) is not None:
+                # TokenBucket.take, inline
+                now = time.monotonic()
+                tokens = bucket.tokens + (now - bucket.stamp) * bucket.rate
+                if tokens > bucket.burst:
+                    tokens = bucket.burst
+                bucket.stamp = now
+                if tokens >= 1:
+                    bucket.tokens = tokens - 1
+                    refusal = None
+                else:
+                    bucket.tokens = tokens
+                    refusal = "rate_limited"
+            else:
+                refusal = self._refuse_event(eio_sid, size, namespace)
+            args = pkt.data
+            if refusal is not None:
+                return await self._refuse(eio_sid, namespace, pkt.id, refusal, args[0])
+            handler = self.namespace_handlers.get(namespace)
+            if handler is None or self.handlers:
+                return await self._handle_event(eio_sid, namespace, pkt.id, args)
+            # AsyncManager.is_connected, inline: the sid was just found in the namespace, so
+            # only a connect or disconnect under way makes it not connected.
+            pending = manager.pending_connect
+            if pending and namespace in pending and sid in pending[namespace]:
+                return None
+            pending = manager.pending_disconnect
+            if pending and namespace in pending and sid in pending[namespace]:
+                return None
+            try:
+                result = await handler.trigger_event(args[0], sid, *args[1:])
+            except Exception as exc:
+                # Never a silent failure: the client's ack says what happened.
+                result = self._handler_failed(namespace, args[0], exc)
+            ack_id = pkt.id
+            if ack_id is not None:
+                await self._send_ack(eio_sid, namespace, ack_id, result)
         except ProtocolError as exc:
             log.info("closing %s: %s", eio_sid, exc)
             await self._close_eio(eio_sid, "malformed")
         except DECODE_ERRORS as exc:
             log.info("closing %s: undecodable packet (%s)", eio_sid, exc.__class__.__name__)
             await self._close_eio(eio_sid, "undecodable")
+        return None
 
-    async def _dispatch(self, eio_sid: str, data: Any) -> None:
-        if eio_sid in self._binary_packet:
-            return await self._attachment(eio_sid, data)
-        pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
+    async def _send_ack(self, eio_sid: str, namespace: str, ack_id: int, result: Any) -> None:
+        """Send the ACK of an event: ``result`` is what its handler returned. A text ack to a
+        session whose WebSocket can take it now is written here (RealtimeSocket.write_text),
+        without the Engine.IO packet and the three calls of the general way."""
+        # normalize_args, for the usual ack (an object: one argument) without its call
+        args = [result] if result.__class__ is dict else normalize_args(result)
+        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=args)
+        if pkt.packet_type == sio_packet.ACK:  # not a BINARY_ACK
+            encoded = pkt.encode()
+            if encoded.__class__ is str:  # not the msgpack parser's bytes
+                socket = self.eio.sockets.get(eio_sid)
+                if isinstance(socket, RealtimeSocket) and socket.write_text(encoded):
+                    return
+        await self._send_packet(eio_sid, pkt)
+
+    async def _dispatch(self, eio_sid: str, pkt: Any, size: int) -> None:
+        """A decoded packet other than a text EVENT (see :meth:`eio_message`)."""
         kind = pkt.packet_type
         namespace = pkt.namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace) if kind != 0 else None
         if kind != 0 and not sid:
             raise ProtocolError(f"packet for namespace {namespace} before CONNECT")
-        if kind in (2, 5):
-            counter = self._events_in.get(namespace)
-            if counter is None:  # labels() costs four times the inc() it is for
-                counter = self._events_in[namespace] = self.metrics.events_in.labels(namespace)
-            counter.inc()
-            refusal = self._refuse_event(eio_sid, len(data), namespace)
-            if kind == 5:
-                return self._await_attachments(eio_sid, pkt, len(data), refusal)
-            if refusal is not None:
-                return await self._refuse(eio_sid, namespace, pkt.id, refusal, pkt.data[0])
-            handler = self.namespace_handlers.get(namespace)
-            if handler is not None and not self.handlers:
-                return await self._handle_class_event(handler, eio_sid, sid, namespace, pkt.id, pkt.data)
-            return await self._handle_event(eio_sid, namespace, pkt.id, pkt.data)
+        if kind == 5:
+            try:
+                self.metrics.events_in.counts[namespace] += 1
+            except KeyError:
+                self.metrics.events_in.labels(namespace).inc()
+            return self._await_attachments(eio_sid, pkt, size, self._refuse_event(eio_sid, size, namespace))
         if kind == 0:
             return await self._connect_or_refuse(eio_sid, namespace, pkt.data)
         if kind == 1:
             return await self.disconnect_namespace(eio_sid, namespace, self.reason.CLIENT_DISCONNECT)
         if kind == 3:
             return await self._handle_ack(eio_sid, namespace, pkt.id, pkt.data)
-        return self._await_attachments(eio_sid, pkt, len(data), self._refuse_size(len(data)))
-
-    async def _handle_class_event(self, handler: Any, eio_sid: str, sid: str, namespace: str,
-                                  ack_id: int | None, data: list[Any]) -> None:
-        """python-socketio's _handle_event → _handle_event_internal → _trigger_event, for the
-        case every namespace here is in: a namespace class and no decorator handlers. Same
-        result and ack, five calls fewer per event."""
-        if not self.manager.is_connected(sid, namespace):
-            return
-        try:
-            result = await handler.trigger_event(data[0], sid, *data[1:])
-        except Exception as exc:
-            # Never a silent failure: the client's ack says what happened.
-            result = self._handler_failed(namespace, data[0], exc)
-        if ack_id is not None:
-            await self._send_packet(eio_sid, self.packet_class(
-                sio_packet.ACK, namespace=namespace, id=ack_id,
-                data=normalize_args(result)))
+        return self._await_attachments(eio_sid, pkt, size, self._refuse_size(size))
 
     def _handler_failed(self, namespace: str, event: str, exc: BaseException) -> dict[str, Any]:
         """The error ack for a handler that raised: ``unavailable`` when shared state could not

@@ -215,3 +215,67 @@ def test_twins_encode_what_only_the_server_builds_alike(data):
     """Data no client sends but handlers return: non-string keys (FastJson's OPT_NON_STR_KEYS), bytes."""
     built = [cls(3, data=data, namespace="/chat", id=1) for cls in (PURE, COMPILED)]
     assert outcome(built[1].encode) == outcome(built[0].encode)
+
+
+# ---------------------------------------------------------------- check_event (the echo path's checks)
+
+def event_check_outcome(impl: Any, text: Any) -> tuple | None:
+    """``impl``'s check_event on the EVENT packet ``text`` decodes to (None when it is none):
+    its answer and the packet's namespace after it."""
+    try:
+        pkt = PURE(encoded_packet=text)
+    except (*DECODE_ERRORS, UnicodeError, OverflowError):
+        return None
+    if pkt.packet_type != 2:
+        return None
+    from server.realtime import MAX_ACK_ID, MAX_NAMESPACE_LENGTH, RESERVED_EVENTS
+    return impl.check_event(pkt, MAX_NAMESPACE_LENGTH, MAX_ACK_ID, RESERVED_EVENTS), pkt.namespace
+
+
+EVENTS = [t for t in HOSTILE if isinstance(t, str) and t[:1] == "2"] + [
+    '2/chat,1["connect"]', '2/chat,' + str(2**53) + '["a"]', '2/chat,' + str(2**53 - 1) + '["a"]',
+    '2/' + 'n' * 129 + ',["a"]', '2/' + 'n' * 128 + ',["a"]', '2[["a"]]', '2[null]', '2["disconnecting"]']
+
+
+@needs_compiled
+@pytest.mark.parametrize("text", EVENTS, ids=range(len(EVENTS)))
+def test_twins_check_events_alike(text):
+    assert event_check_outcome(_compiled, text) == event_check_outcome(_codec_pure, text), repr(text)
+
+
+@needs_compiled
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packet_like.map(lambda t: "2" + t[1:] if t else "2"))
+def test_twins_check_fuzzed_events_alike(text):
+    assert event_check_outcome(_compiled, text) == event_check_outcome(_codec_pure, text), repr(text)
+
+
+class _Odd:
+    """An EVENT packet as another parser could decode it (msgpack: any types in any field)."""
+
+    def __init__(self, namespace: Any, ack_id: Any, data: Any) -> None:
+        self.namespace, self.id, self.data = namespace, ack_id, data
+
+
+@needs_compiled
+@pytest.mark.parametrize("fields", [
+    (5, None, ["a"]), (b"/chat", None, ["a"]), ("/x", True, ["a"]), ("/x", 1.0, ["a"]), ("/x", -1, ["a"]),
+    (None, 2**60, ["a"]), (None, None, ("a",)), (None, None, []), (None, None, [b"a"]), (None, None, "a"),
+    (None, 3, ["connect_error"]), ("/" + "x" * 200, 7, ["ok", 1]), (None, None, ["ok"]),
+])
+def test_twins_check_other_parsers_packets_alike(fields):
+    outcomes = []
+    for impl in (_compiled, _codec_pure):
+        pkt = _Odd(*fields)
+        from server.realtime import MAX_ACK_ID, MAX_NAMESPACE_LENGTH, RESERVED_EVENTS
+        outcomes.append((impl.check_event(pkt, MAX_NAMESPACE_LENGTH, MAX_ACK_ID, RESERVED_EVENTS), pkt.namespace))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_event_checks_refuse_what_the_protocol_does_not_allow():
+    from server.realtime import ProtocolError
+    for text in ('2/chat,["connect"]', '2/chat,' + str(2**53) + '["a"]', '2/chat,[]', '2/chat,[1]', '2/chat,{}'):
+        with pytest.raises(ProtocolError):
+            parse_client_packet(TextPacket, text, 10)
+    pkt = parse_client_packet(TextPacket, '2/' + 'n' * 300 + ',5["a",1]', 10)
+    assert (pkt.namespace, pkt.id, pkt.data) == ("/" + "n" * 127, 5, ["a", 1])

@@ -1,0 +1,223 @@
+"""What one echo with ack costs the server: CPU (user and sys) and Python calls per event.
+
+    .venv/bin/python bench/echo_cost.py [--clients 100] [--events 100] [--event-ids]
+                                        [--profile] [--top 25] [--loop uvloop|asyncio] [--rounds 1]
+
+The benchmark's echo scenario (``echo``; ``echo-id`` with ``--event-ids``), deterministically
+and in this process: the server runs here (the bench profile, ``bench/bench.toml``, embedded:
+no Redis, ``BENCH_NAMESPACE=1``, the collector tuned as ``python -m server`` tunes it) and the
+clients in a child process (its CPU is not counted): ``--clients`` WebSocket connections to
+``/bench``, each sending ``echo`` with an ack ``--events`` times, one at a time (the next once
+the ack is in), as the harness does. With ``--event-ids`` every payload carries a fresh
+``eventId`` (the dedupe path: claimed, applied once, its ack kept for a retry). The child checks
+each ack echoes its payload.
+
+Printed (one JSON line): the events, the server's CPU from ``/proc/self/stat`` in µs per event,
+user and sys; with ``--profile``, cProfile runs over the events and the output adds the
+Python-visible calls per event and the ``--top`` functions by calls per event (deterministic:
+compare trees with them; CPU times with ``--profile`` include its overhead).
+
+For instructions per event, run it under callgrind twice, with N and 2N events, and subtract::
+
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p .venv/bin/python bench/echo_cost.py --events 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import struct
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------ client (child process)
+
+def _masked(text: str) -> bytes:
+    """A client-to-server WebSocket text frame (masked with a zero key: the same bytes)."""
+    payload = text.encode()
+    n = len(payload)
+    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + struct.pack("!H", n)
+    return head + b"\0\0\0\0" + payload
+
+
+async def _frame(reader: asyncio.StreamReader) -> str:
+    head = await reader.readexactly(2)
+    n = head[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return (await reader.readexactly(n)).decode()
+
+
+async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await reader.readuntil(b"\r\n\r\n")
+    assert (await _frame(reader)).startswith("0")  # Engine.IO OPEN
+    writer.write(_masked("40/bench,"))
+    while not (await _frame(reader)).startswith("40/bench,"):
+        pass
+    return reader, writer
+
+
+async def _echoes(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  events: int, event_ids: bool, round_no: int) -> bool:
+    """Send ``events`` echoes one at a time; True when every ack echoed its payload."""
+    for i in range(events):
+        if event_ids:
+            payload = {"eventId": f"c{index}-r{round_no}-{i}", "text": "hello"}
+        else:
+            payload = {"text": "hello", "n": i}
+        writer.write(_masked('42/bench,%d["echo",%s]' % (i, json.dumps(payload, separators=(",", ":")))))
+        while True:
+            text = await asyncio.wait_for(_frame(reader), 30)
+            if text.startswith("43/bench,"):
+                break
+            if text == "2":
+                writer.write(_masked("3"))
+        ack_id, _, body = text[len("43/bench,"):].partition("[")
+        if int(ack_id) != i or json.loads("[" + body) != [payload]:
+            return False
+    return True
+
+
+async def client(port: int, clients: int, events: int, event_ids: bool, rounds: int) -> None:
+    sem = asyncio.Semaphore(100)
+
+    async def one():
+        async with sem:
+            return await _connect(port)
+
+    conns = await asyncio.gather(*(one() for _ in range(clients)))
+    print("joined", flush=True)
+    loop = asyncio.get_running_loop()
+    for round_no in range(rounds):
+        await loop.run_in_executor(None, sys.stdin.readline)  # the server is measuring
+        ok = await asyncio.gather(*(_echoes(i, r, w, events, event_ids, round_no)
+                                    for i, (r, w) in enumerate(conns)))
+        print(json.dumps({"complete": sum(ok)}), flush=True)
+    for _, writer in conns:
+        writer.close()
+
+
+# ------------------------------------------------------------------ server (this process)
+
+def cpu_seconds() -> tuple[float, float]:
+    """This process's user and system CPU time so far, from /proc/self/stat."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+async def measure(args: argparse.Namespace) -> dict:
+    os.environ.update(BENCH_NAMESPACE="1", EVENTS_PER_SECOND="1000000", MAX_CONNECTIONS_PER_IP="1000000")
+    os.environ.setdefault("LOG_LEVEL", "warning")
+    sys.path[:0] = [str(ROOT), str(ROOT / "channels")]
+    from aiohttp import web
+
+    from namespaces import factories
+    from server.__main__ import tune_gc
+    from server.app import configure_logging, create_app
+    from server.codec import COMPILED
+    from server.config import load_config
+
+    config = load_config(str(ROOT / "bench" / "bench.toml"))
+    configure_logging(config)
+    app = create_app(config, factories(bench=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    site = web.SockSite(runner, sock)
+    await site.start()
+    tune_gc()
+
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", str(port), "--clients", str(args.clients),
+        "--events", str(args.events), "--rounds", str(args.rounds), *(["--event-ids"] if args.event_ids else []),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert (await child.stdout.readline()).strip() == b"joined"
+    await asyncio.sleep(0.5)
+    events = args.clients * args.events
+    runs = []
+    profile = None
+    for _ in range(args.rounds):
+        if args.profile:
+            import cProfile
+
+            profile = cProfile.Profile()
+        user0, sys0 = cpu_seconds()
+        if profile is not None:
+            profile.enable()
+        child.stdin.write(b"go\n")
+        line = await child.stdout.readline()
+        if profile is not None:
+            profile.disable()
+        user1, sys1 = cpu_seconds()
+        complete = json.loads(line)["complete"]
+        if complete != args.clients:
+            raise SystemExit(f"only {complete} of {args.clients} clients got every ack right")
+        runs.append(((user1 - user0) * 1e6 / events, (sys1 - sys0) * 1e6 / events))
+    result = {"clients": args.clients, "events": events, "event_ids": args.event_ids,
+              "compiled_codec": COMPILED, "loop": args.loop, "profile": args.profile,
+              "user_us_per_event": round(statistics.median(u for u, _ in runs), 3),
+              "sys_us_per_event": round(statistics.median(s for _, s in runs), 3),
+              "runs_user_sys_us": [[round(u, 2), round(s, 2)] for u, s in runs]}
+    if profile is not None:
+        import pstats
+
+        stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+        total = sum(nc for (_, nc, _, _, _) in stats.values())
+        result["calls_per_event"] = round(total / events, 3)
+        top = sorted(stats.items(), key=lambda kv: -kv[1][1])[:args.top]
+        result["top_calls_per_event"] = [
+            [f"{Path(f).name}:{line}({name})", round(nc / events, 3), round(tt * 1e6 / events, 3)]
+            for (f, line, name), (_, nc, tt, _, _) in top]
+    child.stdin.close()
+    await child.wait()
+    await runner.cleanup()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=100, help="WebSocket clients on /bench")
+    parser.add_argument("--events", type=int, default=100, help="echoes each client sends per round")
+    parser.add_argument("--event-ids", action="store_true", help="an eventId in every payload (dedupe on)")
+    parser.add_argument("--rounds", type=int, default=1, help="measures against the same server (median)")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--profile", action="store_true", help="cProfile the events: calls per event")
+    parser.add_argument("--top", type=int, default=25, help="functions listed with --profile")
+    parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        asyncio.run(client(args.client, args.clients, args.events, args.event_ids, args.rounds))
+        return 0
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    result = asyncio.run(measure(args))
+    if args.profile:
+        print(f"{'function':60} calls/event  µs/event (own, profiled)")
+        for name, calls, own in result["top_calls_per_event"]:
+            print(f"{name[-60:]:60} {calls:10.3f} {own:10.3f}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
