@@ -29,13 +29,15 @@ import asyncio
 import base64
 import json
 import os
-import socket
 import statistics
 import struct
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from inprocess import start_bench_server  # noqa: E402
 
 
 # ------------------------------------------------------------------ client (child process)
@@ -122,28 +124,8 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    os.environ.update(BENCH_NAMESPACE="1", EVENTS_PER_SECOND="1000000", MAX_CONNECTIONS_PER_IP="1000000")
-    os.environ.setdefault("LOG_LEVEL", "warning")
-    sys.path[:0] = [str(ROOT), str(ROOT / "channels")]
-    from aiohttp import web
-
-    from namespaces import factories
-    from server.__main__ import tune_gc
-    from server.app import configure_logging, create_app
+    runner, app, port = await start_bench_server()
     from server.codec import COMPILED
-    from server.config import load_config
-
-    config = load_config(str(ROOT / "bench" / "bench.toml"))
-    configure_logging(config)
-    app = create_app(config, factories(bench=True))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    site = web.SockSite(runner, sock)
-    await site.start()
-    tune_gc()
 
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--clients", str(args.clients),
