@@ -33,18 +33,22 @@ def message_packet(text: Any) -> eio_packet.Packet:
     return eio_packet.Packet(eio_packet.MESSAGE, data=text)
 
 
-def text_frame(text: str) -> bytes:
-    """The server-to-client WebSocket text frame of ``text`` (unmasked, so the same bytes for any
-    recipient)."""
-    payload = text.encode()
+def server_frame(first: int, payload: bytes) -> bytes:
+    """A server-to-client WebSocket frame (unmasked, so the same bytes for any recipient): the
+    first byte ``first`` (FIN and the opcode), the length, ``payload``."""
     n = len(payload)
     if n < 126:
-        header = bytes((0x81, n))
+        header = bytes((first, n))
     elif n < 65536:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+        header = bytes((first, 126)) + n.to_bytes(2, "big")
     else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+        header = bytes((first, 127)) + n.to_bytes(8, "big")
     return header + payload
+
+
+def text_frame(text: str) -> bytes:
+    """The server-to-client WebSocket text frame of ``text``."""
+    return server_frame(0x81, text.encode())
 
 
 # ------------------------------------------------------------------ WebSocket frames from clients

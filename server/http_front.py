@@ -539,12 +539,7 @@ class HttpFront(asyncio.Protocol):
             else:
                 transport.close()
             return
-        self._expire(self.server.keepalive_timeout, "idle")
-        if not self.processing and self.buf:
-            self._process()
-        elif self.paused and len(self.buf) <= self.held:
-            self.paused = False
-            transport.resume_reading()
+        self._go_on(transport)
 
     def _answer_ok(self, content_type: str, body: bytes) -> None:
         """python-engineio's 200 answer (``_ok``) with this Content-Type and ``body``: written
@@ -558,9 +553,7 @@ class HttpFront(asyncio.Protocol):
                 or (accept_encoding and engine.http_compression and len(body) >= engine.compression_threshold)):
             return self._answer({"status": "200 OK", "headers": [("Content-Type", content_type)], "response": body})
         self.pending = None
-        if self.busy:
-            self.busy = False
-            engine.requests_in_flight -= 1
+        self._done()
         if int(_time()) != _date_second:
             http_date()
         front = self.front
@@ -568,6 +561,11 @@ class HttpFront(asyncio.Protocol):
         if not head:
             head = front.ok_head(content_type)
         transport.write(head + _OK_TAIL % (len(body), _date_bytes, body))
+        self._go_on(transport)
+
+    def _go_on(self, transport: Any) -> None:
+        """An answer was written and the connection stays: wait idle, or serve the next request
+        already received, or read again once what is held fits."""
         self._expire(self.server.keepalive_timeout, "idle")
         if not self.processing and self.buf:
             self._process()

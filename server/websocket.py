@@ -31,6 +31,7 @@ from aiohttp import web
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
+from ._codec_pure import server_frame
 from .codec import FrameParser, text_frame
 from .eager import start_eagerly
 from .engine_socket import RealtimeSocket
@@ -52,15 +53,9 @@ def accept_key(key: str) -> str:
 
 
 def binary_frame(data: bytes) -> bytes:
-    """The server-to-client (unmasked) binary frame of ``data``."""
-    n = len(data)
-    if n < 126:
-        header = bytes((0x82, n))
-    elif n < 65536:
-        header = bytes((0x82, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x82, 127)) + n.to_bytes(8, "big")
-    return header + data
+    """The server-to-client (unmasked) binary frame of ``data`` (binary packets are rare: the
+    pure-Python frame builder serves them whether or not the codec is compiled)."""
+    return server_frame(0x82, data)
 
 
 def control_frame(opcode: int, payload: bytes = b"") -> bytes:
