@@ -15,7 +15,10 @@ each ack echoes its payload.
 Printed (one JSON line): the events, the server's CPU from ``/proc/self/stat`` in µs per event,
 user and sys; with ``--profile``, cProfile runs over the events and the output adds the
 Python-visible calls per event and the ``--top`` functions by calls per event (deterministic:
-compare trees with them; CPU times with ``--profile`` include its overhead).
+compare trees with them; CPU times with ``--profile`` include its overhead). With
+``ECHO_COST_PSTATS=FILE`` the profile is also saved there, for ``pstats`` (callers, cumulative
+times; a coroutine counts one call per resumption). ``REDIS_URL`` set: the Redis mode
+(see bench/inprocess.py).
 
 For instructions per event, run it under callgrind twice, with N and 2N events, and subtract::
 
@@ -161,6 +164,8 @@ async def measure(args: argparse.Namespace) -> dict:
     if profile is not None:
         import pstats
 
+        if os.environ.get("ECHO_COST_PSTATS"):
+            profile.dump_stats(os.environ["ECHO_COST_PSTATS"])
         stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
         total = sum(nc for (_, nc, _, _, _) in stats.values())
         result["calls_per_event"] = round(total / events, 3)

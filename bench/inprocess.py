@@ -2,7 +2,9 @@
 (bench/conn_memory.py, connect_cost.py, fanout_cost.py, polling_cost.py, echo_cost.py): the bench
 configuration (``bench/bench.toml``, the /bench namespace, embedded: no Redis), the limits that
 would throttle a load generator raised as bench/run.sh raises them, and the collector tuned as
-``python -m server`` tunes it.
+``python -m server`` tunes it. With ``REDIS_URL`` set (a local redis-server of your own, e.g.
+``redis-server --port 6390 --save ''``), the server runs in the Redis mode, as configuration
+from the environment always does: every tool then counts that mode's work.
 """
 
 from __future__ import annotations
