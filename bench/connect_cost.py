@@ -16,7 +16,13 @@ figure, all calls), then the functions with the most calls per connect. Call cou
 enough to compare two trees; ``--gc`` also counts the collector's runs per 1,000 connects
 (gc.callbacks), for the same two storms. ``--gc-storms K`` instead runs K storms of
 ``--conns`` (10,000, say), unprofiled, and says what the collector did in each (runs and
-milliseconds by generation) and the RSS after each, closed again.
+milliseconds by generation) and the RSS after each, closed again. ``--stages 5000,10000`` instead
+does what the harness's conns scenario does (bench/run.sh; ``scenarioConns`` in the shared
+loadgen.js): opens the first stage's connections and keeps them open (answering heartbeats),
+waits ``--settle`` seconds, then opens the next stage's on top of them, and so on; per stage,
+the server's CPU (this process's, the client is a child), in µs per connect, the collector's
+runs and milliseconds, the wall time and the RSS (``--profile`` adds Python calls per connect
+of the last stage). ``--loop uvloop`` runs the server on uvloop, as ``python -m server`` does.
 """
 
 from __future__ import annotations
@@ -50,11 +56,28 @@ async def client(port: int, namespace: str) -> None:
         for ws in [await _connect(session, url, namespace) for _ in range(20)]:
             await ws.close()
         print("warm", flush=True)
+        held: list = []  # the stages' connections, kept open
+        held_keepers: list = []
         while True:
             line = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
             if not line:
+                for k in held_keepers:
+                    k.cancel()
+                for ws in held:
+                    await ws.close()
                 return
             sem = asyncio.Semaphore(100)
+            if line.startswith("+"):  # a stage: open that many more and keep them all
+
+                async def kept():
+                    async with sem:
+                        ws = await _connect(session, url, namespace)
+                    held_keepers.append(asyncio.ensure_future(_keep_alive(ws)))  # as soon as open
+                    return ws
+
+                held.extend(await asyncio.gather(*(kept() for _ in range(int(line[1:])))))
+                print(len(held), flush=True)
+                continue
 
             async def one():
                 async with sem:
@@ -166,6 +189,104 @@ async def storm(child: asyncio.subprocess.Process, n: int, runtime) -> tuple[pst
     return pstats.Stats(profile), counter, live
 
 
+async def stages(child: asyncio.subprocess.Process, targets: list[int], settle: float,
+                 profile_last: bool, garbage: bool = False) -> tuple[list[dict], pstats.Stats | None, int]:
+    """The harness's conns scenario: per stage, open connections up to its target on top of
+    the ones kept open; what the server spent on each stage (CPU of this process, the
+    collector's runs and milliseconds by generation), and the last stage's profile."""
+    rows, profile, opened = [], None, 0
+    for i, target in enumerate(targets):
+        need = target - opened
+        last = i == len(targets) - 1
+        counter = GcCount()
+        gc.callbacks.append(counter)
+        if garbage:  # what the collector finds unreachable in this stage is kept to be counted
+            gc.set_debug(gc.DEBUG_SAVEALL)
+        if last and profile_last:
+            profile = cProfile.Profile()
+            profile.enable()
+        started, cpu = time.perf_counter(), time.process_time()
+        child.stdin.write(f"+{need}\n".encode())
+        opened = int(await child.stdout.readline())
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if profile is not None:
+            profile.disable()
+        gc.callbacks.remove(counter)
+        assert opened == target, (opened, target)
+        rows.append({"stage": f"{target - need}->{target}", "wall_s": round(wall, 2),
+                     "connects_per_s": round(need / wall), "cpu_us_per_connect": round(cpu * 1e6 / need, 1),
+                     "gc_runs": counter.runs, "gc_ms": [round(x * 1000, 1) for x in counter.seconds],
+                     "gc_share": round(sum(counter.seconds) / cpu, 3) if cpu else 0.0,
+                     "rss_kib": rss_kib(), "tracked": len(gc.get_objects())})
+        if garbage:
+            rows.append({"garbage_per_connect": cyclic_garbage(need)})
+        if not last:
+            await asyncio.sleep(settle)  # the harness's conn-settle, then its probe (not made here)
+    return rows, (pstats.Stats(profile) if profile is not None else None), targets[-1] - targets[-2] if len(targets) > 1 else targets[0]
+
+
+def loadgen() -> Path:
+    """The shared harness's load generator, found as bench/run.sh finds it ($SHARED_BENCH, or
+    ../shared/bench of the main checkout, also from a git worktree elsewhere)."""
+    import os
+    import subprocess
+
+    if os.environ.get("SHARED_BENCH"):
+        return Path(os.environ["SHARED_BENCH"]) / "client" / "loadgen.js"
+    shared = ROOT.parent / "shared" / "bench"
+    if not shared.is_dir():
+        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip()
+        shared = Path(common).parent.parent / "shared" / "bench"
+    return shared / "client" / "loadgen.js"
+
+
+async def node_stages(port: int, targets: list[int], settle: float, runtime) -> tuple[list[dict], list[dict]]:
+    """The harness's own client (``--conn-stages``, Node, the shared loadgen.js) against this
+    server, which samples itself every 10 ms (connections open, its CPU, the collector's runs
+    and time): per stage, from the first connection above the previous stage's count to the
+    last one of its own, the server's CPU per connect and the collector's work in between.
+    The client's lines (its connects/s) come back as they are."""
+    import os
+
+    sockets = runtime.sio.eio.sockets
+    counter = GcCount()
+    gc.callbacks.append(counter)
+    samples: list[tuple[int, float, float, list[int], float]] = []
+    loop = asyncio.get_running_loop()
+
+    def sample() -> None:
+        samples.append((len(sockets), time.perf_counter(), time.process_time(), list(counter.runs),
+                        sum(counter.seconds)))
+        handle[0] = loop.call_later(0.01, sample)
+
+    handle = [loop.call_later(0.01, sample)]
+    child = await asyncio.create_subprocess_exec(
+        "node", str(loadgen()), "--scenario", "conns", "--port", str(port), "--server-pid", str(os.getpid()),
+        "--conn-stages", ",".join(map(str, targets)), "--conn-settle", str(settle), "--target", "in-process",
+        stdout=asyncio.subprocess.PIPE)
+    out = await child.stdout.read()
+    await child.wait()
+    handle[0].cancel()
+    gc.callbacks.remove(counter)
+    rows, floor = [], 0
+    for target in targets:
+        last = next(i for i, row in enumerate(samples) if row[0] >= target)
+        # from the last sample at the previous stage's count (after the client's warm-up)
+        first = max(i for i, row in enumerate(samples[:last]) if row[0] <= floor)
+        a, b = samples[first], samples[last]
+        n = b[0] - a[0]
+        cpu = b[2] - a[2]
+        rows.append({"stage": f"{floor}->{target}", "wall_s": round(b[1] - a[1], 2),
+                     "cpu_us_per_connect": round(cpu * 1e6 / n, 1), "server_cpu_pct": round(100 * cpu / (b[1] - a[1])),
+                     "gc_runs": [y - x for x, y in zip(a[3], b[3])], "gc_ms": round((b[4] - a[4]) * 1000, 1),
+                     "gc_share": round((b[4] - a[4]) / cpu, 3)})
+        floor = target
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    client = [{k: line.get(k) for k in ("conns_target", "conns_per_s", "kib_per_conn", "holds")} for line in lines]
+    return rows, client
+
+
 LOOP = ("~:0", "stdlib/asyncio/", "stdlib/selectors.py")
 
 
@@ -185,12 +306,33 @@ async def measure(args: argparse.Namespace) -> dict:
     runner, app, port = await start_bench_server()
     if args.gc_threshold:
         gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
+    if args.node_client:
+        rows, client_rows = await node_stages(port, [int(x) for x in args.stages.split(",")], args.settle,
+                                              app["runtime"])
+        await runner.cleanup()
+        return {"loop": args.loop, "stages": rows + client_rows}
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--namespace", args.namespace,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert (await child.stdout.readline()).strip() == b"warm"
     await asyncio.sleep(0.5)
     runtime = app["runtime"]
+    if args.stages:
+        targets = [int(x) for x in args.stages.split(",")]
+        rows, stats, n = await stages(child, targets, args.settle, args.profile, args.garbage)
+        child.stdin.write(b"\n")
+        await child.wait()
+        await runner.cleanup()
+        result = {"loop": args.loop, "stages": rows}
+        if stats is not None:
+            if args.pstats:
+                stats.dump_stats(args.pstats)
+            calls = per_function(stats)
+            result["calls_per_connect_last_stage"] = round(
+                sum(v for k, v in calls.items() if not k.startswith(LOOP)) / n, 1)
+            result["top_last_stage"] = [[k, round(v / n, 2)] for k, v in sorted(
+                calls.items(), key=lambda kv: -kv[1]) if args.filter in k][:args.top]
+        return result
     if args.gc_storms:
         rows = await gc_storms(child, args.conns, args.gc_storms, runtime, args.garbage)
         child.stdin.write(b"\n")
@@ -229,14 +371,40 @@ def main() -> int:
                         help="instead: K storms of --conns connects, not profiled, each closed again: the "
                              "collector's runs and milliseconds per storm, RSS and tracked objects after each")
     parser.add_argument("--garbage", action="store_true",
-                        help="with --gc-storms: after each storm is closed, the cyclic garbage it left, by type")
+                        help="with --gc-storms: after each storm is closed, the cyclic garbage it left, by type; with "
+                             "--stages: the cyclic garbage each stage's connects made (kept until counted)")
     parser.add_argument("--gc-threshold", metavar="A,B,C", help="the collector's thresholds after tune_gc's (to try others)")
+    parser.add_argument("--stages", metavar="N1,N2,...",
+                        help="instead: the harness's conns scenario (e.g. 5000,10000): each stage opens "
+                             "connections up to its count on top of the ones kept open; the server's CPU "
+                             "per connect, the collector's work, wall time and RSS per stage")
+    parser.add_argument("--settle", type=float, default=3.0, help="with --stages: seconds between stages")
+    parser.add_argument("--profile", action="store_true", help="with --stages: profile the last stage too")
+    parser.add_argument("--pstats", metavar="FILE", help="with --stages --profile: save the profile for pstats")
+    parser.add_argument("--node-client", action="store_true",
+                        help="with --stages: the harness's own Node client (../shared/bench/client/loadgen.js, "
+                             "faster than the Python one, so the server is the limit as in bench/run.sh)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the server's event loop (python -m server runs uvloop)")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         asyncio.run(client(args.client, args.namespace))
         return 0
+    if args.loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     result = asyncio.run(measure(args))
+    if args.stages:
+        for row in result["stages"]:
+            print(json.dumps(row))
+        if "top_last_stage" in result:
+            print(f"Python calls per connect in the last stage, outside the event loop: "
+                  f"{result['calls_per_connect_last_stage']}")
+            for name, calls in result["top_last_stage"]:
+                print(f"{calls:8.2f}  {name}")
+        return 0
     if args.gc_storms:
         for row in result["storms"]:
             print(json.dumps(row))

@@ -26,6 +26,7 @@ memory. This subclass keeps the library's protocol handling and changes only tha
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections import deque
@@ -41,6 +42,12 @@ from .eager import start_eagerly
 from .send_queue import packet_size
 
 log = logging.getLogger("server.engine")
+
+# The context the heartbeat timers (ping, read watchdog) run in, one for all sockets: without
+# it every call_later copies the current context, a Context object per timer the collector
+# tracks, two per connection (bench/conn_memory.py --types). Their callbacks set no context
+# variable (a Task they start copies this one, as any Task does).
+TIMER_CONTEXT = contextvars.Context()
 
 # Direct frame writes stop when a transport has this much unsent; the queue takes over.
 DIRECT_WRITE_LIMIT = 64 * 1024
@@ -260,7 +267,8 @@ class RealtimeSocket(SocketAdapter):
     def arm_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
-            self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping)
+            self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping,
+                                                                     context=TIMER_CONTEXT)
 
     def _ping(self) -> None:
         self._ping_timer = None
@@ -353,7 +361,8 @@ class RealtimeSocket(SocketAdapter):
         # (Its state is on the socket, not in a closure: no function and cells per connection.)
         loop = asyncio.get_running_loop()
         self._last_read = loop.time()
-        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch)
+        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch,
+                                         context=TIMER_CONTEXT)
 
     def read_message(self, data: Any) -> bool:
         """Handle one WebSocket message from the client (both readers call this); False when
@@ -415,7 +424,7 @@ class RealtimeSocket(SocketAdapter):
         deadline = server.ping_interval + server.ping_timeout
         idle = loop.time() - self._last_read
         if idle < deadline:
-            self._watchdog = loop.call_later(deadline - idle, self._watch)
+            self._watchdog = loop.call_later(deadline - idle, self._watch, context=TIMER_CONTEXT)
         else:
             self._watchdog = None
             if self._tcp is not None:

@@ -7,12 +7,14 @@ goes. The server runs in this process so its tasks can be read."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httptools
 from aiohttp import web
 
 from namespaces import factories
@@ -146,4 +148,64 @@ async def test_sessions_opened_on_the_lean_front_keep_an_environ_that_reads_like
             assert registry.get_sample_value("rt_http_requests_total", {"path": "lean"}) == 2
             await ws.close()
     finally:
+        await runner.cleanup()
+
+
+def _instances(*types: type) -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, types))
+
+
+async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_freed_with_start_up_frozen():
+    """Connecting leaves nothing for the collector to find (the lean front that read the
+    handshake is freed by its reference count once the WebSocket has the connection), the
+    heartbeat timers copy no Context per connection, and with start-up's objects frozen as
+    ``python -m server`` freezes them (server/__main__.py tune_gc), closed connections' objects
+    are still freed: the server's objects per connection go back to none."""
+    from server.engine_socket import TIMER_CONTEXT, RealtimeSocket
+    from server.http_front import HttpFront
+
+    runner, app, port = await start_server()
+    eio = app["runtime"].sio.eio
+    gc.collect()
+    gc.freeze()
+    try:
+        async with aiohttp.ClientSession() as session:
+            warm = await connect(session, port)  # lazily built parts, in the baseline
+            await warm.send_str("1")
+            await warm.close()
+            for _ in range(100):
+                if not eio.sockets:
+                    break
+                await asyncio.sleep(0.05)
+            gc.collect()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept to be looked at
+            try:
+                clients = [await connect(session, port) for _ in range(20)]
+                await asyncio.sleep(0.1)
+                gc.collect()
+                found = [o for o in gc.garbage if isinstance(o, (HttpFront, httptools.HttpRequestParser))]
+                gc.garbage.clear()
+            finally:
+                gc.set_debug(0)
+            assert not found
+            assert len(eio.sockets) == 20 and _instances(HttpFront) == 0
+            # (asyncio's timer handles show their context; the same one for every socket)
+            assert {id(h._context) for s in eio.sockets.values() for h in (s._ping_timer, s._watchdog)} \
+                == {id(TIMER_CONTEXT)}
+            for ws in clients:
+                # (an Engine.IO CLOSE first, as socket.io-client's disconnect(): a session whose
+                # transport just broke is kept ping_timeout longer, for a long-poll to read it)
+                await ws.send_str("1")
+                await ws.close()
+            for _ in range(100):
+                if not eio.sockets:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+            gc.collect()
+            # (python-engineio's service task holds the last session it looked at in a local
+            # variable until its next sweep: one at most)
+            assert _instances(RealtimeSocket, WebSocketConnection) <= 1
+    finally:
+        gc.unfreeze()
         await runner.cleanup()
