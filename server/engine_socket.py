@@ -38,6 +38,7 @@ from engineio import packet as eio_packet
 
 from .adapter import SocketAdapter
 from .codec import text_frame  # the server-to-client text frame (compiled after make install)
+from .deadlines import Deadlines
 from .eager import start_eagerly
 from .send_queue import packet_size
 
@@ -75,6 +76,18 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
 _CLOSE = object()
 
 
+def ping_schedule(server: Any) -> Deadlines:
+    """The heartbeat PINGs of ``server``'s sessions, one timer for all (server/deadlines.py):
+    ``ping_interval`` after a session's OPEN or its last PONG, ``RealtimeSocket._ping``."""
+    schedule = getattr(server, "ping_deadlines", None)
+    loop = asyncio.get_running_loop()
+    if schedule is None or schedule.loop is not loop or schedule.delay != server.ping_interval:
+        # (a new loop, or the interval changed: sessions armed before keep their old schedule)
+        schedule = Deadlines(loop, server.ping_interval, RealtimeSocket._ping, TIMER_CONTEXT)
+        server.ping_deadlines = schedule
+    return schedule
+
+
 class RealtimeSocket(SocketAdapter):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
@@ -84,7 +97,6 @@ class RealtimeSocket(SocketAdapter):
     _ws: Any = None  # what the queued writer sends through while this session's WebSocket is open
     _tcp: asyncio.Transport | None = None  # the TCP transport under it (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
-    _ping_timer: asyncio.TimerHandle | None = None
     _watchdog: asyncio.TimerHandle | None = None  # the read watchdog while the WebSocket is read
     _last_read = 0.0  # loop time of the last frame read from the WebSocket
     _writer: asyncio.Future[None] | None = None
@@ -267,11 +279,9 @@ class RealtimeSocket(SocketAdapter):
     def arm_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
-            self._ping_timer = asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping,
-                                                                     context=TIMER_CONTEXT)
+            ping_schedule(self.server).arm(self)
 
     def _ping(self) -> None:
-        self._ping_timer = None
         if not self.closing and not self.closed:
             self.last_ping = time.time()
             if self.server.heartbeat is not None:
@@ -279,9 +289,9 @@ class RealtimeSocket(SocketAdapter):
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
 
     async def close_session(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
+        schedule = getattr(self.server, "ping_deadlines", None)
+        if schedule is not None:
+            schedule.cancel(self)
         await self.library_close(wait=wait, abort=abort, reason=reason)
 
     # ------------------------------------------------------------------ WebSocket transport

@@ -158,7 +158,7 @@ def _instances(*types: type) -> int:
 async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_freed_with_start_up_frozen():
     """Connecting leaves nothing for the collector to find (the lean front that read the
     handshake is freed by its reference count once the WebSocket has the connection), the
-    heartbeat timers copy no Context per connection, and with start-up's objects frozen as
+    heartbeat PINGs need no timer per connection and the read watchdog's copies no Context, and with start-up's objects frozen as
     ``python -m server`` freezes them (server/__main__.py tune_gc), closed connections' objects
     are still freed: the server's objects per connection go back to none."""
     from server.engine_socket import TIMER_CONTEXT, RealtimeSocket
@@ -189,9 +189,10 @@ async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_fre
                 gc.set_debug(0)
             assert not found
             assert len(eio.sockets) == 20 and _instances(HttpFront) == 0
-            # (asyncio's timer handles show their context; the same one for every socket)
-            assert {id(h._context) for s in eio.sockets.values() for h in (s._ping_timer, s._watchdog)} \
-                == {id(TIMER_CONTEXT)}
+            # The PINGs are on one schedule (server/deadlines.py), not a timer each; the read
+            # watchdog's timers copy no context (asyncio's handles show it): one for all.
+            assert all(s in eio.ping_deadlines for s in eio.sockets.values())
+            assert {id(s._watchdog._context) for s in eio.sockets.values()} == {id(TIMER_CONTEXT)}
             for ws in clients:
                 # (an Engine.IO CLOSE first, as socket.io-client's disconnect(): a session whose
                 # transport just broke is kept ping_timeout longer, for a long-poll to read it)
@@ -206,6 +207,7 @@ async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_fre
             # (python-engineio's service task holds the last session it looked at in a local
             # variable until its next sweep: one at most)
             assert _instances(RealtimeSocket, WebSocketConnection) <= 1
+            assert len(eio.ping_deadlines) == 0
     finally:
         gc.unfreeze()
         await runner.cleanup()
