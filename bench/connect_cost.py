@@ -22,7 +22,13 @@ loadgen.js): opens the first stage's connections and keeps them open (answering 
 waits ``--settle`` seconds, then opens the next stage's on top of them, and so on; per stage,
 the server's CPU (this process's, the client is a child), in µs per connect, the collector's
 runs and milliseconds, the wall time and the RSS (``--profile`` adds Python calls per connect
-of the last stage). ``--loop uvloop`` runs the server on uvloop, as ``python -m server`` does.
+of the last stage; ``--garbage`` the cyclic garbage each stage's connects made). With
+``--node-client`` the client is the harness's own (the shared loadgen.js, Node: fast enough that
+the server is the limit, as in bench/run.sh) and the server samples itself every 10 ms to split
+its CPU by stage. ``--loop uvloop`` runs the server on uvloop, as ``python -m server`` does.
+CPU per connect moves with the machine's load (run old and new trees interleaved, several
+times); the collector's runs per stage do not. ``--freeze-young`` is an experiment (not what
+the server does): ``gc.freeze()`` after every young collection, so no survivor is scanned again.
 """
 
 from __future__ import annotations
@@ -306,6 +312,11 @@ async def measure(args: argparse.Namespace) -> dict:
     runner, app, port = await start_bench_server()
     if args.gc_threshold:
         gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
+    if args.freeze_young:
+        def freeze(phase, info):
+            if phase == "stop" and info["generation"] == 0:
+                gc.freeze()
+        gc.callbacks.append(freeze)
     if args.node_client:
         rows, client_rows = await node_stages(port, [int(x) for x in args.stages.split(",")], args.settle,
                                               app["runtime"])
@@ -386,6 +397,7 @@ def main() -> int:
                              "faster than the Python one, so the server is the limit as in bench/run.sh)")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the server's event loop (python -m server runs uvloop)")
+    parser.add_argument("--freeze-young", action="store_true", help="experiment: gc.freeze() after each young collection")
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:

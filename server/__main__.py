@@ -125,7 +125,16 @@ def tune_gc() -> None:
     collector off entirely 2.05k). Cyclic garbage is still collected, only in larger batches.
     ``bench/connect_cost.py --conns 10000 --gc-storms 2 [--garbage]`` shows the collector's work
     in a storm (about 9 % of its CPU) and what closed connections leave for it; larger young
-    thresholds gave no less, and freezing live connections would keep their cycles for ever."""
+    thresholds gave no less, and freezing live connections would keep their cycles for ever.
+
+    With connections already open (the harness's second stage, 5,000 -> 10,000: ``connect_cost.py
+    --stages 5000,10000 --node-client``) no full collection runs: the freeze resets the counts,
+    a full one needs 10 middle ones and the stage makes 2. The young and middle collections see
+    each new connection's objects once each, whatever the number open, so what they cost per
+    connect depends on the objects a connection keeps (25 tracked), not on how many are open.
+    Freezing after every young collection takes the middle ones away (collector ms per stage
+    ~100 -> ~24, ``--freeze-young``), but then a cycle formed by anything that outlived one
+    young collection waits for an explicit full collection: not done here."""
     gc.set_threshold(10_000, 10, 10)
     gc.freeze()
 
