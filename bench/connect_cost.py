@@ -287,6 +287,10 @@ async def node_stages(port: int, targets: list[int], settle: float, runtime) -> 
                      "cpu_us_per_connect": round(cpu * 1e6 / n, 1), "server_cpu_pct": round(100 * cpu / (b[1] - a[1])),
                      "gc_runs": [y - x for x, y in zip(a[3], b[3])], "gc_ms": round((b[4] - a[4]) * 1000, 1),
                      "gc_share": round((b[4] - a[4]) / cpu, 3)})
+        if target != targets[-1]:  # the settle after it: what the open connections cost idle
+            nxt = next(i for i, row in enumerate(samples) if row[0] > target)
+            c, d = samples[last + 5], samples[max(last + 6, nxt - 5)]
+            rows[-1]["idle_cpu_pct_after"] = round(100 * (d[2] - c[2]) / (d[1] - c[1]), 2)
         floor = target
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
     client = [{k: line.get(k) for k in ("conns_target", "conns_per_s", "kib_per_conn", "holds")} for line in lines]

@@ -124,6 +124,10 @@ def build_sio(config: Config, manager: RealtimeManager, stores: Stores, metrics:
         transports=list(config.server.transports),
         ping_interval=config.server.ping_interval,
         ping_timeout=config.server.ping_timeout,
+        # No service task walking every session (a Task and a timer per session per
+        # ping_timeout): server/engine_socket.py's PONG deadlines end silent sessions, and
+        # RealtimeEngine forgets closed ones.
+        monitor_clients=False,
         max_http_buffer_size=config.server.max_payload,
         http_compression=True,
         json=FastJson,

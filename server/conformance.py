@@ -59,11 +59,12 @@ def create_conformance_app() -> web.Application:
         on_publication=on_publication, on_resync=on_resync), (), metrics)
     sio = RealtimeServer(manager=manager, sessions=MemorySessionStore(), max_disconnection_duration=120,
                          limits=config.limits, metrics=metrics, connect_timeout=45, async_mode="aiohttp",
-                         cors_allowed_origins="*", **TIMINGS)
+                         cors_allowed_origins="*", monitor_clients=False, **TIMINGS)
     for name in ("/", "/custom"):
         sio.register_namespace(EchoNamespace(name))
 
-    eio = RealtimeEngine(async_mode="aiohttp", cors_allowed_origins="*", **TIMINGS)
+    # (no python-engineio service task, as server/app.py: the PONG deadlines enforce the heartbeat)
+    eio = RealtimeEngine(async_mode="aiohttp", cors_allowed_origins="*", monitor_clients=False, **TIMINGS)
 
     @eio.on("message")
     async def echo(sid: str, data: Any) -> None:

@@ -88,6 +88,20 @@ def ping_schedule(server: Any) -> Deadlines:
     return schedule
 
 
+def pong_schedule(server: Any) -> Deadlines:
+    """The PONGs ``server``'s sessions owe: ``ping_timeout`` after a PING,
+    ``RealtimeSocket._pong_due`` ends the session if none came. This replaces python-engineio's
+    service task (``monitor_clients=False``, server/app.py), which walked every session once
+    per ``ping_timeout`` with a Task and a timer per session (``asyncio.wait_for``): idle CPU
+    that grew with the number open (10,000 idle connections: 4.4 % of a core)."""
+    schedule = getattr(server, "pong_deadlines", None)
+    loop = asyncio.get_running_loop()
+    if schedule is None or schedule.loop is not loop or schedule.delay != server.ping_timeout:
+        schedule = Deadlines(loop, server.ping_timeout, RealtimeSocket._pong_due, TIMER_CONTEXT)
+        server.pong_deadlines = schedule
+    return schedule
+
+
 class RealtimeSocket(SocketAdapter):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
@@ -284,14 +298,28 @@ class RealtimeSocket(SocketAdapter):
     def _ping(self) -> None:
         if not self.closing and not self.closed:
             self.last_ping = time.time()
+            pong_schedule(self.server).arm(self)
             if self.server.heartbeat is not None:
                 self.server.heartbeat(self.sid, False)
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
 
+    def _pong_due(self) -> None:
+        """``ping_timeout`` after a PING: end the session if its PONG has not come (as
+        python-engineio's ``check_ping_timeout``, which its service task ran)."""
+        last_ping = self.last_ping
+        if self.closing or self.closed or not last_ping:
+            return
+        if time.time() - last_ping < self.server.ping_timeout - 0.05:  # (the wall clock moved)
+            pong_schedule(self.server).arm(self)
+            return
+        self.server.logger.info("%s: Client is gone, closing socket", self.sid)
+        start_eagerly(self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT))
+
     async def close_session(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        schedule = getattr(self.server, "ping_deadlines", None)
-        if schedule is not None:
-            schedule.cancel(self)
+        for name in ("ping_deadlines", "pong_deadlines"):
+            schedule = getattr(self.server, name, None)
+            if schedule is not None:
+                schedule.cancel(self)
         await self.library_close(wait=wait, abort=abort, reason=reason)
 
     # ------------------------------------------------------------------ WebSocket transport

@@ -50,3 +50,44 @@ async def test_a_failing_callback_is_logged_and_the_others_still_fire(caplog):
     await asyncio.sleep(0.2)
     assert fired == ["ok", "again", "re-armed", "later"]
     assert "deadline callback failed" in caplog.text
+
+
+async def test_a_session_that_leaves_a_ping_unanswered_is_closed_after_ping_timeout():
+    """The PONG deadline ends a session whose client went quiet (here a long-polling one, which
+    has no read watchdog), with python-engineio's service task off (server/app.py): ping after
+    ping_interval, closed ping_timeout later."""
+    import socket as socket_module
+    from pathlib import Path
+
+    import aiohttp
+    from aiohttp import web
+
+    from namespaces import factories
+    from server.app import create_app
+    from server.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    config = load_config(str(root / "bench" / "bench.toml"),
+                         environ={"BENCH_NAMESPACE": "1", "PING_INTERVAL": "0.3", "PING_TIMEOUT": "0.2"})
+    app = create_app(config, factories(bench=True))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    sock = socket_module.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    port = sock.getsockname()[1]
+    try:
+        eio = app["runtime"].sio.eio
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/socket.io/?EIO=4&transport=polling") as resp:
+                assert resp.status == 200 and (await resp.text()).startswith("0")
+            [session_socket] = eio.sockets.values()
+            loop = asyncio.get_running_loop()
+            opened = loop.time()
+            while not session_socket.closed and loop.time() - opened < 3:
+                await asyncio.sleep(0.02)
+            assert session_socket.closed and loop.time() - opened < 0.3 + 0.2 + 0.4
+            assert eio.service_task_handle is None  # nothing walks the sessions
+            assert len(eio.pong_deadlines) == 0 and len(eio.ping_deadlines) == 0
+    finally:
+        await runner.cleanup()
