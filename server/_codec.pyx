@@ -412,3 +412,32 @@ def check_event(pkt, Py_ssize_t max_namespace, object max_ack_id, reserved):
     if (<list>data)[0] in reserved:
         return f"reserved event name {(<list>data)[0]!r}"
     return None
+
+
+# ---------------------------------------------------------------- the ack of an event (echo path)
+
+def ack_text(packet_class, namespace, ack_id, data):
+    """The encoded ACK packet ``packet_class(ACK, namespace=namespace, id=ack_id, data=data)``,
+    or None when it is not a text ACK (see the pure twin): for a class with this module's
+    constructor and encoder, the text is built without the packet object."""
+    if packet_class.__init__ is not init_packet or packet_class.encode is not encode_packet:
+        pkt = packet_class(ACK, namespace=namespace, id=ack_id, data=data)
+        if pkt.packet_type != ACK:
+            return None
+        encoded = pkt.encode()
+        return encoded if type(encoded) is str else None
+    # init_packet's binary test (binary=None), then encode_packet's text
+    if packet_class.uses_binary_events and _is_binary(data, 0):
+        return None
+    encoded = "3"
+    if namespace is not None and namespace != "/":
+        encoded += namespace + ","
+    if ack_id is not None:
+        encoded += str(ack_id)
+    if data is not None:
+        json = packet_class.json
+        if json is _FastJson:
+            encoded += (<bytes>_dumps(data, option=_NON_STR_KEYS)).decode("utf-8")
+        else:
+            encoded += json.dumps(data, separators=SEPARATORS)
+    return encoded
