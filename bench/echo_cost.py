@@ -15,12 +15,12 @@ ack ids counting up per connection, each frame masked with a random key. With
 once, its ack kept for a retry). The child checks each ack echoes its payload.
 
 Printed (one JSON line): the events, the server's CPU from ``/proc/self/stat`` in µs per event,
-user and sys; with ``--profile``, cProfile runs over the events and the output adds the
-Python-visible calls per event and the ``--top`` functions by calls per event (deterministic:
-compare trees with them; CPU times with ``--profile`` include its overhead). With
-``ECHO_COST_PSTATS=FILE`` the profile is also saved there, for ``pstats`` (callers, cumulative
-times; a coroutine counts one call per resumption). ``REDIS_URL`` set: the Redis mode
-(see bench/inprocess.py).
+user and sys, the collector's runs per 1,000 events (generations 0, 1, 2); with ``--profile``,
+cProfile runs over the events and the output adds the Python-visible calls per event and the
+``--top`` functions by calls per event (deterministic: compare trees with them; CPU times with
+``--profile`` include its overhead). With ``ECHO_COST_PSTATS=FILE`` the profile is also saved
+there, for ``pstats`` (callers, cumulative times; a coroutine counts one call per resumption).
+``REDIS_URL`` set: the Redis mode (see bench/inprocess.py).
 
 For instructions per event, run it under callgrind twice, with N and 2N events, and subtract::
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import statistics
@@ -159,6 +160,11 @@ async def measure(args: argparse.Namespace) -> dict:
     events = args.clients * args.events
     runs = []
     profile = None
+    collections = [0, 0, 0]  # the collector's runs per generation while measuring
+
+    def count_collections(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections[info["generation"]] += 1
     for _ in range(args.rounds):
         if args.profile:
             import cProfile
@@ -167,8 +173,10 @@ async def measure(args: argparse.Namespace) -> dict:
         user0, sys0 = cpu_seconds()
         if profile is not None:
             profile.enable()
+        gc.callbacks.append(count_collections)
         child.stdin.write(b"go\n")
         line = await child.stdout.readline()
+        gc.callbacks.remove(count_collections)
         if profile is not None:
             profile.disable()
         user1, sys1 = cpu_seconds()
@@ -180,7 +188,8 @@ async def measure(args: argparse.Namespace) -> dict:
               "compiled_codec": COMPILED, "loop": args.loop, "profile": args.profile,
               "user_us_per_event": round(statistics.median(u for u, _ in runs), 3),
               "sys_us_per_event": round(statistics.median(s for _, s in runs), 3),
-              "runs_user_sys_us": [[round(u, 2), round(s, 2)] for u, s in runs]}
+              "runs_user_sys_us": [[round(u, 2), round(s, 2)] for u, s in runs],
+              "gc_collections_per_1k_events": [round(n * 1000 / (events * args.rounds), 3) for n in collections]}
     if profile is not None:
         import pstats
 
