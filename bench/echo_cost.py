@@ -1,6 +1,6 @@
 """What one echo with ack costs the server: CPU (user and sys) and Python calls per event.
 
-    .venv/bin/python bench/echo_cost.py [--clients 100] [--events 100] [--event-ids]
+    .venv/bin/python bench/echo_cost.py [--clients 100] [--events 100] [--event-ids] [--payload 100]
                                         [--profile] [--top 25] [--loop uvloop|asyncio] [--rounds 1]
 
 The benchmark's echo scenario (``echo``; ``echo-id`` with ``--event-ids``), deterministically
@@ -8,17 +8,19 @@ and in this process: the server runs here (the bench profile, ``bench/bench.toml
 no Redis, ``BENCH_NAMESPACE=1``, the collector tuned as ``python -m server`` tunes it) and the
 clients in a child process (its CPU is not counted): ``--clients`` WebSocket connections to
 ``/bench``, each sending ``echo`` with an ack ``--events`` times, one at a time (the next once
-the ack is in), as the harness does. With ``--event-ids`` every payload carries a fresh
-``eventId`` (the dedupe path: claimed, applied once, its ack kept for a retry). The child checks
-each ack echoes its payload.
+the ack is in), as the harness does, with the harness's packets: its payload
+``{"i":<client>,"d":"xx…"}`` of ``--payload`` characters (default 100, as the harness's),
+ack ids counting up per connection, each frame masked with a random key. With
+``--event-ids`` every payload carries a fresh ``eventId`` (the dedupe path: claimed, applied
+once, its ack kept for a retry). The child checks each ack echoes its payload.
 
 Printed (one JSON line): the events, the server's CPU from ``/proc/self/stat`` in µs per event,
-user and sys; with ``--profile``, cProfile runs over the events and the output adds the
-Python-visible calls per event and the ``--top`` functions by calls per event (deterministic:
-compare trees with them; CPU times with ``--profile`` include its overhead). With
-``ECHO_COST_PSTATS=FILE`` the profile is also saved there, for ``pstats`` (callers, cumulative
-times; a coroutine counts one call per resumption). ``REDIS_URL`` set: the Redis mode
-(see bench/inprocess.py).
+user and sys, the collector's runs per 1,000 events (generations 0, 1, 2); with ``--profile``,
+cProfile runs over the events and the output adds the Python-visible calls per event and the
+``--top`` functions by calls per event (deterministic: compare trees with them; CPU times with
+``--profile`` include its overhead). With ``ECHO_COST_PSTATS=FILE`` the profile is also saved
+there, for ``pstats`` (callers, cumulative times; a coroutine counts one call per resumption).
+``REDIS_URL`` set: the Redis mode (see bench/inprocess.py).
 
 For instructions per event, run it under callgrind twice, with N and 2N events, and subtract::
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import os
 import statistics
@@ -46,11 +49,22 @@ from inprocess import start_bench_server  # noqa: E402
 # ------------------------------------------------------------------ client (child process)
 
 def _masked(text: str) -> bytes:
-    """A client-to-server WebSocket text frame (masked with a zero key: the same bytes)."""
+    """A client-to-server WebSocket text frame, masked with a fresh random key as the
+    harness's client (and any browser) masks it, so the server unmasks real bytes."""
     payload = text.encode()
     n = len(payload)
     head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + struct.pack("!H", n)
-    return head + b"\0\0\0\0" + payload
+    mask = os.urandom(4)
+    key = int.from_bytes((mask * ((n + 3) >> 2))[:n], "little")
+    return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
+
+
+def echo_payload(index: int, size: int) -> dict:
+    """The harness's echo payload (../shared/bench/client/loadgen.js makeEchoPayload): client
+    ``index``'s ``{"i": index, "d": "xx…"}``, padded to ``size`` characters of JSON; the
+    same object on every echo of that client."""
+    base = len(json.dumps({"i": index, "d": ""}, separators=(",", ":")))
+    return {"i": index, "d": "x" * max(0, size - base)}
 
 
 async def _frame(reader: asyncio.StreamReader) -> str:
@@ -78,27 +92,33 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
 
 
 async def _echoes(index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  events: int, event_ids: bool, round_no: int) -> bool:
-    """Send ``events`` echoes one at a time; True when every ack echoed its payload."""
+                  events: int, event_ids: bool, round_no: int, size: int) -> bool:
+    """Send ``events`` echoes one at a time; True when every ack echoed its payload. Without
+    ``event_ids``, exactly the harness's packets: ``42/bench,<id>["echo",<payload>]`` with the
+    client's ack ids counting up from 0 over the connection's life, and the ack checked
+    byte for byte as the harness's client checks it first."""
     for i in range(events):
+        ack = round_no * events + i
         if event_ids:
             payload = {"eventId": f"c{index}-r{round_no}-{i}", "text": "hello"}
         else:
-            payload = {"text": "hello", "n": i}
-        writer.write(_masked('42/bench,%d["echo",%s]' % (i, json.dumps(payload, separators=(",", ":")))))
+            payload = echo_payload(index, size)
+        body = json.dumps(payload, separators=(",", ":"))
+        writer.write(_masked('42/bench,%d["echo",%s]' % (ack, body)))
         while True:
             text = await asyncio.wait_for(_frame(reader), 30)
             if text.startswith("43/bench,"):
                 break
             if text == "2":
                 writer.write(_masked("3"))
-        ack_id, _, body = text[len("43/bench,"):].partition("[")
-        if int(ack_id) != i or json.loads("[" + body) != [payload]:
-            return False
+        if text != "43/bench,%d[%s]" % (ack, body):  # else equal as JSON, as the harness allows
+            ack_id, _, rest = text[len("43/bench,"):].partition("[")
+            if int(ack_id) != ack or json.loads("[" + rest) != [payload]:
+                return False
     return True
 
 
-async def client(port: int, clients: int, events: int, event_ids: bool, rounds: int) -> None:
+async def client(port: int, clients: int, events: int, event_ids: bool, rounds: int, size: int) -> None:
     sem = asyncio.Semaphore(100)
 
     async def one():
@@ -110,7 +130,7 @@ async def client(port: int, clients: int, events: int, event_ids: bool, rounds: 
     loop = asyncio.get_running_loop()
     for round_no in range(rounds):
         await loop.run_in_executor(None, sys.stdin.readline)  # the server is measuring
-        ok = await asyncio.gather(*(_echoes(i, r, w, events, event_ids, round_no)
+        ok = await asyncio.gather(*(_echoes(i, r, w, events, event_ids, round_no, size)
                                     for i, (r, w) in enumerate(conns)))
         print(json.dumps({"complete": sum(ok)}), flush=True)
     for _, writer in conns:
@@ -132,13 +152,19 @@ async def measure(args: argparse.Namespace) -> dict:
 
     child = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", str(port), "--clients", str(args.clients),
-        "--events", str(args.events), "--rounds", str(args.rounds), *(["--event-ids"] if args.event_ids else []),
+        "--events", str(args.events), "--rounds", str(args.rounds), "--payload", str(args.payload),
+        *(["--event-ids"] if args.event_ids else []),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     assert (await child.stdout.readline()).strip() == b"joined"
     await asyncio.sleep(0.5)
     events = args.clients * args.events
     runs = []
     profile = None
+    collections = [0, 0, 0]  # the collector's runs per generation while measuring
+
+    def count_collections(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections[info["generation"]] += 1
     for _ in range(args.rounds):
         if args.profile:
             import cProfile
@@ -147,8 +173,10 @@ async def measure(args: argparse.Namespace) -> dict:
         user0, sys0 = cpu_seconds()
         if profile is not None:
             profile.enable()
+        gc.callbacks.append(count_collections)
         child.stdin.write(b"go\n")
         line = await child.stdout.readline()
+        gc.callbacks.remove(count_collections)
         if profile is not None:
             profile.disable()
         user1, sys1 = cpu_seconds()
@@ -156,11 +184,12 @@ async def measure(args: argparse.Namespace) -> dict:
         if complete != args.clients:
             raise SystemExit(f"only {complete} of {args.clients} clients got every ack right")
         runs.append(((user1 - user0) * 1e6 / events, (sys1 - sys0) * 1e6 / events))
-    result = {"clients": args.clients, "events": events, "event_ids": args.event_ids,
+    result = {"clients": args.clients, "events": events, "event_ids": args.event_ids, "payload": args.payload,
               "compiled_codec": COMPILED, "loop": args.loop, "profile": args.profile,
               "user_us_per_event": round(statistics.median(u for u, _ in runs), 3),
               "sys_us_per_event": round(statistics.median(s for _, s in runs), 3),
-              "runs_user_sys_us": [[round(u, 2), round(s, 2)] for u, s in runs]}
+              "runs_user_sys_us": [[round(u, 2), round(s, 2)] for u, s in runs],
+              "gc_collections_per_1k_events": [round(n * 1000 / (events * args.rounds), 3) for n in collections]}
     if profile is not None:
         import pstats
 
@@ -184,6 +213,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=100, help="WebSocket clients on /bench")
     parser.add_argument("--events", type=int, default=100, help="echoes each client sends per round")
     parser.add_argument("--event-ids", action="store_true", help="an eventId in every payload (dedupe on)")
+    parser.add_argument("--payload", type=int, default=100,
+                        help="JSON characters of each echo payload (the harness's --payload, default 100)")
     parser.add_argument("--rounds", type=int, default=1, help="measures against the same server (median)")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--profile", action="store_true", help="cProfile the events: calls per event")
@@ -191,7 +222,7 @@ def main() -> int:
     parser.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
-        asyncio.run(client(args.client, args.clients, args.events, args.event_ids, args.rounds))
+        asyncio.run(client(args.client, args.clients, args.events, args.event_ids, args.rounds, args.payload))
         return 0
     if args.loop == "uvloop":
         import uvloop

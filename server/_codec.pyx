@@ -8,6 +8,7 @@ semantics are Python's own (``int()`` of a non-ASCII digit, ``str.isdigit``), th
 operation instead of reimplementing it, and keeps C only for the common ASCII case.
 """
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 
@@ -261,13 +262,9 @@ cdef class FrameParser:
     def feed(self, data):
         """The messages and control frames completed by ``data`` (bytes read from the client)."""
         cdef list out = []
-        cdef const unsigned char[:] view
-        cdef const unsigned char* p
-        cdef Py_ssize_t end, pos = 0, head, start, k
-        cdef unsigned long long n
-        cdef int b0, b1, opcode
-        cdef bint fin, own = False
-        cdef bytes payload
+        cdef Py_buffer view
+        cdef Py_ssize_t end, pos
+        cdef bint own = False
         if self._failed:
             return out
         if len(self._buf):
@@ -279,8 +276,32 @@ cdef class FrameParser:
         end = len(buf)
         if end == 0:
             return out
-        view = buf
-        p = &view[0]
+        # The buffer itself, not a typed memoryview (whose per-call set-up, a format string
+        # parsed, cost as much as the loop); released before the bytearray is resized.
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        try:
+            pos = self._frames(<const unsigned char*>view.buf, end, out)
+        finally:
+            PyBuffer_Release(&view)
+        if pos < 0:
+            return self._fail(out, <int>-pos)
+        if pos:
+            if own:
+                del self._buf[:pos]
+            elif pos < end:
+                self._buf += buf[pos:]
+        elif not own:
+            self._buf += buf
+        return out
+
+    cdef Py_ssize_t _frames(self, const unsigned char* p, Py_ssize_t end, list out) except? -2:
+        """Parse the frames in ``p[:end]`` into ``out``: how many bytes were used, or minus the
+        close code when the stream broke the protocol."""
+        cdef Py_ssize_t pos = 0, head, start, k
+        cdef unsigned long long n
+        cdef int b0, b1, opcode
+        cdef bint fin
+        cdef bytes payload
         while end - pos >= 2:
             b0 = p[pos]
             b1 = p[pos + 1]
@@ -288,7 +309,7 @@ cdef class FrameParser:
             fin = (b0 & 0x80) != 0
             n = b1 & 0x7F
             if (b0 & 0x70) or not (b1 & 0x80):
-                return self._fail(out, PROTOCOL_ERROR)
+                return -PROTOCOL_ERROR
             head = 2
             if n == 126:
                 if end - pos < 4:
@@ -302,18 +323,18 @@ cdef class FrameParser:
                 for k in range(8):
                     n = (n << 8) | p[pos + 2 + k]
                 if n >> 63:
-                    return self._fail(out, PROTOCOL_ERROR)
+                    return -PROTOCOL_ERROR
                 head = 10
             if opcode >= 8:
                 if opcode > 10 or not fin or n > 125:
-                    return self._fail(out, PROTOCOL_ERROR)
+                    return -PROTOCOL_ERROR
             elif opcode == 0:
                 if not self._opcode:
-                    return self._fail(out, PROTOCOL_ERROR)
+                    return -PROTOCOL_ERROR
             elif opcode > 2 or self._opcode:
-                return self._fail(out, PROTOCOL_ERROR)
+                return -PROTOCOL_ERROR
             if opcode < 8 and <long long>n > self._limit - self._size:
-                return self._fail(out, TOO_BIG)
+                return -TOO_BIG
             start = pos + head + 4
             if end - start < <Py_ssize_t>n:  # (n < 2**63, and within the limit or 125)
                 break
@@ -339,18 +360,10 @@ cdef class FrameParser:
                 try:
                     out.append((1, payload.decode("utf-8")))
                 except UnicodeDecodeError:
-                    return self._fail(out, INVALID_DATA)
+                    return -INVALID_DATA
             else:
                 out.append((2, payload))
-        view = None
-        if pos:
-            if own:
-                del self._buf[:pos]
-            elif pos < end:
-                self._buf += buf[pos:]
-        elif not own:
-            self._buf += buf
-        return out
+        return pos
 
     cdef list _fail(self, list out, int code):
         self._failed = True
@@ -412,3 +425,32 @@ def check_event(pkt, Py_ssize_t max_namespace, object max_ack_id, reserved):
     if (<list>data)[0] in reserved:
         return f"reserved event name {(<list>data)[0]!r}"
     return None
+
+
+# ---------------------------------------------------------------- the ack of an event (echo path)
+
+def ack_text(packet_class, namespace, ack_id, data):
+    """The encoded ACK packet ``packet_class(ACK, namespace=namespace, id=ack_id, data=data)``,
+    or None when it is not a text ACK (see the pure twin): for a class with this module's
+    constructor and encoder, the text is built without the packet object."""
+    if packet_class.__init__ is not init_packet or packet_class.encode is not encode_packet:
+        pkt = packet_class(ACK, namespace=namespace, id=ack_id, data=data)
+        if pkt.packet_type != ACK:
+            return None
+        encoded = pkt.encode()
+        return encoded if type(encoded) is str else None
+    # init_packet's binary test (binary=None), then encode_packet's text
+    if packet_class.uses_binary_events and _is_binary(data, 0):
+        return None
+    encoded = "3"
+    if namespace is not None and namespace != "/":
+        encoded += namespace + ","
+    if ack_id is not None:
+        encoded += str(ack_id)
+    if data is not None:
+        json = packet_class.json
+        if json is _FastJson:
+            encoded += (<bytes>_dumps(data, option=_NON_STR_KEYS)).decode("utf-8")
+        else:
+            encoded += json.dumps(data, separators=SEPARATORS)
+    return encoded

@@ -245,3 +245,22 @@ def check_event(pkt: Any, max_namespace: int, max_ack_id: int, reserved: Any) ->
     if data[0] in reserved:
         return f"reserved event name {data[0]!r}"
     return None
+
+
+# ---------------------------------------------------------------- the ack of an event (echo path)
+
+def ack_text(packet_class: Any, namespace: str | None, ack_id: int, data: Any) -> str | None:
+    """The encoded ACK packet ``packet_class(ACK, namespace=namespace, id=ack_id, data=data)``
+    (server/realtime.py ``_send_ack``), or None when it is not a text ACK: its data holds bytes
+    (a BINARY_ACK), or the serializer encodes to something other than a str (msgpack).
+
+    :param packet_class: the server's packet class (``TextPacket`` for the JSON serializer).
+    :param namespace: the event's namespace.
+    :param ack_id: the event's ack id.
+    :param data: the ack's arguments (a list).
+    """
+    pkt = packet_class(3, namespace=namespace, id=ack_id, data=data)
+    if pkt.packet_type != 3:
+        return None
+    encoded = pkt.encode()
+    return encoded if encoded.__class__ is str else None

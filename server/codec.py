@@ -39,3 +39,6 @@ write_frames = implementation.write_frames
 
 # The checks of a client's EVENT packet, in one call (server/realtime.py parse_client_packet).
 check_event = implementation.check_event
+
+# The text of an event's ACK without the packet object (server/realtime.py _send_ack).
+ack_text = implementation.ack_text

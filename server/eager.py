@@ -23,18 +23,23 @@ _running: set[asyncio.Task[Any]] = set()
 _current_tasks = _tasks._current_tasks
 
 
-def start_eagerly(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any] | None:
+def start_eagerly(coro: Coroutine[Any, Any, Any],
+                  loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
     """Run ``coro`` up to its first suspension now; continue it in a Task if it suspended.
 
     :param coro: a coroutine that handles its own errors; one that escapes is logged, as
                  asyncio would for a Task nobody awaits.
+    :param loop: the running event loop, when the caller has it at hand: Python 3.11's
+                 ``asyncio.get_running_loop()`` costs a ``getpid()`` system call (its
+                 fork check), one per inbound packet otherwise.
     :returns: the Task carrying the rest of ``coro``, or None when it already finished.
     """
     # While the first step runs, the current task is a stand-in for the Task that will carry
     # the rest (as Python 3.12's eager tasks do): asyncio.timeout() and redis-py's pool and
     # connect timeouts bind to the current task, and must cancel that Task, not the
     # connection's reader that happened to be running (or fail for want of any task).
-    loop = asyncio.get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()
     outer = _current_tasks.get(loop)  # asyncio.current_task(loop), less its Python frame
     if outer is not None:
         _tasks._leave_task(loop, outer)

@@ -367,7 +367,7 @@ class RealtimeSocket(SocketAdapter):
                     break
                 self._last_read = loop.time()
                 data = msg.data
-                if len(data) > limit or not self.read_message(data):
+                if len(data) > limit or not self.read_message(data, loop):
                     break
                 if self.backlogged():
                     await self.wait_for_backlog()  # stop reading until the handlers catch up
@@ -402,9 +402,14 @@ class RealtimeSocket(SocketAdapter):
         self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch,
                                          context=TIMER_CONTEXT)
 
-    def read_message(self, data: Any) -> bool:
+    def read_message(self, data: Any, loop: asyncio.AbstractEventLoop | None = None) -> bool:
         """Handle one WebSocket message from the client (both readers call this); False when
-        the connection must end (an undecodable packet, a type a client may not send)."""
+        the connection must end (an undecodable packet, a type a client may not send).
+
+        :param data: the message (str for a text frame, bytes for a binary one).
+        :param loop: the running event loop, when the reader has it (saves a system call per
+                     message: see server/eager.py's ``start_eagerly``).
+        """
         if data.__class__ is str and data[:1] == "4":
             # The common case, without a Packet object: _dispatch inline (one frame less).
             handler = self.server.handlers.get("message")
@@ -412,10 +417,10 @@ class RealtimeSocket(SocketAdapter):
                 return True
             data = data[1:]
             if data[:1] == "3":
-                start_eagerly(handler(self.sid, data))  # an ack never waits its turn
+                start_eagerly(handler(self.sid, data), loop)  # an ack never waits its turn
             elif self._waiting is not None:
                 self._waiting.append(data)
-            elif (task := start_eagerly(handler(self.sid, data))) is not None:
+            elif (task := start_eagerly(handler(self.sid, data), loop)) is not None:
                 self._waiting = deque()
                 task.add_done_callback(self._next)
             return True
@@ -430,7 +435,7 @@ class RealtimeSocket(SocketAdapter):
         if self.closed:
             return False
         # Only a CLOSE waits (for the session's end); the rest is done before this returns.
-        start_eagerly(self.on_packet(pkt))
+        start_eagerly(self.on_packet(pkt), loop)
         return True
 
     def backlogged(self) -> bool:

@@ -28,7 +28,7 @@ from socketio import packet as sio_packet
 
 from .adapter import CountedPayload, EngineAdapter, ServerAdapter
 from .bus import Bus
-from .codec import check_event
+from .codec import ack_text, check_event
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
 from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
@@ -88,7 +88,13 @@ def parse_client_packet(packet_class: Any, data: Any, max_attachments: int) -> A
     starting with a name, a reserved event name, an attachment count out of range, a
     CONNECT payload that is not an object.
     """
-    pkt = packet_class(encoded_packet=data)
+    return check_client_packet(packet_class(encoded_packet=data), max_attachments)
+
+
+def check_client_packet(pkt: Any, max_attachments: int) -> Any:
+    """:func:`parse_client_packet`'s checks of the decoded packet ``pkt``: ``pkt``, or one of
+    ``DECODE_ERRORS`` (RealtimeServer.eio_message decodes the packet itself, and checks an
+    EVENT without this frame)."""
     kind = pkt.packet_type
     if kind == 2:  # an EVENT, the common packet: its checks below, in one (compiled) call
         problem = check_event(pkt, MAX_NAMESPACE_LENGTH, MAX_ACK_ID, RESERVED_EVENTS)
@@ -663,9 +669,13 @@ class RealtimeServer(ServerAdapter):
         try:
             if eio_sid in self._binary_packet:
                 return await self._attachment(eio_sid, data)
-            pkt = parse_client_packet(self.packet_class, data, self.limits.max_attachments)
+            # parse_client_packet, with an EVENT's checks (check_client_packet's) inline
+            pkt = self.packet_class(encoded_packet=data)
             if pkt.packet_type != 2:
-                return await self._dispatch(eio_sid, pkt, len(data))
+                return await self._dispatch(eio_sid, check_client_packet(pkt, self.limits.max_attachments), len(data))
+            problem = check_event(pkt, MAX_NAMESPACE_LENGTH, MAX_ACK_ID, RESERVED_EVENTS)
+            if problem is not None:
+                raise ProtocolError(problem)
             # A text EVENT, the common packet: python-socketio's _handle_event →
             # _handle_event_internal → _trigger_event, and our _dispatch, _refuse_event and
             # _handle_class_event, folded into this one frame (same checks, same order).
@@ -732,14 +742,13 @@ class RealtimeServer(ServerAdapter):
         without the Engine.IO packet and the three calls of the general way."""
         # normalize_args, for the usual ack (an object: one argument) without its call
         args = [result] if result.__class__ is dict else normalize_args(result)
-        pkt = self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=args)
-        if pkt.packet_type == sio_packet.ACK:  # not a BINARY_ACK
-            encoded = pkt.encode()
-            if encoded.__class__ is str:  # not the msgpack parser's bytes
-                socket = self.eio.sockets.get(eio_sid)
-                if isinstance(socket, RealtimeSocket) and socket.write_text(encoded):
-                    return
-        await self._send_packet(eio_sid, pkt)
+        # The ACK's text without the packet object; None for a BINARY_ACK or msgpack's bytes.
+        encoded = ack_text(self.packet_class, namespace, ack_id, args)
+        if encoded is not None:
+            socket = self.eio.sockets.get(eio_sid)
+            if isinstance(socket, RealtimeSocket) and socket.write_text(encoded):
+                return
+        await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=ack_id, data=args))
 
     async def _dispatch(self, eio_sid: str, pkt: Any, size: int) -> None:
         """A decoded packet other than a text EVENT (see :meth:`eio_message`)."""

@@ -300,12 +300,13 @@ class WebSocketConnection(asyncio.Protocol):
                     break
             return
         socket = self.socket
-        socket._last_read = self.loop.time()
+        loop = self.loop
+        socket._last_read = loop.time()
         for opcode, payload in self.parser.feed(data):
             if self._closing or self._stopped:
                 break
             if opcode == TEXT or opcode == BINARY:
-                if not socket.read_message(payload):
+                if not socket.read_message(payload, loop):
                     self._end_reading()
                     return
                 if not self._read_paused and socket.backlogged():

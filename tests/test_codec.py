@@ -279,3 +279,43 @@ def test_event_checks_refuse_what_the_protocol_does_not_allow():
             parse_client_packet(TextPacket, text, 10)
     pkt = parse_client_packet(TextPacket, '2/' + 'n' * 300 + ',5["a",1]', 10)
     assert (pkt.namespace, pkt.id, pkt.data) == ("/" + "n" * 127, 5, ["a", 1])
+
+
+# ---------------------------------------------------------------- ack_text (the echo path's ack)
+
+def ack_outcome(make: Any) -> tuple:
+    """What ``make()`` gives (a text, or None), or the type of the exception it raised."""
+    try:
+        return ("value", make())
+    except (*DECODE_ERRORS, UnicodeError, OverflowError) as exc:
+        return ("raised", type(exc))
+
+
+@needs_compiled
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_like, st.sampled_from([None, "/", "/chat", "/\u00e9", "/a,b"]),
+       st.sampled_from([None, 0, 1, 12, 2**53 - 1, 2**70]))
+def test_twins_build_acks_alike(data, namespace, ack_id):
+    """The compiled ack_text (no packet object) gives what the pure one gives, which is the
+    packet's own encoding, or None for a BINARY_ACK; for the server's classes and another json."""
+    import json
+
+    other = (type("Pure_json", (PURE,), {"json": json}), type("Compiled_json", (COMPILED,), {"json": json}))
+    for cls in (PURE, COMPILED, TextPacket, *other):
+        pure = ack_outcome(lambda: _codec_pure.ack_text(cls, namespace, ack_id, [data]))
+        assert ack_outcome(lambda: _compiled.ack_text(cls, namespace, ack_id, [data])) == pure
+        built = cls(3, namespace=namespace, id=ack_id, data=[data])
+        if built.packet_type == 3:
+            assert pure == ack_outcome(built.encode)
+        else:
+            assert pure == ("value", None)
+
+
+@needs_compiled
+def test_ack_text_is_none_for_binary_and_msgpack_acks():
+    from socketio import msgpack_packet
+
+    for impl in (_codec_pure, _compiled):
+        assert impl.ack_text(TextPacket, "/chat", 1, [{"k": b"x"}]) is None  # a BINARY_ACK
+        assert impl.ack_text(msgpack_packet.MsgPackPacket, "/chat", 1, [{"k": 1}]) is None
+        assert impl.ack_text(TextPacket, "/chat", 7, [{"k": 1}]) == '3/chat,7[{"k":1}]'
