@@ -31,11 +31,13 @@ there why).
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Awaitable, Iterable, Protocol, Sequence
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from realtime_channels.sharded_redis import ShardedRedis
 
@@ -124,8 +126,19 @@ class CommandBatcher:
         replies: list[Any] = []
         try:
             await conn.send_packed_command(conn.pack_commands([c.args for c in calls]))
-            for _ in calls:
-                replies.append(await _reply(conn))
+            # One deadline for reading the whole batch, not one per reply as
+            # Connection.read_response sets (an asyncio.timeout each: a third of the read cost).
+            timeout = conn.socket_timeout
+            if timeout is None:
+                for _ in calls:
+                    replies.append(await _reply(conn))
+            else:
+                try:
+                    async with asyncio.timeout(timeout):
+                        for _ in calls:
+                            replies.append(await _reply(conn))
+                except TimeoutError:
+                    raise RedisTimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
             if any(type(r) is NoScriptError for r in replies):
                 await self._load_and_resend(conn, calls, replies)
         except BaseException as exc:
@@ -160,7 +173,8 @@ class CommandBatcher:
 async def _reply(conn: Any) -> Any:
     """The next reply on ``conn``; a reply error is returned (it belongs to one command)."""
     try:
-        return await conn.read_response()
+        # math.inf: no per-read timeout (the caller sets one for the batch).
+        return await conn.read_response(timeout=math.inf)
     except ResponseError as exc:
         return exc
 
