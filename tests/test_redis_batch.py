@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import ConnectionError, DataError, ResponseError
 
 from server.redis_batch import CommandBatcher, DirectCommands, ShardedBatcher, batcher_for
 from server.stores import redis_client
@@ -187,3 +187,21 @@ async def test_concurrent_duplicates_are_applied_once_through_redis(servers, red
     await asyncio.sleep(0.3)
     texts = [e["args"][0]["text"] for e in await js.events("b", "message")]
     assert sorted(texts) == sorted(["once"] + [f"other{i}" for i in range(10)])
+
+
+async def test_arguments_of_every_kind_reach_redis_intact(clients):
+    """The batch's own RESP packing: bytes with CRLF and NUL, non-ASCII str, int, float,
+    empty values, as redis-py's encoder would send them."""
+    client, observer = clients
+    batcher = batcher_for(client)
+    values = {"bin": b"\x00a\r\nb", "text": "é€ \r\n", "int": -12, "float": 1.5, "empty": b""}
+    assert await asyncio.gather(*(batcher.command("SET", k, v) for k, v in values.items())) == [True] * 5
+    assert await observer.get("bin") == b"\x00a\r\nb"
+    assert (await observer.get("text")).decode() == "é€ \r\n"
+    assert await observer.get("int") == b"-12" and await observer.get("float") == b"1.5"
+    assert await observer.get("empty") == b""
+    # An argument redis-py refuses is its caller's error only, not its batch's.
+    good = batcher.command("SET", "good", "1")
+    with pytest.raises(DataError, match="Invalid input"):
+        batcher.command("SET", "bad", None)
+    assert await good is True
