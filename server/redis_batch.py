@@ -144,7 +144,9 @@ class CommandBatcher:
                         for _ in calls:
                             replies.append(await _reply(conn))
                 except TimeoutError:
-                    raise RedisTimeoutError(f"Timeout reading from {conn.host}:{conn.port}") from None
+                    # What Connection.read_response raises when socket_timeout runs out.
+                    where = getattr(conn, "path", None) or f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+                    raise RedisTimeoutError(f"Timeout reading from {where}") from None
             if any(type(r) is NoScriptError for r in replies):
                 await self._load_and_resend(conn, calls, replies)
         except BaseException as exc:
@@ -219,7 +221,13 @@ def _resolve(calls: list[_Call], replies: list[Any], callbacks: Any) -> None:
             future.set_exception(reply)
             continue
         callback = callbacks.get(call.args[0])
-        future.set_result(callback(reply) if callback is not None else reply)
+        if callback is None:
+            future.set_result(reply)
+            continue
+        try:
+            future.set_result(callback(reply))
+        except Exception as exc:  # a reply its callback cannot parse: that caller's error only
+            future.set_exception(exc)
 
 
 def _fail(calls: list[_Call], exc: BaseException) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.redis_batch import CommandBatcher, DirectCommands, ShardedBatcher, batcher_for
 from server.stores import redis_client
@@ -112,6 +113,17 @@ async def test_a_killed_connection_fails_its_batch_and_the_next_batch_works(clie
             await waiting
     assert await observer.get("after") is None  # never ran
     assert await asyncio.gather(batcher.command("SET", "next", "1"), batcher.command("GET", "before")) == [True, b"1"]
+
+
+async def test_a_batch_that_outlasts_socket_timeout_fails_and_the_next_works(own_redis):
+    client = redis_client(own_redis.url, socket_timeout=0.3)
+    batcher = batcher_for(client)
+    quick, slow = batcher.command("SET", "quick", "1"), batcher.command("BLPOP", "nothing", 2)
+    assert await quick is True
+    with pytest.raises(RedisTimeoutError):
+        await slow
+    assert await batcher.command("GET", "quick") == b"1"  # a fresh connection, in step
+    await client.aclose()
 
 
 async def test_cancelled_callers_do_not_disturb_the_others(clients):
