@@ -21,7 +21,8 @@ instead (CPU times then include its overhead: compare them only with other ``--p
 runs) and the output adds the Python-visible calls per delivery and the ``--top`` functions by
 calls per delivery. Calls are deterministic: compare trees with them. CPU is noisy on a shared
 machine: compare trees with interleaved runs (``--rounds 3`` runs the measure three times
-against one server and prints the median).
+against one server and prints the median). With ``FANOUT_COST_PSTATS=FILE`` the profile is
+also saved there, for ``pstats`` (callers, cumulative times).
 
 For instructions per delivery, run it under callgrind twice, with N and 2N fan-outs, and
 subtract (start-up cancels)::
@@ -174,6 +175,8 @@ async def measure(args: argparse.Namespace) -> dict:
     if profile is not None:
         import pstats
 
+        if os.environ.get("FANOUT_COST_PSTATS"):
+            profile.dump_stats(os.environ["FANOUT_COST_PSTATS"])
         stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
         total = sum(nc for (_, nc, _, _, _) in stats.values())
         result["calls_per_delivery"] = round(total / deliveries, 3)

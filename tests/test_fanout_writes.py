@@ -94,16 +94,20 @@ def test_the_compiled_twin_is_in_use():
 
 # ---------------------------------------------------------------------- a real server's fan-out
 
-async def test_a_deaf_member_is_cut_and_the_others_get_every_fanout_in_order(servers, js):
+@pytest.mark.parametrize("store", ["embedded", "redis"])
+async def test_a_deaf_member_is_cut_and_the_others_get_every_fanout_in_order(servers, js, store, request):
     """A room member that stops reading is cut at the byte bound (the compiled loop hands it to
     the general path once its transport backs up); the reading members get every fan-out, in
-    offset order, before, during and after the cut."""
+    offset order, before, during and after the cut. In the Redis mode each fan-out comes back
+    through the channel's notification and takes the same compiled loop."""
     from test_bounds import cut_off, deaf_client, ws_frame
     from test_delivery import metric
     from test_hostile import _cfg
 
-    srv = servers(env={"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000", "BENCH_NAMESPACE": "1"},
-                  args=["--config", _cfg("[limits]\nsend_queue_max_bytes = 262144\n")])
+    env = {"EVENTS_PER_SECOND": "100000", "EVENT_BURST": "100000", "BENCH_NAMESPACE": "1"}
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    srv = servers(env=env, args=["--config", _cfg("[limits]\nsend_queue_max_bytes = 262144\n")])
     for name in ("a", "b"):
         await js.connect(name, srv.url + "/bench", transports=["websocket"])
         assert await js.emit(name, "join", "r") is True
