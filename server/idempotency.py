@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgpack
 import redis.asyncio as aioredis
 
-from .redis_batch import batcher_for
+from realtime_channels.redis_batch import batcher_for
 
 PENDING = b"\x00pending"
 # Stored instead of an ack bigger than max_reply_bytes: the retry gets an explicit error.
@@ -181,7 +181,7 @@ return nil
 class RedisIdempotencyStore:
     """Shared store: one key per event ID, with a TTL.
 
-    Claims, acks and releases go through a :func:`~server.redis_batch.batcher_for` batcher:
+    Claims, acks and releases go through a :func:`~realtime_channels.redis_batch.batcher_for` batcher:
     those of all events handled in one event-loop turn reach Redis as one pipeline (a command
     sent alone costs ~240 µs of redis-py CPU, several times what the event itself costs).
 

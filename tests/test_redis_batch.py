@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.redis_batch import CommandBatcher, DirectCommands, ShardedBatcher, batcher_for
+from realtime_channels.redis_batch import CommandBatcher, DirectCommands, ShardedBatcher, batcher_for
 from server.stores import redis_client
 
 

@@ -35,9 +35,10 @@ from typing import Any, Iterable
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import (AskError, ConnectionError as RedisConnectionError, MovedError, NoScriptError,
-                              RedisClusterException, RedisError, ResponseError, TryAgainError)
+from redis.exceptions import (AskError, MovedError, NoScriptError, RedisClusterException, RedisError, ResponseError,
+                              TryAgainError)
 
+from .redis_batch import batcher_for
 from .channel_log import (
     EMPTY,
     ChannelBounds,
@@ -69,9 +70,6 @@ NOTIFICATION_VERSION = 1
 _PREFIX_FORBIDDEN = re.compile(r"[{}\x00-\x20\x7f]")
 _OFFSET_ID = re.compile(rb"(\d{1,15})-0")
 _DIGITS = re.compile(rb"\d{1,15}")
-# Connections the log keeps between publishes (see RedisChannelLog._publish_direct): as many as
-# publishes usually run at once; more concurrent ones borrow from the pool as usual.
-HELD_CONNECTIONS = 4
 
 # ------------------------------------------------------------------------- key layout
 
@@ -428,22 +426,6 @@ def publish_call(prefix: str, channel: str, data: bytes, bounds: ChannelBounds, 
                          keys.notify, "spublish" if sharded else "publish"]
 
 
-def pack_command(parts: Iterable[bytes | str | int], encoding: str = "utf-8") -> bytes:
-    """One Redis command as RESP bytes (an array of bulk strings), as redis-py's
-    ``pack_command`` makes it for these argument types, in one join."""
-    out = [b""]
-    n = 0
-    for part in parts:
-        if isinstance(part, str):
-            part = part.encode(encoding)
-        elif isinstance(part, int):
-            part = b"%d" % part
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-        n += 1
-    out[0] = b"*%d\r\n" % n
-    return b"".join(out)
-
-
 def publish_error(exc: ResponseError) -> Exception:
     """What a failed publish script raises: :class:`ChannelLogError` for a channel whose
     stored state is not trusted, else the Redis error itself."""
@@ -521,14 +503,10 @@ class RedisChannelLog:
         self._history_script = client.register_script(HISTORY_SCRIPT)
         self._trim_script = client.register_script(TRIM_SCRIPT)
         self._renew_script = client.register_script(RENEW_SCRIPT)
-        # A plain client's publishes go the direct way (see _publish_direct); a cluster, a
-        # sentinel's pool (it routes connections itself), a single-connection client or any
-        # other client type go through redis-py's command path.
-        pool = getattr(client, "connection_pool", None)
-        self._direct_pool = (pool if type(client) is aioredis.Redis and not client.single_connection_client
-                             and type(pool) in (aioredis.ConnectionPool, aioredis.BlockingConnectionPool) else None)
-        self._held: list[Any] = []
-        self._encoding = client.get_encoder().encoding
+        # Publishes of one loop turn go to Redis as one pipeline (redis_batch.py: without
+        # redis-py's per-command path, most of what a Redis-mode fan-out cost more than an
+        # embedded one); a cluster's are sent alone, through its own routing.
+        self._commands = batcher_for(client)
         self._by_notify: dict[bytes, str] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
@@ -548,51 +526,11 @@ class RedisChannelLog:
         try:
             if self.replicas_ack:
                 reply = await self._publish_replicated(keys, args)
-            elif self._direct_pool is not None:
-                reply = await self._publish_direct(keys, args)
             else:
-                reply = await self._publish_script(keys=keys, args=args)
+                reply = await self._commands.script(self._publish_script, keys, args)
         except ResponseError as exc:
             raise publish_error(exc) from None
         return publish_result(reply, keys[1])
-
-    async def _publish_direct(self, keys: list[str], args: list[Any]) -> object:
-        """The publish script on a connection the log keeps: the command packed in one join,
-        written and its reply read, without redis-py's per-command path (pool acquire and
-        release under a condition, retry wrapper, argument encoder, observability hooks: most
-        of what a Redis-mode fan-out costs more than an embedded one). The connection's own
-        health check, timeouts and disconnect-on-error are kept.
-
-        A connection error falls back to the script call, so the command is retried as
-        redis-py retries it; an unknown script (Redis restarted or flushed) too, which loads
-        it. Any other error (a cancellation) leaves the connection disconnected in the pool."""
-        pool = self._direct_pool
-        held = self._held
-        conn = held.pop() if held else await pool.get_connection()
-        error: ResponseError | None = None
-        try:
-            await conn.send_packed_command(
-                pack_command(("EVALSHA", self._publish_script.sha, len(keys), *keys, *args), self._encoding))
-            reply = await conn.read_response()
-        except ResponseError as exc:
-            reply, error = None, exc  # the reply was read: the connection stays usable
-        except RedisConnectionError:
-            await pool.release(conn)  # disconnected by redis-py; reconnects when next taken
-            return await self._publish_script(keys=keys, args=args)
-        except BaseException:
-            # A reply may still be on its way (a cancelled read): never reuse the connection.
-            await conn.disconnect(nowait=True)
-            await pool.release(conn)
-            raise
-        if len(held) < HELD_CONNECTIONS:
-            held.append(conn)
-        else:
-            await pool.release(conn)
-        if isinstance(error, NoScriptError):
-            return await self._publish_script(keys=keys, args=args)
-        if error is not None:
-            raise error
-        return reply
 
     async def _publish_replicated(self, keys: list[str], args: list[Any]) -> object:
         """The publish script, then ``WAIT replicas_ack`` in the same pipeline, so on the same
@@ -758,9 +696,6 @@ class RedisChannelLog:
             self._failures.warning("channel log: a notification callback failed", exc_info=True)
 
     async def close(self) -> None:
-        held, self._held = self._held, []
-        for conn in held:
-            await self._direct_pool.release(conn)
         await self._subscriptions.close()
         self._by_notify.clear()
 

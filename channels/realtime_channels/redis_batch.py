@@ -39,7 +39,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from realtime_channels.sharded_redis import ShardedRedis
+from .sharded_redis import ShardedRedis
 
 
 class Commands(Protocol):
