@@ -62,6 +62,8 @@ class _Link:
         self.names: set[bytes] = set()
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task | None = None
+        # The connection the reader is waiting on for a message, while it waits.
+        self.reading: aioredis.client.PubSub | None = None
         self.lock = asyncio.Lock()
 
 
@@ -223,7 +225,13 @@ class Subscriptions:
                 await self._subscribe_on(link.pubsub, names)
             except Exception as exc:
                 self._failures.warning("pub/sub: subscribing on %s failed, will retry: %s", link.key or "redis", exc)
+                failed = link.pubsub
                 await self._drop(link)
+                if link.reader is not None and failed is not None and link.reading is failed:
+                    # The reader may wait on the dropped connection until its ping interval
+                    # (redis-py's own retries can even reconnect it): start a new one now.
+                    link.reader.cancel()
+                    link.reader = None
             if link.reader is None and not self._closed:
                 link.reader = asyncio.get_running_loop().create_task(self._read_loop(link))
 
@@ -328,7 +336,11 @@ class Subscriptions:
                     return
                 continue
             try:
-                message = await pubsub.get_message(timeout=self.ping_interval)
+                link.reading = pubsub
+                try:
+                    message = await pubsub.get_message(timeout=self.ping_interval)
+                finally:
+                    link.reading = None
                 if message is None:
                     if awaiting_pong:
                         raise ConnectionError("no answer to PING on the pub/sub connection")
