@@ -112,7 +112,11 @@ class RealtimeManager(ManagerAdapter):
         self.follower_healthy = True
         # (namespace, sid) -> what the socket surely received, for the durable namespaces.
         self.positions: dict[tuple[str, str], SocketPositions] = {}
+        # Channels being opened (channel -> the task opening it with others of its loop turn).
         self._opening: dict[str, asyncio.Task] = {}
+        # Channels to open next (channel -> fresh) and the task that will open them.
+        self._queued_opens: dict[str, bool] = {}
+        self._open_task: asyncio.Task | None = None
         self._closing: dict[str, asyncio.Task] = {}
         self._catching_up: dict[str, asyncio.Task] = {}
         # Highest offset announced for a channel while a gap read was running.
@@ -514,48 +518,85 @@ class RealtimeManager(ManagerAdapter):
         :param fresh: the channel cannot exist yet (a new socket's own room): skip reading its
             position.
         """
-        closing = self._closing.get(channel)
-        if closing is not None:
-            await asyncio.shield(closing)
-        cursor = self.deliveries.cursors.get(channel)
-        if cursor is not None:
-            return cursor
-        if self._inline:
-            return self._open_now(channel, fresh)
-        task = self._opening.get(channel)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._open(channel, fresh), name=f"open {channel}")
-            self._opening[channel] = task
-            task.add_done_callback(lambda _: self._opening.pop(channel, None))
-        return await asyncio.shield(task)
+        while True:
+            await self.follow([channel], [channel] if fresh else ())
+            cursor = self.deliveries.cursors.get(channel)
+            if cursor is not None:
+                return cursor
 
     async def follow(self, channels: list[str], fresh: Iterable[str] = ()) -> None:
         """Open every channel of ``channels``; on return (with no await after it) all of them
         are followed, so a socket put in their rooms right away misses nothing. (A reaper pass
-        between two opens may have closed one: then it is opened again.)
+        in between may have closed one: then it is opened again.)
+
+        Every channel opened during one loop turn, by any caller, is opened together: one
+        subscribe call and one read of their positions (:meth:`_open_queued`). Concurrent
+        opens of one channel share one open.
 
         :param fresh: those of ``channels`` that cannot exist yet (see :meth:`open_channel`).
         """
+        cursors = self.deliveries.cursors
         if self._inline:
             # Nothing to wait for: each channel is opened here, none can be reaped meanwhile.
-            cursors = self.deliveries.cursors
             for channel in channels:
                 if channel not in cursors:
                     self._open_now(channel, channel in fresh)
             return
         new = set(fresh)
         while True:
+            if self._closing:
+                for channel in channels:
+                    closing = self._closing.get(channel)
+                    if closing is not None:
+                        await asyncio.shield(closing)
+            waits: list[asyncio.Future] = []
             for channel in channels:
-                await self.open_channel(channel, channel in new)
-            if all(c in self.deliveries.cursors for c in channels):
+                if channel in cursors:
+                    continue
+                opening = self._opening.get(channel)
+                if opening is None:
+                    opening = self._queue_open(channel, channel in new)
+                elif opening is self._open_task and channel not in new:
+                    self._queued_opens[channel] = False  # not sent yet: read its position too
+                if opening not in waits:
+                    waits.append(opening)
+            if not waits:
                 return
+            # Shielded: the open is shared; a caller that gives up must not cancel it for the others.
+            if len(waits) == 1:
+                await asyncio.shield(waits[0])
+            else:
+                await asyncio.gather(*map(asyncio.shield, waits))
 
-    async def _open(self, channel: str, fresh: bool) -> ChannelCursor:
-        await self.log.subscribe([channel])
-        position = EMPTY if fresh else await self.log.position(channel)
-        cursor = self.deliveries.open(channel, position.offset, position.epoch)
-        self.metrics.channels_subscribed.inc()
-        return cursor
+    def _queue_open(self, channel: str, fresh: bool) -> asyncio.Task:
+        """Open ``channel`` with every other channel queued during this loop turn; returns the
+        task that opens them."""
+        self._queued_opens[channel] = fresh
+        task = self._open_task
+        if task is None:
+            task = self._open_task = asyncio.get_running_loop().create_task(self._open_queued(), name="open channels")
+        self._opening[channel] = task
+        return task
+
+    async def _open_queued(self) -> None:
+        """Subscribe the queued channels, read the positions of those not fresh and open their
+        cursors (runs one loop turn after the first was queued)."""
+        batch, self._queued_opens = self._queued_opens, {}
+        task, self._open_task = self._open_task, None
+        try:
+            channels = list(batch)
+            await self.log.subscribe(channels)
+            stale = [c for c, fresh in batch.items() if not fresh]
+            read = dict(zip(stale, await self.log.positions(stale))) if stale else {}
+            for channel in channels:
+                if channel not in self.deliveries.cursors:
+                    position = read.get(channel, EMPTY)
+                    self.deliveries.open(channel, position.offset, position.epoch)
+                    self.metrics.channels_subscribed.inc()
+        finally:
+            for channel in batch:
+                if self._opening.get(channel) is task:
+                    del self._opening[channel]
 
     def _open_now(self, channel: str, fresh: bool) -> ChannelCursor:
         """:meth:`_open` for the in-process log, done here (it never suspends)."""

@@ -463,6 +463,27 @@ async def test_notifications_only_for_subscribed_channels_in_offset_order(backen
     assert subscriber.offsets("a") == list(range(1, 11))
 
 
+async def test_positions_read_together_equal_each_channels_position(backend):
+    """positions() is position() per channel, in the order asked, whatever the channel's state:
+    published to, never published to, renewed into another epoch, asked for twice."""
+    log = backend.make()
+    assert await log.positions([]) == []
+    for i in range(3):
+        await log.publish("a", b"%d" % i)
+    await log.publish("b", b"x")
+    old = (await log.publish("renewed", b"1")).position
+    renewed = await log.renew_epoch("renewed", old.epoch, [(1, 1)])  # another publication than ours
+    assert renewed.epoch not in ("", old.epoch)
+    channels = ["a", "missing", "renewed", "b", "a", *(f"other-{i}" for i in range(20))]
+    together = await log.positions(channels)
+    assert together == [await log.position(c) for c in channels]
+    assert together[:4] == [StreamPosition(3, together[0].epoch), EMPTY, renewed, StreamPosition(1, together[3].epoch)]
+    assert len({p.epoch for p in (together[0], together[2], together[3])}) == 3
+    assert await log.positions(["b"]) == [await log.position("b")]
+    with pytest.raises(ValueError):
+        await log.positions(["a", ""])
+
+
 async def test_twenty_concurrent_publishers_get_unique_contiguous_offsets(backend):
     publishers = [backend.make(ChannelBounds(max_length=1000)) for _ in range(20)]
 
@@ -831,6 +852,103 @@ async def test_subscribe_waits_for_confirmation_so_a_following_read_misses_nothi
     assert sorted(c for c, _ in subscriber.publications) == sorted(names)
     await node.close()
     await other.aclose()
+
+
+def _same_slot(count: int) -> list[str]:
+    """``count`` channel names whose keys share one cluster slot."""
+    slot = key_slot(b"room-0")
+    names, i = ["room-0"], 0
+    while len(names) < count:
+        i += 1
+        if key_slot(b"room-%d" % i) == slot:
+            names.append(f"room-{i}")
+    return names
+
+
+async def _calls(client: aioredis.Redis, command: str) -> int:
+    return (await client.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["subscribe", "ssubscribe"])
+async def test_subscribes_of_one_loop_turn_are_one_command_and_each_returns_once_confirmed(
+        redis_client, redis_url, sharded):
+    """Callers subscribing in the same loop turn cost Redis one command (SSUBSCRIBE: one per
+    slot), and a publication made the moment a caller's subscribe() returns is heard."""
+    subscriber = Collector()
+    node = RedisChannelLog(aioredis.from_url(redis_url), prefix=PREFIX, sharded=sharded,
+                           on_publication=subscriber.on_publication, on_resync=subscriber.on_resync)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX, sharded=sharded)
+    command = "ssubscribe" if sharded else "subscribe"
+    # Sharded: names of one slot (a channel's name is its hash tag), so one SSUBSCRIBE can carry them all.
+    names = _same_slot(6) if sharded else [f"room-{i}" for i in range(20)]
+    await node.subscribe(["warm-up"])  # the pub/sub connection exists
+    before = await _calls(redis_client, command)
+
+    async def subscribe_then_publish(name: str) -> None:
+        await node.subscribe([name])
+        await publisher.publish(name, b"right after")
+
+    await asyncio.gather(*(subscribe_then_publish(n) for n in names))
+    assert await _calls(redis_client, command) - before == 1
+    await eventually(lambda: sorted(c for c, _ in subscriber.publications) == sorted(names),
+                     what="a notification of each channel published right after its subscribe")
+    assert subscriber.resyncs == []
+    # Names of several slots: one SSUBSCRIBE per slot, still all in one turn.
+    if sharded:
+        spread = [f"spread-{i}" for i in range(10)]
+        before = await _calls(redis_client, command)
+        await asyncio.gather(*(node.subscribe([n]) for n in spread))
+        assert await _calls(redis_client, command) - before == len({key_slot(node.keys(n).notify.encode())
+                                                                     for n in spread})
+    await node.close()
+    await node.client.aclose()
+
+
+@pytest.mark.parametrize("retries", [0, 3], ids=["log-reconnects", "redis-py-reconnects"])
+async def test_a_batch_sent_on_a_dead_connection_is_confirmed_on_the_next_one(redis_client, redis_url, retries):
+    """The pub/sub connection dies just before a turn's batch is sent on it: every caller still
+    returns once its names are subscribed (on the rebuilt connection), and is heard; a
+    channel subscribed before gets its resync."""
+    subscriber = Collector()
+    client = aioredis.from_url(redis_url, retry=Retry(ExponentialBackoff(), retries),
+                               retry_on_error=[ConnectionError])
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    await node.subscribe(["before"])
+    names = [f"room-{i}" for i in range(20)]
+
+    async def subscribe_then_publish(name: str) -> None:
+        await node.subscribe([name])
+        await publisher.publish(name, b"right after")
+
+    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await asyncio.wait_for(asyncio.gather(*(subscribe_then_publish(n) for n in names)), 10)
+    await eventually(lambda: sorted(c for c, _ in subscriber.publications) == sorted(names),
+                     what="a notification of each channel published right after its subscribe")
+    await eventually(lambda: subscriber.resyncs == ["before"], what="a resync of the older channel")
+    await node.close()
+    await client.aclose()
+
+
+async def test_a_caller_that_gives_up_leaves_the_others_of_its_batch_unharmed(redis_client, redis_url):
+    subscriber = Collector()
+    node = RedisChannelLog(aioredis.from_url(redis_url), prefix=PREFIX,
+                           on_publication=subscriber.on_publication, on_resync=subscriber.on_resync)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    quitter = asyncio.ensure_future(node.subscribe(["quitter"]))
+    stayers = [asyncio.ensure_future(node.subscribe([f"stayer-{i}"])) for i in range(3)]
+    await asyncio.sleep(0)  # all of them queued their names
+    quitter.cancel()
+    await asyncio.wait_for(asyncio.gather(*stayers), 10)
+    for i in range(3):
+        await publisher.publish(f"stayer-{i}", b"x")
+    # The quitter's channel was sent anyway, and stays subscribed until unsubscribed.
+    await publisher.publish("quitter", b"x")
+    await eventually(lambda: len(subscriber.publications) == 4, what="four notifications")
+    assert subscriber.resyncs in ([], ["quitter"])  # confirmed after its caller left: maybe a resync
+    await node.close()
+    await node.client.aclose()
 
 
 # ------------------------------------------------------------------ Redis Cluster only

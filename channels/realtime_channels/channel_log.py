@@ -34,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Protocol, Sequence
 
 log = logging.getLogger("realtime_channels.channel_log")
 
@@ -198,6 +198,10 @@ class ChannelLog(Protocol):
     async def position(self, channel: str) -> StreamPosition:
         """The channel's current position; :data:`EMPTY` when it does not exist.
         Never creates anything."""
+
+    async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
+        """:meth:`position` of each of ``channels``, in their order, read together (one round
+        trip per server holding them)."""
 
     async def renew_epoch(self, channel: str, epoch: str,
                           delivered: Iterable[tuple[int, int]]) -> StreamPosition:
@@ -522,6 +526,15 @@ class MemoryChannelLog:
         check_channel(channel)
         state = self._live(channel, self._now_ms())
         return EMPTY if state is None else StreamPosition(state.top, state.epoch)
+
+    async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
+        now_ms = self._now_ms()
+        out = []
+        for channel in channels:
+            check_channel(channel)
+            state = self._live(channel, now_ms)
+            out.append(EMPTY if state is None else StreamPosition(state.top, state.epoch))
+        return out
 
     async def renew_epoch(self, channel: str, epoch: str,
                           delivered: Iterable[tuple[int, int]]) -> StreamPosition:

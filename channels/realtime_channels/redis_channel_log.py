@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import msgpack
 import redis.asyncio as aioredis
@@ -628,6 +628,19 @@ class RedisChannelLog:
         if epoch is None:
             return EMPTY
         return _position(epoch, top, meta)
+
+    async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
+        metas = [self.keys(check_channel(c)).meta for c in channels]
+        if len(metas) <= 1:
+            return [await self.position(c) for c in channels]
+        # One pipeline: redis-py's cluster pipeline (and ShardedRedis's) sends each command to
+        # the node holding its key, one round trip per node, and puts the replies in order.
+        async with self.client.pipeline(transaction=False) as pipe:
+            for meta in metas:
+                pipe.hmget(meta, ["e", "o"])
+            replies = await pipe.execute()
+        return [EMPTY if epoch is None else _position(epoch, top, meta)
+                for meta, (epoch, top) in zip(metas, replies)]
 
     async def renew_epoch(self, channel: str, epoch: str,
                           delivered: Iterable[tuple[int, int]]) -> StreamPosition:

@@ -62,6 +62,8 @@ class _Link:
         self.names: set[bytes] = set()
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task | None = None
+        # The connection the reader is waiting on for a message, while it waits.
+        self.reading: aioredis.client.PubSub | None = None
         self.lock = asyncio.Lock()
 
 
@@ -96,6 +98,9 @@ class Subscriptions:
         self._links: dict[str, _Link] = {}
         self._link_of: dict[bytes, _Link] = {}
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        # Names to subscribe, per link, gathered during a loop turn; the task sending them.
+        self._queued: dict[_Link, list[bytes]] = {}
+        self._flusher: asyncio.Task | None = None
         self._closed = False
         self._failures = Throttled(log)
 
@@ -149,7 +154,10 @@ class Subscriptions:
 
     async def subscribe(self, names: list[bytes]) -> None:
         """Subscribe ``names``; return once Redis confirmed each (or raise TimeoutError: they
-        stay subscribed and each gets ``on_resync`` when it is confirmed)."""
+        stay subscribed and each gets ``on_resync`` when it is confirmed).
+
+        Names asked for during one loop turn, by any number of callers, go to Redis together:
+        one (S)SUBSCRIBE per connection (and slot) for the whole turn, sent by one task."""
         if self._closed:
             raise RuntimeError("subscriptions are closed")
         if self.cluster:
@@ -162,13 +170,17 @@ class Subscriptions:
             future = loop.create_future()
             self._waiters.setdefault(name, []).append(future)
             waits.append((name, future))
-        fresh = [n for n in dict.fromkeys(names) if n not in self._link_of]
+        if not waits:
+            return
+        fresh = [n for n, _ in waits if n not in self._link_of]
         try:
             # Routing raises while a cluster slot has no owner (mid-failover): then the
             # waiters are withdrawn below and the caller sees the error.
             for link, assigned in self._route(fresh).items():
-                await self._send(link, assigned)
-            if waits:
+                self._queue(link, assigned)
+            if len(waits) == 1:
+                await asyncio.wait_for(waits[0][1], self.subscribe_timeout)
+            else:
                 await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self.subscribe_timeout)
         finally:
             for name, future in waits:
@@ -177,6 +189,31 @@ class Subscriptions:
                     pending.remove(future)
                     if not pending:
                         del self._waiters[name]
+
+    def _queue(self, link: _Link, names: list[bytes]) -> None:
+        """Send ``names`` on ``link`` with every other name queued during this loop turn."""
+        self._queued.setdefault(link, []).extend(names)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="pubsub subscribe")
+
+    async def _flush(self) -> None:
+        """Send what was queued (runs one loop turn after the first name was queued). What is
+        queued while it sends goes in the next round."""
+        try:
+            while self._queued and not self._closed:
+                queued, self._queued = self._queued, {}
+                sends = []
+                for link, names in queued.items():
+                    # A name unsubscribed (or moved to another link) since it was queued stays out.
+                    names = [n for n in dict.fromkeys(names) if self._link_of.get(n) is link]
+                    if names:
+                        sends.append(self._send(link, names))
+                if len(sends) == 1:
+                    await sends[0]
+                elif sends:
+                    await asyncio.gather(*sends)
+        finally:
+            self._flusher = None
 
     async def _send(self, link: _Link, names: list[bytes]) -> None:
         """Subscribe ``names`` on ``link``'s connection (made if needed). A failure leaves the
@@ -188,8 +225,14 @@ class Subscriptions:
                 await self._subscribe_on(link.pubsub, names)
             except Exception as exc:
                 self._failures.warning("pub/sub: subscribing on %s failed, will retry: %s", link.key or "redis", exc)
+                failed = link.pubsub
                 await self._drop(link)
-            if link.reader is None:
+                if link.reader is not None and failed is not None and link.reading is failed:
+                    # The reader may wait on the dropped connection until its ping interval
+                    # (redis-py's own retries can even reconnect it): start a new one now.
+                    link.reader.cancel()
+                    link.reader = None
+            if link.reader is None and not self._closed:
                 link.reader = asyncio.get_running_loop().create_task(self._read_loop(link))
 
     async def _subscribe_on(self, pubsub: aioredis.client.PubSub, names: list[bytes]) -> None:
@@ -293,7 +336,11 @@ class Subscriptions:
                     return
                 continue
             try:
-                message = await pubsub.get_message(timeout=self.ping_interval)
+                link.reading = pubsub
+                try:
+                    message = await pubsub.get_message(timeout=self.ping_interval)
+                finally:
+                    link.reading = None
                 if message is None:
                     if awaiting_pong:
                         raise ConnectionError("no answer to PING on the pub/sub connection")
@@ -340,6 +387,14 @@ class Subscriptions:
 
     async def close(self) -> None:
         self._closed = True
+        flusher, self._flusher = self._flusher, None
+        self._queued.clear()
+        if flusher is not None:
+            flusher.cancel()
+            try:
+                await flusher
+            except asyncio.CancelledError:
+                pass
         for link in list(self._links.values()):
             if link.reader is not None:
                 link.reader.cancel()
