@@ -76,16 +76,21 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
 _CLOSE = object()
 
 
+def _schedule(server: Any, name: str, delay: float, fire: Any) -> Deadlines:
+    """``server``'s schedule kept as attribute ``name``, made for this loop and ``delay`` (a new
+    loop, or the delay changed: sessions armed before keep their old schedule)."""
+    schedule = getattr(server, name, None)
+    loop = asyncio.get_running_loop()
+    if schedule is None or schedule.loop is not loop or schedule.delay != delay:
+        schedule = Deadlines(loop, delay, fire, TIMER_CONTEXT)
+        setattr(server, name, schedule)
+    return schedule
+
+
 def ping_schedule(server: Any) -> Deadlines:
     """The heartbeat PINGs of ``server``'s sessions, one timer for all (server/deadlines.py):
     ``ping_interval`` after a session's OPEN or its last PONG, ``RealtimeSocket._ping``."""
-    schedule = getattr(server, "ping_deadlines", None)
-    loop = asyncio.get_running_loop()
-    if schedule is None or schedule.loop is not loop or schedule.delay != server.ping_interval:
-        # (a new loop, or the interval changed: sessions armed before keep their old schedule)
-        schedule = Deadlines(loop, server.ping_interval, RealtimeSocket._ping, TIMER_CONTEXT)
-        server.ping_deadlines = schedule
-    return schedule
+    return _schedule(server, "ping_deadlines", server.ping_interval, RealtimeSocket._ping)
 
 
 def pong_schedule(server: Any) -> Deadlines:
@@ -94,12 +99,7 @@ def pong_schedule(server: Any) -> Deadlines:
     service task (``monitor_clients=False``, server/app.py), which walked every session once
     per ``ping_timeout`` with a Task and a timer per session (``asyncio.wait_for``): idle CPU
     that grew with the number open (10,000 idle connections: 4.4 % of a core)."""
-    schedule = getattr(server, "pong_deadlines", None)
-    loop = asyncio.get_running_loop()
-    if schedule is None or schedule.loop is not loop or schedule.delay != server.ping_timeout:
-        schedule = Deadlines(loop, server.ping_timeout, RealtimeSocket._pong_due, TIMER_CONTEXT)
-        server.pong_deadlines = schedule
-    return schedule
+    return _schedule(server, "pong_deadlines", server.ping_timeout, RealtimeSocket._pong_due)
 
 
 class RealtimeSocket(SocketAdapter):
