@@ -36,7 +36,6 @@ import gc
 import json
 import os
 import statistics
-import struct
 import sys
 from pathlib import Path
 
@@ -44,20 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from inprocess import start_bench_server  # noqa: E402
+from raw_ws import cpu_seconds, masked_frame, read_text_frame  # noqa: E402
 
 
 # ------------------------------------------------------------------ client (child process)
-
-def _masked(text: str) -> bytes:
-    """A client-to-server WebSocket text frame, masked with a fresh random key as the
-    harness's client (and any browser) masks it, so the server unmasks real bytes."""
-    payload = text.encode()
-    n = len(payload)
-    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + struct.pack("!H", n)
-    mask = os.urandom(4)
-    key = int.from_bytes((mask * ((n + 3) >> 2))[:n], "little")
-    return head + mask + (int.from_bytes(payload, "little") ^ key).to_bytes(n, "little")
-
 
 def echo_payload(index: int, size: int) -> dict:
     """The harness's echo payload (../shared/bench/client/loadgen.js makeEchoPayload): client
@@ -67,16 +56,6 @@ def echo_payload(index: int, size: int) -> dict:
     return {"i": index, "d": "x" * max(0, size - base)}
 
 
-async def _frame(reader: asyncio.StreamReader) -> str:
-    head = await reader.readexactly(2)
-    n = head[1] & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await reader.readexactly(8))[0]
-    return (await reader.readexactly(n)).decode()
-
-
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -84,9 +63,9 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     await reader.readuntil(b"\r\n\r\n")
-    assert (await _frame(reader)).startswith("0")  # Engine.IO OPEN
-    writer.write(_masked("40/bench,"))
-    while not (await _frame(reader)).startswith("40/bench,"):
+    assert (await read_text_frame(reader)).startswith("0")  # Engine.IO OPEN
+    writer.write(masked_frame("40/bench,"))
+    while not (await read_text_frame(reader)).startswith("40/bench,"):
         pass
     return reader, writer
 
@@ -104,13 +83,13 @@ async def _echoes(index: int, reader: asyncio.StreamReader, writer: asyncio.Stre
         else:
             payload = echo_payload(index, size)
         body = json.dumps(payload, separators=(",", ":"))
-        writer.write(_masked('42/bench,%d["echo",%s]' % (ack, body)))
+        writer.write(masked_frame('42/bench,%d["echo",%s]' % (ack, body)))
         while True:
-            text = await asyncio.wait_for(_frame(reader), 30)
+            text = await asyncio.wait_for(read_text_frame(reader), 30)
             if text.startswith("43/bench,"):
                 break
             if text == "2":
-                writer.write(_masked("3"))
+                writer.write(masked_frame("3"))
         if text != "43/bench,%d[%s]" % (ack, body):  # else equal as JSON, as the harness allows
             ack_id, _, rest = text[len("43/bench,"):].partition("[")
             if int(ack_id) != ack or json.loads("[" + rest) != [payload]:
@@ -138,13 +117,6 @@ async def client(port: int, clients: int, events: int, event_ids: bool, rounds: 
 
 
 # ------------------------------------------------------------------ server (this process)
-
-def cpu_seconds() -> tuple[float, float]:
-    """This process's user and system CPU time so far, from /proc/self/stat."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
 
 async def measure(args: argparse.Namespace) -> dict:
     runner, app, port = await start_bench_server()

@@ -38,7 +38,6 @@ import base64
 import json
 import os
 import statistics
-import struct
 import sys
 from pathlib import Path
 
@@ -46,28 +45,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from inprocess import start_bench_server  # noqa: E402
+from raw_ws import cpu_seconds, masked_frame, read_text_frame  # noqa: E402
+
+# The fan-out's frames are masked with a zero key (the same bytes as the text), as before.
+ZERO_MASK = b"\0\0\0\0"
 ROOM = "r"
 
 
 # ------------------------------------------------------------------ client (child process)
-
-def _masked(text: str) -> bytes:
-    """A client-to-server WebSocket text frame (masked with a zero key: the same bytes)."""
-    payload = text.encode()
-    n = len(payload)
-    head = bytes((0x81, 0x80 | n)) if n < 126 else bytes((0x81, 0x80 | 126)) + struct.pack("!H", n)
-    return head + b"\0\0\0\0" + payload
-
-
-async def _frame(reader: asyncio.StreamReader) -> str:
-    head = await reader.readexactly(2)
-    n = head[1] & 0x7F
-    if n == 126:
-        n = struct.unpack("!H", await reader.readexactly(2))[0]
-    elif n == 127:
-        n = struct.unpack("!Q", await reader.readexactly(8))[0]
-    return (await reader.readexactly(n)).decode()
-
 
 async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -76,12 +61,12 @@ async def _connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWrite
                   f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     await reader.readuntil(b"\r\n\r\n")
-    assert (await _frame(reader)).startswith("0")  # Engine.IO OPEN
-    writer.write(_masked("40/bench,"))
-    while not (await _frame(reader)).startswith("40/bench,"):
+    assert (await read_text_frame(reader)).startswith("0")  # Engine.IO OPEN
+    writer.write(masked_frame("40/bench,", ZERO_MASK))
+    while not (await read_text_frame(reader)).startswith("40/bench,"):
         pass
-    writer.write(_masked(f'42/bench,1["join","{ROOM}"]'))
-    while not (await _frame(reader)).startswith("43/bench,1"):
+    writer.write(masked_frame(f'42/bench,1["join","{ROOM}"]', ZERO_MASK))
+    while not (await read_text_frame(reader)).startswith("43/bench,1"):
         pass
     return reader, writer
 
@@ -92,11 +77,11 @@ async def _received(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     last = 0
     for _ in range(fanouts):
         while True:
-            text = await asyncio.wait_for(_frame(reader), 30)
+            text = await asyncio.wait_for(read_text_frame(reader), 30)
             if text.startswith('42/bench,["msg"'):
                 break
             if text == "2":
-                writer.write(_masked("3"))
+                writer.write(masked_frame("3", ZERO_MASK))
         offset = int(json.loads(text[len("42/bench,"):])[-1].split("~")[0])  # "<offset>~<tag>"
         if offset != last + 1 and last:
             return False
@@ -114,7 +99,7 @@ async def client(port: int, clients: int, fanouts: int, rate: float, rounds: int
     conns = await asyncio.gather(*(one() for _ in range(clients)))
     print("joined", flush=True)
     loop = asyncio.get_running_loop()
-    frame = _masked('42/bench,["fanout",{"room":"%s","payload":{"text":"hello, room"}}]' % ROOM)
+    frame = masked_frame('42/bench,["fanout",{"room":"%s","payload":{"text":"hello, room"}}]' % ROOM, ZERO_MASK)
     for _ in range(rounds):
         await loop.run_in_executor(None, sys.stdin.readline)  # the server is measuring
         writer = conns[0][1]
@@ -129,13 +114,6 @@ async def client(port: int, clients: int, fanouts: int, rate: float, rounds: int
 
 
 # ------------------------------------------------------------------ server (this process)
-
-def cpu_seconds() -> tuple[float, float]:
-    """This process's user and system CPU time so far, from /proc/self/stat."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
 
 async def measure(args: argparse.Namespace) -> dict:
     runner, app, port = await start_bench_server()
