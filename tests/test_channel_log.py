@@ -926,7 +926,14 @@ async def test_a_batch_sent_on_a_dead_connection_is_confirmed_on_the_next_one(re
     await asyncio.wait_for(asyncio.gather(*(subscribe_then_publish(n) for n in names)), 10)
     await eventually(lambda: sorted(c for c, _ in subscriber.publications) == sorted(names),
                      what="a notification of each channel published right after its subscribe")
-    await eventually(lambda: subscriber.resyncs == ["before"], what="a resync of the older channel")
+    if retries:
+        # redis-py's retries reconnect in the reader and in the sender, each resubscribing
+        # every name: "before" may be resynced once per reconnect (each one a real gap), but
+        # a channel whose subscribe() was answered never is.
+        await eventually(lambda: subscriber.resyncs and set(subscriber.resyncs) == {"before"},
+                         what="a resync of the older channel, and of no other")
+    else:
+        await eventually(lambda: subscriber.resyncs == ["before"], what="a resync of the older channel")
     await node.close()
     await client.aclose()
 
