@@ -22,7 +22,8 @@ class Deadlines:
     """``arm(key)`` calls ``fire(key)`` ``delay`` seconds later (as ``loop.call_later`` would,
     to the loop's timer resolution), unless ``cancel(key)`` or another ``arm(key)`` came first.
 
-    :param loop: the event loop the timer runs on.
+    :param loop: the event loop the timer runs on; None: the loop running at the first ``arm``
+        (an owner built before its loop runs, as the Engine.IO server is).
     :param delay: seconds from arming to firing (> 0), the same for every key.
     :param fire: called with the key when its deadline comes; an exception it raises is logged.
     :param context: the context ``fire`` runs in (one for all keys: it must set no context
@@ -31,7 +32,7 @@ class Deadlines:
 
     __slots__ = ("loop", "delay", "fire", "context", "_due", "_timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float, fire: Callable[[Any], None],
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, delay: float, fire: Callable[[Any], None],
                  context: contextvars.Context) -> None:
         self.loop = loop
         self.delay = delay
@@ -48,13 +49,16 @@ class Deadlines:
 
     def arm(self, key: Any) -> None:
         """Fire ``key`` ``delay`` seconds from now (re-arming moves an armed key's deadline)."""
-        due = self.loop.time() + self.delay
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        due = loop.time() + self.delay
         schedule = self._due
         if key in schedule:
             del schedule[key]
         schedule[key] = due
         if self._timer is None:
-            self._timer = self.loop.call_at(due, self._run, context=self.context)
+            self._timer = loop.call_at(due, self._run, context=self.context)
 
     def cancel(self, key: Any) -> None:
         """``key`` does not fire (nothing happens when it is not armed). The timer stays; when

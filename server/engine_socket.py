@@ -76,30 +76,20 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
 _CLOSE = object()
 
 
-def _schedule(server: Any, name: str, delay: float, fire: Any) -> Deadlines:
-    """``server``'s schedule kept as attribute ``name``, made for this loop and ``delay`` (a new
-    loop, or the delay changed: sessions armed before keep their old schedule)."""
-    schedule = getattr(server, name, None)
-    loop = asyncio.get_running_loop()
-    if schedule is None or schedule.loop is not loop or schedule.delay != delay:
-        schedule = Deadlines(loop, delay, fire, TIMER_CONTEXT)
-        setattr(server, name, schedule)
-    return schedule
+def heartbeat_schedules(server: Any) -> tuple[Deadlines, Deadlines]:
+    """The heartbeat schedules of ``server``'s sessions (server/deadlines.py), one timer each
+    for all sessions, built with the server (RealtimeEngine.__init__):
 
+    - PINGs: ``ping_interval`` after a session's OPEN or its last PONG, ``RealtimeSocket._ping``;
+    - PONGs owed: ``ping_timeout`` after a PING, ``RealtimeSocket._pong_due`` ends the session
+      if none came.
 
-def ping_schedule(server: Any) -> Deadlines:
-    """The heartbeat PINGs of ``server``'s sessions, one timer for all (server/deadlines.py):
-    ``ping_interval`` after a session's OPEN or its last PONG, ``RealtimeSocket._ping``."""
-    return _schedule(server, "ping_deadlines", server.ping_interval, RealtimeSocket._ping)
-
-
-def pong_schedule(server: Any) -> Deadlines:
-    """The PONGs ``server``'s sessions owe: ``ping_timeout`` after a PING,
-    ``RealtimeSocket._pong_due`` ends the session if none came. This replaces python-engineio's
-    service task (``monitor_clients=False``, server/app.py), which walked every session once
-    per ``ping_timeout`` with a Task and a timer per session (``asyncio.wait_for``): idle CPU
-    that grew with the number open (10,000 idle connections: 4.4 % of a core)."""
-    return _schedule(server, "pong_deadlines", server.ping_timeout, RealtimeSocket._pong_due)
+    They replace python-engineio's service task (``monitor_clients=False``, server/app.py),
+    which walked every session once per ``ping_timeout`` with a Task and a timer per session
+    (``asyncio.wait_for``): idle CPU that grew with the number open (10,000 idle connections:
+    4.4 % of a core)."""
+    return (Deadlines(None, server.ping_interval, RealtimeSocket._ping, TIMER_CONTEXT),
+            Deadlines(None, server.ping_timeout, RealtimeSocket._pong_due, TIMER_CONTEXT))
 
 
 class RealtimeSocket(SocketAdapter):
@@ -293,12 +283,12 @@ class RealtimeSocket(SocketAdapter):
     def arm_ping(self) -> None:
         if self.last_ping:
             self.last_ping = None
-            ping_schedule(self.server).arm(self)
+            self.server.ping_deadlines.arm(self)
 
     def _ping(self) -> None:
         if not self.closing and not self.closed:
             self.last_ping = time.time()
-            pong_schedule(self.server).arm(self)
+            self.server.pong_deadlines.arm(self)
             if self.server.heartbeat is not None:
                 self.server.heartbeat(self.sid, False)
             self.send_nowait(eio_packet.Packet(eio_packet.PING))
@@ -310,16 +300,15 @@ class RealtimeSocket(SocketAdapter):
         if self.closing or self.closed or not last_ping:
             return
         if time.time() - last_ping < self.server.ping_timeout - 0.05:  # (the wall clock moved)
-            pong_schedule(self.server).arm(self)
+            self.server.pong_deadlines.arm(self)
             return
         self.server.logger.info("%s: Client is gone, closing socket", self.sid)
         start_eagerly(self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT))
 
     async def close_session(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
-        for name in ("ping_deadlines", "pong_deadlines"):
-            schedule = getattr(self.server, name, None)
-            if schedule is not None:
-                schedule.cancel(self)
+        server = self.server
+        server.ping_deadlines.cancel(self)
+        server.pong_deadlines.cancel(self)
         await self.library_close(wait=wait, abort=abort, reason=reason)
 
     # ------------------------------------------------------------------ WebSocket transport

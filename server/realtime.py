@@ -31,7 +31,7 @@ from .bus import Bus
 from .codec import ack_text, check_event
 from .endings import (CONNECT_TIMEOUT, ENDINGS, EVICTED, PROTOCOL_ERROR, SERVER_DISCONNECTED, SLOW_CONSUMER,
                       Ending)
-from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket
+from .engine_socket import CLIENT_PACKET_TYPES, RealtimeSocket, heartbeat_schedules
 from .manager import RealtimeManager, normalize_args
 from .metrics import Metrics
 from .send_queue import Backlog
@@ -191,6 +191,7 @@ class RealtimeEngine(EngineAdapter):
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
+        self.ping_deadlines, self.pong_deadlines = heartbeat_schedules(self)
 
     def origins_for(self, environ: dict, allowed: list[str] | None) -> list[str] | None:
         """The configured origins, and the server's own (same-origin requests, behind a proxy too)."""
