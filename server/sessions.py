@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from realtime_channels.redis_batch import Commands, batcher_for
+from realtime_channels.redis_batch import batcher_for
 
 
 @dataclass
@@ -136,16 +136,14 @@ class RedisSessionStore:
 
     :param client: the Redis client the keys live in.
     :param prefix: the deployment's key prefix.
-    :param commands: the batcher to send through (one shared with other stores puts their
-        commands of a turn in the same pipeline); None: one made for ``client``.
     """
 
     outlives_node = True
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "rt", commands: Commands | None = None) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = "rt") -> None:
         self.client = client
         self.prefix = prefix
-        self._send = commands if commands is not None else batcher_for(client)
+        self._send = batcher_for(client)
 
     def _key(self, pid: str) -> str:
         return f"{self.prefix}:session:{pid}"
