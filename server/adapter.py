@@ -477,8 +477,10 @@ class ManagerAdapter(AsyncManager):
         """Forget a socket: its rooms, callbacks and pending state (no I/O)."""
         raise NotImplementedError
 
-    async def enter(self, sid: str, namespace: str, room: str, eio_sid: str | None = None) -> None:
-        """A socket joins a room (a namespace's handler, an operator, the server API)."""
+    async def enter(self, sid: str, namespace: str, room: str, eio_sid: str | None = None,
+                    fresh: bool = False) -> None:
+        """A socket joins a room (a namespace's handler, an operator, the server API).
+        ``fresh``: the room cannot have had a publication yet (see RealtimeManager.join)."""
         self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
 
     async def leave(self, sid: str, namespace: str, room: str) -> None:

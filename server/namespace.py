@@ -189,7 +189,8 @@ class BaseNamespace(NamespaceAdapter):
         self._set_identity(sid, identity)
         # Straight to the manager: AsyncNamespace.enter_room, AsyncServer.enter_room and
         # AsyncManager.enter_room only hand it on (three coroutines per connect).
-        await self.server.manager.enter(sid, self.namespace, user_room(identity.user))
+        await self.server.manager.enter(sid, self.namespace, user_room(identity.user),
+                                        fresh=previous is None and new_guest(identity, auth))
         await self.connected(sid, identity, recovered, auth)
         admin = self.runtime.namespaces.get("/admin")
         if admin is not None:
@@ -282,6 +283,16 @@ class BaseNamespace(NamespaceAdapter):
             raise ClientError("forbidden", "token is for another user")
         self._set_identity(sid, fresh)  # what the socket's saved session will hold (saved_state)
         return ok(expires=fresh.expires)
+
+
+def new_guest(identity: Identity, auth: dict[str, Any]) -> bool:
+    """Whether ``identity`` is a guest id this CONNECT minted (no guest token of it was
+    presented; see Authenticator.guest): nobody knows it yet, so nothing was ever published
+    to its user room, and following that room reads no position from the log."""
+    if not identity.guest:
+        return False
+    token = auth.get("guestToken")
+    return not (isinstance(token, str) and token.startswith(identity.user + "."))
 
 
 def user_room(user: str) -> str:

@@ -1102,6 +1102,28 @@ async def test_replicas_ack_without_enough_replicas_is_not_acked_and_a_retry_app
     await client.aclose()
 
 
+async def test_the_position_reads_of_one_turn_reach_redis_as_one_pipeline(redis_url):
+    """Each connect reads the position of the channel its socket joins (its user's room): the
+    reads of one loop turn, and the turn's publishes, go through the log's command batcher, one
+    connection for all (sent alone, thirty concurrent reads take thirty)."""
+    client, observer = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    log = RedisChannelLog(client, prefix=PREFIX)
+    for i in range(3):
+        await log.publish("user:2", b"%d" % i)
+    await client.connection_pool.disconnect()
+    before = int((await observer.info("stats"))["total_connections_received"])
+    reads = await asyncio.gather(*(log.positions([f"user:{i}"]) for i in range(30)), log.position("user:2"),
+                                 log.positions(["user:2", "user:5"]), log.publish("user:7", b"x"))
+    assert int((await observer.info("stats"))["total_connections_received"]) - before == 1
+    epoch = reads[30].epoch
+    assert reads[30] == StreamPosition(3, epoch) and reads[2] == [reads[30]]
+    assert [r for i, r in enumerate(reads[:30]) if i != 2] == [[EMPTY]] * 29  # user:7 read before the publish issued after it
+    assert reads[31] == [reads[30], EMPTY] and reads[32].position.offset == 1
+    await log.close()
+    await client.aclose()
+    await observer.aclose()
+
+
 async def test_batched_publishes_survive_cancellation_flushed_scripts_errors_and_killed_connections(redis_client):
     """A plain client's publishes go through the log's command batcher (redis_batch.py, not
     redis-py's command path): a publish cancelled before its batch is sent is left out of it;

@@ -133,3 +133,45 @@ async def test_a_socket_recovers_on_another_node_when_its_node_dies_right_after_
     state = await js.call("waitConnects", name="s", count=2)
     assert state["recovered"] is True and state["sid"] == first["sid"], state
     assert await js.emit("s", "whoami") == me
+
+
+async def test_a_new_guests_user_room_is_followed_without_a_read_and_a_known_guests_with_one(
+        servers, js, redis_url):
+    """A guest minted by its CONNECT has a user room nobody could publish to yet: following it
+    reads no position from the log (no HMGET of its channel's meta). A guest that comes back
+    with its guest token may have direct messages there: its room's position is read. Both get
+    a direct message sent right after they connected."""
+    import redis.asyncio as aioredis
+
+    srv = servers(env={"REDIS_URL": redis_url})
+    watcher = aioredis.from_url(redis_url)
+    seen: list[str] = []
+    async with watcher.monitor() as monitor:
+        async def read() -> None:
+            async for item in monitor.listen():
+                seen.append(item["command"])
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        await js.connect("old", srv.url + "/chat", transports=["websocket"])
+        old = await js.emit("old", "whoami")
+        await js.call("disconnect", name="old")
+        await asyncio.sleep(1.5)  # its user room's channel is reaped (REAP_DELAY)
+        before = len(seen)
+        await js.connect("new", srv.url + "/chat", transports=["websocket"])
+        new = await js.emit("new", "whoami")
+        await js.connect("back", srv.url + "/chat", transports=["websocket"], auth={"guestToken": old["guestToken"]})
+        assert (await js.emit("back", "whoami"))["user"] == old["user"]
+        for name, to in (("back", new["user"]), ("new", old["user"])):
+            assert (await js.emit(name, "dm", {"to": to, "text": "hi " + to}))["ok"]
+        assert [e["args"][0]["text"] for e in await js.wait("new", "dm")] == ["hi " + new["user"]]
+        assert [e["args"][0]["text"] for e in await js.wait("back", "dm")] == ["hi " + old["user"]]
+        await asyncio.sleep(0.1)
+        reader.cancel()
+    await watcher.aclose()
+
+    def reads_of(user: str) -> list[str]:
+        # (The publish script's own HMGET of the meta, e o t, is not a position read.)
+        return [c for c in seen[before:] if c.startswith("HMGET ") and c.endswith(f"|user:{user}}}:meta e o")]
+
+    assert reads_of(new["user"]) == []
+    assert len(reads_of(old["user"])) == 1

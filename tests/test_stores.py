@@ -149,6 +149,30 @@ async def test_malformed_session_records_are_ignored(redis_backend):
         assert await store.take("P") is None
 
 
+async def test_the_session_saves_and_takes_of_one_turn_reach_redis_as_one_pipeline(redis_url):
+    """Saves (a connect storm's batch, the sockets a closing node ends at once) and takes of
+    one loop turn go through the store's command batcher: one connection, not one per command
+    (sent alone, thirty concurrent saves take thirty), and each still gets its own reply."""
+    import redis.asyncio as aioredis
+
+    client, observer = redis_client(redis_url), aioredis.Redis.from_url(redis_url)
+    store = RedisSessionStore(client, "t")
+
+    async def received() -> int:
+        return int((await observer.info("stats"))["total_connections_received"])
+
+    before = await received()
+    await asyncio.gather(*(store.save(saved(f"P{i}", ["a"]), 10) for i in range(30)),
+                         store.save_many([saved(f"M{i}") for i in range(10)], 10))
+    taken = await asyncio.gather(*(store.take(f"P{i}") for i in range(30)), store.take("M3"), store.take("none"))
+    assert await received() - before == 1
+    assert taken[:30] == [saved(f"P{i}", ["a"]) for i in range(30)]
+    assert taken[30] == saved("M3") and taken[31] is None
+    assert 0 < await observer.pttl("t:session:M4") <= 10_000
+    await client.aclose()
+    await observer.aclose()
+
+
 # ---------------------------------------------------------------------- idempotency
 
 

@@ -624,21 +624,32 @@ class RedisChannelLog:
     async def position(self, channel: str) -> StreamPosition:
         check_channel(channel)
         meta = self.keys(channel).meta
-        epoch, top = await self.client.hmget(meta, ["e", "o"])
+        epoch, top = await self._commands.command("HMGET", meta, "e", "o")
         if epoch is None:
             return EMPTY
         return _position(epoch, top, meta)
 
     async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
         metas = [self.keys(check_channel(c)).meta for c in channels]
-        if len(metas) <= 1:
-            return [await self.position(c) for c in channels]
-        # One pipeline: redis-py's cluster pipeline (and ShardedRedis's) sends each command to
-        # the node holding its key, one round trip per node, and puts the replies in order.
-        async with self.client.pipeline(transaction=False) as pipe:
-            for meta in metas:
-                pipe.hmget(meta, ["e", "o"])
-            replies = await pipe.execute()
+        if self.cluster and len(metas) > 1:
+            # Sent alone there (DirectCommands): redis-py's cluster pipeline sends each node
+            # its commands in one round trip and puts the replies in order.
+            async with self.client.pipeline(transaction=False) as pipe:
+                for meta in metas:
+                    pipe.hmget(meta, ["e", "o"])
+                replies = await pipe.execute()
+        else:
+            # Through the batcher, with every other read of this loop turn (the positions of
+            # the channels a connect storm's sockets join): one pipeline, no per-command path.
+            pending = [self._commands.command("HMGET", meta, "e", "o") for meta in metas]
+            replies, error = [], None
+            for reply in pending:  # each awaited, so no error is left unretrieved
+                try:
+                    replies.append(await reply)
+                except Exception as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
         return [EMPTY if epoch is None else _position(epoch, top, meta)
                 for meta, (epoch, top) in zip(metas, replies)]
 
