@@ -686,14 +686,17 @@ class RedisChannelLog:
 
     def _message(self, name: bytes, payload: bytes) -> None:
         channel = self._by_notify.get(name)
-        if channel is None:
+        if channel is None or self.on_publication is None:
             return
         try:
             publication = decode_notification(payload, self.bounds.max_data_size)
         except ValueError as exc:
             self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
             return
-        self._call(self.on_publication, channel, publication)
+        try:  # _call's work inline: this runs once per notification
+            self.on_publication(channel, publication)
+        except Exception:
+            self._failures.warning("channel log: a notification callback failed", exc_info=True)
 
     def _resync(self, name: bytes) -> None:
         channel = self._by_notify.get(name)

@@ -296,9 +296,10 @@ class Subscriptions:
         Made with the settings of the client's pool but not lent by it (held for good, it
         would only take a command's place there), and speaking RESP2: notifications come as
         plain replies, not as RESP3 pushes, which redis-py hands to its push handler (a
-        ``str()`` of each for a debug log line) before returning them."""
+        ``str()`` of each for a debug log line) before returning them. No health check
+        interval: the tick checks, and read_response would otherwise read the clock per reply."""
         pool = link.client.connection_pool
-        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2})
+        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0})
         try:
             await conn.connect()
             await _write(conn, self._commands(self._kinds[1], list(link.names)))
