@@ -473,8 +473,9 @@ class RedisChannelLog:
         acknowledged survives a failover.
     :param replicas_ack_timeout: seconds the ``WAIT`` of ``replicas_ack`` waits.
     :param subscribe_timeout: seconds :meth:`subscribe` waits for Redis to confirm.
-    :param ping_interval: seconds of silence after which the pub/sub connection is pinged;
-        silence for twice this long counts as a dead connection and it is replaced.
+    :param ping_interval: a pub/sub connection that carried nothing for one to two of these
+        intervals (seconds) is pinged; one still silent an interval later counts as dead and
+        is replaced.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
