@@ -11,8 +11,8 @@ missed: the owner's ``on_resync(name)`` is called so it can read that channel's 
 
 Each connection is a plain redis-py ``Connection`` with the client's settings, read by one
 task with ``Connection.read_response`` (hiredis parses when installed): a notification costs
-one parser call, and every reply already received is handled before the socket is awaited
-again. redis-py's ``PubSub`` is not used: its per-message path (retry wrapper, health checks,
+one ``read_response`` call, and every reply already received is handled before the socket is
+awaited again. redis-py's ``PubSub`` is not used: its per-message path (retry wrapper, health checks,
 message dicts) cost several times more, and its own reconnect-and-resubscribe raced ours.
 Here a connection is never reconnected in place: a lost one is replaced, by one code path.
 """
