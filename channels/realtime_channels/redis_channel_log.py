@@ -473,8 +473,9 @@ class RedisChannelLog:
         acknowledged survives a failover.
     :param replicas_ack_timeout: seconds the ``WAIT`` of ``replicas_ack`` waits.
     :param subscribe_timeout: seconds :meth:`subscribe` waits for Redis to confirm.
-    :param ping_interval: seconds of silence after which the pub/sub connection is pinged;
-        silence for twice this long counts as a dead connection and it is replaced.
+    :param ping_interval: a pub/sub connection that carried nothing for one to two of these
+        intervals (seconds) is pinged; one still silent an interval later counts as dead and
+        is replaced.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
@@ -697,14 +698,17 @@ class RedisChannelLog:
 
     def _message(self, name: bytes, payload: bytes) -> None:
         channel = self._by_notify.get(name)
-        if channel is None:
+        if channel is None or self.on_publication is None:
             return
         try:
             publication = decode_notification(payload, self.bounds.max_data_size)
         except ValueError as exc:
             self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
             return
-        self._call(self.on_publication, channel, publication)
+        try:  # _call's work inline: this runs once per notification
+            self.on_publication(channel, publication)
+        except Exception:
+            self._failures.warning("channel log: a notification callback failed", exc_info=True)
 
     def _resync(self, name: bytes) -> None:
         channel = self._by_notify.get(name)

@@ -8,19 +8,29 @@ read after it misses nothing. When a connection drops (or a cluster moves a slot
 fails over), its channels are subscribed again — on the new owner, after a topology refresh, in
 a cluster — and each confirmation nobody is waiting for means notifications may have been
 missed: the owner's ``on_resync(name)`` is called so it can read that channel's history.
+
+Each connection is a plain redis-py ``Connection`` with the client's settings, read by one
+task with ``Connection.read_response`` (hiredis parses when installed): a notification costs
+one ``read_response`` call, and every reply already received is handled before the socket is
+awaited again. redis-py's ``PubSub`` is not used: its per-message path (retry wrapper, health checks,
+message dicts) cost several times more, and its own reconnect-and-resubscribe raced ours.
+Here a connection is never reconnected in place: a lost one is replaced, by one code path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import Any, Callable
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .sharded_redis import ShardedRedis
 
@@ -55,16 +65,25 @@ class Throttled:
 class _Link:
     """One pub/sub connection to one Redis server and the names subscribed on it."""
 
+    __slots__ = ("key", "client", "owned", "names", "conn", "count", "reader", "reading", "stalled",
+                 "heard", "pinged", "timer", "lock")
+
     def __init__(self, key: str, client: aioredis.Redis, owned: bool) -> None:
         self.key = key            # "" for a standalone server, else the node's name
-        self.client = client
+        self.client = client      # its pool lends the connection
         self.owned = owned        # a client made for this link, closed with it
         self.names: set[bytes] = set()
-        self.pubsub: aioredis.client.PubSub | None = None
+        self.conn: AbstractConnection | None = None
+        # Channels the connection has subscribed, as Redis last counted them: a confirmation
+        # that does not raise the count repeats one (no gap on this connection).
+        self.count = 0
         self.reader: asyncio.Task | None = None
-        # The connection the reader is waiting on for a message, while it waits.
-        self.reading: aioredis.client.PubSub | None = None
-        self.lock = asyncio.Lock()
+        self.reading: AbstractConnection | None = None   # the connection the reader waits on, while it waits
+        self.stalled: AbstractConnection | None = None   # the connection the reader was cancelled off
+        self.heard = True         # a reply arrived since the last tick
+        self.pinged = False       # a PING went out at the last tick
+        self.timer: asyncio.TimerHandle | None = None
+        self.lock = asyncio.Lock()  # one writer at a time; held while the connection is replaced
 
 
 class Subscriptions:
@@ -74,12 +93,13 @@ class Subscriptions:
         (``decode_responses=False``); with several instances each name is subscribed on the
         instance its hash tag routes to, one connection per instance.
     :param sharded: SSUBSCRIBE instead of SUBSCRIBE (required for a cluster).
-    :param on_message: called with (name, payload) for each message on a subscribed name.
+    :param on_message: called with (name, payload) for each message on a subscribed name, in
+        the order Redis sent them.
     :param on_resync: called with a name whose subscription was re-established without
         anyone waiting for it: messages in between may be lost.
     :param subscribe_timeout: seconds :meth:`subscribe` waits for confirmations.
-    :param ping_interval: seconds of silence after which a connection is pinged; silence for
-        twice this long counts as a dead connection.
+    :param ping_interval: a connection that carried nothing for one to two intervals is
+        pinged; one still silent an interval later counts as dead and is replaced.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster | ShardedRedis, *, sharded: bool,
@@ -91,6 +111,9 @@ class Subscriptions:
         if self.cluster and not sharded:
             raise ValueError("a Redis Cluster needs sharded=True (SSUBSCRIBE on each channel's shard)")
         self.sharded = sharded
+        # The reply kinds of this mode: (s)message, (s)subscribe, (s)unsubscribe.
+        self._kinds = (b"smessage", b"ssubscribe", b"sunsubscribe") if sharded else (
+            b"message", b"subscribe", b"unsubscribe")
         self.on_message = on_message
         self.on_resync = on_resync
         self.subscribe_timeout = subscribe_timeout
@@ -101,6 +124,7 @@ class Subscriptions:
         # Names to subscribe, per link, gathered during a loop turn; the task sending them.
         self._queued: dict[_Link, list[bytes]] = {}
         self._flusher: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # PINGs being sent (the loop keeps weak references)
         self._closed = False
         self._failures = Throttled(log)
 
@@ -202,60 +226,43 @@ class Subscriptions:
         try:
             while self._queued and not self._closed:
                 queued, self._queued = self._queued, {}
-                sends = []
-                for link, names in queued.items():
-                    # A name unsubscribed (or moved to another link) since it was queued stays out.
-                    names = [n for n in dict.fromkeys(names) if self._link_of.get(n) is link]
-                    if names:
-                        sends.append(self._send(link, names))
+                sends = [self._send(link, names) for link, names in queued.items()]
                 if len(sends) == 1:
                     await sends[0]
-                elif sends:
+                else:
                     await asyncio.gather(*sends)
         finally:
             self._flusher = None
 
     async def _send(self, link: _Link, names: list[bytes]) -> None:
-        """Subscribe ``names`` on ``link``'s connection (made if needed). A failure leaves the
-        link's reader to rebuild the connection with every name."""
+        """Subscribe ``names`` on ``link``'s connection; without one, make it (with every name
+        of the link). A failure drops the connection: the link's reader makes a new one."""
         async with link.lock:
+            # A name unsubscribed (or moved to another link) since it was queued stays out.
+            names = [n for n in dict.fromkeys(names) if self._link_of.get(n) is link]
             try:
-                if link.pubsub is None:
-                    link.pubsub = link.client.pubsub()
-                await self._subscribe_on(link.pubsub, names)
+                if link.conn is None:
+                    if link.names:
+                        await self._connect(link)
+                elif names:
+                    await _write(link.conn, self._commands(self._kinds[1], names))
             except Exception as exc:
                 self._failures.warning("pub/sub: subscribing on %s failed, will retry: %s", link.key or "redis", exc)
-                failed = link.pubsub
                 await self._drop(link)
-                if link.reader is not None and failed is not None and link.reading is failed:
-                    # The reader may wait on the dropped connection until its ping interval
-                    # (redis-py's own retries can even reconnect it): start a new one now.
-                    link.reader.cancel()
-                    link.reader = None
-            if link.reader is None and not self._closed:
-                link.reader = asyncio.get_running_loop().create_task(self._read_loop(link))
+        if (link.reader is None or link.reader.done()) and not self._closed:
+            link.reader = asyncio.get_running_loop().create_task(self._read_loop(link))
 
-    async def _subscribe_on(self, pubsub: aioredis.client.PubSub, names: list[bytes]) -> None:
-        if not self.sharded:
-            for start in range(0, len(names), BATCH):
-                await pubsub.subscribe(*names[start:start + BATCH])
-            return
-        # One SSUBSCRIBE may only name channels of one slot.
-        by_slot: dict[int, list[bytes]] = defaultdict(list)
-        for name in names:
-            by_slot[key_slot(name)].append(name)
-        for group in by_slot.values():
-            for start in range(0, len(group), BATCH):
-                await pubsub.ssubscribe(*group[start:start + BATCH])
-
-    async def _unsubscribe_on(self, pubsub: aioredis.client.PubSub, names: list[bytes]) -> None:
-        for start in range(0, len(names), BATCH):
-            batch = names[start:start + BATCH]
-            if self.sharded:
-                for name in batch:  # one slot per command
-                    await pubsub.sunsubscribe(name)
-            else:
-                await pubsub.unsubscribe(*batch)
+    def _commands(self, kind: bytes, names: list[bytes]) -> list[tuple[bytes, ...]]:
+        """(S)(UN)SUBSCRIBE commands for ``names``: at most BATCH names each, and with
+        SSUBSCRIBE/SUNSUBSCRIBE one slot each (Redis refuses a command spanning slots)."""
+        groups: Any = [names]
+        if self.sharded:
+            by_slot: dict[int, list[bytes]] = defaultdict(list)
+            for name in names:
+                by_slot[key_slot(name)].append(name)
+            groups = by_slot.values()
+        return [(kind.upper(), *group[start:start + BATCH])
+                for group in groups for start in range(0, len(group), BATCH)]
 
     async def unsubscribe(self, names: list[bytes]) -> None:
         by_link: dict[_Link, list[bytes]] = defaultdict(list)
@@ -271,10 +278,10 @@ class Subscriptions:
                     future.set_result(None)
         for link, gone in by_link.items():
             async with link.lock:
-                if link.pubsub is None:
+                if link.conn is None:
                     continue
                 try:
-                    await self._unsubscribe_on(link.pubsub, gone)
+                    await _write(link.conn, self._commands(self._kinds[2], gone))
                 except Exception as exc:
                     # Harmless: a new connection subscribes only wanted names, and a message
                     # on an unwanted one is dropped.
@@ -282,19 +289,41 @@ class Subscriptions:
 
     # ---------------------------------------------------------------- connections
 
-    async def _drop(self, link: _Link) -> None:
-        pubsub, link.pubsub = link.pubsub, None
-        if pubsub is not None:
-            try:
-                await pubsub.aclose()
-            except Exception:
-                pass
+    async def _connect(self, link: _Link) -> None:
+        """A new connection for ``link``, with every name of the link subscribed on it (called
+        with the link's lock held).
 
-    async def _recover(self, link: _Link, failed: aioredis.client.PubSub | None) -> bool:
-        """Replace ``link``'s connection ``failed`` and subscribe its names again, retrying
-        with backoff. In a cluster the topology is refreshed first and names whose slot now
-        belongs to another primary move to that primary's link. Returns False, ending the
-        reader, when the link has nothing left to carry."""
+        Made with the settings of the client's pool but not lent by it (held for good, it
+        would only take a command's place there), and speaking RESP2: notifications come as
+        plain replies, not as RESP3 pushes, which redis-py hands to its push handler (a
+        ``str()`` of each for a debug log line) before returning them. No health check
+        interval: the tick checks, and read_response would otherwise read the clock per reply."""
+        pool = link.client.connection_pool
+        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0})
+        try:
+            await conn.connect()
+            await _write(conn, self._commands(self._kinds[1], list(link.names)))
+        except BaseException:
+            await _close(conn)
+            raise
+        link.conn, link.count, link.heard, link.pinged = conn, 0, True, False
+
+    async def _drop(self, link: _Link) -> None:
+        """Close ``link``'s connection (called with the link's lock held, or at close). A
+        reader waiting on it is cancelled off it, to go on with the next connection at once."""
+        conn, link.conn = link.conn, None
+        if conn is None:
+            return
+        if link.reading is conn:
+            link.stalled = conn
+            link.reader.cancel()  # type: ignore[union-attr]
+        await _close(conn)
+
+    async def _recover(self, link: _Link, failed: AbstractConnection | None) -> bool:
+        """Replace ``link``'s connection ``failed`` (None: it has none) and subscribe its names
+        again, retrying with backoff. In a cluster the topology is refreshed first and names
+        whose slot now belongs to another primary move to that primary's link. Returns False,
+        ending the reader, when the link has nothing left to carry."""
         delay = 0.05
         while not self._closed:
             moved: dict[_Link, list[bytes]] = {}
@@ -307,7 +336,7 @@ class Subscriptions:
             for other, names in moved.items():
                 await self._send(other, names)
             async with link.lock:
-                if link.pubsub is not failed:
+                if link.conn is not failed:
                     return True  # already replaced by someone else
                 await self._drop(link)
                 if not link.names:
@@ -316,74 +345,104 @@ class Subscriptions:
                         del self._links[link.key]
                         await link.client.aclose()
                     return False
-                link.pubsub = link.client.pubsub()
                 try:
-                    await self._subscribe_on(link.pubsub, list(link.names))
+                    await self._connect(link)
                     return True
                 except Exception as exc:
                     self._failures.warning("pub/sub: %s unavailable, retrying: %s", link.key or "redis", exc)
-                    failed = link.pubsub
+                    failed = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
         return False
 
     async def _read_loop(self, link: _Link) -> None:
-        awaiting_pong = False
-        while not self._closed:
-            pubsub = link.pubsub
-            if pubsub is None:
-                if not await self._recover(link, None):
-                    return
-                continue
-            try:
-                link.reading = pubsub
+        """The link's only reader: every reply, in order, until the subscriptions close."""
+        link.timer = asyncio.get_running_loop().call_later(self.ping_interval, self._tick, link)
+        message, subscribed, unsubscribed = self._kinds
+        link_of, on_message = self._link_of, self.on_message
+        failed: AbstractConnection | None = None
+        try:
+            while not self._closed:
+                conn = link.conn
+                if conn is None or conn is failed:
+                    if not await self._recover(link, conn):
+                        return
+                    failed = None
+                    continue
+                link.reading = conn
                 try:
-                    message = await pubsub.get_message(timeout=self.ping_interval)
+                    # Returns at once while replies are buffered; awaits the socket only when
+                    # none is left. No timeout: silence is the tick's business.
+                    reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False,
+                                                     push_request=True)
+                except asyncio.CancelledError:
+                    # Cancelled off its connection (dropped, or silent): carry on with the next
+                    # one, unless someone else cancels too.
+                    if link.stalled is not conn or asyncio.current_task().uncancel():  # type: ignore[union-attr]
+                        raise
+                    link.stalled = None
+                    failed = conn
+                    continue
+                except Exception as exc:
+                    self._failures.warning("pub/sub: connection to %s lost, resubscribing: %s", link.key or "redis", exc)
+                    failed = conn
+                    continue
                 finally:
                     link.reading = None
-                if message is None:
-                    if awaiting_pong:
-                        raise ConnectionError("no answer to PING on the pub/sub connection")
-                    awaiting_pong = True
-                    await pubsub.ping()
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failures.warning("pub/sub: connection to %s lost, resubscribing: %s", link.key or "redis", exc)
-                awaiting_pong = False
-                if not await self._recover(link, pubsub):
-                    return
-                continue
-            awaiting_pong = False
-            await self._handle(link, pubsub, message)
+                link.heard = True
+                if type(reply) is not list or len(reply) != 3:
+                    continue  # a PONG
+                kind, name = reply[0], reply[1]
+                if kind == message:
+                    if name in link_of:
+                        on_message(name, reply[2])
+                elif kind == subscribed:
+                    fresh = reply[2] > link.count
+                    link.count = reply[2]
+                    if link_of.get(name) is link:
+                        waiters = self._waiters.pop(name, None)
+                        if waiters:
+                            for future in waiters:
+                                if not future.done():
+                                    future.set_result(None)
+                        elif fresh:
+                            self.on_resync(name)
+                elif kind == unsubscribed:
+                    link.count = reply[2]
+                    if self.sharded and link_of.get(name) is link:
+                        # Redis dropped a shard channel we still want: its slot moved to another
+                        # node. Rebuilding this connection refreshes the topology and moves it.
+                        failed = conn
+        finally:
+            link.timer.cancel()
 
-    async def _handle(self, link: _Link, pubsub: aioredis.client.PubSub, message: dict) -> None:
-        kind = message.get("type")
-        name = message.get("channel")
-        if kind in ("message", "smessage"):
-            if name in self._link_of:
-                self.on_message(name, message.get("data"))
-        elif kind in ("subscribe", "ssubscribe"):
-            if self._link_of.get(name) is not link:
-                # Subscribed again by redis-py's own reconnect after we let go of it here.
+    def _tick(self, link: _Link) -> None:
+        """Every ping_interval while the link's reader runs: a connection that carried nothing
+        since the last tick is pinged; one still silent at the next tick is given up (its
+        reader is cancelled off it and replaces it)."""
+        link.timer = asyncio.get_running_loop().call_later(self.ping_interval, self._tick, link)
+        conn = link.conn
+        if conn is None or link.reading is not conn:
+            return  # being replaced, or the reader is busy: nothing to judge
+        if link.heard:
+            link.heard = link.pinged = False
+        elif not link.pinged:
+            link.pinged = True
+            task = asyncio.get_running_loop().create_task(self._ping(link, conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._failures.warning("pub/sub: no answer to PING from %s, resubscribing", link.key or "redis")
+            link.stalled = conn
+            link.reader.cancel()  # type: ignore[union-attr]
+
+    async def _ping(self, link: _Link, conn: AbstractConnection) -> None:
+        async with link.lock:
+            if link.conn is conn:
                 try:
-                    await self._unsubscribe_on(pubsub, [name])
+                    await _write(conn, [(b"PING",)])
                 except Exception:
-                    pass
-                return
-            waiters = self._waiters.pop(name, None)
-            if waiters:
-                for future in waiters:
-                    if not future.done():
-                        future.set_result(None)
-            else:
-                self.on_resync(name)
-        elif kind == "sunsubscribe" and self._link_of.get(name) is link:
-            # Redis dropped a shard channel we still want: its slot moved to another node.
-            # Rebuilding this connection refreshes the topology and moves the channel.
-            async with link.lock:
-                await self._drop(link)
+                    pass  # the reader finds the connection dead, or the next tick does
 
     async def close(self) -> None:
         self._closed = True
@@ -395,6 +454,8 @@ class Subscriptions:
                 await flusher
             except asyncio.CancelledError:
                 pass
+        for task in list(self._tasks):
+            task.cancel()
         for link in list(self._links.values()):
             if link.reader is not None:
                 link.reader.cancel()
@@ -412,3 +473,18 @@ class Subscriptions:
                 if not future.done():
                     future.cancel()
         self._waiters.clear()
+
+
+async def _write(conn: AbstractConnection, commands: list[tuple[bytes, ...]]) -> None:
+    """Send ``commands`` in one write. A connection closed since is not written to: redis-py
+    would reconnect it in place, without the subscriptions it carried."""
+    if not conn.is_connected:
+        raise RedisConnectionError("the pub/sub connection was closed")
+    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+
+async def _close(conn: AbstractConnection) -> None:
+    try:
+        await conn.disconnect(nowait=True)
+    except Exception:
+        pass  # closing anyway
