@@ -15,8 +15,8 @@ memory. This subclass keeps the library's protocol handling and changes only tha
 - a new session's plain WebSocket is read by server/websocket.py's protocol (no Task at all);
   an upgrade from polling or a compressed one by aiohttp's read loop here, which waits on the
   read itself; both hand each message to :meth:`RealtimeSocket.read_message` and end through
-  :meth:`RealtimeSocket.websocket_ended`; one watchdog timer per socket, re-armed from the last
-  read, cuts off a client silent for a whole heartbeat cycle;
+  :meth:`RealtimeSocket.websocket_ended`; the read watchdog (one schedule for all sockets,
+  moved at every read) cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
   queued before it and the transport is not backed up; otherwise it is queued, and the
   writer marks a packet done only once written, so "nothing unfinished" really means it;
@@ -44,9 +44,9 @@ from .send_queue import packet_size
 
 log = logging.getLogger("server.engine")
 
-# The context the heartbeat timers (ping, read watchdog) run in, one for all sockets: without
-# it every call_later copies the current context, a Context object per timer the collector
-# tracks, two per connection (bench/conn_memory.py --types). Their callbacks set no context
+# The context the heartbeat schedules' timers (ping, pong, read watchdog) run in, one for all:
+# without it every call_later copies the current context, a Context object per timer the
+# collector tracks (bench/conn_memory.py --types). Their callbacks set no context
 # variable (a Task they start copies this one, as any Task does).
 TIMER_CONTEXT = contextvars.Context()
 
