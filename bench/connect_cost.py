@@ -258,12 +258,12 @@ async def node_stages(port: int, targets: list[int], settle: float, runtime) -> 
     sockets = runtime.sio.eio.sockets
     counter = GcCount()
     gc.callbacks.append(counter)
-    samples: list[tuple[int, float, float, list[int], float]] = []
+    samples: list[tuple[int, float, float, list[int], list[float]]] = []
     loop = asyncio.get_running_loop()
 
     def sample() -> None:
         samples.append((len(sockets), time.perf_counter(), time.process_time(), list(counter.runs),
-                        sum(counter.seconds)))
+                        list(counter.seconds)))
         handle[0] = loop.call_later(0.01, sample)
 
     handle = [loop.call_later(0.01, sample)]
@@ -285,8 +285,9 @@ async def node_stages(port: int, targets: list[int], settle: float, runtime) -> 
         cpu = b[2] - a[2]
         rows.append({"stage": f"{floor}->{target}", "wall_s": round(b[1] - a[1], 2),
                      "cpu_us_per_connect": round(cpu * 1e6 / n, 1), "server_cpu_pct": round(100 * cpu / (b[1] - a[1])),
-                     "gc_runs": [y - x for x, y in zip(a[3], b[3])], "gc_ms": round((b[4] - a[4]) * 1000, 1),
-                     "gc_share": round((b[4] - a[4]) / cpu, 3)})
+                     "gc_runs": [y - x for x, y in zip(a[3], b[3])], "gc_ms": round((sum(b[4]) - sum(a[4])) * 1000, 1),
+                     "gc_ms_by_gen": [round((y - x) * 1000, 1) for x, y in zip(a[4], b[4])],
+                     "gc_share": round((sum(b[4]) - sum(a[4])) / cpu, 3)})
         if target != targets[-1]:  # the settle after it: what the open connections cost idle
             nxt = next(i for i, row in enumerate(samples) if row[0] > target)
             c, d = samples[last + 5], samples[max(last + 6, nxt - 5)]

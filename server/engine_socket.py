@@ -15,8 +15,8 @@ memory. This subclass keeps the library's protocol handling and changes only tha
 - a new session's plain WebSocket is read by server/websocket.py's protocol (no Task at all);
   an upgrade from polling or a compressed one by aiohttp's read loop here, which waits on the
   read itself; both hand each message to :meth:`RealtimeSocket.read_message` and end through
-  :meth:`RealtimeSocket.websocket_ended`; one watchdog timer per socket, re-armed from the last
-  read, cuts off a client silent for a whole heartbeat cycle;
+  :meth:`RealtimeSocket.websocket_ended`; the read watchdog (one schedule for all sockets,
+  moved at every read) cuts off a client silent for a whole heartbeat cycle;
 - a packet for a WebSocket goes straight to the TCP transport as one frame when nothing is
   queued before it and the transport is not backed up; otherwise it is queued, and the
   writer marks a packet done only once written, so "nothing unfinished" really means it;
@@ -44,9 +44,9 @@ from .send_queue import packet_size
 
 log = logging.getLogger("server.engine")
 
-# The context the heartbeat timers (ping, read watchdog) run in, one for all sockets: without
-# it every call_later copies the current context, a Context object per timer the collector
-# tracks, two per connection (bench/conn_memory.py --types). Their callbacks set no context
+# The context the heartbeat schedules' timers (ping, pong, read watchdog) run in, one for all:
+# without it every call_later copies the current context, a Context object per timer the
+# collector tracks (bench/conn_memory.py --types). Their callbacks set no context
 # variable (a Task they start copies this one, as any Task does).
 TIMER_CONTEXT = contextvars.Context()
 
@@ -76,20 +76,23 @@ def tcp_transport(ws: Any) -> asyncio.Transport | None:
 _CLOSE = object()
 
 
-def heartbeat_schedules(server: Any) -> tuple[Deadlines, Deadlines]:
+def heartbeat_schedules(server: Any) -> tuple[Deadlines, Deadlines, Deadlines]:
     """The heartbeat schedules of ``server``'s sessions (server/deadlines.py), one timer each
     for all sessions, built with the server (RealtimeEngine.__init__):
 
     - PINGs: ``ping_interval`` after a session's OPEN or its last PONG, ``RealtimeSocket._ping``;
     - PONGs owed: ``ping_timeout`` after a PING, ``RealtimeSocket._pong_due`` ends the session
-      if none came.
+      if none came;
+    - the read watchdog: ``ping_interval + ping_timeout`` after the last read from a session's
+      WebSocket, ``RealtimeSocket._watch`` cuts it off (the readers re-arm it at every read).
 
     They replace python-engineio's service task (``monitor_clients=False``, server/app.py),
     which walked every session once per ``ping_timeout`` with a Task and a timer per session
     (``asyncio.wait_for``): idle CPU that grew with the number open (10,000 idle connections:
     4.4 % of a core)."""
     return (Deadlines(None, server.ping_interval, RealtimeSocket._ping, TIMER_CONTEXT),
-            Deadlines(None, server.ping_timeout, RealtimeSocket._pong_due, TIMER_CONTEXT))
+            Deadlines(None, server.ping_timeout, RealtimeSocket._pong_due, TIMER_CONTEXT),
+            Deadlines(None, server.ping_interval + server.ping_timeout, RealtimeSocket._watch, TIMER_CONTEXT))
 
 
 class RealtimeSocket(SocketAdapter):
@@ -101,8 +104,6 @@ class RealtimeSocket(SocketAdapter):
     _ws: Any = None  # what the queued writer sends through while this session's WebSocket is open
     _tcp: asyncio.Transport | None = None  # the TCP transport under it (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
-    _watchdog: asyncio.TimerHandle | None = None  # the read watchdog while the WebSocket is read
-    _last_read = 0.0  # loop time of the last frame read from the WebSocket
     _writer: asyncio.Future[None] | None = None
     # Inbound packets waiting for this connection's running handler to finish; None while
     # no handler of this connection is waiting on anything.
@@ -345,6 +346,7 @@ class RealtimeSocket(SocketAdapter):
         transport = tcp_transport(sock)
         self.open_websocket(ws, transport, direct=not sock.compress)
         limit = server.max_http_buffer_size
+        watchdogs = server.read_deadlines
         loop = asyncio.get_running_loop()
         try:
             while True:
@@ -354,13 +356,13 @@ class RealtimeSocket(SocketAdapter):
                     break
                 if msg.type not in _DATA:
                     break
-                self._last_read = loop.time()
+                watchdogs.arm(self)  # a heartbeat cycle from this read
                 data = msg.data
                 if len(data) > limit or not self.read_message(data, loop):
                     break
                 if self.backlogged():
                     await self.wait_for_backlog()  # stop reading until the handlers catch up
-                    self._last_read = loop.time()
+                    watchdogs.arm(self)
         finally:
             self.stop_reading()
         await self.websocket_ended()
@@ -383,13 +385,12 @@ class RealtimeSocket(SocketAdapter):
         queue.on_put = self._start_writer
         if not queue.empty():
             self._start_writer()
-        # A client silent for a whole heartbeat cycle is cut off by one timer per socket that
-        # re-arms from the last read, instead of a timeout armed and disarmed on every read.
-        # (Its state is on the socket, not in a closure: no function and cells per connection.)
-        loop = asyncio.get_running_loop()
-        self._last_read = loop.time()
-        self._watchdog = loop.call_later(server.ping_interval + server.ping_timeout, self._watch,
-                                         context=TIMER_CONTEXT)
+        # A client silent for a whole heartbeat cycle is cut off. The deadline is on the
+        # server's read-watchdog schedule (one timer for all sessions, server/deadlines.py),
+        # moved to a heartbeat cycle from each read by the readers: no TimerHandle, loop timer
+        # and bound method per connection for the collector to track, no loop timer to add
+        # to (and take from) the loop's heap per connect.
+        server.read_deadlines.arm(self)
 
     def read_message(self, data: Any, loop: asyncio.AbstractEventLoop | None = None) -> bool:
         """Handle one WebSocket message from the client (both readers call this); False when
@@ -433,9 +434,7 @@ class RealtimeSocket(SocketAdapter):
 
     def stop_reading(self) -> None:
         """The WebSocket is not read any more: no watchdog, no direct writes."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self.server.read_deadlines.cancel(self)
         self.ws_out = None
 
     async def websocket_ended(self) -> None:
@@ -450,17 +449,10 @@ class RealtimeSocket(SocketAdapter):
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def _watch(self) -> None:
-        """The read watchdog: re-armed from the last read, or cut the silent connection off."""
-        server = self.server
-        loop = asyncio.get_running_loop()
-        deadline = server.ping_interval + server.ping_timeout
-        idle = loop.time() - self._last_read
-        if idle < deadline:
-            self._watchdog = loop.call_later(deadline - idle, self._watch, context=TIMER_CONTEXT)
-        else:
-            self._watchdog = None
-            if self._tcp is not None:
-                self._tcp.abort()  # ends the read loop's receive (the protocol's connection_lost)
+        """The read watchdog (``read_deadlines``): nothing read for a whole heartbeat cycle, so
+        cut the silent connection off."""
+        if self._tcp is not None:
+            self._tcp.abort()  # ends the read loop's receive (the protocol's connection_lost)
 
     async def _upgrade_handshake(self, ws: Any) -> bool:
         """The polling → WebSocket probe exchange, as python-engineio does it."""

@@ -191,7 +191,7 @@ class RealtimeEngine(EngineAdapter):
         self._websockets: dict[str, Any] = {}  # sid -> the TCP transport of its WebSocket
         self._per_ip: dict[str, int] = {}
         self._ip_of: dict[str, str] = {}
-        self.ping_deadlines, self.pong_deadlines = heartbeat_schedules(self)
+        self.ping_deadlines, self.pong_deadlines, self.read_deadlines = heartbeat_schedules(self)
 
     def origins_for(self, environ: dict, allowed: list[str] | None) -> list[str] | None:
         """The configured origins, and the server's own (same-origin requests, behind a proxy too)."""

@@ -301,7 +301,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         socket = self.socket
         loop = self.loop
-        socket._last_read = loop.time()
+        socket.server.read_deadlines.arm(socket)  # the read watchdog: a heartbeat cycle from now
         for opcode, payload in self.parser.feed(data):
             if self._closing or self._stopped:
                 break
@@ -324,7 +324,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _resume_reading(self, _future: Any = None) -> None:
         self._read_paused = False
-        self.socket._last_read = self.loop.time()
+        socket = self.socket
+        if not self._closing and not self._stopped:
+            socket.server.read_deadlines.arm(socket)  # not silent: we stopped reading it
         if not self._closing and not self.transport.is_closing():
             self.transport.resume_reading()
 

@@ -95,6 +95,9 @@ async def test_an_idle_websocket_has_no_task_and_no_aiohttp_request_handler():
 
 
 async def test_the_read_watchdog_rearms_after_a_read_and_cuts_a_silent_websocket():
+    """The read watchdog is a deadline on the server's read schedule (server/deadlines.py), a
+    heartbeat cycle from the last read: a read moves it, and when it falls due the silent
+    connection is cut off."""
     runner, app, port = await start_server()
     try:
         async with aiohttp.ClientSession() as session:
@@ -103,20 +106,25 @@ async def test_the_read_watchdog_rearms_after_a_read_and_cuts_a_silent_websocket
             [socket] = eio.sockets.values()
             loop = asyncio.get_running_loop()
             deadline = eio.ping_interval + eio.ping_timeout
-            first = socket._watchdog
-            assert first is not None and first.when() > loop.time() + deadline - 5
-            socket._watch()  # fired early (a read came since): re-armed, nothing cut
-            assert socket._watchdog is not first and not ws.closed and eio.sockets
-            socket._watchdog.cancel()
-            socket._last_read = loop.time() - deadline - 1  # silent for a whole heartbeat cycle
-            socket._watch()
+            watchdogs = eio.read_deadlines
+            first = watchdogs.when(socket)
+            assert first is not None and first > loop.time() + deadline - 5
+            await asyncio.sleep(0.2)
+            await ws.send_str("6")  # a NOOP: read, so the deadline moves
+            for _ in range(50):
+                if watchdogs.when(socket) > first + 0.1:
+                    break
+                await asyncio.sleep(0.02)
+            assert watchdogs.when(socket) > first + 0.1 and not ws.closed and eio.sockets
+            watchdogs._due[socket] = loop.time() - 1  # silent for a whole heartbeat cycle
+            watchdogs._run()
             msg = await asyncio.wait_for(ws.receive(), 5)
             assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
             for _ in range(100):
                 if not eio.sockets:
                     break
                 await asyncio.sleep(0.05)
-            assert not eio.sockets and socket._watchdog is None
+            assert not eio.sockets and socket not in watchdogs
     finally:
         await runner.cleanup()
 
@@ -158,7 +166,8 @@ def _instances(*types: type) -> int:
 async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_freed_with_start_up_frozen():
     """Connecting leaves nothing for the collector to find (the lean front that read the
     handshake is freed by its reference count once the WebSocket has the connection), the
-    heartbeat PINGs need no timer per connection and the read watchdog's copies no Context, and with start-up's objects frozen as
+    heartbeat PINGs and the read watchdog need no loop timer per connection (their schedules' timers
+    copy no Context), and with start-up's objects frozen as
     ``python -m server`` freezes them (server/__main__.py tune_gc), closed connections' objects
     are still freed: the server's objects per connection go back to none."""
     from server.engine_socket import TIMER_CONTEXT, RealtimeSocket
@@ -189,10 +198,13 @@ async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_fre
                 gc.set_debug(0)
             assert not found
             assert len(eio.sockets) == 20 and _instances(HttpFront) == 0
-            # The PINGs are on one schedule (server/deadlines.py), not a timer each; the read
-            # watchdog's timers copy no context (asyncio's handles show it): one for all.
-            assert all(s in eio.ping_deadlines for s in eio.sockets.values())
-            assert {id(s._watchdog._context) for s in eio.sockets.values()} == {id(TIMER_CONTEXT)}
+            # The PINGs and the read watchdogs are on schedules (server/deadlines.py), not a
+            # loop timer each; the schedules' timers copy no context: one for all.
+            assert all(s in eio.ping_deadlines and s in eio.read_deadlines for s in eio.sockets.values())
+            # (the client in this process keeps timers of its own: only the server's count)
+            assert not [h for h in gc.get_objects() if isinstance(h, asyncio.TimerHandle) and not h.cancelled()
+                        and isinstance(getattr(h._callback, "__self__", None), (RealtimeSocket, WebSocketConnection))]
+            assert eio.read_deadlines._timer._context is TIMER_CONTEXT
             for ws in clients:
                 # (an Engine.IO CLOSE first, as socket.io-client's disconnect(): a session whose
                 # transport just broke is kept ping_timeout longer, for a long-poll to read it)
@@ -207,7 +219,7 @@ async def test_a_connect_leaves_no_cyclic_garbage_and_closed_connections_are_fre
             # (python-engineio's service task holds the last session it looked at in a local
             # variable until its next sweep: one at most)
             assert _instances(RealtimeSocket, WebSocketConnection) <= 1
-            assert len(eio.ping_deadlines) == 0
+            assert len(eio.ping_deadlines) == 0 and len(eio.read_deadlines) == 0
     finally:
         gc.unfreeze()
         await runner.cleanup()
