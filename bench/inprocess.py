@@ -10,7 +10,6 @@ from the environment always does: every tool then counts that mode's work.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ async def start_bench_server() -> tuple[Any, Any, int]:
     from aiohttp import web
 
     from namespaces import factories
-    from server.__main__ import tune_gc
+    from server.__main__ import listen_sockets, tune_gc
     from server.app import configure_logging, create_app
     from server.config import load_config
 
@@ -36,8 +35,7 @@ async def start_bench_server() -> tuple[Any, Any, int]:
     app = create_app(config, factories(bench=True))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = listen_sockets("127.0.0.1", 0)[0]  # as python -m server listens
     await web.SockSite(runner, sock).start()
     tune_gc()
     return runner, app, sock.getsockname()[1]

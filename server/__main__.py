@@ -84,6 +84,12 @@ def listen_sockets(host: str, port: int, backlog: int = 128) -> list[socket.sock
     """Listening sockets on every address ``host`` resolves to, as aiohttp's own site would
     open them (address reuse, IPv6 sockets IPv6-only), ready to hand to ``web.run_app``.
 
+    TCP keep-alive is set here, once: Linux copies it to every accepted connection. aiohttp's
+    RequestHandler sets it per connection through ``transport.get_extra_info("socket")``, for
+    which uvloop builds and keeps a socket object per connection (one more object the
+    collector tracks for each open WebSocket); HttpFront takes every connection first and
+    does not.
+
     :param host: the listen address (``server.host``); empty means every interface.
     :param port: the listen port.
     :param backlog: connections the kernel queues before the server accepts them (aiohttp's default).
@@ -96,6 +102,7 @@ def listen_sockets(host: str, port: int, backlog: int = 128) -> list[socket.sock
             sock = socket.socket(family, kind, proto)
             opened.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

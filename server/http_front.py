@@ -42,7 +42,6 @@ from typing import Any
 import aiohttp
 import httptools
 from aiohttp import web, web_server
-from aiohttp.tcp_helpers import tcp_keepalive
 from engineio import packet as eio_packet
 
 from . import websocket
@@ -181,7 +180,8 @@ class HttpFront(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, (list, tuple)) and peer else ""
-        tcp_keepalive(transport)  # as aiohttp's RequestHandler does
+        # No tcp_keepalive(transport) as aiohttp's RequestHandler does: the listening socket
+        # carries SO_KEEPALIVE to every accepted one (server/__main__.py, listen_sockets).
         self.server.lean_fronts.add(self)
         self._expire(self.server.keepalive_timeout, "idle")
 

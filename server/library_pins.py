@@ -215,7 +215,7 @@ USED: dict[str, str | None] = {
     # and HttpFront (server/http_front.py) takes every connection before aiohttp's RequestHandler:
     # LeanServer extends the Server (its protocol factory and graceful shutdown), hands a
     # connection over by calling the original factory and feeding the new handler, reads the
-    # keep-alive timeout run_app passes, and sets TCP keep-alive as RequestHandler does
+    # keep-alive timeout run_app passes
     "aiohttp.web_server:Server.__call__": "(self) -> aiohttp.web_protocol.RequestHandler",
     "aiohttp.web_server:Server.pre_shutdown": "(self) -> None",
     "aiohttp.web_server:Server.shutdown": "(self, timeout: float | None = None) -> None",
@@ -223,7 +223,6 @@ USED: dict[str, str | None] = {
     "aiohttp.web_protocol:RequestHandler.connection_made":
         "(self, transport: asyncio.transports.BaseTransport) -> None",
     "aiohttp.web_protocol:RequestHandler.data_received": "(self, data: bytes) -> None",
-    "aiohttp.tcp_helpers:tcp_keepalive": "(transport: asyncio.transports.Transport) -> None",
     # aiohttp internals under the direct WebSocket frame writes (server/engine_socket.py)
     "aiohttp.web_ws:WebSocketResponse._writer": None,
     "aiohttp.web_ws:WebSocketResponse.compress": None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -326,3 +327,28 @@ def test_a_large_answer_is_compressed_as_the_client_accepts(servers):
     assert status == 200 and headers["content-encoding"] == "gzip"
     assert gzip.decompress(body).startswith(b'43/bench,7["' + b"x" * 100)
     sock.close()
+
+
+def test_every_accepted_connection_has_tcp_keep_alive(server):
+    """The listening socket carries SO_KEEPALIVE and Linux copies it to each accepted
+    connection (HttpFront no longer sets it per connection): the kernel's keep-alive timer
+    runs on the server's side of a WebSocket and of a polling connection alike."""
+    upgrade = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\n\r\n")
+    poll = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"
+    clients = []
+    for request in (upgrade, poll):
+        sock = connect(server)
+        sock.sendall(request)
+        assert sock.recv(65536).split(b"\r\n")[0].split()[1] in (b"101", b"200")
+        clients.append(sock)
+    ours = {f"127.0.0.1:{s.getsockname()[1]}" for s in clients}
+    # ss -o: the server's side of each connection, with its timer ("keepalive" when it is on).
+    lines = subprocess.run(["ss", "-tnoH", "state", "established", f"( sport = :{server.port} )"],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    sides = {line.split()[3]: line for line in lines if line.split()[3] in ours}
+    assert sides.keys() == ours, lines
+    assert all("timer:(keepalive" in line for line in sides.values()), lines
+    for sock in clients:
+        sock.close()
