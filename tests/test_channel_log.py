@@ -562,6 +562,25 @@ async def test_every_key_of_a_channel_is_in_one_slot(redis_client):
     await log.close()
 
 
+async def test_connect_path_reads_spell_the_names_of_channel_keys(redis_client):
+    """position(s), subscribe and unsubscribe spell the meta and notification names inline
+    (a connect's hot path); they must be the names channel_keys gives, which publish writes."""
+    log = RedisChannelLog(redis_client, prefix=PREFIX)
+    layout = channel_keys(PREFIX, "room:1")
+    await redis_client.hset(layout.meta, mapping={"e": "E1", "o": 7})
+    assert await log.position("room:1") == StreamPosition(7, "E1")
+    assert await log.positions(["room:1", "room:2"]) == [StreamPosition(7, "E1"), StreamPosition(0, "")]
+    await log.subscribe(["room:1"])
+    assert await redis_client.pubsub_channels() == [layout.notify.encode()]
+    await log.unsubscribe(["room:1"])
+    await eventually(lambda: _no_channels(redis_client), what="unsubscribed")
+    await log.close()
+
+
+async def _no_channels(client: aioredis.Redis) -> bool:
+    return await client.pubsub_channels() == []
+
+
 async def test_a_decode_responses_client_is_refused(redis_url):
     client = aioredis.from_url(redis_url, decode_responses=True)
     with pytest.raises(ValueError):

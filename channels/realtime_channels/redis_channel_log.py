@@ -96,7 +96,10 @@ def _tag(prefix: str, channel: str) -> str:
 
 
 def channel_keys(prefix: str, channel: str) -> ChannelKeys:
-    """The stream, meta and notification names of ``channel`` under ``prefix``."""
+    """The stream, meta and notification names of ``channel`` under ``prefix``. (The connect
+    path's reads, ``positions`` and ``subscribe``, spell the one name each needs inline, with
+    the same layout: a connect asks for its channels' names four times, each time ~4 Python
+    calls through this function; a test checks the two spellings agree.)"""
     tag = _tag(prefix, channel)
     return ChannelKeys(f"{tag}:stream", f"{tag}:meta", f"{tag}:pub")
 
@@ -624,14 +627,15 @@ class RedisChannelLog:
 
     async def position(self, channel: str) -> StreamPosition:
         check_channel(channel)
-        meta = self.keys(channel).meta
+        meta = f"{self.prefix}:{{{channel}}}:meta"  # channel_keys(...).meta, inline
         epoch, top = await self._commands.command("HMGET", meta, "e", "o")
         if epoch is None:
             return EMPTY
         return _position(epoch, top, meta)
 
     async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
-        metas = [self.keys(check_channel(c)).meta for c in channels]
+        prefix = self.prefix  # channel_keys(prefix, c).meta, inline (a connect's hot path)
+        metas = [f"{prefix}:{{{check_channel(c)}}}:meta" for c in channels]
         if self.cluster and len(metas) > 1:
             # Sent alone there (DirectCommands): redis-py's cluster pipeline sends each node
             # its commands in one round trip and puts the replies in order.
@@ -683,15 +687,17 @@ class RedisChannelLog:
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Receive notifications for ``channels``; returns once Redis confirmed them all. On
         TimeoutError they stay subscribed, and each gets ``on_resync`` once confirmed."""
-        names = []
+        names, prefix = [], self.prefix
         for channel in channels:
-            name = self.keys(check_channel(channel)).notify.encode()
+            # channel_keys(prefix, channel).notify, inline (a connect's hot path)
+            name = f"{prefix}:{{{check_channel(channel)}}}:pub".encode()
             self._by_notify[name] = channel
             names.append(name)
         await self._subscriptions.subscribe(names)
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
-        names = [self.keys(c).notify.encode() for c in channels if isinstance(c, str)]
+        prefix = self.prefix  # channel_keys(prefix, c).notify, inline
+        names = [f"{prefix}:{{{c}}}:pub".encode() for c in channels if isinstance(c, str)]
         await self._subscriptions.unsubscribe(names)
         for name in names:
             self._by_notify.pop(name, None)
