@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from functools import partial
+from typing import Any, Callable, Protocol
 
 import msgpack
 import redis.asyncio as aioredis
 
-from realtime_channels.redis_batch import batcher_for
+from realtime_channels.redis_batch import Commands, DirectCommands, ShardedBatcher, batcher_for
 
 PENDING = b"\x00pending"
 # Stored instead of an ack bigger than max_reply_bytes: the retry gets an explicit error.
@@ -178,6 +179,122 @@ return nil
 """
 
 
+# The claims of one loop turn as one call: each key claimed as _CLAIM does (GET, else SET
+# PENDING with its own TTL, ARGV[i + 1]), atomically per key (the whole script is atomic).
+# pcall: a key's error (WRONGTYPE) is that key's entry of the reply, not the others' failure;
+# false is a nil entry (claimed now).
+_CLAIM_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local stored = redis.pcall('GET', key)
+  if stored then
+    out[i] = stored
+  else
+    local set = redis.pcall('SET', key, ARGV[1], 'PX', ARGV[i + 1])
+    if set.err then out[i] = set else out[i] = false end
+  end
+end
+return out
+"""
+
+# The completions of one loop turn as one call: SET key ack PX ttl per key (ARGV pairs).
+_COMPLETE_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local set = redis.pcall('SET', key, ARGV[2 * i - 1], 'PX', ARGV[2 * i])
+  if set.err then out[i] = set else out[i] = 1 end
+end
+return out
+"""
+
+
+class _PerTurn:
+    """The calls of one kind (claims, or completions) made during one event-loop turn, sent as
+    one script call per Redis instance: one request and one array reply instead of one each
+    per event.
+
+    :param send: the batcher the script calls go through (it batches them with the turn's
+        other commands and reloads the script after ``NOSCRIPT``).
+    :param script: the registered many-keys script; its reply has one entry per key.
+    :param head: arguments before the per-key ones (the same for every key).
+    :param route: the instance index of a key (ShardedRedis), or None for one instance.
+    :param max_keys: keys in one script call at most (longer turns make several calls).
+    """
+
+    __slots__ = ("send", "script", "head", "route", "max_keys", "items", "loop")
+
+    def __init__(self, send: Commands, script: Any, head: tuple[Any, ...],
+                 route: Callable[[str], int] | None, max_keys: int) -> None:
+        self.send = send
+        self.script = script
+        self.head = head
+        self.route = route
+        self.max_keys = max(1, max_keys)
+        self.items: list[tuple[str, tuple[Any, ...], asyncio.Future]] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, key: str, args: tuple[Any, ...]) -> asyncio.Future:
+        """Queue ``key`` with its own ``args``; the future gets its entry of the reply."""
+        items = self.items
+        if items is None:
+            loop = self.loop = asyncio.get_running_loop()
+            items = self.items = []
+            # Next turn, after everything this turn still does (call_soon order).
+            loop.call_soon(self._flush, items)
+        future = self.loop.create_future()  # type: ignore[union-attr]
+        items.append((key, args, future))
+        return future
+
+    def _flush(self, items: list[tuple[str, tuple[Any, ...], asyncio.Future]]) -> None:
+        if self.items is items:
+            self.items = None
+        groups: dict[int, list[tuple[str, tuple[Any, ...], asyncio.Future]]] = {}
+        route = self.route
+        for item in items:
+            if not item[2].done():  # a caller cancelled before the send is left out
+                groups.setdefault(route(item[0]) if route is not None else 0, []).append(item)
+        for group in groups.values():
+            for start in range(0, len(group), self.max_keys):
+                chunk = group[start:start + self.max_keys]
+                args = list(self.head)
+                for item in chunk:
+                    args.extend(item[1])
+                try:
+                    sent = self.send.script(self.script, [item[0] for item in chunk], args)
+                except Exception as exc:  # not sent at all (no running loop, ...)
+                    _settle(chunk, exc)
+                    continue
+                asyncio.ensure_future(sent).add_done_callback(partial(_distribute, chunk))
+
+
+def _settle(chunk: list[tuple[str, tuple[Any, ...], asyncio.Future]], exc: BaseException) -> None:
+    for _key, _args, future in chunk:
+        if not future.done():
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+
+
+def _distribute(chunk: list[tuple[str, tuple[Any, ...], asyncio.Future]], sent: asyncio.Future) -> None:
+    """Each caller gets its own entry of the array reply; a failed call fails its whole chunk
+    (a connection error: possibly applied, possibly not, as for a call sent alone)."""
+    if sent.cancelled():
+        _settle(chunk, asyncio.CancelledError())
+        return
+    exc = sent.exception()
+    if exc is not None:
+        _settle(chunk, exc)
+        return
+    for (_key, _args, future), entry in zip(chunk, sent.result()):
+        if future.done():
+            continue  # its caller was cancelled after the send: its entry is dropped
+        if isinstance(entry, Exception):
+            future.set_exception(entry)
+        else:
+            future.set_result(entry)
+
+
 class RedisIdempotencyStore:
     """Shared store: one key per event ID, with a TTL.
 
@@ -199,6 +316,16 @@ class RedisIdempotencyStore:
         self.max_reply_bytes = max_reply_bytes
         self._claim = client.register_script(_CLAIM)
         self._send = batcher_for(client, max_batch)
+        # Per turn, one claim call and one completion call per instance (keys of one instance
+        # only); a cluster keeps one call per key (keys of different slots; DirectCommands).
+        self._claims: _PerTurn | None = None
+        self._completions: _PerTurn | None = None
+        if not isinstance(self._send, DirectCommands):
+            route = client.shard_index if isinstance(self._send, ShardedBatcher) else None
+            self._claims = _PerTurn(self._send, client.register_script(_CLAIM_MANY), (PENDING,),
+                                    route, max_batch)
+            self._completions = _PerTurn(self._send, client.register_script(_COMPLETE_MANY), (),
+                                         route, max_batch)
 
     sync = False  # every call is a round trip: awaited
     def _key(self, key: str) -> str:
@@ -207,13 +334,20 @@ class RedisIdempotencyStore:
     async def claim(self, key: str, ttl: float) -> tuple[bool, Any]:
         # One script: SET NX then GET could see the entry expire in between and report a
         # claim it never made (two copies then both ran).
-        raw = await self._send.script(self._claim, (self._key(key),), (PENDING, max(1, int(ttl * 1000))))
+        ttl_ms = max(1, int(ttl * 1000))
+        if self._claims is not None:
+            raw = await self._claims.add(self._key(key), (ttl_ms,))
+        else:
+            raw = await self._send.script(self._claim, (self._key(key),), (PENDING, ttl_ms))
         return (True, None) if raw is None else (False, _unpack(raw))
 
     async def complete(self, key: str, ack: Any, ttl: float) -> None:
         # Awaited: the ack is stored (its reply read) before the caller sends the ack.
-        await self._send.command("SET", self._key(key), _pack(ack, self.max_reply_bytes),
-                                 "PX", max(1, int(ttl * 1000)))
+        packed, ttl_ms = _pack(ack, self.max_reply_bytes), max(1, int(ttl * 1000))
+        if self._completions is not None:
+            await self._completions.add(self._key(key), (packed, ttl_ms))
+        else:
+            await self._send.command("SET", self._key(key), packed, "PX", ttl_ms)
 
     async def release(self, key: str) -> None:
         await self._send.command("DEL", self._key(key))
