@@ -96,3 +96,25 @@ async def test_after_script_flush_the_batched_calls_reload(clients):
     await observer.script_flush()
     await store.complete("b", "ack", 30)
     assert await store.claim("b", 30) == (False, "ack")
+
+
+async def test_sharded_claims_are_one_script_call_per_instance(redis_shards, shards_url):
+    from realtime_channels.sharding import shard_of
+    client = redis_client(shards_url)
+    try:
+        store = RedisIdempotencyStore(client, "t6")
+        await asyncio.gather(*[store.claim(f"w{i}", 30) for i in range(60)])  # scripts loaded everywhere
+        await asyncio.gather(*[store.complete(f"w{i}", 1, 30) for i in range(60)])
+        for server in redis_shards:
+            server.cli("CONFIG", "RESETSTAT")
+        assert await asyncio.gather(*[store.claim(f"s{i}", 30) for i in range(60)]) == [(True, None)] * 60
+        for index, server in enumerate(redis_shards):
+            observer = aioredis.Redis(port=server.port)
+            try:
+                assert await calls_of(observer, "evalsha") == 1
+                keys = [k async for k in observer.scan_iter(match="t6:dedupe:s*")]
+                assert keys and {shard_of(k, 3) for k in keys} == {index}
+            finally:
+                await observer.aclose()
+    finally:
+        await client.aclose()
