@@ -301,6 +301,8 @@ class RedisIdempotencyStore:
     Claims, acks and releases go through a :func:`~realtime_channels.redis_batch.batcher_for` batcher:
     those of all events handled in one event-loop turn reach Redis as one pipeline (a command
     sent alone costs ~240 µs of redis-py CPU, several times what the event itself costs).
+    Within it, a turn's claims are one script call per instance and its acks another
+    (:class:`_PerTurn`); on a Redis Cluster each key keeps its own call.
 
     :param client: the Redis client (:func:`server.stores.redis_client`'s: plain, sentinel,
                    sharded or cluster).
