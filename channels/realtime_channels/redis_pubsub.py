@@ -299,7 +299,13 @@ class Subscriptions:
         ``str()`` of each for a debug log line) before returning them. No health check
         interval: the tick checks, and read_response would otherwise read the clock per reply."""
         pool = link.client.connection_pool
-        conn = pool.connection_class(**{**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0})
+        kwargs = {**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0}
+        # Maintenance notifications are RESP3 pushes, which this RESP2 connection never gets
+        # (and redis-py refuses to configure them at all with its pure-Python RESP2 parser).
+        for name in ("maint_notifications_config", "maint_notifications_pool_handler",
+                     "oss_cluster_maint_notifications_handler"):
+            kwargs.pop(name, None)
+        conn = pool.connection_class(**kwargs)
         try:
             await conn.connect()
             await _write(conn, self._commands(self._kinds[1], list(link.names)))
