@@ -307,9 +307,12 @@ class RealtimeSocket(SocketAdapter):
         start_eagerly(self.close(wait=False, abort=False, reason=self.server.reason.PING_TIMEOUT))
 
     async def close_session(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        # Every way a session ends comes here: none of its deadlines outlives it (the read
+        # watchdog is also cancelled when reading stops, which can come first).
         server = self.server
         server.ping_deadlines.cancel(self)
         server.pong_deadlines.cancel(self)
+        server.read_deadlines.cancel(self)
         await self.library_close(wait=wait, abort=abort, reason=reason)
 
     # ------------------------------------------------------------------ WebSocket transport
