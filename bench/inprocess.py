@@ -38,4 +38,19 @@ async def start_bench_server() -> tuple[Any, Any, int]:
     sock = listen_sockets("127.0.0.1", 0)[0]  # as python -m server listens
     await web.SockSite(runner, sock).start()
     tune_gc()
+    dump_tasks_on_signal()
     return runner, app, sock.getsockname()[1]
+
+
+def dump_tasks_on_signal() -> None:
+    """``kill -USR1 <pid>`` prints every asyncio task's stack to stderr: what a tool that
+    stopped making progress is waiting for (seen once in a while at its end, its client gone)."""
+    import asyncio
+    import signal
+
+    def dump() -> None:
+        for task in asyncio.all_tasks():
+            print("-- task", task.get_name(), file=sys.stderr)
+            task.print_stack(limit=8, file=sys.stderr)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump)
