@@ -17,8 +17,13 @@ PY="${BENCH_PY:-python3}"
 port="${BENCH_REDIS_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 dir="${BENCH_WORK:-${TMPDIR:-/tmp}/bench-work}/redis-$port"   # emptied first: every run starts fresh
 rm -rf "$dir" && mkdir -p "$dir"
-redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" \
-  --appendonly "${BENCH_REDIS_APPENDONLY:-no}" --protected-mode no --loglevel warning &
+# setpriv --pdeathsig: redis-server ends with the server (this process, after the exec) also
+# when nobody stops its process group (a bench tool run by hand): an orphan would keep running,
+# and keep the caller's stdout pipe open, so that a `tool | grep` never ended. Its output goes
+# to its folder, not into the tool's (JSON) output.
+setpriv --pdeathsig TERM redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" \
+  --appendonly "${BENCH_REDIS_APPENDONLY:-no}" --protected-mode no --loglevel warning \
+  >"$dir/redis.log" 2>&1 &
 for _ in $(seq 100); do
   redis-cli -p "$port" ping >/dev/null 2>&1 && break
   kill -0 $! 2>/dev/null || { echo "redis-server exited during start" >&2; exit 1; }

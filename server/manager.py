@@ -195,7 +195,12 @@ class RealtimeManager(ManagerAdapter):
             self._open_now(channel, False)
         cursor = self.deliveries.cursors.get(channel)
         before = cursor.position if cursor is not None else None
+        # A channel subscribed unconfirmed (_open_new): this publication may reach Redis before
+        # the subscription does, and its notification would never come. Read it back instead.
+        unconfirmed = cursor is not None and not self._inline and not self.log.confirmed(channel)
         result = await self.log.publish(channel, encode_envelope(envelope), idempotency_key=idempotency_key)
+        if unconfirmed:
+            self._catch_up(channel)
         if not result.duplicate:
             self.metrics.events_logged.labels(namespace).inc()
             if (before is not None and before[1] and result.position.epoch == before[1]
@@ -601,6 +606,21 @@ class RealtimeManager(ManagerAdapter):
                 if self._opening.get(channel) is task:
                     del self._opening[channel]
 
+    def _open_new(self, channel: str) -> bool:
+        """Follow ``channel``, which nobody can have published to yet (a new socket's own
+        room, a new guest's user room), without waiting: its cursor opens at the start now
+        and its subscription is sent with this turn's others, unconfirmed (see
+        ChannelLog.subscribe_new; RealtimeServer writes a CONNECT reply, which makes the name
+        known, after it). True when done (also when it is followed already); False when the
+        log cannot do it now (then :meth:`follow` is the way)."""
+        if channel in self.deliveries.cursors:
+            return True
+        if channel in self._opening or channel in self._closing or not self.log.subscribe_new([channel]):
+            return False
+        self.deliveries.open(channel, 0, "")
+        self.metrics.channels_subscribed.inc()
+        return True
+
     def _open_now(self, channel: str, fresh: bool) -> ChannelCursor:
         """:meth:`_open` for the in-process log, done here (it never suspends)."""
         run_now(self.log.subscribe([channel]))
@@ -674,7 +694,8 @@ class RealtimeManager(ManagerAdapter):
                 if positions is not None:
                     self._join_inline(positions, channel, fresh)
             else:
-                await self.follow([channel], (channel,) if fresh else ())
+                if not (fresh and self._open_new(channel)):
+                    await self.follow([channel], (channel,) if fresh else ())
                 if positions is not None:
                     self.deliveries.join(positions, channel)
         self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
@@ -725,7 +746,10 @@ class RealtimeManager(ManagerAdapter):
                 self._join_inline(positions, own, fresh=not recovering)
                 return sid
             try:
-                await self.follow([channel_name(namespace, None), own], () if recovering else [own])
+                if recovering or not self._open_new(own):
+                    await self.follow([channel_name(namespace, None), own], () if recovering else [own])
+                elif channel_name(namespace, None) not in self.deliveries.cursors:
+                    await self.follow([channel_name(namespace, None)])
             except BaseException:
                 self.positions.pop((namespace, sid), None)
                 self.drop_socket(sid, namespace)

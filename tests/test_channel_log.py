@@ -1208,3 +1208,31 @@ async def test_batched_publishes_survive_cancellation_flushed_scripts_errors_and
     stored = [p.data for p in (await log.history("room", since=EMPTY, limit=10)).publications]
     assert stored[:4] == [b"1", b"2", b"3", b"4"] and stored[-1] == b"6" and offset == len(stored)
     await log.close()
+
+
+async def test_subscribe_new_is_written_within_a_turn_notified_and_never_resynced(backend):
+    """subscribe_new (names nobody can have published to: a new socket's own room) does not
+    wait: the names are written by the next loop turn (``subscribing`` is False after one),
+    so a publication another node makes after that is notified, and Redis's confirmation
+    signals no resync (nothing can have been missed before it)."""
+    subscriber = Collector()
+    node = backend.make(subscriber=subscriber)
+    publisher = backend.make()
+    # A node with sockets: its pub/sub connections are up (30 names reach every shard of a
+    # cluster or of ``shards``; a new connection would subscribe them with a resync instead).
+    await node.subscribe([f"warm{i}" for i in range(30)])
+    assert node.subscribe_new(["new1", "new2", "new3"]) is True
+    if backend.kind != "memory":
+        assert node.subscribing
+        assert not node.confirmed("new1")
+    await asyncio.sleep(0)
+    assert not node.subscribing  # written
+    for channel in ("new1", "new2", "new3"):
+        await publisher.publish(channel, b"first")
+    await eventually(lambda: all(subscriber.offsets(c) == [1] for c in ("new1", "new2", "new3")),
+                     what="a notification on each new channel")
+    await eventually(lambda: node.confirmed("new1") and node.confirmed("new3"), what="the confirmations")
+    assert subscriber.resyncs == []
+    # A name subscribed already is left as it is (no second subscription, no resync).
+    assert node.subscribe_new(["new1"]) is True
+    assert node.confirmed("new1")

@@ -222,6 +222,22 @@ class ChannelLog(Protocol):
         """Receive notifications for ``channels`` from now on. Returns once the subscription
         is in effect, so a history read after it misses nothing."""
 
+    def subscribe_new(self, channels: Iterable[str]) -> bool:
+        """Receive notifications for ``channels``, which nobody can have published to yet
+        (names no one else knows: a new socket's own room), without waiting: the subscription
+        is sent with the others of this loop turn, and its confirmation is not awaited nor
+        followed by a resync. Returns False when it cannot be sent now (then :meth:`subscribe`
+        is the way); the caller holds what it delivers from offset 0 of no epoch."""
+
+    @property
+    def subscribing(self) -> bool:
+        """Subscriptions were asked for during this loop turn and are not written yet: a
+        reply that makes a :meth:`subscribe_new` channel's name known waits one loop turn."""
+
+    def confirmed(self, channel: str) -> bool:
+        """False while a :meth:`subscribe_new` of ``channel`` is not confirmed: a publication
+        to it made meanwhile may precede the subscription, and is read back from the history."""
+
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         """Stop notifications for ``channels``."""
 
@@ -562,6 +578,15 @@ class MemoryChannelLog:
             raise RuntimeError("channel log is closed")
         names = [check_channel(c) for c in channels]
         self._subscribed.update(names)
+
+    def subscribe_new(self, channels: Iterable[str]) -> bool:
+        self._subscribed.update(check_channel(c) for c in channels)
+        return True
+
+    subscribing = False  # nothing to write: a subscription is in effect at once
+
+    def confirmed(self, channel: str) -> bool:
+        return True
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         self._subscribed.difference_update(channels)

@@ -695,6 +695,21 @@ class RedisChannelLog:
             names.append(name)
         await self._subscriptions.subscribe(names)
 
+    def subscribe_new(self, channels: Iterable[str]) -> bool:
+        names, prefix = [], self.prefix
+        for channel in channels:
+            name = f"{prefix}:{{{check_channel(channel)}}}:pub".encode()  # channel_keys(...).notify
+            self._by_notify[name] = channel
+            names.append(name)
+        return self._subscriptions.subscribe_new(names)
+
+    @property
+    def subscribing(self) -> bool:
+        return self._subscriptions.writing
+
+    def confirmed(self, channel: str) -> bool:
+        return self._subscriptions.confirmed(f"{self.prefix}:{{{channel}}}:pub".encode())
+
     async def unsubscribe(self, channels: Iterable[str]) -> None:
         prefix = self.prefix  # channel_keys(prefix, c).notify, inline
         names = [f"{prefix}:{{{c}}}:pub".encode() for c in channels if isinstance(c, str)]

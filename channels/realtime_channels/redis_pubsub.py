@@ -29,6 +29,7 @@ from typing import Any, Callable
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as NO_REPLY
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -38,6 +39,9 @@ log = logging.getLogger("realtime_channels.redis_pubsub")
 
 # Channel names per SUBSCRIBE command: one command per batch keeps each reply small.
 BATCH = 500
+# Seconds a write to a pub/sub connection may wait for room in its socket buffer (Redis not
+# reading it); then the connection is dropped and replaced.
+WRITE_TIMEOUT = 10.0
 
 
 class Throttled:
@@ -121,6 +125,8 @@ class Subscriptions:
         self._links: dict[str, _Link] = {}
         self._link_of: dict[bytes, _Link] = {}
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        # Names of subscribe_new not confirmed yet: their confirmation is no resync.
+        self._unconfirmed: set[bytes] = set()
         # Names to subscribe, per link, gathered during a loop turn; the task sending them.
         self._queued: dict[_Link, list[bytes]] = {}
         self._flusher: asyncio.Task | None = None
@@ -214,6 +220,33 @@ class Subscriptions:
                     if not pending:
                         del self._waiters[name]
 
+    def subscribe_new(self, names: list[bytes]) -> bool:
+        """Subscribe ``names``, which nobody can have published to yet, without waiting: they
+        go to Redis with this loop turn's other names (written by the first step of the task
+        sending them, when the connection is free), and their confirmation triggers no
+        ``on_resync``, unless their connection is replaced before it (then, as any name, they
+        are resynced). Returns False, doing nothing, while a cluster's topology is unknown
+        (:meth:`subscribe` loads it)."""
+        if self._closed:
+            raise RuntimeError("subscriptions are closed")
+        if self.cluster and self.client._initialize:  # redis-py: True until initialize() ran
+            return False
+        fresh = [n for n in names if n not in self._link_of]
+        if fresh:
+            self._unconfirmed.update(fresh)
+            for link, assigned in self._route(fresh).items():
+                self._queue(link, assigned)
+        return True
+
+    @property
+    def writing(self) -> bool:
+        """Names were queued that the sending task has not written yet (or is writing)."""
+        return self._flusher is not None
+
+    def confirmed(self, name: bytes) -> bool:
+        """False for a name of :meth:`subscribe_new` Redis has not confirmed yet."""
+        return name not in self._unconfirmed
+
     def _queue(self, link: _Link, names: list[bytes]) -> None:
         """Send ``names`` on ``link`` with every other name queued during this loop turn."""
         self._queued.setdefault(link, []).extend(names)
@@ -226,11 +259,20 @@ class Subscriptions:
         try:
             while self._queued and not self._closed:
                 queued, self._queued = self._queued, {}
-                sends = [self._send(link, names) for link, names in queued.items()]
-                if len(sends) == 1:
-                    await sends[0]
-                else:
-                    await asyncio.gather(*sends)
+                # A link with its connection up and free writes without waiting: those go
+                # one after the other, all in this task's first step (subscribe_new's names
+                # are written before whatever its caller does after one loop turn); the
+                # others (connecting, busy) together, so that none waits for another.
+                free = [(link, names) for link, names in queued.items()
+                        if link.conn is not None and not link.lock.locked()]
+                waiting = [self._send(link, names) for link, names in queued.items()
+                           if link.conn is None or link.lock.locked()]
+                for link, names in free:
+                    await self._send(link, names)
+                if len(waiting) == 1:
+                    await waiting[0]
+                elif waiting:
+                    await asyncio.gather(*waiting)
         finally:
             self._flusher = None
 
@@ -268,6 +310,7 @@ class Subscriptions:
         by_link: dict[_Link, list[bytes]] = defaultdict(list)
         for name in names:
             link = self._link_of.pop(name, None)
+            self._unconfirmed.discard(name)
             if link is None:
                 continue
             link.names.discard(name)
@@ -299,13 +342,19 @@ class Subscriptions:
         ``str()`` of each for a debug log line) before returning them. No health check
         interval: the tick checks, and read_response would otherwise read the clock per reply."""
         pool = link.client.connection_pool
-        kwargs = {**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0}
+        # No socket_timeout: redis-py would write through asyncio.wait_for, a Task, so one
+        # loop turn later; _write bounds the write itself (subscribe_new's names are written
+        # in the first step of the task sending them).
+        kwargs = {**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0, "socket_timeout": None}
         # Maintenance notifications are RESP3 pushes, which this RESP2 connection never gets
         # (and redis-py refuses to configure them at all with its pure-Python RESP2 parser).
         for name in ("maint_notifications_config", "maint_notifications_pool_handler",
                      "oss_cluster_maint_notifications_handler"):
             kwargs.pop(name, None)
         conn = pool.connection_class(**kwargs)
+        # Every name of the link is subscribed again here, and confirmed fresh: a name of
+        # subscribe_new whose confirmation was lost with the old connection is resynced too.
+        self._unconfirmed.difference_update(link.names)
         try:
             await conn.connect()
             await _write(conn, self._commands(self._kinds[1], list(link.names)))
@@ -365,8 +414,9 @@ class Subscriptions:
         """The link's only reader: every reply, in order, until the subscriptions close."""
         link.timer = asyncio.get_running_loop().call_later(self.ping_interval, self._tick, link)
         message, subscribed, unsubscribed = self._kinds
-        link_of, on_message = self._link_of, self.on_message
+        link_of, on_message, unconfirmed = self._link_of, self.on_message, self._unconfirmed
         failed: AbstractConnection | None = None
+        buffered, parsing = None, None
         try:
             while not self._closed:
                 conn = link.conn
@@ -375,12 +425,18 @@ class Subscriptions:
                         return
                     failed = None
                     continue
+                if parsing is not conn:
+                    buffered, parsing = buffered_replies(conn), conn
                 link.reading = conn
                 try:
-                    # Returns at once while replies are buffered; awaits the socket only when
-                    # none is left. No timeout: silence is the tick's business.
-                    reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False,
-                                                     push_request=True)
+                    reply = buffered() if buffered is not None else NO_REPLY
+                    if reply is NO_REPLY:
+                        # Awaits the socket only when no reply is buffered. No timeout:
+                        # silence is the tick's business.
+                        reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False,
+                                                         push_request=True)
+                    elif isinstance(reply, Exception):
+                        raise reply
                 except asyncio.CancelledError:
                     # Cancelled off its connection (dropped, or silent): carry on with the next
                     # one, unless someone else cancels too.
@@ -411,6 +467,8 @@ class Subscriptions:
                             for future in waiters:
                                 if not future.done():
                                     future.set_result(None)
+                        elif name in unconfirmed:
+                            unconfirmed.discard(name)  # subscribe_new's: nothing to resync
                         elif fresh:
                             self.on_resync(name)
                 elif kind == unsubscribed:
@@ -481,12 +539,26 @@ class Subscriptions:
         self._waiters.clear()
 
 
+def buffered_replies(conn: AbstractConnection) -> Callable[[], Any] | None:
+    """The next reply already received on ``conn`` (:data:`NO_REPLY` when none is complete), parsed by
+    hiredis without redis-py's layers around it (five Python calls a reply, for every
+    notification and subscription confirmation); None when ``conn`` does not parse with
+    hiredis (then Connection.read_response is the way). A reply error comes back as an
+    exception instance. redis-py's private ``_parser._reader``, pinned by the lock; a test
+    (tests/test_redis_pubsub_reader.py) names it if it goes away."""
+    reader = getattr(getattr(conn, "_parser", None), "_reader", None)
+    gets = getattr(reader, "gets", None)
+    return gets if callable(gets) else None
+
+
 async def _write(conn: AbstractConnection, commands: list[tuple[bytes, ...]]) -> None:
     """Send ``commands`` in one write. A connection closed since is not written to: redis-py
     would reconnect it in place, without the subscriptions it carried."""
     if not conn.is_connected:
         raise RedisConnectionError("the pub/sub connection was closed")
-    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+    # Writes at once; only a full socket buffer (Redis not reading) waits, at most this long.
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
 
 async def _close(conn: AbstractConnection) -> None:
