@@ -131,16 +131,24 @@ class CommandBatcher:
             return  # its callers have the error; the task itself ends quietly
         replies: list[Any] = []
         try:
-            await conn.send_packed_command(b"".join([c.packed for c in calls]))
-            # One deadline for reading the whole batch, not one per reply as
+            data = b"".join([c.packed for c in calls])
+            # One deadline for the whole batch, its write and its replies, not one per reply as
             # Connection.read_response sets (an asyncio.timeout each: a third of the read cost).
             timeout = conn.socket_timeout
             if timeout is None:
+                await conn.send_packed_command(data)
                 for _ in calls:
                     replies.append(await _reply(conn))
             else:
                 try:
                     async with asyncio.timeout(timeout):
+                        # With a socket_timeout redis-py writes through asyncio.wait_for: a Task,
+                        # and the write a loop turn later. The deadline above bounds it instead.
+                        conn.socket_timeout = None
+                        try:
+                            await conn.send_packed_command(data)
+                        finally:
+                            conn.socket_timeout = timeout
                         for _ in calls:
                             replies.append(await _reply(conn))
                 except TimeoutError:
