@@ -19,6 +19,11 @@ from realtime_channels.redis_batch import batcher_for
 from realtime_channels.sharded_redis import ShardedRedis
 
 
+# msgpack.packb makes a Packer per call; this one is reused (it resets after each pack, also
+# after one that raised, and nothing here packs re-entrantly).
+_pack = msgpack.Packer().pack
+
+
 @dataclass
 class SavedSession:
     """The state of one socket in one namespace, as stored between connections.
@@ -38,12 +43,15 @@ class SavedSession:
     trail: list[tuple[str, int]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        # The trail names channels by their index in the sorted positions: a few bytes each.
-        names = sorted(self.positions)
-        index = {name: i for i, name in enumerate(names)}
-        trail = [[index[c], o] for c, o in self.trail if c in index]
-        return msgpack.packb({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
-                              "channels": names, "at": [list(self.positions[n]) for n in names], "trail": trail})
+        positions = self.positions
+        names = sorted(positions)
+        trail: list[list[int]] = []
+        if self.trail:  # empty in the saves of live sockets (connect, heartbeat): no index built
+            # The trail names channels by their index in the sorted positions: a few bytes each.
+            index = {name: i for i, name in enumerate(names)}
+            trail = [[index[c], o] for c, o in self.trail if c in index]
+        return _pack({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
+                      "channels": names, "at": [list(positions[n]) for n in names], "trail": trail})
 
     @classmethod
     def decode(cls, raw: bytes) -> "SavedSession | None":
