@@ -179,7 +179,7 @@ class RedisSessionStore:
         self.client = client
         self.prefix = prefix
         self._send = batcher_for(client)
-        self._save_many = client.register_script(_SAVE_MANY)
+        self._save_script = client.register_script(_SAVE_MANY)
         # The instance of a key for sharded instances (one script call per instance), else None.
         self._route = client.shard_index if isinstance(client, ShardedRedis) else None
 
@@ -217,7 +217,7 @@ class RedisSessionStore:
         for keys, values in groups.values():
             for start in range(0, len(keys), SAVE_MANY_CHUNK):
                 end = start + SAVE_MANY_CHUNK
-                calls.append(script(self._save_many, keys[start:end], [ms, *values[start:end]]))
+                calls.append(script(self._save_script, keys[start:end], [ms, *values[start:end]]))
         # Each call awaited (so none is left with an unretrieved error); the first error raised.
         error: Exception | None = None
         for call in calls:
