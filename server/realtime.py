@@ -1010,7 +1010,7 @@ class RealtimeServer(ServerAdapter):
             # only at the ping timeout): its state now, trail included, beats the stored one.
             state = self.csr.get(live)
             if state is not None and self.manager.is_connected(live[1], live[0]):
-                session = await self._snapshot(live[0], live[1], state, with_trail=True)
+                session = self._snapshot(live[0], live[1], state, with_trail=True)
             await self.evict(pid)
         elif session is not None and self.bus is not None:
             # The old socket may still be open on another node: have it closed there.
@@ -1075,7 +1075,7 @@ class RealtimeServer(ServerAdapter):
             except Exception as exc:
                 log.debug("could not drop session %s: %s", forget, exc)
 
-    async def _snapshot(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> SavedSession:
+    def _snapshot(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> SavedSession:
         data = self._session_data(namespace, sid)
         saved_state = getattr(self.namespace_handlers.get(namespace), "saved_state", None)
         if saved_state is not None:
@@ -1094,7 +1094,7 @@ class RealtimeServer(ServerAdapter):
 
     async def _save(self, namespace: str, sid: str, state: CsrState, with_trail: bool = False) -> None:
         try:
-            await self.sessions.save(await self._snapshot(namespace, sid, state, with_trail),
+            await self.sessions.save(self._snapshot(namespace, sid, state, with_trail),
                                      self.max_disconnection_duration)
         except Exception as exc:
             log.warning("could not save session of %s for recovery: %s", sid, exc)
@@ -1131,7 +1131,7 @@ class RealtimeServer(ServerAdapter):
         for namespace, sid in keys:
             state = self.csr.get((namespace, sid))
             if state is not None and self.manager.is_connected(sid, namespace):
-                snapshots.append(await self._snapshot(namespace, sid, state))
+                snapshots.append(self._snapshot(namespace, sid, state))
         if snapshots:
             try:
                 await self.sessions.save_many(snapshots, self.max_disconnection_duration)
@@ -1149,7 +1149,7 @@ class RealtimeServer(ServerAdapter):
             snapshots = []
             for (namespace, sid), state in items:
                 if self.manager.is_connected(sid, namespace):
-                    snapshots.append(await self._snapshot(namespace, sid, state))
+                    snapshots.append(self._snapshot(namespace, sid, state))
             for i in range(0, len(snapshots), 500):
                 try:
                     await self.sessions.save_many(snapshots[i:i + 500], self.max_disconnection_duration)

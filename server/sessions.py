@@ -16,6 +16,12 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from realtime_channels.redis_batch import batcher_for
+from realtime_channels.sharded_redis import ShardedRedis
+
+
+# msgpack.packb makes a Packer per call; this one is reused (it resets after each pack, also
+# after one that raised, and nothing here packs re-entrantly).
+_pack = msgpack.Packer().pack
 
 
 @dataclass
@@ -37,12 +43,15 @@ class SavedSession:
     trail: list[tuple[str, int]] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        # The trail names channels by their index in the sorted positions: a few bytes each.
-        names = sorted(self.positions)
-        index = {name: i for i, name in enumerate(names)}
-        trail = [[index[c], o] for c, o in self.trail if c in index]
-        return msgpack.packb({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
-                              "channels": names, "at": [list(self.positions[n]) for n in names], "trail": trail})
+        positions = self.positions
+        names = sorted(positions)
+        trail: list[list[int]] = []
+        if self.trail:  # empty in the saves of live sockets (connect, heartbeat): no index built
+            # The trail names channels by their index in the sorted positions: a few bytes each.
+            index = {name: i for i, name in enumerate(names)}
+            trail = [[index[c], o] for c, o in self.trail if c in index]
+        return _pack({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
+                      "channels": names, "at": [list(positions[n]) for n in names], "trail": trail})
 
     @classmethod
     def decode(cls, raw: bytes) -> "SavedSession | None":
@@ -126,6 +135,29 @@ class MemorySessionStore:
         return item[1]
 
 
+# The saves of one batch as one call: SET KEYS[i] ARGV[i + 1] PX ARGV[1] for every key. pcall:
+# a key's error (WRONGTYPE, OOM) does not stop the other keys' saves; the first one is the
+# call's error reply (the batch then fails as a whole, as its caller expects), else the count.
+_SAVE_MANY = """
+local failed, n = nil, 0
+for i, key in ipairs(KEYS) do
+  local set = redis.pcall('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+  if type(set) == 'table' and set.err then
+    n = n + 1
+    failed = failed or set.err
+  end
+end
+if failed then
+  return redis.error_reply(n .. ' of ' .. #KEYS .. ' sessions not saved: ' .. failed)
+end
+return #KEYS
+"""
+
+# Sessions in one script call at most: a heartbeat of many sockets makes several calls, so
+# neither the request nor the time Redis spends in one script grows without bound.
+SAVE_MANY_CHUNK = 500
+
+
 class RedisSessionStore:
     """Sessions as keys ``<prefix>:session:<pid>`` with a TTL.
 
@@ -133,6 +165,9 @@ class RedisSessionStore:
     the saves of one loop turn (a connect storm's batch, the sockets a closing node ends, a
     heartbeat's) and the takes of reconnecting clients reach Redis as one pipeline, without
     redis-py's per-command path (its ``SET`` alone cost ~40 Python calls a connect).
+    :meth:`save_many` sends its sessions as one script call per instance (per
+    :data:`SAVE_MANY_CHUNK` sessions), not one ``SET`` each; on a Redis Cluster (keys in
+    different slots) as a pipeline of ``SET`` instead.
 
     :param client: the Redis client the keys live in.
     :param prefix: the deployment's key prefix.
@@ -144,6 +179,9 @@ class RedisSessionStore:
         self.client = client
         self.prefix = prefix
         self._send = batcher_for(client)
+        self._save_script = client.register_script(_SAVE_MANY)
+        # The instance of a key for sharded instances (one script call per instance), else None.
+        self._route = client.shard_index if isinstance(client, ShardedRedis) else None
 
     def _key(self, pid: str) -> str:
         return f"{self.prefix}:session:{pid}"
@@ -152,22 +190,39 @@ class RedisSessionStore:
         await self._send.command("SET", self._key(session.pid), session.encode(), "PX", max(1, int(ttl * 1000)))
 
     async def save_many(self, sessions: list[SavedSession], ttl: float) -> None:
+        if not sessions:
+            return
         ms = max(1, int(ttl * 1000))
         if isinstance(self.client, RedisCluster):
-            # Not batched there (DirectCommands: each sent alone); the cluster's pipeline
-            # sends each node its commands in one round trip.
+            # Not batched there (DirectCommands: each sent alone; a script's keys must share a
+            # slot); the cluster's pipeline sends each node its commands in one round trip.
             async with self.client.pipeline(transaction=False) as pipe:
                 for session in sessions:
                     pipe.set(self._key(session.pid), session.encode(), px=ms)
                 await pipe.execute()
             return
-        send = self._send.command
-        replies = [send("SET", self._key(s.pid), s.encode(), "PX", ms) for s in sessions]
-        # Each reply awaited (so none is left with an unretrieved error); the first error raised.
+        prefix = f"{self.prefix}:session:"
+        route = self._route
+        # instance -> (keys, values), in the order given
+        groups: dict[int, tuple[list[str], list[bytes]]] = {}
+        if route is None:
+            groups[0] = ([prefix + s.pid for s in sessions], [s.encode() for s in sessions])
+        else:
+            for session in sessions:
+                key = prefix + session.pid
+                keys, values = groups.setdefault(route(key), ([], []))
+                keys.append(key)
+                values.append(session.encode())
+        script, calls = self._send.script, []
+        for keys, values in groups.values():
+            for start in range(0, len(keys), SAVE_MANY_CHUNK):
+                end = start + SAVE_MANY_CHUNK
+                calls.append(script(self._save_script, keys[start:end], [ms, *values[start:end]]))
+        # Each call awaited (so none is left with an unretrieved error); the first error raised.
         error: Exception | None = None
-        for reply in replies:
+        for call in calls:
             try:
-                await reply
+                await call
             except Exception as exc:
                 error = error or exc
         if error is not None:
