@@ -53,6 +53,20 @@ def own_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
+@pytest.fixture
+async def clients(own_redis):
+    """(the server's kind of client for ``own_redis``, a separate client for looking at Redis),
+    both closed after."""
+    import redis.asyncio as aioredis
+
+    from server.stores import redis_client
+
+    made = [redis_client(own_redis.url), aioredis.Redis.from_url(own_redis.url)]
+    yield made
+    for c in made:
+        await c.aclose()
+
+
 def _cluster() -> Iterator[RedisClusterServers]:
     if not cluster_available():
         pytest.skip("Redis Cluster tests need redis-server >= 7 (sharded pub/sub)")

@@ -436,3 +436,10 @@ class Nginx:
             self.proc.terminate()
             self.proc.wait(5)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def calls_of(observer, command: str) -> int:
+    """How many times Redis ran ``command`` since its stats were reset, read from Redis itself
+    (INFO commandstats; commands a script runs count too). ``observer``: a redis.asyncio client."""
+    stats = await observer.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))

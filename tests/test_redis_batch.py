@@ -16,15 +16,6 @@ from realtime_channels.redis_batch import CommandBatcher, DirectCommands, Sharde
 from server.stores import redis_client
 
 
-@pytest.fixture
-async def clients(own_redis):
-    """(the server's kind of client, a separate client for looking at Redis), both closed after."""
-    made = [redis_client(own_redis.url), aioredis.Redis.from_url(own_redis.url)]
-    yield made
-    for c in made:
-        await c.aclose()
-
-
 async def connections_received(observer: aioredis.Redis) -> int:
     return int((await observer.info("stats"))["total_connections_received"])
 

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from harness import calls_of
 from server.idempotency import PENDING, RedisIdempotencyStore
 from server.stores import redis_client
 
@@ -22,11 +23,6 @@ async def clients(own_redis):
     yield made
     for c in made:
         await c.aclose()
-
-
-async def calls_of(observer: aioredis.Redis, command: str) -> int:
-    stats = await observer.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def test_one_turn_of_claims_and_completions_is_one_script_call_each(clients):

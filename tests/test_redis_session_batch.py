@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from harness import calls_of
 from server.sessions import RedisSessionStore, SavedSession
 from server.stores import redis_client
 
@@ -16,20 +17,6 @@ from server.stores import redis_client
 def saved(pid: str) -> SavedSession:
     return SavedSession(sid=f"s-{pid}", pid=pid, namespace="/chat", data={"user": pid},
                         positions={"room:a": (3, "e1")})
-
-
-async def calls_of(observer: aioredis.Redis, command: str) -> int:
-    stats = await observer.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
-@pytest.fixture
-async def clients(own_redis):
-    """(a server client, a client for looking at Redis), closed after."""
-    made = [redis_client(own_redis.url), aioredis.Redis.from_url(own_redis.url)]
-    yield made
-    for c in made:
-        await c.aclose()
 
 
 async def test_fifty_saves_are_one_script_call_and_round_trip_with_their_ttl(clients):

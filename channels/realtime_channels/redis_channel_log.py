@@ -687,21 +687,20 @@ class RedisChannelLog:
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Receive notifications for ``channels``; returns once Redis confirmed them all. On
         TimeoutError they stay subscribed, and each gets ``on_resync`` once confirmed."""
+        await self._subscriptions.subscribe(self._notify_names(channels))
+
+    def subscribe_new(self, channels: Iterable[str]) -> bool:
+        return self._subscriptions.subscribe_new(self._notify_names(channels))
+
+    def _notify_names(self, channels: Iterable[str]) -> list[bytes]:
+        """The notification names of ``channels``, remembered for routing their messages."""
         names, prefix = [], self.prefix
         for channel in channels:
             # channel_keys(prefix, channel).notify, inline (a connect's hot path)
             name = f"{prefix}:{{{check_channel(channel)}}}:pub".encode()
             self._by_notify[name] = channel
             names.append(name)
-        await self._subscriptions.subscribe(names)
-
-    def subscribe_new(self, channels: Iterable[str]) -> bool:
-        names, prefix = [], self.prefix
-        for channel in channels:
-            name = f"{prefix}:{{{check_channel(channel)}}}:pub".encode()  # channel_keys(...).notify
-            self._by_notify[name] = channel
-            names.append(name)
-        return self._subscriptions.subscribe_new(names)
+        return names
 
     @property
     def subscribing(self) -> bool:
