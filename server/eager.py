@@ -56,6 +56,11 @@ def start_eagerly(coro: Coroutine[Any, Any, Any],
         _tasks._leave_task(loop, standin)
         if outer is not None:
             _tasks._enter_task(loop, outer)
+    if yielded is not None:
+        # A Task clears a yielded future's blocking flag at once; until the Task below takes
+        # this one over, the flag is cleared here: set, it makes another coroutine awaiting
+        # the same future (a shared drain, say) fail with "await wasn't used with future".
+        yielded._asyncio_future_blocking = False
     task = asyncio.ensure_future(_Resumed(coro, yielded))
     standin.task = task
     _running.add(task)
@@ -109,6 +114,8 @@ class _Resumed(Coroutine[Any, Any, Any]):
     def send(self, value: Any) -> Any:
         if self.yielded is not _TAKEN:
             yielded, self.yielded = self.yielded, _TAKEN
+            if yielded is not None:
+                yielded._asyncio_future_blocking = True  # as the Task expects it (cleared above)
             return yielded
         return self.coro.send(value)
 

@@ -46,3 +46,20 @@ async def test_a_handler_that_never_waits_gets_no_task():
 
     assert start_eagerly(quick()) is None
     assert results == [True]
+
+
+async def test_handlers_started_in_one_turn_can_wait_for_one_future():
+    """Two handlers whose first step waits for the same future (a paused socket's drain):
+    the second must not find the future still marked as yielded by the first."""
+    future: asyncio.Future = asyncio.get_running_loop().create_future()
+    woken: list[int] = []
+
+    async def waiter(i: int) -> None:
+        await future
+        woken.append(i)
+
+    tasks = [start_eagerly(waiter(i)) for i in range(3)]
+    assert all(t is not None for t in tasks)
+    future.set_result(None)
+    await asyncio.gather(*tasks)
+    assert woken == [0, 1, 2]
