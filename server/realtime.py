@@ -954,9 +954,9 @@ class RealtimeServer(ServerAdapter):
             self.metrics.replayed.labels(namespace).inc(len(missed))
         if csr and self.rt_manager.log.subscribing:
             # The reply makes the socket's own room (and a new guest's user room) known, and
-            # those were subscribed without waiting (RealtimeManager._open_new): one loop turn
-            # lets the task sending subscriptions, scheduled before, write them first.
-            await asyncio.sleep(0)
+            # those were subscribed without waiting (RealtimeManager._open_new): they are
+            # written to Redis first (a publication from elsewhere then finds them).
+            await self.rt_manager.log.subscriptions_written()
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)
         self._joining.pop(eio_sid, None)  # it joined one: no connect timeout any more

@@ -1210,11 +1210,11 @@ async def test_batched_publishes_survive_cancellation_flushed_scripts_errors_and
     await log.close()
 
 
-async def test_subscribe_new_is_written_within_a_turn_notified_and_never_resynced(backend):
+async def test_subscribe_new_is_written_then_notified_and_never_resynced(backend):
     """subscribe_new (names nobody can have published to: a new socket's own room) does not
-    wait: the names are written by the next loop turn (``subscribing`` is False after one),
-    so a publication another node makes after that is notified, and Redis's confirmation
-    signals no resync (nothing can have been missed before it)."""
+    wait: the names are written with the others (``subscriptions_written`` says when), so a
+    publication another node makes after that is notified, and Redis's confirmation signals
+    no resync (nothing can have been missed before it)."""
     subscriber = Collector()
     node = backend.make(subscriber=subscriber)
     publisher = backend.make()
@@ -1225,7 +1225,7 @@ async def test_subscribe_new_is_written_within_a_turn_notified_and_never_resynce
     if backend.kind != "memory":
         assert node.subscribing
         assert not node.confirmed("new1")
-    await asyncio.sleep(0)
+    await node.subscriptions_written()
     assert not node.subscribing  # written
     for channel in ("new1", "new2", "new3"):
         await publisher.publish(channel, b"first")
@@ -1236,3 +1236,38 @@ async def test_subscribe_new_is_written_within_a_turn_notified_and_never_resynce
     # A name subscribed already is left as it is (no second subscription, no resync).
     assert node.subscribe_new(["new1"]) is True
     assert node.confirmed("new1")
+
+
+async def test_subscription_writes_are_paced_under_load(redis_client, redis_url):
+    """Every write wakes Redis (on a core shared with the server, it preempts it): names asked
+    for within ``subscribe_pace`` of the last write wait for it and share the next write,
+    however many loop turns they came in; a name asked for after a quiet spell is written by
+    the next turn. A publication made once ``subscriptions_written`` returned is heard."""
+    pace = 0.5  # long enough that the burst below fits in it on a loaded machine
+    subscriber = Collector()
+    node = RedisChannelLog(aioredis.from_url(redis_url), prefix=PREFIX, subscribe_pace=pace,
+                           on_publication=subscriber.on_publication, on_resync=subscriber.on_resync)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    await node.subscribe(["paced-warm-up"])  # the pub/sub connection exists
+    await asyncio.sleep(pace)
+    before = await _calls(redis_client, "subscribe")
+    assert node.subscribe_new(["paced-quiet"])
+    await asyncio.sleep(0)
+    assert not node.subscribing  # a quiet spell: written by the next turn
+    started = time.monotonic()
+    waits = []
+    for i in range(20):  # 20 connects in 20 turns, right after that write
+        assert node.subscribe_new([f"paced-{i}"])
+        waits.append(asyncio.ensure_future(node.subscriptions_written()))
+        await asyncio.sleep(0)
+    assert node.subscribing and not any(w.done() for w in waits)
+    await asyncio.gather(*waits)
+    assert time.monotonic() - started >= pace * 0.8  # they waited for the pace
+    assert await _calls(redis_client, "subscribe") - before == 2  # the quiet one, then the 20
+    for name in ("paced-quiet", "paced-0", "paced-19"):
+        await publisher.publish(name, b"after the write")
+    await eventually(lambda: sorted(c for c, _ in subscriber.publications) == ["paced-0", "paced-19", "paced-quiet"],
+                     what="a notification of each channel published once its write was done")
+    assert subscriber.resyncs == []
+    await node.close()
+    await node.client.aclose()

@@ -225,14 +225,19 @@ class ChannelLog(Protocol):
     def subscribe_new(self, channels: Iterable[str]) -> bool:
         """Receive notifications for ``channels``, which nobody can have published to yet
         (names no one else knows: a new socket's own room), without waiting: the subscription
-        is sent with the others of this loop turn, and its confirmation is not awaited nor
-        followed by a resync. Returns False when it cannot be sent now (then :meth:`subscribe`
-        is the way); the caller holds what it delivers from offset 0 of no epoch."""
+        is sent with the others of this loop turn (or a few milliseconds' worth, under
+        load), and its confirmation is not awaited nor followed by a resync. Returns False
+        when it cannot be sent now (then :meth:`subscribe` is the way); the caller holds what
+        it delivers from offset 0 of no epoch."""
 
     @property
     def subscribing(self) -> bool:
-        """Subscriptions were asked for during this loop turn and are not written yet: a
-        reply that makes a :meth:`subscribe_new` channel's name known waits one loop turn."""
+        """Subscriptions were asked for and are not written yet: a reply that makes a
+        :meth:`subscribe_new` channel's name known waits for :meth:`subscriptions_written`."""
+
+    async def subscriptions_written(self) -> None:
+        """Return once the subscriptions asked for so far are written to the broker (their
+        confirmation may still be on its way)."""
 
     def confirmed(self, channel: str) -> bool:
         """False while a :meth:`subscribe_new` of ``channel`` is not confirmed: a publication
@@ -584,6 +589,9 @@ class MemoryChannelLog:
         return True
 
     subscribing = False  # nothing to write: a subscription is in effect at once
+
+    async def subscriptions_written(self) -> None:
+        return None
 
     def confirmed(self, channel: str) -> bool:
         return True

@@ -62,7 +62,7 @@ from .channel_log import (
     new_epoch,
     read_start,
 )
-from .redis_pubsub import Subscriptions, Throttled
+from .redis_pubsub import WRITE_PACE, Subscriptions, Throttled
 
 log = logging.getLogger("realtime_channels.redis_channel_log")
 
@@ -479,12 +479,15 @@ class RedisChannelLog:
     :param ping_interval: a pub/sub connection that carried nothing for one to two of these
         intervals (seconds) is pinged; one still silent an interval later counts as dead and
         is replaced.
+    :param subscribe_pace: seconds; subscriptions are written to Redis at most once per pace
+        (names asked for sooner after a write wait for the rest of it and share the next).
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, *, prefix: str = "rt",
                  bounds: ChannelBounds = ChannelBounds(), sharded: bool = False,
                  on_publication: OnPublication | None = None, on_resync: OnResync | None = None,
                  subscribe_timeout: float = 10.0, ping_interval: float = 15.0,
+                 subscribe_pace: float = WRITE_PACE,
                  replicas_ack: int = 0, replicas_ack_timeout: float = 1.0) -> None:
         if client.get_encoder().decode_responses:
             raise ValueError("the Redis client must use decode_responses=False (data is binary)")
@@ -514,7 +517,7 @@ class RedisChannelLog:
         self._by_notify: dict[bytes, str] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
-                                            ping_interval=ping_interval)
+                                            ping_interval=ping_interval, write_pace=subscribe_pace)
         self._bad_input = Throttled(log)
         self._failures = Throttled(log)
 
@@ -705,6 +708,9 @@ class RedisChannelLog:
     @property
     def subscribing(self) -> bool:
         return self._subscriptions.writing
+
+    async def subscriptions_written(self) -> None:
+        await self._subscriptions.written()
 
     def confirmed(self, channel: str) -> bool:
         return self._subscriptions.confirmed(f"{self.prefix}:{{{channel}}}:pub".encode())

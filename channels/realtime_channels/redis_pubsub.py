@@ -42,6 +42,9 @@ BATCH = 500
 # Seconds a write to a pub/sub connection may wait for room in its socket buffer (Redis not
 # reading it); then the connection is dropped and replaced.
 WRITE_TIMEOUT = 10.0
+# Seconds between two subscription writes, at least: under load (a thousand connects a
+# second), names wait up to this long and share a write; a connect's reply waits with them.
+WRITE_PACE = 0.005
 
 
 class Throttled:
@@ -104,11 +107,14 @@ class Subscriptions:
     :param subscribe_timeout: seconds :meth:`subscribe` waits for confirmations.
     :param ping_interval: a connection that carried nothing for one to two intervals is
         pinged; one still silent an interval later counts as dead and is replaced.
+    :param write_pace: seconds between two subscription writes at most once per this: names
+        asked for sooner after the last write wait for the rest of it and go together.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster | ShardedRedis, *, sharded: bool,
                  on_message: Callable[[bytes, bytes], None], on_resync: Callable[[bytes], None],
-                 subscribe_timeout: float = 10.0, ping_interval: float = 15.0) -> None:
+                 subscribe_timeout: float = 10.0, ping_interval: float = 15.0,
+                 write_pace: float = WRITE_PACE) -> None:
         self.client = client
         self.cluster = isinstance(client, RedisCluster)
         self.shards = isinstance(client, ShardedRedis)
@@ -122,6 +128,8 @@ class Subscriptions:
         self.on_resync = on_resync
         self.subscribe_timeout = subscribe_timeout
         self.ping_interval = ping_interval
+        self.write_pace = write_pace
+        self._last_write = -write_pace
         self._links: dict[str, _Link] = {}
         self._link_of: dict[bytes, _Link] = {}
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
@@ -130,6 +138,7 @@ class Subscriptions:
         # Names to subscribe, per link, gathered during a loop turn; the task sending them.
         self._queued: dict[_Link, list[bytes]] = {}
         self._flusher: asyncio.Task | None = None
+        self._written: asyncio.Future | None = None  # resolved when the queued names are written
         self._tasks: set[asyncio.Task] = set()  # PINGs being sent (the loop keeps weak references)
         self._closed = False
         self._failures = Throttled(log)
@@ -243,6 +252,13 @@ class Subscriptions:
         """Names were queued that the sending task has not written yet (or is writing)."""
         return self._flusher is not None
 
+    async def written(self) -> None:
+        """Return once the names queued so far are written (not necessarily confirmed)."""
+        if self._flusher is not None:
+            if self._written is None:
+                self._written = asyncio.get_running_loop().create_future()
+            await self._written
+
     def confirmed(self, name: bytes) -> bool:
         """False for a name of :meth:`subscribe_new` Redis has not confirmed yet."""
         return name not in self._unconfirmed
@@ -254,27 +270,46 @@ class Subscriptions:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="pubsub subscribe")
 
     async def _flush(self) -> None:
-        """Send what was queued (runs one loop turn after the first name was queued). What is
-        queued while it sends goes in the next round."""
+        """Send what was queued (runs one loop turn after the first name was queued, or up to
+        ``write_pace`` later). What is queued while it sends goes in the next round."""
+        loop = asyncio.get_running_loop()
+        writers: asyncio.Future | None = None
         try:
             while self._queued and not self._closed:
+                # Every write wakes Redis, which on a core shared with this server preempts
+                # it: at a thousand connects a second, each with its own SUBSCRIBE, that cost
+                # more than the subscriptions. Under load, names wait for a pace and share a
+                # write; alone, they are written at once.
+                pause = self._last_write + self.write_pace - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 queued, self._queued = self._queued, {}
+                writers, self._written = self._written, None  # a later one waits for the next round
                 # A link with its connection up and free writes without waiting: those go
-                # one after the other, all in this task's first step (subscribe_new's names
-                # are written before whatever its caller does after one loop turn); the
-                # others (connecting, busy) together, so that none waits for another.
+                # one after the other, and then written() returns (the callers of
+                # subscribe_new wait for that); the others (connecting, busy) together, so
+                # that none waits for another.
                 free = [(link, names) for link, names in queued.items()
                         if link.conn is not None and not link.lock.locked()]
                 waiting = [self._send(link, names) for link, names in queued.items()
                            if link.conn is None or link.lock.locked()]
                 for link, names in free:
                     await self._send(link, names)
+                self._last_write = loop.time()
+                if writers is not None:
+                    writers.set_result(None)
+                    writers = None
                 if len(waiting) == 1:
                     await waiting[0]
                 elif waiting:
                     await asyncio.gather(*waiting)
         finally:
             self._flusher = None
+            # Closed, cancelled or failed: nobody waits for a write that is not coming.
+            for written in (writers, self._written):
+                if written is not None and not written.done():
+                    written.set_result(None)
+            self._written = None
 
     async def _send(self, link: _Link, names: list[bytes]) -> None:
         """Subscribe ``names`` on ``link``'s connection; without one, make it (with every name
