@@ -1238,6 +1238,24 @@ async def test_subscribe_new_is_written_then_notified_and_never_resynced(backend
     assert node.confirmed("new1")
 
 
+async def test_subscribe_new_on_a_cluster_waits_for_its_topology(cluster_url):
+    """On a Redis Cluster, subscribe_new routes each name to its shard from the client's
+    topology; until that is loaded (redis-py's private ``RedisCluster._initialize`` is True,
+    also again after a connection error) it declines, and the caller subscribes and waits.
+    Names the private attribute: if redis-py renames it or changes its meaning, this fails."""
+    client = RedisCluster.from_url(cluster_url)
+    node = RedisChannelLog(client, prefix=PREFIX, sharded=True)
+    assert client._initialize is True
+    assert node.subscribe_new(["topology-unknown"]) is False
+    assert not node.subscribing
+    await node.subscribe(["topology-warm-up"])  # loads the topology
+    assert client._initialize is False
+    assert node.subscribe_new(["topology-known"]) is True
+    await node.subscriptions_written()
+    await eventually(lambda: node.confirmed("topology-known"), what="the confirmation")
+    await node.close()
+    await client.aclose()
+
 async def test_subscription_writes_are_paced_under_load(redis_client, redis_url):
     """Every write wakes Redis (on a core shared with the server, it preempts it): names asked
     for within ``subscribe_pace`` of the last write wait for it and share the next write,
