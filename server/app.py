@@ -237,6 +237,9 @@ def _update_gauges(runtime: Runtime) -> None:
     if channels is not None:
         tables["channels"] = channels
     tables["channel_cursors"] = len(runtime.manager.deliveries.cursors)
+    # Read here, at the scrape, rather than counted as channels open and close: the connect
+    # path then pays nothing for it (an inc is four Python calls).
+    m.channels_subscribed.set(tables["channel_cursors"])
     tables["socket_positions"] = len(runtime.manager.positions)
     for table, size in tables.items():
         m.internal.labels(table).set(size)

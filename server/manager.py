@@ -593,14 +593,10 @@ class RealtimeManager(ManagerAdapter):
             await self.log.subscribe(channels)
             stale = [c for c, fresh in batch.items() if not fresh]
             read = dict(zip(stale, await self.log.positions(stale))) if stale else {}
-            opened = 0
             for channel in channels:
                 if channel not in self.deliveries.cursors:
                     position = read.get(channel, EMPTY)
                     self.deliveries.open(channel, position.offset, position.epoch)
-                    opened += 1
-            if opened:  # one inc for the batch: a metric's inc is four calls
-                self.metrics.channels_subscribed.inc(opened)
         finally:
             for channel in batch:
                 if self._opening.get(channel) is task:
@@ -618,16 +614,13 @@ class RealtimeManager(ManagerAdapter):
         if channel in self._opening or channel in self._closing or not self.log.subscribe_new([channel]):
             return False
         self.deliveries.open(channel, 0, "")
-        self.metrics.channels_subscribed.inc()
         return True
 
     def _open_now(self, channel: str, fresh: bool) -> ChannelCursor:
         """:meth:`_open` for the in-process log, done here (it never suspends)."""
         run_now(self.log.subscribe([channel]))
         position = EMPTY if fresh else run_now(self.log.position(channel))
-        cursor = self.deliveries.open(channel, position.offset, position.epoch)
-        self.metrics.channels_subscribed.inc()
-        return cursor
+        return self.deliveries.open(channel, position.offset, position.epoch)
 
     def _has_members(self, channel: str) -> bool:
         namespace, room = split_channel(channel)
@@ -661,7 +654,6 @@ class RealtimeManager(ManagerAdapter):
             self.deliveries.close(channel)
         if self._inline:
             run_now(self.log.unsubscribe(idle))
-            self.metrics.channels_subscribed.dec(len(idle))
             return len(idle)
         task = asyncio.get_running_loop().create_task(self.log.unsubscribe(idle), name="unsubscribe")
         for channel in idle:
@@ -674,7 +666,6 @@ class RealtimeManager(ManagerAdapter):
             for channel in idle:
                 if self._closing.get(channel) is task:
                     del self._closing[channel]
-        self.metrics.channels_subscribed.dec(len(idle))
         return len(idle)
 
     # ------------------------------------------------------------------ rooms

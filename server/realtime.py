@@ -952,11 +952,12 @@ class RealtimeServer(ServerAdapter):
             self.rt_manager.replay(namespace, sid, eio_sid, missed)
             self.metrics.recoveries.labels(namespace, "recovered").inc()
             self.metrics.replayed.labels(namespace).inc(len(missed))
-        if csr and self.rt_manager.log.subscribing:
+        written = self.rt_manager.log.subscriptions_written() if csr else None
+        if written is not None:
             # The reply makes the socket's own room (and a new guest's user room) known, and
             # those were subscribed without waiting (RealtimeManager._open_new): they are
             # written to Redis first (a publication from elsewhere then finds them).
-            await self.rt_manager.log.subscriptions_written()
+            await written
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)
         self._joining.pop(eio_sid, None)  # it joined one: no connect timeout any more

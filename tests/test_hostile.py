@@ -394,6 +394,11 @@ async def test_per_connection_state_returns_to_baseline(server, js, raw):
             break
         await asyncio.sleep(0.1)
     assert now == baseline, now
+    # The gauge of followed channels is the cursors' count (read at the scrape).
+    _, body = server.get("/metrics")
+    subscribed = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                  if line.startswith("rt_channels_subscribed ")]
+    assert subscribed == [now["channel_cursors"]] and subscribed[0] > 0, subscribed
     await bystander_still_fine(js, server)
 
 

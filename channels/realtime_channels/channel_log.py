@@ -34,7 +34,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Awaitable, Callable, Iterable, Protocol, Sequence
 
 log = logging.getLogger("realtime_channels.channel_log")
 
@@ -230,14 +230,11 @@ class ChannelLog(Protocol):
         when it cannot be sent now (then :meth:`subscribe` is the way); the caller holds what
         it delivers from offset 0 of no epoch."""
 
-    @property
-    def subscribing(self) -> bool:
-        """Subscriptions were asked for and are not written yet: a reply that makes a
-        :meth:`subscribe_new` channel's name known waits for :meth:`subscriptions_written`."""
-
-    async def subscriptions_written(self) -> None:
-        """Return once the subscriptions asked for so far are written to the broker (their
-        confirmation may still be on its way)."""
+    def subscriptions_written(self) -> Awaitable[None] | None:
+        """None when every subscription asked for is written to the broker (or in effect at
+        once); else an awaitable done once those asked for so far are (their confirmation may
+        still be on its way). A reply that makes a :meth:`subscribe_new` channel's name known
+        waits for it."""
 
     def confirmed(self, channel: str) -> bool:
         """False while a :meth:`subscribe_new` of ``channel`` is not confirmed: a publication
@@ -588,10 +585,8 @@ class MemoryChannelLog:
         self._subscribed.update(check_channel(c) for c in channels)
         return True
 
-    subscribing = False  # nothing to write: a subscription is in effect at once
-
-    async def subscriptions_written(self) -> None:
-        return None
+    def subscriptions_written(self) -> None:
+        return None  # nothing to write: a subscription is in effect at once
 
     def confirmed(self, channel: str) -> bool:
         return True

@@ -27,6 +27,7 @@ no server imports, so an emitter outside the server publishes through the very s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -705,12 +706,8 @@ class RedisChannelLog:
             names.append(name)
         return names
 
-    @property
-    def subscribing(self) -> bool:
-        return self._subscriptions.writing
-
-    async def subscriptions_written(self) -> None:
-        await self._subscriptions.written()
+    def subscriptions_written(self) -> asyncio.Future | None:
+        return self._subscriptions.written()
 
     def confirmed(self, channel: str) -> bool:
         return self._subscriptions.confirmed(f"{self.prefix}:{{{channel}}}:pub".encode())

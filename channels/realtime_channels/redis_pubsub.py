@@ -247,17 +247,14 @@ class Subscriptions:
                 self._queue(link, assigned)
         return True
 
-    @property
-    def writing(self) -> bool:
-        """Names were queued that the sending task has not written yet (or is writing)."""
-        return self._flusher is not None
-
-    async def written(self) -> None:
-        """Return once the names queued so far are written (not necessarily confirmed)."""
-        if self._flusher is not None:
-            if self._written is None:
-                self._written = asyncio.get_running_loop().create_future()
-            await self._written
+    def written(self) -> asyncio.Future | None:
+        """None when no name waits to be written; else a future resolved once the names
+        queued so far are written (not necessarily confirmed)."""
+        if self._flusher is None:
+            return None
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        return self._written
 
     def confirmed(self, name: bytes) -> bool:
         """False for a name of :meth:`subscribe_new` Redis has not confirmed yet."""
