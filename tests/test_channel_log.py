@@ -38,6 +38,8 @@ from realtime_channels.redis_channel_log import (
 )
 from realtime_channels.sharded_redis import ShardedRedis
 
+from harness import calls_of
+
 PREFIX = "t"
 
 
@@ -884,10 +886,6 @@ def _same_slot(count: int) -> list[str]:
     return names
 
 
-async def _calls(client: aioredis.Redis, command: str) -> int:
-    return (await client.info("commandstats")).get(f"cmdstat_{command}", {}).get("calls", 0)
-
-
 @pytest.mark.parametrize("sharded", [False, True], ids=["subscribe", "ssubscribe"])
 async def test_subscribes_of_one_loop_turn_are_one_command_and_each_returns_once_confirmed(
         redis_client, redis_url, sharded):
@@ -901,23 +899,23 @@ async def test_subscribes_of_one_loop_turn_are_one_command_and_each_returns_once
     # Sharded: names of one slot (a channel's name is its hash tag), so one SSUBSCRIBE can carry them all.
     names = _same_slot(6) if sharded else [f"room-{i}" for i in range(20)]
     await node.subscribe(["warm-up"])  # the pub/sub connection exists
-    before = await _calls(redis_client, command)
+    before = await calls_of(redis_client, command)
 
     async def subscribe_then_publish(name: str) -> None:
         await node.subscribe([name])
         await publisher.publish(name, b"right after")
 
     await asyncio.gather(*(subscribe_then_publish(n) for n in names))
-    assert await _calls(redis_client, command) - before == 1
+    assert await calls_of(redis_client, command) - before == 1
     await eventually(lambda: sorted(c for c, _ in subscriber.publications) == sorted(names),
                      what="a notification of each channel published right after its subscribe")
     assert subscriber.resyncs == []
     # Names of several slots: one SSUBSCRIBE per slot, still all in one turn.
     if sharded:
         spread = [f"spread-{i}" for i in range(10)]
-        before = await _calls(redis_client, command)
+        before = await calls_of(redis_client, command)
         await asyncio.gather(*(node.subscribe([n]) for n in spread))
-        assert await _calls(redis_client, command) - before == len({key_slot(node.keys(n).notify.encode())
+        assert await calls_of(redis_client, command) - before == len({key_slot(node.keys(n).notify.encode())
                                                                      for n in spread})
     await node.close()
     await node.client.aclose()
@@ -1269,7 +1267,7 @@ async def test_subscription_writes_are_paced_under_load(redis_client, redis_url)
     publisher = RedisChannelLog(redis_client, prefix=PREFIX)
     await node.subscribe(["paced-warm-up"])  # the pub/sub connection exists
     await asyncio.sleep(pace)
-    before = await _calls(redis_client, "subscribe")
+    before = await calls_of(redis_client, "subscribe")
     assert node.subscribe_new(["paced-quiet"])
     await asyncio.sleep(0)
     assert node.subscriptions_written() is None  # a quiet spell: written by the next turn
@@ -1282,7 +1280,7 @@ async def test_subscription_writes_are_paced_under_load(redis_client, redis_url)
     assert all(w is not None and not w.done() for w in waits)
     await asyncio.gather(*waits)
     assert time.monotonic() - started >= pace * 0.8  # they waited for the pace
-    assert await _calls(redis_client, "subscribe") - before == 2  # the quiet one, then the 20
+    assert await calls_of(redis_client, "subscribe") - before == 2  # the quiet one, then the 20
     for name in ("paced-quiet", "paced-0", "paced-19"):
         await publisher.publish(name, b"after the write")
     await eventually(lambda: sorted(c for c, _ in subscriber.publications) == ["paced-0", "paced-19", "paced-quiet"],
