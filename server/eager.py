@@ -56,12 +56,13 @@ def start_eagerly(coro: Coroutine[Any, Any, Any],
         _tasks._leave_task(loop, standin)
         if outer is not None:
             _tasks._enter_task(loop, outer)
-    if yielded is not None:
-        # A Task clears a yielded future's blocking flag at once; until the Task below takes
-        # this one over, the flag is cleared here: set, it makes another coroutine awaiting
-        # the same future (a shared drain, say) fail with "await wasn't used with future".
+    # A Task clears a yielded future's blocking flag at once; until the Task below takes this
+    # one over, the flag is cleared here: set, it makes another coroutine awaiting the same
+    # future (a shared drain, say) fail with "await wasn't used with future".
+    blocking = yielded is not None and getattr(yielded, "_asyncio_future_blocking", False) is True
+    if blocking:
         yielded._asyncio_future_blocking = False
-    task = asyncio.ensure_future(_Resumed(coro, yielded))
+    task = asyncio.ensure_future(_Resumed(coro, yielded, blocking))
     standin.task = task
     _running.add(task)
     task.add_done_callback(_done)
@@ -105,17 +106,18 @@ class _Resumed(Coroutine[Any, Any, Any]):
     every later step (a result, or a cancellation even before that first step) goes
     straight to ``coro``, so its ``finally`` blocks run as in a Task of its own."""
 
-    __slots__ = ("coro", "yielded")
+    __slots__ = ("coro", "yielded", "blocking")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any, blocking: bool) -> None:
         self.coro = coro
         self.yielded = yielded
+        self.blocking = blocking  # the yielded future's flag, cleared meanwhile
 
     def send(self, value: Any) -> Any:
         if self.yielded is not _TAKEN:
             yielded, self.yielded = self.yielded, _TAKEN
-            if yielded is not None:
-                yielded._asyncio_future_blocking = True  # as the Task expects it (cleared above)
+            if self.blocking:
+                yielded._asyncio_future_blocking = True  # as the Task expects it
             return yielded
         return self.coro.send(value)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from server.eager import start_eagerly
 
 
@@ -63,3 +65,20 @@ async def test_handlers_started_in_one_turn_can_wait_for_one_future():
     future.set_result(None)
     await asyncio.gather(*tasks)
     assert woken == [0, 1, 2]
+
+
+async def test_a_bad_yield_fails_the_handler_not_its_caller():
+    """A first step that yields something a Task refuses (not a future): the Task reports it,
+    as asyncio would; start_eagerly itself does not raise into the reader that called it."""
+
+    class Bad:
+        def __await__(self):
+            yield 42
+
+    async def handler() -> None:
+        await Bad()
+
+    task = start_eagerly(handler())
+    assert task is not None
+    with pytest.raises(RuntimeError, match="bad yield"):
+        await task
