@@ -605,9 +605,9 @@ class RealtimeManager(ManagerAdapter):
     def _open_new(self, channel: str) -> bool:
         """Follow ``channel``, which nobody can have published to yet (a new socket's own
         room, a new guest's user room), without waiting: its cursor opens at the start now
-        and its subscription is sent with this turn's others, unconfirmed (see
+        and its subscription is sent with the next write's others, unconfirmed (see
         ChannelLog.subscribe_new; RealtimeServer writes a CONNECT reply, which makes the name
-        known, after it). True when done (also when it is followed already); False when the
+        known, once ChannelLog.subscriptions_written says it is written). True when done (also when it is followed already); False when the
         log cannot do it now (then :meth:`follow` is the way)."""
         if channel in self.deliveries.cursors:
             return True

@@ -956,7 +956,8 @@ class RealtimeServer(ServerAdapter):
         if written is not None:
             # The reply makes the socket's own room (and a new guest's user room) known, and
             # those were subscribed without waiting (RealtimeManager._open_new): they are
-            # written to Redis first (a publication from elsewhere then finds them).
+            # written to Redis first (a publication from elsewhere then finds them; on a
+            # connection still being made they get a resync instead).
             await written
         await self._send_packet(eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=namespace))
         await self.rt_manager.connect(sid, namespace)

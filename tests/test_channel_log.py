@@ -1250,10 +1250,65 @@ async def test_subscribe_new_on_a_cluster_waits_for_its_topology(cluster_url):
     await node.subscribe(["topology-warm-up"])  # loads the topology
     assert client._initialize is False
     assert node.subscribe_new(["topology-known"]) is True
-    await node.subscriptions_written()  # a future: something was queued
+    written = node.subscriptions_written()
+    assert written is not None  # something was queued
+    await written
     await eventually(lambda: node.confirmed("topology-known"), what="the confirmation")
     await node.close()
     await client.aclose()
+
+
+async def test_one_cancelled_waiter_for_a_write_leaves_the_others_and_later_writes_alone(redis_client, redis_url):
+    """Each caller of ``subscriptions_written`` has its own future: one cancelled (its connect
+    abandoned) neither cancels the others' nor stops the task that sends; and a log closed
+    before that task's first step leaves nobody waiting."""
+    subscriber = Collector()
+    node = RedisChannelLog(aioredis.from_url(redis_url), prefix=PREFIX, subscribe_pace=0.3,
+                           on_publication=subscriber.on_publication, on_resync=subscriber.on_resync)
+    publisher = RedisChannelLog(redis_client, prefix=PREFIX)
+    await node.subscribe(["waiters-warm-up"])  # the pub/sub connection is made (with this name)
+    await node.subscribe(["waiters-warm-up-2"])  # a write on it: the next ones wait for the pace
+    assert node.subscribe_new(["waiters-a"])
+    abandoned = asyncio.ensure_future(asyncio.wait_for(node.subscriptions_written(), 0.01))
+    assert node.subscribe_new(["waiters-b"])
+    kept = node.subscriptions_written()
+    with pytest.raises(asyncio.TimeoutError):
+        await abandoned
+    await kept
+    assert node.subscribe_new(["waiters-c"])  # the sending task carries on
+    later = node.subscriptions_written()
+    assert later is not None
+    await later
+    for name in ("waiters-a", "waiters-b", "waiters-c"):
+        await publisher.publish(name, b"x")
+    await eventually(lambda: sorted(c for c, _ in subscriber.publications) == ["waiters-a", "waiters-b", "waiters-c"],
+                     what="a notification of each")
+    assert node.subscribe_new(["waiters-d"])
+    pending = node.subscriptions_written()
+    await node.close()  # before the sending task ran
+    assert pending is not None and pending.done()
+    await node.client.aclose()
+
+
+async def test_a_new_name_sent_while_its_connection_is_busy_gets_a_resync(redis_client, redis_url):
+    """A subscribe_new name whose pub/sub connection is being made (or busy) when its turn is
+    sent: its writers are not held up by that connection, and since a publication may then
+    precede the subscription, its confirmation signals a resync (the owner reads the history)."""
+    subscriber = Collector()
+    node = RedisChannelLog(aioredis.from_url(redis_url), prefix=PREFIX,
+                           on_publication=subscriber.on_publication, on_resync=subscriber.on_resync)
+    await node.subscribe(["busy-warm-up"])
+    (link,) = node._subscriptions._links.values()  # one Redis: one link
+    async with link.lock:  # as while its connection is being replaced
+        assert node.subscribe_new(["busy-new"])
+        written = node.subscriptions_written()
+        assert written is not None
+        await asyncio.wait_for(written, 5)  # not held by the busy connection
+        assert subscriber.resyncs == []
+    await eventually(lambda: subscriber.resyncs == ["busy-new"], what="the resync of the name sent late")
+    assert node.confirmed("busy-new")
+    await node.close()
+    await node.client.aclose()
 
 async def test_subscription_writes_are_paced_under_load(redis_client, redis_url):
     """Every write wakes Redis (on a core shared with the server, it preempts it): names asked

@@ -226,15 +226,17 @@ class ChannelLog(Protocol):
         """Receive notifications for ``channels``, which nobody can have published to yet
         (names no one else knows: a new socket's own room), without waiting: the subscription
         is sent with the others of this loop turn (or a few milliseconds' worth, under
-        load), and its confirmation is not awaited nor followed by a resync. Returns False
+        load), and its confirmation is not awaited nor followed by a resync (unless it went
+        out on a connection being made: see :meth:`subscriptions_written`). Returns False
         when it cannot be sent now (then :meth:`subscribe` is the way); the caller holds what
         it delivers from offset 0 of no epoch."""
 
     def subscriptions_written(self) -> Awaitable[None] | None:
-        """None when every subscription asked for is written to the broker (or in effect at
-        once); else an awaitable done once those asked for so far are (their confirmation may
-        still be on its way). A reply that makes a :meth:`subscribe_new` channel's name known
-        waits for it."""
+        """None when no subscription waits to be sent (or they are in effect at once); else
+        an awaitable done once those asked for so far are written to the broker (their
+        confirmation may still be on its way), or handed to a connection being made (then
+        they are resynced once confirmed, as after any reconnection). A reply that makes a
+        :meth:`subscribe_new` channel's name known waits for it."""
 
     def confirmed(self, channel: str) -> bool:
         """False while a :meth:`subscribe_new` of ``channel`` is not confirmed: a publication

@@ -107,8 +107,8 @@ class Subscriptions:
     :param subscribe_timeout: seconds :meth:`subscribe` waits for confirmations.
     :param ping_interval: a connection that carried nothing for one to two intervals is
         pinged; one still silent an interval later counts as dead and is replaced.
-    :param write_pace: seconds between two subscription writes at most once per this: names
-        asked for sooner after the last write wait for the rest of it and go together.
+    :param write_pace: at least this many seconds between two subscription writes: names asked
+        for sooner after the last write wait for the rest of it and go together.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster | ShardedRedis, *, sharded: bool,
@@ -135,10 +135,12 @@ class Subscriptions:
         self._waiters: dict[bytes, list[asyncio.Future]] = {}
         # Names of subscribe_new not confirmed yet: their confirmation is no resync.
         self._unconfirmed: set[bytes] = set()
-        # Names to subscribe, per link, gathered during a loop turn; the task sending them.
+        # Names to subscribe, per link, gathered until the next write; the task sending them.
         self._queued: dict[_Link, list[bytes]] = {}
         self._flusher: asyncio.Task | None = None
-        self._written: asyncio.Future | None = None  # resolved when the queued names are written
+        # Callers of written(), each with its own future (one shared future would be cancelled
+        # for all by one caller's cancellation): resolved once the names queued before are.
+        self._writers: list[asyncio.Future] = []
         self._tasks: set[asyncio.Task] = set()  # PINGs being sent (the loop keeps weak references)
         self._closed = False
         self._failures = Throttled(log)
@@ -195,8 +197,9 @@ class Subscriptions:
         """Subscribe ``names``; return once Redis confirmed each (or raise TimeoutError: they
         stay subscribed and each gets ``on_resync`` when it is confirmed).
 
-        Names asked for during one loop turn, by any number of callers, go to Redis together:
-        one (S)SUBSCRIBE per connection (and slot) for the whole turn, sent by one task."""
+        Names asked for during one loop turn (or one ``write_pace``, under load), by any number
+        of callers, go to Redis together: one (S)SUBSCRIBE per connection (and slot), sent by
+        one task."""
         if self._closed:
             raise RuntimeError("subscriptions are closed")
         if self.cluster:
@@ -231,10 +234,10 @@ class Subscriptions:
 
     def subscribe_new(self, names: list[bytes]) -> bool:
         """Subscribe ``names``, which nobody can have published to yet, without waiting: they
-        go to Redis with this loop turn's other names (written by the first step of the task
-        sending them, when the connection is free), and their confirmation triggers no
-        ``on_resync``, unless their connection is replaced before it (then, as any name, they
-        are resynced). Returns False, doing nothing, while a cluster's topology is unknown
+        go to Redis with the other names of this loop turn or ``write_pace`` (:meth:`written`
+        says when they are written), and their confirmation triggers no ``on_resync``, unless
+        their connection is being made or replaced when they are sent (then, as any name,
+        they are resynced: a publication may come before the subscription). Returns False, doing nothing, while a cluster's topology is unknown
         (:meth:`subscribe` loads it)."""
         if self._closed:
             raise RuntimeError("subscriptions are closed")
@@ -248,20 +251,21 @@ class Subscriptions:
         return True
 
     def written(self) -> asyncio.Future | None:
-        """None when no name waits to be written; else a future resolved once the names
-        queued so far are written (not necessarily confirmed)."""
+        """None when no name waits for the sending task; else a future resolved once the
+        names queued so far are written on connections that were up (not necessarily
+        confirmed), or handed to a connection being made (then they get a resync)."""
         if self._flusher is None:
             return None
-        if self._written is None:
-            self._written = asyncio.get_running_loop().create_future()
-        return self._written
+        future = asyncio.get_running_loop().create_future()
+        self._writers.append(future)
+        return future
 
     def confirmed(self, name: bytes) -> bool:
         """False for a name of :meth:`subscribe_new` Redis has not confirmed yet."""
         return name not in self._unconfirmed
 
     def _queue(self, link: _Link, names: list[bytes]) -> None:
-        """Send ``names`` on ``link`` with every other name queued during this loop turn."""
+        """Send ``names`` on ``link`` with every other name queued until the next write."""
         self._queued.setdefault(link, []).extend(names)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="pubsub subscribe")
@@ -270,7 +274,7 @@ class Subscriptions:
         """Send what was queued (runs one loop turn after the first name was queued, or up to
         ``write_pace`` later). What is queued while it sends goes in the next round."""
         loop = asyncio.get_running_loop()
-        writers: asyncio.Future | None = None
+        writers: list[asyncio.Future] = []
         try:
             while self._queued and not self._closed:
                 # Every write wakes Redis, which on a core shared with this server preempts
@@ -281,32 +285,27 @@ class Subscriptions:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 queued, self._queued = self._queued, {}
-                writers, self._written = self._written, None  # a later one waits for the next round
-                # A link with its connection up and free writes without waiting: those go
-                # one after the other, and then written() returns (the callers of
-                # subscribe_new wait for that); the others (connecting, busy) together, so
-                # that none waits for another.
-                free = [(link, names) for link, names in queued.items()
-                        if link.conn is not None and not link.lock.locked()]
-                waiting = [self._send(link, names) for link, names in queued.items()
-                           if link.conn is None or link.lock.locked()]
-                for link, names in free:
-                    await self._send(link, names)
-                self._last_write = loop.time()
-                if writers is not None:
-                    writers.set_result(None)
-                    writers = None
-                if len(waiting) == 1:
-                    await waiting[0]
-                elif waiting:
-                    await asyncio.gather(*waiting)
+                writers, self._writers = self._writers, []  # later callers wait for the next round
+                # A link with its connection up and free writes now, one after the other; then
+                # the writers are told. A link whose connection is being made (or busy) gets a
+                # task of its own, so that nobody waits for it: its names go out with the new
+                # connection, perhaps after a publication, so subscribe_new's lose their
+                # exemption from the resync.
+                for link, names in queued.items():
+                    if link.conn is not None and not link.lock.locked():
+                        await self._send(link, names)
+                        self._last_write = loop.time()
+                    else:
+                        self._unconfirmed.difference_update(names)
+                        task = loop.create_task(self._send(link, names), name="pubsub subscribe")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                _release(writers)
         finally:
             self._flusher = None
             # Closed, cancelled or failed: nobody waits for a write that is not coming.
-            for written in (writers, self._written):
-                if written is not None and not written.done():
-                    written.set_result(None)
-            self._written = None
+            _release(writers)
+            _release(self._writers)
 
     async def _send(self, link: _Link, names: list[bytes]) -> None:
         """Subscribe ``names`` on ``link``'s connection; without one, make it (with every name
@@ -375,8 +374,8 @@ class Subscriptions:
         interval: the tick checks, and read_response would otherwise read the clock per reply."""
         pool = link.client.connection_pool
         # No socket_timeout: redis-py would write through asyncio.wait_for, a Task, so one
-        # loop turn later; _write bounds the write itself (subscribe_new's names are written
-        # in the first step of the task sending them).
+        # loop turn later (a CONNECT reply waits for its subscription's write); _write bounds
+        # the write itself.
         kwargs = {**pool.connection_kwargs, "protocol": 2, "health_check_interval": 0, "socket_timeout": None}
         # Maintenance notifications are RESP3 pushes, which this RESP2 connection never gets
         # (and redis-py refuses to configure them at all with its pure-Python RESP2 parser).
@@ -550,6 +549,7 @@ class Subscriptions:
                 await flusher
             except asyncio.CancelledError:
                 pass
+        _release(self._writers)
         for task in list(self._tasks):
             task.cancel()
         for link in list(self._links.values()):
@@ -569,6 +569,14 @@ class Subscriptions:
                 if not future.done():
                     future.cancel()
         self._waiters.clear()
+
+
+def _release(writers: list[asyncio.Future]) -> None:
+    """Resolve the futures of :meth:`Subscriptions.written` not resolved (nor cancelled) yet."""
+    for future in writers:
+        if not future.done():
+            future.set_result(None)
+    writers.clear()
 
 
 def buffered_replies(conn: AbstractConnection) -> Callable[[], Any] | None:
