@@ -607,8 +607,9 @@ class RealtimeManager(ManagerAdapter):
         room, a new guest's user room), without waiting: its cursor opens at the start now
         and its subscription is sent with the next write's others, unconfirmed (see
         ChannelLog.subscribe_new; RealtimeServer writes a CONNECT reply, which makes the name
-        known, once ChannelLog.subscriptions_written says it is written). True when done (also when it is followed already); False when the
-        log cannot do it now (then :meth:`follow` is the way)."""
+        known, once ChannelLog.subscriptions_written says it is written). True when done (also
+        when it is followed already); False when the log cannot do it now (then :meth:`follow`
+        is the way)."""
         if channel in self.deliveries.cursors:
             return True
         if channel in self._opening or channel in self._closing or not self.log.subscribe_new([channel]):

@@ -1310,6 +1310,7 @@ async def test_a_new_name_sent_while_its_connection_is_busy_gets_a_resync(redis_
     await node.close()
     await node.client.aclose()
 
+
 async def test_subscription_writes_are_paced_under_load(redis_client, redis_url):
     """Every write wakes Redis (on a core shared with the server, it preempts it): names asked
     for within ``subscribe_pace`` of the last write wait for it and share the next write,

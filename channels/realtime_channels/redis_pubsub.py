@@ -141,7 +141,8 @@ class Subscriptions:
         # Callers of written(), each with its own future (one shared future would be cancelled
         # for all by one caller's cancellation): resolved once the names queued before are.
         self._writers: list[asyncio.Future] = []
-        self._tasks: set[asyncio.Task] = set()  # PINGs being sent (the loop keeps weak references)
+        # PINGs and busy links' subscriptions being sent (the loop keeps weak references)
+        self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self._failures = Throttled(log)
 
@@ -237,8 +238,8 @@ class Subscriptions:
         go to Redis with the other names of this loop turn or ``write_pace`` (:meth:`written`
         says when they are written), and their confirmation triggers no ``on_resync``, unless
         their connection is being made or replaced when they are sent (then, as any name,
-        they are resynced: a publication may come before the subscription). Returns False, doing nothing, while a cluster's topology is unknown
-        (:meth:`subscribe` loads it)."""
+        they are resynced: a publication may come before the subscription). Returns False,
+        doing nothing, while a cluster's topology is unknown (:meth:`subscribe` loads it)."""
         if self._closed:
             raise RuntimeError("subscriptions are closed")
         if self.cluster and self.client._initialize:  # redis-py: True until initialize() ran
