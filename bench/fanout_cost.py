@@ -22,7 +22,9 @@ runs) and the output adds the Python-visible calls per delivery and the ``--top`
 calls per delivery. Calls are deterministic: compare trees with them. CPU is noisy on a shared
 machine: compare trees with interleaved runs (``--rounds 3`` runs the measure three times
 against one server and prints the median). With ``FANOUT_COST_PSTATS=FILE`` the profile is
-also saved there, for ``pstats`` (callers, cumulative times).
+also saved there, for ``pstats`` (callers, cumulative times). With ``FANOUT_COST_PERF=FILE``,
+``perf record -g`` samples the server over the fan-outs into FILE (``perf report -i FILE
+--sort dso,sym``: the kernel's share against each library's).
 
 For instructions per delivery, run it under callgrind twice, with N and 2N fan-outs, and
 subtract (start-up cancels)::
@@ -37,7 +39,9 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -136,8 +140,16 @@ async def measure(args: argparse.Namespace) -> dict:
         user0, sys0 = cpu_seconds()
         if profile is not None:
             profile.enable()
+        perf = None
+        if os.environ.get("FANOUT_COST_PERF"):
+            perf = subprocess.Popen(["perf", "record", "-F", "4000", "-g", "-p", str(os.getpid()),
+                                     "-o", os.environ["FANOUT_COST_PERF"]], stderr=subprocess.DEVNULL)
+            await asyncio.sleep(0.5)  # perf attached
         child.stdin.write(b"go\n")
         line = await child.stdout.readline()
+        if perf is not None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         if profile is not None:
             profile.disable()
         user1, sys1 = cpu_seconds()

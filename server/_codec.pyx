@@ -10,7 +10,13 @@ operation instead of reimplementing it, and keeps C only for the common ASCII ca
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
 from libc.string cimport memcpy
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    int MSG_DONTWAIT
+    int MSG_NOSIGNAL
 
 import orjson
 from engineio.packet import Packet as _EioPacket
@@ -20,6 +26,9 @@ from .jsonmod import FastJson as _FastJson
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
+    # A dict view's backing dict (CPython's cpython/dictobject.h)
+    ctypedef struct _PyDictViewObject:
+        PyObject* dv_dict
 
 cdef int EVENT = 2, ACK = 3, BINARY_EVENT = 5, BINARY_ACK = 6
 cdef tuple SEPARATORS = (",", ":")
@@ -375,30 +384,56 @@ cdef class FrameParser:
 
 # ------------------------------------------------------------------ fan-out (server/manager.py)
 
-def write_frames(list targets not None, dict sockets not None, bytes frame not None, long long max_packets,
+cdef object _DICT_ITEMS = type({}.items())
+
+
+def write_frames(object members, dict sockets not None, bytes frame not None, long long max_packets,
                  long long max_bytes, long long limit):
-    """Write one fan-out's WebSocket ``frame`` straight to each target's TCP transport where
-    nothing can stand in its way; return the targets left for the general path (see the pure
-    twin's docstring: the same decisions, without a Python frame per target)."""
+    """Write one fan-out's WebSocket ``frame`` straight to each member's TCP transport where
+    nothing can stand in its way; return the members left for the general path (see the pure
+    twin's docstring: the same decisions, without a Python frame per member).
+
+    Where the transport holds nothing unsent and its socket is plain TCP (``ws_fd``, see
+    server/engine_socket.py's plain_fd), the frame goes to the kernel with one ``send()`` here,
+    as the transport's own ``write()`` would first try, and whatever the kernel does not take
+    (part of the frame, all of it on EAGAIN or an error) is handed to the transport, which
+    queues it or meets the error itself."""
     cdef list rest = []
     cdef Py_ssize_t size = len(frame)
+    cdef Py_ssize_t sent
+    cdef const char* data = PyBytes_AS_STRING(frame)
     cdef long long room = max_bytes - size
     cdef bint admits = max_packets > 0
     cdef long long buffered
-    cdef object target, socket, transport
-    for target in targets:
-        socket = sockets.get((<tuple?>target)[1])
+    cdef int fd
+    cdef object sid, eio_sid, socket, transport
+    cdef object items = members.items()
+    # A python-socketio room is a bidict, whose items() is its backing dict's view: walked as
+    # that dict, without an item tuple per member.
+    cdef dict backing = (<dict>(<_PyDictViewObject*>items).dv_dict if type(items) is _DICT_ITEMS
+                         else dict(items))
+    for sid, eio_sid in backing.items():
+        socket = sockets.get(eio_sid)
         if socket is None or socket.closed or socket.closing:
             continue
         transport = socket.ws_out
         if (transport is None or not admits or socket.overflowed or socket.upgrading
                 or socket.queue._unfinished_tasks or transport.is_closing()):
-            rest.append(target)
+            rest.append((sid, eio_sid))
             continue
         buffered = transport.get_write_buffer_size()
         if buffered >= limit or (buffered and buffered > room):
-            rest.append(target)
+            rest.append((sid, eio_sid))
             continue
+        if not buffered:
+            fd = socket.ws_fd
+            if fd >= 0:
+                sent = send(fd, data, size, MSG_DONTWAIT | MSG_NOSIGNAL)
+                if sent == size:
+                    continue
+                if sent > 0:
+                    transport.write(frame[sent:])
+                    continue
         transport.write(frame)
     return rest
 

@@ -8,7 +8,7 @@ with the library; the compiled twin must give the same results (tests/test_codec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from engineio import packet as eio_packet
 from socketio.packet import Packet as _LibraryPacket
@@ -176,23 +176,26 @@ class FrameParser:
 
 # ------------------------------------------------------------------ fan-out (server/manager.py)
 
-def write_frames(targets: list, sockets: dict, frame: bytes, max_packets: int, max_bytes: int,
+def write_frames(members: Mapping, sockets: dict, frame: bytes, max_packets: int, max_bytes: int,
                  limit: int) -> list:
-    """Write one fan-out's WebSocket ``frame`` straight to each target's TCP transport where
-    nothing can stand in its way; return the targets left for the general path
-    (``RealtimeManager.write``), in order.
+    """Write one fan-out's WebSocket ``frame`` straight to each member's TCP transport where
+    nothing can stand in its way; return the members left for the general path
+    (``RealtimeManager.write``), as ``(sid, eio_sid)`` pairs, in order.
 
-    A target is written here only when the general path would write it directly and admit it
+    A member is written here only when the general path would write it directly and admit it
     without a cut: its session exists, is open, not cut (``overflowed``), has a transport
     (``ws_out``) that is not closing, is not upgrading, has nothing queued or being written,
     its transport holds less than ``limit`` bytes unsent and, unless that is nothing, the
-    frame fits in ``max_bytes`` with them (``max_packets`` over 0). A target whose session is
+    frame fits in ``max_bytes`` with them (``max_packets`` over 0). A member whose session is
     gone or closing is skipped (the general path sends it nothing either); every other one is
     returned, and the general path decides (queue, cut, drop), exactly as without this.
+    (The compiled twin sends to ``ws_fd`` itself where the transport's ``write`` would: the
+    same bytes, in the same order.)
 
-    :param targets: ``(sid, eio_sid)`` pairs.
+    :param members: ``sid`` -> ``eio_sid``: the room's members (a python-socketio room is a
+                    ``bidict``), not changed here.
     :param sockets: the Engine.IO sessions by ``eio_sid``.
-    :param frame: the fan-out as one WebSocket frame, the same bytes for every target.
+    :param frame: the fan-out as one WebSocket frame, the same bytes for every member.
     :param max_packets: ``Backlog.max_packets``.
     :param max_bytes: ``Backlog.max_bytes``.
     :param limit: ``DIRECT_WRITE_LIMIT``: unsent bytes past which frames are queued instead.
@@ -202,18 +205,18 @@ def write_frames(targets: list, sockets: dict, frame: bytes, max_packets: int, m
     room = max_bytes - size  # buffered bytes up to which the frame still fits
     admits = max_packets > 0
     get = sockets.get
-    for target in targets:
-        socket = get(target[1])
+    for member in members.items():
+        socket = get(member[1])
         if socket is None or socket.closed or socket.closing:
             continue
         transport = socket.ws_out
         if (transport is None or not admits or socket.overflowed or socket.upgrading
                 or socket.queue._unfinished_tasks or transport.is_closing()):
-            rest.append(target)
+            rest.append(member)
             continue
         buffered = transport.get_write_buffer_size()
         if buffered >= limit or (buffered and buffered > room):
-            rest.append(target)
+            rest.append(member)
             continue
         transport.write(frame)
     return rest

@@ -95,12 +95,31 @@ def heartbeat_schedules(server: Any) -> tuple[Deadlines, Deadlines, Deadlines]:
             Deadlines(None, server.ping_interval + server.ping_timeout, RealtimeSocket._watch, TIMER_CONTEXT))
 
 
+def plain_fd(transport: asyncio.Transport | None) -> int:
+    """The file descriptor of ``transport``'s socket when bytes written to it go to the peer
+    as they are (plain TCP), else -1 (no transport, TLS: bytes must pass the encryption).
+
+    server/_codec.pyx's write_frames sends a fan-out's frame to it with one ``send()`` where
+    the transport itself would (nothing unsent in it, not closing: the descriptor is still
+    open, it closes only after ``is_closing()`` turns true, and the frame overtakes nothing),
+    and hands the transport whatever the kernel did not take. That is what uvloop's and
+    asyncio's ``write()`` do first, without their bookkeeping per call (a fan-out makes one
+    such write per member)."""
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
+
+
 class RealtimeSocket(SocketAdapter):
     """An Engine.IO session (see the module docstring for what differs from python-engineio)."""
 
     # The TCP transport of this session's WebSocket while it is open and uncompressed (an
     # aiohttp WebSocketResponse keeps its transport for life: looked up once, not per write).
     ws_out: asyncio.Transport | None = None
+    # The file descriptor under ws_out when that is plain TCP (no TLS), else -1: the fan-out
+    # loop writes a frame to it itself when the transport holds nothing unsent (see plain_fd).
+    ws_fd = -1
     _ws: Any = None  # what the queued writer sends through while this session's WebSocket is open
     _tcp: asyncio.Transport | None = None  # the TCP transport under it (compressed or not)
     overflowed = False  # set by Backlog when its bounds cut this session: nothing more is sent
@@ -381,6 +400,7 @@ class RealtimeSocket(SocketAdapter):
         server = self.server
         if direct:
             self.ws_out = transport
+            self.ws_fd = plain_fd(transport)
         self._tcp = transport
         # The writer Task exists only while packets wait in the queue (most go out directly).
         self._ws = writer
@@ -439,6 +459,7 @@ class RealtimeSocket(SocketAdapter):
         """The WebSocket is not read any more: no watchdog, no direct writes."""
         self.server.read_deadlines.cancel(self)
         self.ws_out = None
+        self.ws_fd = -1
 
     async def websocket_ended(self) -> None:
         """The one end of a session whose WebSocket ended, however it ended: the writer

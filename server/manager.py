@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
@@ -260,22 +260,24 @@ class RealtimeManager(ManagerAdapter):
             args = [{**args[0], envelope.stamp: publication.offset}, *args[1:]]
         return self._encode(namespace, envelope.event, [*args, offset_token(tag, publication.offset)])
 
-    def _targets(self, channel: str, envelope: Envelope) -> list[tuple[str, str]]:
+    def _targets(self, channel: str, envelope: Envelope) -> Mapping[str, str]:
+        """The members of ``channel``'s room this publication goes to, ``sid`` -> ``eio_sid``:
+        the room itself (a bidict) when it goes to all of them (the delivery does not change rooms
+        while it walks them; what it hands the general path is a list of its own)."""
         namespace, room = split_channel(channel)
         ns = self.rooms.get(namespace)
         members = ns.get(room) if ns else None
         if not members:
-            return []
+            return {}
         skip = envelope.skip
-        # A copy either way, as before: the delivery loop must not see the room change under it.
-        targets = ([(sid, eio_sid) for sid, eio_sid in members.items() if sid not in skip] if skip
-                   else list(members.items()))
+        targets = {sid: eio_sid for sid, eio_sid in members.items() if sid not in skip} if skip else members
         if envelope.others and room in envelope.others:
             # Sent to several rooms: a socket gets it from the first of them it is in.
             before = envelope.others[:envelope.others.index(room)]
             earlier = [ns[r] for r in before if r in ns]
             if earlier:
-                targets = [t for t in targets if not any(t[0] in m for m in earlier)]
+                targets = {sid: eio_sid for sid, eio_sid in targets.items()
+                           if not any(sid in m for m in earlier)}
         return targets
 
     def _deliver(self, channel: str, cursor: ChannelCursor, publication: Publication) -> None:
@@ -293,26 +295,26 @@ class RealtimeManager(ManagerAdapter):
         recovering = self._recovering
         if recovering:
             # A socket replaying its recovery gets this after the replay (see release).
-            live = []
-            for target in targets:
-                held = recovering.get((namespace, target[0]))
+            live = {}
+            for sid, eio_sid in targets.items():
+                held = recovering.get((namespace, sid))
                 if held is None:
-                    live.append(target)
+                    live[sid] = eio_sid
                 else:
                     held.append((channel, publication.offset, packets))
             targets = live
         eio = self.server.eio
         backlog = eio.backlog
         if frame is not None and backlog is not None:
-            # Most members take the frame straight on their transport, without a Python frame
+            # Most members take the frame straight on their socket, without a Python frame
             # each (server/_codec.pyx); the rest go the general way, one by one.
             rest = write_frames(targets, eio.sockets, frame, backlog.max_packets, backlog.max_bytes,
                                 DIRECT_WRITE_LIMIT)
         else:
-            rest = targets
+            rest = list(targets.items())
+        delivered = len(targets)  # before the general path, which may cut members (and rooms)
         for _, eio_sid in rest:
             self.write(eio_sid, packets, False, frame)
-        delivered = len(targets)
         self.metrics.deliveries.labels(namespace).inc(delivered)
         self.metrics.bytes_out.inc(_size(packets) * delivered)
 

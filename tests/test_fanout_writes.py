@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ class Session:
         self.overflowed = flags.get("overflowed", False)
         self.upgrading = flags.get("upgrading", False)
         self.queue = Queue(flags.get("unfinished", 0))
+        self.ws_fd = flags.get("fd", -1)
 
 
 def expected(session: Session | None, size: int, max_packets: int, max_bytes: int) -> str:
@@ -78,8 +80,9 @@ def test_twins_write_where_write_would_and_return_the_rest_in_order(twin, max_pa
     frame = b"\x81\x05hello" * 10
     members = sessions()
     table = {f"e{i}": s for i, s in enumerate(members) if s is not None}
-    targets = [(f"s{i}", f"e{i}") for i in range(len(members))]
-    rest = twin(targets, table, frame, max_packets, max_bytes, LIMIT)
+    room = {f"s{i}": f"e{i}" for i in range(len(members))}
+    targets = list(room.items())
+    rest = twin(room, table, frame, max_packets, max_bytes, LIMIT)
     want = [expected(s, len(frame), max_packets, max_bytes) for s in members]
     assert rest == [t for t, w in zip(targets, want) if w == "rest"]
     for s, w in zip(members, want):
@@ -88,8 +91,128 @@ def test_twins_write_where_write_would_and_return_the_rest_in_order(twin, max_pa
     assert "direct" in want or max_packets == 0
 
 
+@pytest.mark.parametrize("twin", TWINS, ids=["pure", "compiled"])
+@pytest.mark.parametrize("kind", ["dict", "bidict", "mapping"])
+def test_members_may_be_a_room_bidict_or_any_mapping(twin, kind):
+    """A python-socketio room is a bidict (the compiled twin walks its backing dict); any
+    other mapping is walked through its items()."""
+    from collections import UserDict
+
+    from bidict import bidict
+
+    sessions = {f"e{i}": Session(Transport(buffered=i % 3)) for i in range(10)}
+    pairs = {f"s{i}": f"e{i}" for i in range(10)}
+    room = {"dict": dict, "bidict": bidict, "mapping": UserDict}[kind](pairs)
+    frame = b"\x81\x02hi"
+    rest = twin(room, sessions, frame, 100, 1000, 2)  # buffered 2 and up: past the limit
+    assert rest == [(f"s{i}", f"e{i}") for i in range(10) if i % 3 == 2]
+    assert [len(sessions[f"e{i}"].ws_out.written) for i in range(10)] == [int(i % 3 != 2) for i in range(10)]
+    assert dict(room) == pairs  # not changed
+
+
 def test_the_compiled_twin_is_in_use():
     assert codec.COMPILED and codec.write_frames is codec.implementation.write_frames
+
+
+# ------------------------------------------------- the compiled twin's own send() to ws_fd
+
+def _pair(sndbuf: int | None = None) -> tuple[socket.socket, socket.socket]:
+    """A connected pair of non-blocking sockets: (ours, the peer's)."""
+    ours, peer = socket.socketpair()
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    ours.setblocking(False)
+    peer.setblocking(False)
+    return ours, peer
+
+
+def _drain(peer: socket.socket) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _fill(ours: socket.socket) -> None:
+    """Fill ``ours``' send buffer until the kernel takes nothing more."""
+    while True:
+        try:
+            ours.send(b"\0" * 65536)
+        except BlockingIOError:
+            return
+
+
+def _one(session: Session, frame: bytes) -> list:
+    return codec.implementation.write_frames({"s": "e"}, {"e": session}, frame, 100, 10**9, LIMIT)
+
+
+def test_the_compiled_twin_sends_to_the_socket_itself_when_the_transport_holds_nothing():
+    ours, peer = _pair()
+    with ours, peer:
+        t = Transport()
+        frame = b"\x81\x05hello"
+        assert _one(Session(t, fd=ours.fileno()), frame) == []
+        assert _drain(peer) == frame and t.written == []
+        # something unsent in the transport: the frame goes behind it, through the transport
+        t.buffered = 10
+        assert _one(Session(t, fd=ours.fileno()), frame) == []
+        assert t.written == [frame] and _drain(peer) == b""
+
+
+def test_what_the_kernel_does_not_take_goes_to_the_transport_in_order():
+    ours, peer = _pair(sndbuf=4096)
+    with ours, peer:
+        _fill(ours)
+        filled = _drain(peer)
+        # room for part of a frame: the kernel takes a head, the transport gets the tail
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        frame = bytes(range(256)) * 1024
+        t = Transport()
+        assert _one(Session(t, fd=ours.fileno()), frame) == []
+        head = _drain(peer)
+        assert 0 < len(head) < len(frame), len(head)
+        assert t.written == [frame[len(head):]]
+        assert len(filled) > 0
+
+
+def test_a_full_socket_or_a_failed_send_leaves_the_whole_frame_to_the_transport():
+    ours, peer = _pair(sndbuf=4096)
+    with ours, peer:
+        _fill(ours)  # EAGAIN: the kernel takes nothing
+        t = Transport()
+        frame = b"\x81\x05hello"
+        assert _one(Session(t, fd=ours.fileno()), frame) == []
+        assert t.written == [frame]
+    ours, peer = _pair()
+    with ours:
+        peer.close()  # EPIPE: the transport meets the error itself (and closes)
+        t = Transport()
+        assert _one(Session(t, fd=ours.fileno()), frame) == []
+        assert t.written == [frame]
+
+
+async def test_plain_fd_is_the_tcp_socket_and_none_for_tls_or_no_transport():
+    from server.engine_socket import plain_fd
+
+    class Tls(Transport):
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return object() if name == "sslcontext" else default
+
+    assert plain_fd(None) == -1
+    assert plain_fd(Tls()) == -1
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    async with server:
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        try:
+            fd = plain_fd(writer.transport)
+            assert fd == writer.transport.get_extra_info("socket").fileno() >= 0
+        finally:
+            writer.close()
 
 
 # ---------------------------------------------------------------------- a real server's fan-out
