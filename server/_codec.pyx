@@ -24,11 +24,17 @@ from socketio.packet import Packet as _LibraryPacket
 
 from .jsonmod import FastJson as _FastJson
 
+# A dict view's layout (its backing dict after the object header), declared here: CPython's own
+# _PyDictViewObject moved to an internal header in 3.13. The same two fields in every CPython 3.
+cdef extern from *:
+    """
+    typedef struct { PyObject_HEAD PyObject *dv_dict; } rt_dict_view;
+    """
+    ctypedef struct rt_dict_view:
+        PyObject* dv_dict
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
-    # A dict view's backing dict (CPython's cpython/dictobject.h)
-    ctypedef struct _PyDictViewObject:
-        PyObject* dv_dict
 
 cdef int EVENT = 2, ACK = 3, BINARY_EVENT = 5, BINARY_ACK = 6
 cdef tuple SEPARATORS = (",", ":")
@@ -410,7 +416,7 @@ def write_frames(object members, dict sockets not None, bytes frame not None, lo
     cdef object items = members.items()
     # A python-socketio room is a bidict, whose items() is its backing dict's view: walked as
     # that dict, without an item tuple per member.
-    cdef dict backing = (<dict>(<_PyDictViewObject*>items).dv_dict if type(items) is _DICT_ITEMS
+    cdef dict backing = (<dict>(<rt_dict_view*>items).dv_dict if type(items) is _DICT_ITEMS
                          else dict(items))
     for sid, eio_sid in backing.items():
         socket = sockets.get(eio_sid)
