@@ -106,7 +106,7 @@ def build_runtime(config: Config) -> Runtime:
     forwarder = Forwarder(cluster, sio.eio.sockets, config.server.ping_interval, config.server.ping_timeout)
     identities: dict[tuple[str, str], Identity] = {}
     operations = ClusterOperations(cluster, sio, identities, config.limits.max_rooms_per_socket)
-    return Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth),
+    return Runtime(config=config, stores=stores, metrics=metrics, authenticator=Authenticator(config.auth, node_tag=tag),
                    manager=manager, sio=sio, node_id=node_id, bus=bus, cluster=cluster, forwarder=forwarder,
                    operations=operations, identities=identities, started=started)
 

@@ -112,10 +112,14 @@ class Authenticator:
     """Verifies tokens and makes guest identities.
 
     :param config: the ``[auth]`` section.
+    :param node_tag: this node's tag (``server.cluster.new_node_tag``), which starts every guest
+        id minted here, so the guest's user room routes to this node (realtime_channels.routes:
+        its new sockets need no subscription of their own); "" for plain ids.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, node_tag: str = "") -> None:
         self.config = config
+        self.node_tag = node_tag
         self._keys = {k.kid: k for k in config.keys}
         self.revoked: dict[str, float] = {}
         # Until start() picks the deployment's secret, a per-process one (embedded mode's).
@@ -231,7 +235,7 @@ class Authenticator:
                       "the guestToken whoami gives" if isinstance(guest_id, str) and GUEST_ID.match(guest_id)
                       else "not a guest id (guest- and 8-32 letters or digits); and a guest id alone proves "
                            "nothing: keep one with the guestToken whoami gives")
-        user = "guest-" + secrets.token_hex(6)
+        user = "guest-" + self.node_tag + secrets.token_hex(6)
         # Whole milliseconds, as in the token, so the token says exactly this issue time.
         return Identity(user=user, name=name or user, guest=True, issued=int(time.time() * 1000) / 1000,
                         notice=notice and f"{notice}; you are a new guest, {user}")

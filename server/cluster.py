@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, Collection
 
 import msgpack
 import redis.asyncio as aioredis
+from realtime_channels.routes import NODE_TAG_LENGTH
 
 from .bus import Bus
 
@@ -33,8 +34,9 @@ class ClusterError(Exception):
 
 def new_node_tag() -> str:
     """A fresh prefix for the Engine.IO session ids of one node: tells other nodes the owner."""
+    # Letters and digits, NODE_TAG_LENGTH of them: the shape realtime_channels.routes reads.
     return "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-                   for _ in range(6))
+                   for _ in range(NODE_TAG_LENGTH))
 
 
 class Cluster:

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from realtime_channels.redis_channel_log import channel_keys
 from server.auth import Identity
 
 
@@ -133,6 +134,46 @@ async def test_a_socket_recovers_on_another_node_when_its_node_dies_right_after_
     state = await js.call("waitConnects", name="s", count=2)
     assert state["recovered"] is True and state["sid"] == first["sid"], state
     assert await js.emit("s", "whoami") == me
+    # Its user room routes to the dead node's tag (a guest minted there): node 2 follows that
+    # route for it, so a direct message sent there now reaches it.
+    await js.connect("t", f"http://127.0.0.1:{node2.port}/chat", transports=["websocket"])
+    assert (await js.emit("t", "dm", {"to": me["user"], "text": "still there?"}))["ok"]
+    assert [e["args"][0]["text"] for e in await js.wait("s", "dm")] == ["still there?"]
+
+
+async def test_sockets_and_new_guests_need_no_subscription_of_their_own(servers, js, redis_url):
+    """A socket's own room and a new guest's user room route to the node (realtime_channels.
+    routes): a connect storm subscribes one route name, never a socket's or a guest's channel,
+    and direct messages between the guests still arrive."""
+    import redis.asyncio as aioredis
+
+    srv = servers(env={"REDIS_URL": redis_url})
+    watcher = aioredis.from_url(redis_url)
+    subscribed: list[str] = []
+    async with watcher.monitor() as monitor:
+        async def read() -> None:
+            async for item in monitor.listen():
+                if item["command"].upper().startswith(("SUBSCRIBE ", "SSUBSCRIBE ")):
+                    subscribed.extend(item["command"].split()[1:])
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0.05)
+        names = [f"g{i}" for i in range(6)]
+        sids = [(await js.connect(name, srv.url + "/chat", transports=["websocket"]))["sid"] for name in names]
+        who = {name: await js.emit(name, "whoami") for name in names}
+        for i, name in enumerate(names):
+            to = who[names[(i + 1) % len(names)]]["user"]
+            assert (await js.emit(name, "dm", {"to": to, "text": f"from {name}"}))["ok"]
+        for i, name in enumerate(names):
+            assert [e["args"][0]["text"] for e in await js.wait(name, "dm")] == [f"from {names[i - 1]}"]
+        await asyncio.sleep(0.1)
+        reader.cancel()
+    await watcher.aclose()
+    assert subscribed, "no subscription seen at all: the monitor saw nothing"
+    routes = {n for n in subscribed if n.endswith(":route")}
+    assert len(routes) == 1, subscribed
+    own = [w["user"] for w in who.values()] + sids
+    assert all(len(sid) == 26 for sid in sids) and all(len(w["user"]) == 24 for w in who.values())
+    assert not [n for n in subscribed if any(o in n for o in own)], subscribed
 
 
 async def test_a_new_guests_user_room_is_followed_without_a_read_and_a_known_guests_with_one(
@@ -171,7 +212,9 @@ async def test_a_new_guests_user_room_is_followed_without_a_read_and_a_known_gue
 
     def reads_of(user: str) -> list[str]:
         # (The publish script's own HMGET of the meta, e o t, is not a position read.)
-        return [c for c in seen[before:] if c.startswith("HMGET ") and c.endswith(f"|user:{user}}}:meta e o")]
+        # (Its meta key as channel_keys spells it: a minted guest's routes to its node.)
+        meta = channel_keys("rt", f"/chat|user:{user}").meta
+        return [c for c in seen[before:] if c.startswith("HMGET ") and c.endswith(f"{meta} e o")]
 
     assert reads_of(new["user"]) == []
     assert len(reads_of(old["user"])) == 1

@@ -10,6 +10,14 @@ exactly one Redis Cluster slot)::
     <prefix>:{<channel>}:idem:<key>  hash: o, e of the first publication with that key
     <prefix>:{<channel>}:pub         the notification channel (PUBLISH, or SPUBLISH when sharded)
 
+A channel that routes to a node (a socket's own room, a new guest's user room: see
+:mod:`.routes`) has its keys under its route's hash tag instead, and is announced on its
+route's name, which it shares with every other channel of that route (so the script's keys and
+its SPUBLISH stay in one slot)::
+
+    <prefix>:{@<tag>}:<channel>:stream, :meta, :idem:<key>
+    <prefix>:{@<tag>}:route          the route's notification channel
+
 Stream and meta expire ``max_age`` after the channel's last publication, so a channel nobody
 publishes to disappears entirely and its next publication starts a new epoch; entries older than
 ``max_age`` in a live channel are trimmed on publish, hidden from reads, and dropped by
@@ -19,7 +27,8 @@ Subscriptions (per-channel SUBSCRIBE or SSUBSCRIBE, kept alive across lost conne
 failovers, with a resync signal to the owner) live in :mod:`.redis_pubsub`.
 
 A notification is the msgpack array ``[1, offset, epoch, time_ms, data]`` (built in Lua with
-``cmsgpack``; :func:`encode_notification` makes the same bytes).
+``cmsgpack``; :func:`encode_notification` makes the same bytes); on a route it also names its
+channel: ``[1, offset, epoch, time_ms, data, channel]``.
 
 The key layout, the script texts and the payload codec are plain module-level definitions with
 no server imports, so an emitter outside the server publishes through the very same script.
@@ -42,6 +51,7 @@ from redis.exceptions import (AskError, MovedError, NoScriptError, RedisClusterE
 from .redis_batch import batcher_for
 from .channel_log import (
     EMPTY,
+    MAX_CHANNEL_LENGTH,
     ChannelBounds,
     ChannelLogError,
     HistoryResult,
@@ -64,6 +74,7 @@ from .channel_log import (
     read_start,
 )
 from .redis_pubsub import WRITE_PACE, Subscriptions, Throttled
+from .routes import route_of
 
 log = logging.getLogger("realtime_channels.redis_channel_log")
 
@@ -93,16 +104,21 @@ def check_prefix(prefix: object) -> str:
 
 
 def _tag(prefix: str, channel: str) -> str:
-    return f"{prefix}:{{{channel}}}"
+    """What every key name of ``channel`` starts with (its hash tag included)."""
+    route = route_of(channel)
+    return f"{prefix}:{{{channel}}}" if route is None else f"{prefix}:{{@{route}}}:{channel}"
+
+
+def notify_name(prefix: str, channel: str) -> str:
+    """The name ``channel``'s publications are announced on: its own, or its route's."""
+    route = route_of(channel)
+    return f"{prefix}:{{{channel}}}:pub" if route is None else f"{prefix}:{{@{route}}}:route"
 
 
 def channel_keys(prefix: str, channel: str) -> ChannelKeys:
-    """The stream, meta and notification names of ``channel`` under ``prefix``. (The connect
-    path's reads, ``positions`` and ``subscribe``, spell the one name each needs inline, with
-    the same layout: a connect asks for its channels' names four times, each time ~4 Python
-    calls through this function; a test checks the two spellings agree.)"""
+    """The stream, meta and notification names of ``channel`` under ``prefix``."""
     tag = _tag(prefix, channel)
-    return ChannelKeys(f"{tag}:stream", f"{tag}:meta", f"{tag}:pub")
+    return ChannelKeys(f"{tag}:stream", f"{tag}:meta", notify_name(prefix, channel))
 
 
 def idempotency_key_name(prefix: str, channel: str, key: str) -> str:
@@ -179,7 +195,8 @@ end
 PUBLISH_SCRIPT = _LUA_HELPERS + r"""
 -- KEYS: stream, meta[, idempotency key]
 -- ARGV: data, max_length, max_age_ms, dedupe_ttl_ms, fresh epoch, notification channel,
---       notification command (publish or spublish)
+--       notification command (publish or spublish)[, the channel's name: it is announced
+--       on its route, which the notification names it on]
 -- Returns {offset, epoch, duplicate (0/1)}.
 local stream, meta, idem = KEYS[1], KEYS[2], KEYS[3]
 local data, max_length, max_age_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -219,7 +236,13 @@ if type(added) == 'table' and added.err then
 end
 -- The notification next, also in pcall (SPUBLISH is unknown before Redis 7): on failure the
 -- append is undone and nothing else has been written. Nobody sees the order: a script is atomic.
-local notified = redis.pcall(ARGV[7], ARGV[6], cmsgpack.pack({1, offset, epoch, t, data}))
+local notification
+if ARGV[8] then
+  notification = cmsgpack.pack({1, offset, epoch, t, data, ARGV[8]})
+else
+  notification = cmsgpack.pack({1, offset, epoch, t, data})
+end
+local notified = redis.pcall(ARGV[7], ARGV[6], notification)
 if type(notified) == 'table' and notified.err then
   if top == 0 then
     redis.call('DEL', stream)
@@ -350,25 +373,49 @@ def _pack_raw(value: bytes) -> bytes:
     return b"\xdb" + n.to_bytes(4, "big") + value
 
 
-def encode_notification(publication: Publication) -> bytes:
+def encode_notification(publication: Publication, channel: str | None = None) -> bytes:
     """The notification payload of ``publication``, byte for byte what the publish script
-    sends: the msgpack array ``[1, offset, epoch, time_ms, data]`` as Lua's cmsgpack packs it."""
-    return b"".join((b"\x95", msgpack.packb(NOTIFICATION_VERSION), msgpack.packb(publication.offset),
-                     _pack_raw(publication.epoch.encode()), msgpack.packb(publication.time_ms),
-                     _pack_raw(publication.data)))
+    sends: the msgpack array ``[1, offset, epoch, time_ms, data]`` as Lua's cmsgpack packs it,
+    with ``channel`` at the end for a channel announced on its route."""
+    return b"".join((b"\x95" if channel is None else b"\x96", msgpack.packb(NOTIFICATION_VERSION),
+                     msgpack.packb(publication.offset), _pack_raw(publication.epoch.encode()),
+                     msgpack.packb(publication.time_ms), _pack_raw(publication.data),
+                     b"" if channel is None else _pack_raw(channel.encode())))
 
 
 def decode_notification(payload: object, max_data_size: int) -> Publication:
     """Parse a notification; raise ValueError for anything that is not one we made."""
-    if not isinstance(payload, bytes) or len(payload) > max_data_size + 128:
+    return _publication(_unpack_notification(payload, max_data_size, 5))
+
+
+def decode_routed_notification(payload: object, max_data_size: int) -> tuple[str, Publication]:
+    """Parse a notification of a route: ``(channel, publication)``; raise ValueError for
+    anything that is not one we made."""
+    value = _unpack_notification(payload, max_data_size, 6)
+    channel = value.pop()
+    if not isinstance(channel, bytes):
+        raise ValueError("routed notification names no channel")
+    try:
+        name = check_channel(channel.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("routed notification names no valid channel") from None
+    return name, _publication(value)
+
+
+def _unpack_notification(payload: object, max_data_size: int, length: int) -> list[Any]:
+    if not isinstance(payload, bytes) or len(payload) > max_data_size + 128 + (length - 5) * 4 * MAX_CHANNEL_LENGTH:
         raise ValueError("notification is not bytes or is too large")
     try:
         value = msgpack.unpackb(payload, raw=True, max_str_len=max_data_size, max_bin_len=max_data_size,
-                                max_array_len=5, max_map_len=0, max_ext_len=0)
+                                max_array_len=length, max_map_len=0, max_ext_len=0)
     except Exception as exc:
         raise ValueError(f"notification is not msgpack: {exc}") from None
-    if not (isinstance(value, list) and len(value) == 5 and value[0] == NOTIFICATION_VERSION):
-        raise ValueError("notification is not [1, offset, epoch, time, data]")
+    if not (isinstance(value, list) and len(value) == length and value[0] == NOTIFICATION_VERSION):
+        raise ValueError("notification is not [1, offset, epoch, time, data]" + ("" if length == 5 else " + channel"))
+    return value
+
+
+def _publication(value: list[Any]) -> Publication:
     _, offset, epoch, time_ms, data = value
     if not (isinstance(offset, int) and 1 <= offset < 10**15 and isinstance(time_ms, int)
             and 0 <= time_ms < 10**15 and isinstance(data, bytes) and isinstance(epoch, bytes)):
@@ -426,8 +473,11 @@ def publish_call(prefix: str, channel: str, data: bytes, bounds: ChannelBounds, 
     script_keys = [keys.stream, keys.meta]
     if idempotency_key is not None:
         script_keys.append(idempotency_key_name(prefix, channel, check_idempotency_key(idempotency_key)))
-    return script_keys, [data, bounds.max_length, bounds.max_age_ms, bounds.dedupe_ttl_ms, new_epoch(),
-                         keys.notify, "spublish" if sharded else "publish"]
+    args = [data, bounds.max_length, bounds.max_age_ms, bounds.dedupe_ttl_ms, new_epoch(),
+            keys.notify, "spublish" if sharded else "publish"]
+    if route_of(channel) is not None:
+        args.append(channel)  # announced on its route: the notification says which channel
+    return script_keys, args
 
 
 def publish_error(exc: ResponseError) -> Exception:
@@ -515,7 +565,10 @@ class RedisChannelLog:
         # redis-py's per-command path, most of what a Redis-mode fan-out cost more than an
         # embedded one); a cluster's are sent alone, through its own routing.
         self._commands = batcher_for(client)
+        # A channel's own notification name -> the channel; a route's name -> the channels
+        # followed through it (see .routes).
         self._by_notify: dict[bytes, str] = {}
+        self._routed: dict[bytes, set[str]] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
                                             ping_interval=ping_interval, write_pace=subscribe_pace)
@@ -631,15 +684,15 @@ class RedisChannelLog:
 
     async def position(self, channel: str) -> StreamPosition:
         check_channel(channel)
-        meta = f"{self.prefix}:{{{channel}}}:meta"  # channel_keys(...).meta, inline
+        meta = _tag(self.prefix, channel) + ":meta"
         epoch, top = await self._commands.command("HMGET", meta, "e", "o")
         if epoch is None:
             return EMPTY
         return _position(epoch, top, meta)
 
     async def positions(self, channels: Sequence[str]) -> list[StreamPosition]:
-        prefix = self.prefix  # channel_keys(prefix, c).meta, inline (a connect's hot path)
-        metas = [f"{prefix}:{{{check_channel(c)}}}:meta" for c in channels]
+        prefix = self.prefix
+        metas = [_tag(prefix, check_channel(c)) + ":meta" for c in channels]
         if self.cluster and len(metas) > 1:
             # Sent alone there (DirectCommands): redis-py's cluster pipeline sends each node
             # its commands in one round trip and puts the replies in order.
@@ -697,12 +750,21 @@ class RedisChannelLog:
         return self._subscriptions.subscribe_new(self._notify_names(channels))
 
     def _notify_names(self, channels: Iterable[str]) -> list[bytes]:
-        """The notification names of ``channels``, remembered for routing their messages."""
-        names, prefix = [], self.prefix
+        """The notification names of ``channels``, remembered for routing their messages: a
+        route's name once however many of its channels are followed (a connect storm's new
+        sockets name their node's route, subscribed already: nothing to send)."""
+        names, prefix, routed = [], self.prefix, self._routed
         for channel in channels:
-            # channel_keys(prefix, channel).notify, inline (a connect's hot path)
-            name = f"{prefix}:{{{check_channel(channel)}}}:pub".encode()
-            self._by_notify[name] = channel
+            route = route_of(check_channel(channel))
+            if route is None:
+                name = f"{prefix}:{{{channel}}}:pub".encode()  # notify_name, inline (a connect's path)
+                self._by_notify[name] = channel
+            else:
+                name = f"{prefix}:{{@{route}}}:route".encode()
+                followed = routed.get(name)
+                if followed is None:
+                    followed = routed[name] = set()
+                followed.add(channel)
             names.append(name)
         return names
 
@@ -710,21 +772,45 @@ class RedisChannelLog:
         return self._subscriptions.written()
 
     def confirmed(self, channel: str) -> bool:
-        return self._subscriptions.confirmed(f"{self.prefix}:{{{channel}}}:pub".encode())
+        return self._subscriptions.confirmed(notify_name(self.prefix, channel).encode())
 
     async def unsubscribe(self, channels: Iterable[str]) -> None:
-        prefix = self.prefix  # channel_keys(prefix, c).notify, inline
-        names = [f"{prefix}:{{{c}}}:pub".encode() for c in channels if isinstance(c, str)]
+        """Stop following ``channels``. A route is unsubscribed with the last of its channels;
+        that bookkeeping is done before anything is awaited, so a channel of the route
+        followed meanwhile subscribes it again, after this UNSUBSCRIBE (one writer at a time
+        per connection, in order)."""
+        plain, names = [], []
+        for channel in channels:
+            if not isinstance(channel, str):
+                continue
+            name = notify_name(self.prefix, channel).encode()
+            followed = self._routed.get(name)
+            if followed is None:
+                plain.append(name)
+                names.append(name)
+                continue
+            followed.discard(channel)
+            if not followed:
+                del self._routed[name]
+                names.append(name)
         await self._subscriptions.unsubscribe(names)
-        for name in names:
+        for name in plain:
             self._by_notify.pop(name, None)
 
     def _message(self, name: bytes, payload: bytes) -> None:
         channel = self._by_notify.get(name)
-        if channel is None or self.on_publication is None:
+        if self.on_publication is None:
             return
         try:
-            publication = decode_notification(payload, self.bounds.max_data_size)
+            if channel is not None:
+                publication = decode_notification(payload, self.bounds.max_data_size)
+            else:
+                followed = self._routed.get(name)
+                if followed is None:
+                    return
+                channel, publication = decode_routed_notification(payload, self.bounds.max_data_size)
+                if channel not in followed:
+                    return  # another node's socket on this route (or one no longer here)
         except ValueError as exc:
             self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
             return
@@ -736,6 +822,9 @@ class RedisChannelLog:
     def _resync(self, name: bytes) -> None:
         channel = self._by_notify.get(name)
         if channel is not None:
+            self._call(self.on_resync, channel)
+            return
+        for channel in list(self._routed.get(name, ())):
             self._call(self.on_resync, channel)
 
     def _call(self, callback: Any, *args: Any) -> None:
@@ -749,6 +838,7 @@ class RedisChannelLog:
     async def close(self) -> None:
         await self._subscriptions.close()
         self._by_notify.clear()
+        self._routed.clear()
 
 
 def _position(epoch: object, top: object, where: str) -> StreamPosition:

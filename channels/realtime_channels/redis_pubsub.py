@@ -207,9 +207,12 @@ class Subscriptions:
             await self.client.initialize()
         loop = asyncio.get_running_loop()
         waits: list[tuple[bytes, asyncio.Future]] = []
+        unconfirmed = self._unconfirmed
         for name in dict.fromkeys(names):
-            if name in self._link_of and name not in self._waiters:
+            if name in self._link_of and name not in self._waiters and name not in unconfirmed:
                 continue  # already confirmed
+            # (A name of subscribe_new not confirmed yet, a route's, say, is waited for too:
+            # what this caller reads next must not miss what Redis announces before.)
             future = loop.create_future()
             self._waiters.setdefault(name, []).append(future)
             waits.append((name, future))
@@ -227,6 +230,10 @@ class Subscriptions:
                 await asyncio.wait_for(asyncio.gather(*(f for _, f in waits)), self.subscribe_timeout)
         finally:
             for name, future in waits:
+                if future.cancelled() or not future.done():
+                    # Given up on (timed out): its confirmation, when it comes, is a resync,
+                    # also for a name subscribe_new asked for too.
+                    unconfirmed.discard(name)
                 pending = self._waiters.get(name)
                 if pending and future in pending:
                     pending.remove(future)
@@ -495,13 +502,14 @@ class Subscriptions:
                     link.count = reply[2]
                     if link_of.get(name) is link:
                         waiters = self._waiters.pop(name, None)
+                        new = name in unconfirmed
+                        if new:
+                            unconfirmed.discard(name)  # subscribe_new's: nothing to resync
                         if waiters:
                             for future in waiters:
                                 if not future.done():
                                     future.set_result(None)
-                        elif name in unconfirmed:
-                            unconfirmed.discard(name)  # subscribe_new's: nothing to resync
-                        elif fresh:
+                        elif fresh and not new:
                             self.on_resync(name)
                 elif kind == unsubscribed:
                     link.count = reply[2]
