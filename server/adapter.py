@@ -29,6 +29,7 @@ from typing import Any
 import engineio
 import socketio
 from aiohttp import web
+from bidict import bidict
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp
@@ -386,6 +387,23 @@ class ServerAdapter(socketio.AsyncServer):
         await self.library_handle_eio_disconnect(eio_sid, reason)
 
 
+class Room(dict):
+    """A room's members, ``sid -> eio_sid``, for every room but a namespace's ``None`` room.
+
+    python-socketio makes each room a ``bidict``, for the inverse lookup (``eio_sid -> sid``)
+    and the duplicate check of a second connect of one Engine.IO session, both of which it only
+    asks of the ``None`` room (``sid_from_eio_sid``, ``pre_connect``). Every socket has a room
+    of its own and most a user room: as bidicts, two dicts and a bidict object each, written
+    through bidict's Python-level checks at every connect. A plain dict does; ``_fwdm`` is what
+    the library's ``get_participants`` reads of a room (a bidict's forward dict)."""
+
+    __slots__ = ()
+
+    @property
+    def _fwdm(self) -> "Room":
+        return self
+
+
 class ManagerAdapter(AsyncManager):
     """python-socketio's client manager as RealtimeManager (server/manager.py) extends it."""
 
@@ -438,7 +456,21 @@ class ManagerAdapter(AsyncManager):
         return await super().pre_connect(eio_sid, namespace)
 
     def library_basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        """python-socketio 5.18.1's BaseManager.basic_enter_room, with a :class:`Room` for every
+        room but the namespace's ``None`` room (still a bidict)."""
+        rooms = self.rooms.get(namespace)
+        if eio_sid is None and rooms is None:
+            raise ValueError("sid is not connected to requested namespace")
+        if sid != room and rooms is not None and room in rooms.get(None, ()):
+            raise ValueError("cannot enter a sid room")
+        if rooms is None:
+            rooms = self.rooms[namespace] = {}
+        members = rooms.get(room)
+        if members is None:
+            members = rooms[room] = bidict() if room is None else Room()
+        if eio_sid is None:
+            eio_sid = rooms[None][sid]
+        members[sid] = eio_sid
 
     def library_basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
         super().basic_leave_room(sid, namespace, room)
