@@ -57,6 +57,11 @@ class LeanRequest(dict):
         self.transport: Any = None
 
 
+# A header name (lower case, as parsed) -> its environ key: a connect's eight or so headers
+# each cost an upper() and a replace() otherwise.
+_ENVIRON_KEYS: dict[str, str] = {}
+
+
 def lean_environ(request: LeanRequest) -> dict[str, Any]:
     """python-engineio's environ for ``request``, as its aiohttp driver's ``translate_request``
     builds one (the connect handlers read the headers, the address and the query)."""
@@ -74,7 +79,12 @@ def lean_environ(request: LeanRequest) -> dict[str, Any]:
         elif name == "content-length":
             environ["CONTENT_LENGTH"] = value
         else:
-            environ["HTTP_" + name.upper().replace("-", "_")] = value
+            key = _ENVIRON_KEYS.get(name)
+            if key is None:
+                key = "HTTP_" + name.upper().replace("-", "_")
+                if len(_ENVIRON_KEYS) < 256:  # the usual headers, not whatever a client invents
+                    _ENVIRON_KEYS[name] = key
+            environ[key] = value
     environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
     environ["PATH_INFO"] = request.path
     environ["SCRIPT_NAME"] = ""

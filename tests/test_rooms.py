@@ -45,3 +45,37 @@ def test_rooms_but_the_none_room_are_plain_and_read_by_the_library_as_bidicts():
     assert sorted(m.get_participants("/x", "lobby")) == [("s2", "e2")]
     m.drop_socket("s2", "/x")
     assert "lobby" not in rooms and "s2" not in rooms and "s2" not in rooms[None]
+
+
+def test_session_ids_are_the_librarys_shape_behind_the_node_tag_unique_and_fresh_after_fork():
+    import os
+    import re
+
+    import engineio
+
+    from realtime_channels.routes import route_of
+    from server.realtime import RealtimeEngine
+
+    eio = RealtimeEngine(async_mode="aiohttp")
+    eio.node_tag = "Ab3dE9"
+    library = engineio.AsyncServer(async_mode="aiohttp")
+    ids = [eio.generate_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    shape = re.compile(r"Ab3dE9[A-Za-z0-9_-]{20}")
+    assert all(shape.fullmatch(i) for i in ids)
+    assert all(route_of(f"/chat|{i}") == "Ab3dE9" for i in ids[:50])
+    # python-engineio's own: the same length and alphabet after the tag, and the sequence
+    # number in the last four characters counting up as the library's does.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{20}", library.generate_id())
+    assert [i[-4:] for i in ids[:3]] == ["AAAA", "AAAB", "AAAC"]
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its next id, then out without pytest's teardown
+        os.write(write, eio.generate_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    theirs = os.read(read, 64).decode()
+    os.close(read)
+    ours = eio.generate_id()
+    assert theirs[:-4] != ours[:-4], "the forked child handed out the parent's random bytes"
