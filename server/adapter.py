@@ -23,7 +23,6 @@ Upgrading a library: see server/library_pins.py.
 
 from __future__ import annotations
 
-import os
 import sys
 from binascii import b2a_base64
 from typing import Any
@@ -39,7 +38,7 @@ from engineio.async_socket import AsyncSocket
 from socketio import AsyncManager
 from socketio import packet as sio_packet
 
-from . import codec
+from . import codec, randomness
 from .send_queue import SendQueue
 
 NOOP_FRAME = eio_packet.Packet(eio_packet.NOOP).encode()
@@ -150,17 +149,12 @@ class EngineAdapter(engineio.AsyncServer):
     def generate_id(self) -> str:
         """Session ids start with this node's tag, so any node can tell who owns a session.
         The rest is python-engineio's id: 12 random bytes and a 3-byte sequence number, in
-        base64 with ``-`` and ``_``; the random bytes are cut from a buffer of ``os.urandom``
-        (one getrandom call per 340 ids instead of one per id, two ids a connect), each byte
-        used once."""
-        buffer, used = _random.buffer, _random.used
-        if used + 12 > len(buffer):
-            buffer, used = _random.buffer, _random.used = os.urandom(4080), 0
-        _random.used = used + 12
+        base64 with ``-`` and ``_``; the random bytes from server/randomness.py (no getrandom
+        call per id)."""
         number = self.sequence_number
         self.sequence_number = (number + 1) & 0xFFFFFF
-        raw = buffer[used:used + 12] + number.to_bytes(3, "big")
-        return self.node_tag + b2a_base64(raw, newline=False).translate(_URLSAFE).decode()
+        raw = randomness.token_bytes(12) + number.to_bytes(3, "big")
+        return self.node_tag + b2a_base64(raw, newline=False).translate(randomness.URLSAFE).decode()
 
     # python-engineio 4.15.1: AsyncServer._cors_allowed_origins
     def _cors_allowed_origins(self, environ: dict) -> list[str] | None:
@@ -398,24 +392,6 @@ class ServerAdapter(socketio.AsyncServer):
     async def eio_disconnected(self, eio_sid: str, reason: str) -> None:
         """An Engine.IO session ended."""
         await self.library_handle_eio_disconnect(eio_sid, reason)
-
-
-class _RandomBuffer:
-    """Random bytes from os.urandom, handed out once each (EngineAdapter.generate_id)."""
-
-    __slots__ = ("buffer", "used")
-
-    def __init__(self) -> None:
-        self.buffer, self.used = b"", 0
-
-    def reset(self) -> None:
-        self.buffer, self.used = b"", 0
-
-
-_random = _RandomBuffer()
-# A forked child must not hand out the bytes its parent hands out too.
-os.register_at_fork(after_in_child=_random.reset)
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class Room(dict):

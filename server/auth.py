@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import jwt
 
+from . import randomness
 from .config import AuthConfig
 
 GUEST_ID = re.compile(r"^guest-[A-Za-z0-9]{8,32}$")
@@ -235,7 +236,7 @@ class Authenticator:
                       "the guestToken whoami gives" if isinstance(guest_id, str) and GUEST_ID.match(guest_id)
                       else "not a guest id (guest- and 8-32 letters or digits); and a guest id alone proves "
                            "nothing: keep one with the guestToken whoami gives")
-        user = "guest-" + self.node_tag + secrets.token_hex(6)
+        user = "guest-" + self.node_tag + randomness.token_hex(6)
         # Whole milliseconds, as in the token, so the token says exactly this issue time.
         return Identity(user=user, name=name or user, guest=True, issued=int(time.time() * 1000) / 1000,
                         notice=notice and f"{notice}; you are a new guest, {user}")

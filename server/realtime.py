@@ -14,7 +14,6 @@ import asyncio
 import inspect
 import itertools
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
 
+from . import randomness
 from .adapter import CountedPayload, EngineAdapter, ServerAdapter
 from .bus import Bus
 from .codec import ack_text, check_event
@@ -1041,7 +1041,7 @@ class RealtimeServer(ServerAdapter):
         return missed
 
     async def _csr_state(self, namespace: str, sid: str, session: SavedSession | None) -> CsrState:
-        state = CsrState(session.pid if session is not None else secrets.token_urlsafe(15))
+        state = CsrState(session.pid if session is not None else randomness.token_urlsafe(15))
         key = (namespace, sid)  # one tuple for both maps
         self.csr[key] = state
         self.pids[state.pid] = key

@@ -79,3 +79,17 @@ def test_session_ids_are_the_librarys_shape_behind_the_node_tag_unique_and_fresh
     os.close(read)
     ours = eio.generate_id()
     assert theirs[:-4] != ours[:-4], "the forked child handed out the parent's random bytes"
+
+
+def test_random_tokens_have_the_secrets_shapes_and_never_repeat():
+    import re
+
+    from server import randomness
+
+    hexes = [randomness.token_hex(6) for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-f]{12}", h) for h in hexes) and len(set(hexes)) == len(hexes)
+    pids = [randomness.token_urlsafe(15) for _ in range(2000)]
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{20}", p) for p in pids) and len(set(pids)) == len(pids)
+    # Across refills of the buffer, and a request larger than it.
+    chunks = [randomness.token_bytes(1000) for _ in range(20)] + [randomness.token_bytes(10_000)]
+    assert [len(c) for c in chunks] == [1000] * 20 + [10_000] and len(set(chunks)) == len(chunks)
