@@ -590,8 +590,8 @@ class RealtimeManager(ManagerAdapter):
         cursors (runs one loop turn after the first was queued)."""
         batch, self._queued_opens = self._queued_opens, {}
         task, self._open_task = self._open_task, None
+        channels = list(batch)
         try:
-            channels = list(batch)
             await self.log.subscribe(channels)
             stale = [c for c, fresh in batch.items() if not fresh]
             read = dict(zip(stale, await self.log.positions(stale))) if stale else {}
@@ -599,10 +599,35 @@ class RealtimeManager(ManagerAdapter):
                 if channel not in self.deliveries.cursors:
                     position = read.get(channel, EMPTY)
                     self.deliveries.open(channel, position.offset, position.epoch)
+        except Exception:
+            # Not followed after all (a timeout, a cluster slot without an owner): nothing else
+            # would unsubscribe them, the reaper walks cursors, and a route would stay held.
+            self._drop_unopened([c for c in channels if c not in self.deliveries.cursors])
+            raise
         finally:
             for channel in batch:
                 if self._opening.get(channel) is task:
                     del self._opening[channel]
+
+    def _drop_unopened(self, channels: list[str]) -> None:
+        """Unsubscribe ``channels``, asked for by an open that failed (no cursor), in the
+        background; an open of one of them meanwhile waits for it (``_closing``)."""
+        if not channels:
+            return
+
+        async def drop() -> None:
+            try:
+                await self.log.unsubscribe(channels)
+            except Exception as exc:
+                log.debug("unsubscribe after a failed open failed (they stay subscribed, harmlessly): %s", exc)
+            finally:
+                for channel in channels:
+                    if self._closing.get(channel) is task:
+                        del self._closing[channel]
+
+        task = asyncio.get_running_loop().create_task(drop(), name="unsubscribe unopened")
+        for channel in channels:
+            self._closing[channel] = task
 
     def _open_new(self, channel: str) -> bool:
         """Follow ``channel``, which nobody can have published to yet (a new socket's own

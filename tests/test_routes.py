@@ -5,11 +5,14 @@ subscription carries them all, and a route is unsubscribed with its last channel
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
+import redis.asyncio as aioredis
 import pytest
 from redis.crc import key_slot
 
-from realtime_channels.channel_log import Publication
+from realtime_channels.channel_log import ChannelBounds, Publication
 from realtime_channels.redis_channel_log import (
     RedisChannelLog,
     channel_keys,
@@ -28,6 +31,7 @@ SOCKET_B = f"/chat|{TAG}-_{'b' * 18}"
 SOCKET_UNFOLLOWED = f"/chat|{TAG}{'c' * 20}"
 GUEST = f"/chat|user:guest-{TAG}0123456789ab"
 ROUTE = f"{PREFIX}:{{@{TAG}}}:route"
+ROUTE_NAME = ROUTE.encode()
 
 
 def test_socket_rooms_and_minted_guests_rooms_route_to_the_tag_they_start_with():
@@ -162,6 +166,85 @@ async def test_garbage_on_a_route_is_dropped_and_its_channels_still_notified(red
             await eventually(lambda: subscriber.publications != [], what="the real notification")
         assert [(c, p.data) for c, p in subscriber.publications] == [(SOCKET_A, b"real")]
         assert "malformed notification" in caplog.text
+    finally:
+        await log.close()
+        await client.aclose()
+
+
+async def test_a_route_a_subscribe_still_waits_for_is_not_confirmed_for_a_new_channel_on_it(redis_url):
+    """A recovering socket (or a returning guest, or a cluster's first connect) subscribe()s the
+    route; a new socket's own room then goes through subscribe_new on the same route (nothing
+    to send). Redis has not confirmed the route: confirmed() says so, so the manager reads back
+    what it publishes there meanwhile; and the confirmation the other caller waited for signals
+    a resync for the route's other channels. (Found by review: both were missing.)"""
+    client, other = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    sub = Collector()
+    log = RedisChannelLog(client, prefix=PREFIX, on_publication=sub.on_publication,
+                          on_resync=sub.on_resync, subscribe_pace=0.3)
+    publisher = RedisChannelLog(other, prefix=PREFIX)
+    try:
+        await log.subscribe(["/chat|room:warm"])  # link up
+        await log.subscribe(["/chat|room:warm2"])  # a write on it: the next waits for the pace
+        following = asyncio.create_task(log.subscribe([SOCKET_A]))
+        await asyncio.sleep(0.01)
+        assert ROUTE_NAME in log._subscriptions._waiters  # asked for, not confirmed
+        assert log.subscribe_new([SOCKET_B]) is True
+        confirmed = log.confirmed(SOCKET_B)
+        # what RealtimeManager.publish does for B's channel when confirmed() is True: no read-back
+        await publisher.publish(SOCKET_B, b"welcome")
+        await following
+        await asyncio.sleep(0.3)
+        # Both halves of the fix: not reported confirmed (so the manager reads its publication
+        # back), and the route's confirmation signals a resync for B, not for A (whose caller
+        # reads it), so a notification sent before the SUBSCRIBE is read from the history.
+        assert not confirmed, "confirmed() said yes before Redis confirmed the route"
+        assert SOCKET_B in sub.resyncs and SOCKET_A not in sub.resyncs, (sub.publications, sub.resyncs)
+    finally:
+        await log.close()
+        await publisher.close()
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_resubscribing_a_route_while_its_sunsubscribe_reply_is_unread_drops_the_connection(redis_url):
+    """Sharded pub/sub: the reaper unsubscribes a route's last channel while another channel of
+    the same route is followed (the manager's per-channel _closing guard does not see it). The
+    SUNSUBSCRIBE reply for a name wanted again is ours, not a slot moving: the connection stays
+    and nothing is resynced. (Found by review: the connection was replaced.)"""
+    client = aioredis.from_url(redis_url)
+    sub = Collector()
+    log = RedisChannelLog(client, prefix=PREFIX, sharded=True, on_publication=sub.on_publication,
+                          on_resync=sub.on_resync)
+    try:
+        await log.subscribe(["/chat|room:lobby", SOCKET_A])
+        conn = log._subscriptions._links[""].conn
+        reaping = asyncio.create_task(log.unsubscribe([SOCKET_A]))  # the last of its route
+        await asyncio.sleep(0)
+        await log.subscribe([SOCKET_B])  # a recovered socket of the same route
+        await reaping
+        await asyncio.sleep(0.5)
+        replaced = log._subscriptions._links[""].conn is not conn
+        assert not replaced and sub.resyncs == [], (replaced, sub.resyncs)
+    finally:
+        await log.close()
+        await client.aclose()
+
+
+async def test_trim_expired_reaches_routed_streams(redis_url):
+    """The age sweep reaches routed streams (<prefix>:{@tag}:<channel>:stream) as well as the
+    others. (Found by review: its SCAN pattern wanted '}:stream' at the end.)"""
+    client = aioredis.from_url(redis_url)
+    log = RedisChannelLog(client, prefix=PREFIX, bounds=ChannelBounds(max_length=100, max_age=0.2))
+    try:
+        for channel in ("/chat|room:lobby", SOCKET_A):
+            await log.publish(channel, b"old")
+        await asyncio.sleep(0.15)
+        for channel in ("/chat|room:lobby", SOCKET_A):
+            await log.publish(channel, b"newer")  # keeps the keys alive
+        await asyncio.sleep(0.1)  # "old" is now past max_age; "newer" is not
+        await log.trim_expired()
+        assert await client.xlen(channel_keys(PREFIX, "/chat|room:lobby").stream) == 1
+        assert await client.xlen(channel_keys(PREFIX, SOCKET_A).stream) == 1
     finally:
         await log.close()
         await client.aclose()

@@ -115,6 +115,11 @@ def notify_name(prefix: str, channel: str) -> str:
     return f"{prefix}:{{{channel}}}:pub" if route is None else f"{prefix}:{{@{route}}}:route"
 
 
+def _is_route(name: bytes) -> bool:
+    """Whether a notification name is a route's (shared by the channels routed there)."""
+    return name.endswith(b"}:route")
+
+
 def channel_keys(prefix: str, channel: str) -> ChannelKeys:
     """The stream, meta and notification names of ``channel`` under ``prefix``."""
     tag = _tag(prefix, channel)
@@ -127,9 +132,10 @@ def idempotency_key_name(prefix: str, channel: str, key: str) -> str:
 
 
 def stream_key_pattern(prefix: str) -> str:
-    """A SCAN pattern matching every channel stream under ``prefix`` (glob characters of the
-    prefix escaped)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*}:stream"
+    """A SCAN pattern matching every channel stream under ``prefix``, routed ones included
+    (``<prefix>:{@<tag>}:<channel>:stream``), glob characters of the prefix escaped. (The other
+    stores' keys under ``prefix`` start ``<prefix>:<word>:`` or end otherwise.)"""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":{*:stream"
 
 
 # ------------------------------------------------------------------------- scripts
@@ -569,9 +575,13 @@ class RedisChannelLog:
         # followed through it (see .routes).
         self._by_notify: dict[bytes, str] = {}
         self._routed: dict[bytes, set[str]] = {}
+        # A route's name -> its channels a subscribe() call is waiting for (a list: two calls
+        # may wait for one channel).
+        self._waiting: dict[bytes, list[str]] = {}
         self._subscriptions = Subscriptions(client, sharded=sharded, on_message=self._message,
                                             on_resync=self._resync, subscribe_timeout=subscribe_timeout,
-                                            ping_interval=ping_interval, write_pace=subscribe_pace)
+                                            ping_interval=ping_interval, write_pace=subscribe_pace,
+                                            shared=_is_route)
         self._bad_input = Throttled(log)
         self._failures = Throttled(log)
 
@@ -744,7 +754,21 @@ class RedisChannelLog:
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Receive notifications for ``channels``; returns once Redis confirmed them all. On
         TimeoutError they stay subscribed, and each gets ``on_resync`` once confirmed."""
-        await self._subscriptions.subscribe(self._notify_names(channels))
+        channels = list(channels)
+        names = self._notify_names(channels)
+        # A route's channels asked for here are read by the caller once this returns: the
+        # route's new subscription signals a resync only for its other channels (see _resync).
+        waiting = [(n, c) for n, c in zip(names, channels) if n in self._routed]
+        for name, channel in waiting:
+            self._waiting.setdefault(name, []).append(channel)
+        try:
+            await self._subscriptions.subscribe(names)
+        finally:
+            for name, channel in waiting:
+                pending = self._waiting[name]
+                pending.remove(channel)
+                if not pending:
+                    del self._waiting[name]
 
     def subscribe_new(self, channels: Iterable[str]) -> bool:
         return self._subscriptions.subscribe_new(self._notify_names(channels))
@@ -824,8 +848,10 @@ class RedisChannelLog:
         if channel is not None:
             self._call(self.on_resync, channel)
             return
+        waiting = self._waiting.get(name, ())
         for channel in list(self._routed.get(name, ())):
-            self._call(self.on_resync, channel)
+            if channel not in waiting:
+                self._call(self.on_resync, channel)
 
     def _call(self, callback: Any, *args: Any) -> None:
         if callback is None:

@@ -73,7 +73,7 @@ class _Link:
     """One pub/sub connection to one Redis server and the names subscribed on it."""
 
     __slots__ = ("key", "client", "owned", "names", "conn", "count", "reader", "reading", "stalled",
-                 "heard", "pinged", "timer", "lock")
+                 "heard", "pinged", "timer", "lock", "leaving")
 
     def __init__(self, key: str, client: aioredis.Redis, owned: bool) -> None:
         self.key = key            # "" for a standalone server, else the node's name
@@ -91,6 +91,9 @@ class _Link:
         self.pinged = False       # a PING went out at the last tick
         self.timer: asyncio.TimerHandle | None = None
         self.lock = asyncio.Lock()  # one writer at a time; held while the connection is replaced
+        # (S)UNSUBSCRIBEs sent on this connection whose replies have not come back, by name: such
+        # a reply for a name wanted again meanwhile is ours, not Redis moving a slot.
+        self.leaving: dict[bytes, int] = {}
 
 
 class Subscriptions:
@@ -109,13 +112,17 @@ class Subscriptions:
         pinged; one still silent an interval later counts as dead and is replaced.
     :param write_pace: at least this many seconds between two subscription writes: names asked
         for sooner after the last write wait for the rest of it and go together.
+    :param shared: whether a name carries the messages of several owners' channels (a node
+        route, see .routes): a new subscription of it that a :meth:`subscribe` waited for still
+        signals ``on_resync``, for the channels of the others already following it.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster | ShardedRedis, *, sharded: bool,
                  on_message: Callable[[bytes, bytes], None], on_resync: Callable[[bytes], None],
                  subscribe_timeout: float = 10.0, ping_interval: float = 15.0,
-                 write_pace: float = WRITE_PACE) -> None:
+                 write_pace: float = WRITE_PACE, shared: Callable[[bytes], bool] = lambda name: False) -> None:
         self.client = client
+        self.shared = shared
         self.cluster = isinstance(client, RedisCluster)
         self.shards = isinstance(client, ShardedRedis)
         if self.cluster and not sharded:
@@ -269,8 +276,9 @@ class Subscriptions:
         return future
 
     def confirmed(self, name: bytes) -> bool:
-        """False for a name of :meth:`subscribe_new` Redis has not confirmed yet."""
-        return name not in self._unconfirmed
+        """False for a name Redis has not confirmed yet: one of :meth:`subscribe_new`, or one a
+        :meth:`subscribe` waits for (a route another channel asked for first)."""
+        return name not in self._unconfirmed and name not in self._waiters
 
     def _queue(self, link: _Link, names: list[bytes]) -> None:
         """Send ``names`` on ``link`` with every other name queued until the next write."""
@@ -362,6 +370,8 @@ class Subscriptions:
             async with link.lock:
                 if link.conn is None:
                     continue
+                for name in gone:  # counted before the write: its reply may be read during it
+                    link.leaving[name] = link.leaving.get(name, 0) + 1
                 try:
                     await _write(link.conn, self._commands(self._kinds[2], gone))
                 except Exception as exc:
@@ -401,6 +411,7 @@ class Subscriptions:
             await _close(conn)
             raise
         link.conn, link.count, link.heard, link.pinged = conn, 0, True, False
+        link.leaving.clear()  # replies to the old connection's UNSUBSCRIBEs will not come
 
     async def _drop(self, link: _Link) -> None:
         """Close ``link``'s connection (called with the link's lock held, or at close). A
@@ -509,11 +520,17 @@ class Subscriptions:
                             for future in waiters:
                                 if not future.done():
                                     future.set_result(None)
-                        elif fresh and not new:
+                        if fresh and not new and (not waiters or self.shared(name)):
                             self.on_resync(name)
                 elif kind == unsubscribed:
                     link.count = reply[2]
-                    if self.sharded and link_of.get(name) is link:
+                    leaving = link.leaving.get(name)
+                    if leaving:  # the reply to our own UNSUBSCRIBE (the name may be wanted again since)
+                        if leaving == 1:
+                            del link.leaving[name]
+                        else:
+                            link.leaving[name] = leaving - 1
+                    elif self.sharded and link_of.get(name) is link:
                         # Redis dropped a shard channel we still want: its slot moved to another
                         # node. Rebuilding this connection refreshes the topology and moves it.
                         failed = conn
