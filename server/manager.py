@@ -602,32 +602,34 @@ class RealtimeManager(ManagerAdapter):
         except Exception:
             # Not followed after all (a timeout, a cluster slot without an owner): nothing else
             # would unsubscribe them, the reaper walks cursors, and a route would stay held.
-            self._drop_unopened([c for c in channels if c not in self.deliveries.cursors])
+            unopened = [c for c in channels if c not in self.deliveries.cursors]
+            if unopened:
+                self._unsubscribe(unopened)
             raise
         finally:
             for channel in batch:
                 if self._opening.get(channel) is task:
                     del self._opening[channel]
 
-    def _drop_unopened(self, channels: list[str]) -> None:
-        """Unsubscribe ``channels``, asked for by an open that failed (no cursor), in the
-        background; an open of one of them meanwhile waits for it (``_closing``)."""
-        if not channels:
-            return
-
-        async def drop() -> None:
+    def _unsubscribe(self, channels: list[str]) -> asyncio.Task:
+        """Unsubscribe ``channels`` in a task (returned); an open of one of them meanwhile
+        waits for it (``_closing``). A failure is logged: they stay subscribed, harmlessly."""
+        async def unsubscribe() -> None:
             try:
                 await self.log.unsubscribe(channels)
             except Exception as exc:
-                log.debug("unsubscribe after a failed open failed (they stay subscribed, harmlessly): %s", exc)
-            finally:
-                for channel in channels:
-                    if self._closing.get(channel) is task:
-                        del self._closing[channel]
+                log.debug("unsubscribe failed (the channels stay subscribed, harmlessly): %s", exc)
 
-        task = asyncio.get_running_loop().create_task(drop(), name="unsubscribe unopened")
+        def done(_: asyncio.Task) -> None:
+            for channel in channels:
+                if self._closing.get(channel) is task:
+                    del self._closing[channel]
+
+        task = asyncio.get_running_loop().create_task(unsubscribe(), name="unsubscribe")
+        task.add_done_callback(done)  # before any waiter's: an open that resumes finds it gone
         for channel in channels:
             self._closing[channel] = task
+        return task
 
     def _open_new(self, channel: str) -> bool:
         """Follow ``channel``, which nobody can have published to yet (a new socket's own
@@ -683,17 +685,7 @@ class RealtimeManager(ManagerAdapter):
         if self._inline:
             run_now(self.log.unsubscribe(idle))
             return len(idle)
-        task = asyncio.get_running_loop().create_task(self.log.unsubscribe(idle), name="unsubscribe")
-        for channel in idle:
-            self._closing[channel] = task
-        try:
-            await asyncio.shield(task)
-        except Exception as exc:
-            log.debug("unsubscribe failed (the channels stay subscribed, harmlessly): %s", exc)
-        finally:
-            for channel in idle:
-                if self._closing.get(channel) is task:
-                    del self._closing[channel]
+        await asyncio.shield(self._unsubscribe(idle))
         return len(idle)
 
     # ------------------------------------------------------------------ rooms
