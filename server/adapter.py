@@ -24,7 +24,6 @@ Upgrading a library: see server/library_pins.py.
 from __future__ import annotations
 
 import sys
-from binascii import b2a_base64
 from typing import Any
 
 import engineio
@@ -154,7 +153,7 @@ class EngineAdapter(engineio.AsyncServer):
         number = self.sequence_number
         self.sequence_number = (number + 1) & 0xFFFFFF
         raw = randomness.token_bytes(12) + number.to_bytes(3, "big")
-        return self.node_tag + b2a_base64(raw, newline=False).translate(randomness.URLSAFE).decode()
+        return self.node_tag + randomness.urlsafe(raw)
 
     # python-engineio 4.15.1: AsyncServer._cors_allowed_origins
     def _cors_allowed_origins(self, environ: dict) -> list[str] | None:

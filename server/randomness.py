@@ -27,11 +27,11 @@ class _Buffer:
 
 _buffer = _Buffer()
 os.register_at_fork(after_in_child=_buffer.reset)
-URLSAFE = bytes.maketrans(b"+/", b"-_")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def token_bytes(n: int) -> bytes:
-    """``n`` random bytes (``n`` at most 4096), as ``secrets.token_bytes``."""
+    """``n`` random bytes, as ``secrets.token_bytes``."""
     data, used = _buffer.data, _buffer.used
     if used + n > len(data):
         data, used = _buffer.data, _buffer.used = os.urandom(max(_SIZE, n)), 0
@@ -39,9 +39,14 @@ def token_bytes(n: int) -> bytes:
     return data[used:used + n]
 
 
+def urlsafe(data: bytes) -> str:
+    """``data`` in base64 with ``-`` and ``_`` (padding kept)."""
+    return b2a_base64(data, newline=False).translate(_URLSAFE).decode()
+
+
 def token_urlsafe(n: int) -> str:
     """``n`` random bytes in URL-safe base64 without padding, as ``secrets.token_urlsafe``."""
-    return b2a_base64(token_bytes(n), newline=False).translate(URLSAFE).rstrip(b"=").decode()
+    return urlsafe(token_bytes(n)).rstrip("=")
 
 
 def token_hex(n: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -443,3 +444,27 @@ async def calls_of(observer, command: str) -> int:
     (INFO commandstats; commands a script runs count too). ``observer``: a redis.asyncio client."""
     stats = await observer.info("commandstats")
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@contextlib.asynccontextmanager
+async def monitored(url: str):
+    """The commands Redis at ``url`` executes inside the block, as MONITOR reports them (dicts
+    with ``command``), in a list filled as they come; the block's last ones are waited for."""
+    import redis.asyncio as aioredis
+
+    watcher = aioredis.Redis.from_url(url)
+    seen: list[dict] = []
+    try:
+        async with watcher.monitor() as monitor:
+            async def read() -> None:
+                async for item in monitor.listen():
+                    seen.append(item)
+            reader = asyncio.create_task(read())
+            await asyncio.sleep(0.05)
+            try:
+                yield seen
+                await asyncio.sleep(0.2)
+            finally:
+                reader.cancel()
+    finally:
+        await watcher.aclose()

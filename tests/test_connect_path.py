@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from harness import monitored
 from realtime_channels.redis_channel_log import channel_keys
 from server.auth import Identity
 
@@ -145,18 +146,8 @@ async def test_sockets_and_new_guests_need_no_subscription_of_their_own(servers,
     """A socket's own room and a new guest's user room route to the node (realtime_channels.
     routes): a connect storm subscribes one route name, never a socket's or a guest's channel,
     and direct messages between the guests still arrive."""
-    import redis.asyncio as aioredis
-
     srv = servers(env={"REDIS_URL": redis_url})
-    watcher = aioredis.from_url(redis_url)
-    subscribed: list[str] = []
-    async with watcher.monitor() as monitor:
-        async def read() -> None:
-            async for item in monitor.listen():
-                if item["command"].upper().startswith(("SUBSCRIBE ", "SSUBSCRIBE ")):
-                    subscribed.extend(item["command"].split()[1:])
-        reader = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
+    async with monitored(redis_url) as seen:
         names = [f"g{i}" for i in range(6)]
         sids = [(await js.connect(name, srv.url + "/chat", transports=["websocket"]))["sid"] for name in names]
         who = {name: await js.emit(name, "whoami") for name in names}
@@ -165,9 +156,8 @@ async def test_sockets_and_new_guests_need_no_subscription_of_their_own(servers,
             assert (await js.emit(name, "dm", {"to": to, "text": f"from {name}"}))["ok"]
         for i, name in enumerate(names):
             assert [e["args"][0]["text"] for e in await js.wait(name, "dm")] == [f"from {names[i - 1]}"]
-        await asyncio.sleep(0.1)
-        reader.cancel()
-    await watcher.aclose()
+    subscribed = [name for item in seen if item["command"].upper().startswith(("SUBSCRIBE ", "SSUBSCRIBE "))
+                  for name in item["command"].split()[1:]]
     assert subscribed, "no subscription seen at all: the monitor saw nothing"
     routes = {n for n in subscribed if n.endswith(":route")}
     assert len(routes) == 1, subscribed
@@ -182,17 +172,8 @@ async def test_a_new_guests_user_room_is_followed_without_a_read_and_a_known_gue
     reads no position from the log (no HMGET of its channel's meta). A guest that comes back
     with its guest token may have direct messages there: its room's position is read. Both get
     a direct message sent right after they connected."""
-    import redis.asyncio as aioredis
-
     srv = servers(env={"REDIS_URL": redis_url})
-    watcher = aioredis.from_url(redis_url)
-    seen: list[str] = []
-    async with watcher.monitor() as monitor:
-        async def read() -> None:
-            async for item in monitor.listen():
-                seen.append(item["command"])
-        reader = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
+    async with monitored(redis_url) as seen:
         await js.connect("old", srv.url + "/chat", transports=["websocket"])
         old = await js.emit("old", "whoami")
         await js.call("disconnect", name="old")
@@ -206,15 +187,13 @@ async def test_a_new_guests_user_room_is_followed_without_a_read_and_a_known_gue
             assert (await js.emit(name, "dm", {"to": to, "text": "hi " + to}))["ok"]
         assert [e["args"][0]["text"] for e in await js.wait("new", "dm")] == ["hi " + new["user"]]
         assert [e["args"][0]["text"] for e in await js.wait("back", "dm")] == ["hi " + old["user"]]
-        await asyncio.sleep(0.1)
-        reader.cancel()
-    await watcher.aclose()
 
     def reads_of(user: str) -> list[str]:
         # (The publish script's own HMGET of the meta, e o t, is not a position read.)
         # (Its meta key as channel_keys spells it: a minted guest's routes to its node.)
         meta = channel_keys("rt", f"/chat|user:{user}").meta
-        return [c for c in seen[before:] if c.startswith("HMGET ") and c.endswith(f"{meta} e o")]
+        commands = [item["command"] for item in seen[before:]]
+        return [c for c in commands if c.startswith("HMGET ") and c.endswith(f"{meta} e o")]
 
     assert reads_of(new["user"]) == []
     assert len(reads_of(old["user"])) == 1

@@ -12,29 +12,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from harness import monitored
 from realtime_channels.redis_batch import CommandBatcher, DirectCommands, ShardedBatcher, batcher_for
 from server.stores import redis_client
 
 
 async def connections_received(observer: aioredis.Redis) -> int:
     return int((await observer.info("stats"))["total_connections_received"])
-
-
-async def monitored(url: str, action) -> list[dict]:
-    """The commands Redis executed while ``action()`` ran, as MONITOR reports them."""
-    watcher = aioredis.Redis.from_url(url)
-    seen: list[dict] = []
-    async with watcher.monitor() as m:
-        async def read():
-            async for item in m.listen():
-                seen.append(item)
-        reader = asyncio.create_task(read())
-        await asyncio.sleep(0.05)
-        await action()
-        await asyncio.sleep(0.2)
-        reader.cancel()
-    await watcher.aclose()
-    return seen
 
 
 async def test_one_turn_of_commands_is_one_pipeline_on_one_connection(clients, own_redis):
@@ -49,7 +33,8 @@ async def test_one_turn_of_commands_is_one_pipeline_on_one_connection(clients, o
         assert replies == [True] * 50
         opened.append(await connections_received(observer) - before)
 
-    seen = await monitored(own_redis.url, fifty)
+    async with monitored(own_redis.url) as seen:
+        await fifty()
     sets = [s for s in seen if s["command"].startswith("SET k")]
     assert len(sets) == 50
     # All fifty from one client connection, in the order they were issued...

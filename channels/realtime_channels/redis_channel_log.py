@@ -103,27 +103,34 @@ def check_prefix(prefix: object) -> str:
     return prefix
 
 
-def _tag(prefix: str, channel: str) -> str:
-    """What every key name of ``channel`` starts with (its hash tag included)."""
+def _layout(prefix: str, channel: str) -> tuple[str, str]:
+    """``(what every key name of channel starts with, its hash tag included; the name its
+    publications are announced on: its own, or its route's)``: the one spelling of both."""
     route = route_of(channel)
-    return f"{prefix}:{{{channel}}}" if route is None else f"{prefix}:{{@{route}}}:{channel}"
+    if route is None:
+        return f"{prefix}:{{{channel}}}", f"{prefix}:{{{channel}}}:pub"
+    return f"{prefix}:{{@{route}}}:{channel}", f"{prefix}:{{@{route}}}:route"
+
+
+def _tag(prefix: str, channel: str) -> str:
+    return _layout(prefix, channel)[0]
 
 
 def notify_name(prefix: str, channel: str) -> str:
     """The name ``channel``'s publications are announced on: its own, or its route's."""
-    route = route_of(channel)
-    return f"{prefix}:{{{channel}}}:pub" if route is None else f"{prefix}:{{@{route}}}:route"
+    return _layout(prefix, channel)[1]
 
 
 def _is_route(name: bytes) -> bool:
-    """Whether a notification name is a route's (shared by the channels routed there)."""
+    """Whether a notification name is a route's (shared by the channels routed there; a
+    channel's own ends ``}:pub``, and a channel name holds no brace)."""
     return name.endswith(b"}:route")
 
 
 def channel_keys(prefix: str, channel: str) -> ChannelKeys:
     """The stream, meta and notification names of ``channel`` under ``prefix``."""
-    tag = _tag(prefix, channel)
-    return ChannelKeys(f"{tag}:stream", f"{tag}:meta", notify_name(prefix, channel))
+    tag, notify = _layout(prefix, channel)
+    return ChannelKeys(f"{tag}:stream", f"{tag}:meta", notify)
 
 
 def idempotency_key_name(prefix: str, channel: str, key: str) -> str:
@@ -481,7 +488,7 @@ def publish_call(prefix: str, channel: str, data: bytes, bounds: ChannelBounds, 
         script_keys.append(idempotency_key_name(prefix, channel, check_idempotency_key(idempotency_key)))
     args = [data, bounds.max_length, bounds.max_age_ms, bounds.dedupe_ttl_ms, new_epoch(),
             keys.notify, "spublish" if sharded else "publish"]
-    if route_of(channel) is not None:
+    if _is_route(keys.notify.encode()):
         args.append(channel)  # announced on its route: the notification says which channel
     return script_keys, args
 
@@ -779,12 +786,10 @@ class RedisChannelLog:
         sockets name their node's route, subscribed already: nothing to send)."""
         names, prefix, routed = [], self.prefix, self._routed
         for channel in channels:
-            route = route_of(check_channel(channel))
-            if route is None:
-                name = f"{prefix}:{{{channel}}}:pub".encode()  # notify_name, inline (a connect's path)
+            name = notify_name(prefix, check_channel(channel)).encode()
+            if not _is_route(name):
                 self._by_notify[name] = channel
             else:
-                name = f"{prefix}:{{@{route}}}:route".encode()
                 followed = routed.get(name)
                 if followed is None:
                     followed = routed[name] = set()
