@@ -93,13 +93,14 @@ def build_runtime(config: Config) -> Runtime:
     # both, and subscribing their handlers once they exist (bus.on below).
     bus = Bus(stores.redis, prefix, node_id, metrics) if stores.redis is not None else None
     durable = set(config.delivery.durable_namespaces) | ({"/bench"} if config.server.bench_namespace else set())
-    manager = RealtimeManager(stores.channel_log, durable, metrics, bus=bus)
+    # The tag starts every Engine.IO session id this node creates; the registry advertises it,
+    # and the channels of this node's sockets route to it (realtime_channels.routes).
+    tag = new_node_tag()
+    manager = RealtimeManager(stores.channel_log, durable, metrics, bus=bus, route=tag)
     sio = build_sio(config, manager, stores, metrics, bus)
     if bus is not None:
         bus.on("emit", emit_handler(manager.deliver_local))
         bus.on("evict", _on_evict(sio))
-    # The tag starts every Engine.IO session id this node creates; the registry advertises it.
-    tag = new_node_tag()
     sio.eio.node_tag = tag
     cluster = Cluster(stores.redis, prefix, bus, node_id, advertised_address(config), tag,
                       sessions=sio.eio.sockets, started=started, version=__version__)
@@ -237,6 +238,7 @@ def _update_gauges(runtime: Runtime) -> None:
     if channels is not None:
         tables["channels"] = channels
     tables["channel_cursors"] = len(runtime.manager.deliveries.cursors)
+    tables["channels_unopened"] = runtime.manager.unopened_count
     # Read here, at the scrape, rather than counted as channels open and close: the connect
     # path then pays nothing for it (an inc is four Python calls).
     m.channels_subscribed.set(tables["channel_cursors"])
@@ -362,6 +364,7 @@ async def on_startup(app: web.Application) -> None:
     runtime: Runtime = app["runtime"]
     runtime.sio.manager_initialized = True
     runtime.manager.initialize()
+    runtime.manager.start()
     if runtime.bus is not None:
         await runtime.bus.start()
     await runtime.cluster.start()

@@ -29,6 +29,7 @@ from socketio import packet as sio_packet
 
 from realtime_channels.channel_log import EMPTY, ChannelLog, MemoryChannelLog, OnPublication, OnResync, Publication, PublishResult, StreamPosition
 from realtime_channels.envelope import Envelope, channel_name, channel_tag, decode_envelope, encode_envelope, offset_token, split_channel
+from realtime_channels.routes import route_of
 from .adapter import ManagerAdapter
 from .core.positions import ChannelCursor, Deliveries, Position, SocketPositions, resolve
 from .bus import Bus
@@ -95,10 +96,14 @@ class RealtimeManager(ManagerAdapter):
         string (see :mod:`server.core.positions`).
     :param session_trail: trail entries saved with a session when its socket ends.
     :param bus: carries emits of namespaces without channels to the other nodes; None without Redis.
+    :param route: this node's tag (its sockets' ids and its guests' user rooms start with it,
+        see ``realtime_channels.routes``): with a shared log, :meth:`start` holds its route, and
+        those channels are followed from their first publication on, not from their join.
     """
 
     def __init__(self, channel_log: ChannelLogFactory, durable_namespaces: Iterable[str], metrics: Metrics,
-                 trail_length: int = 1024, session_trail: int = 2048, bus: Bus | None = None) -> None:
+                 trail_length: int = 1024, session_trail: int = 2048, bus: Bus | None = None,
+                 route: str | None = None) -> None:
         super().__init__()
         self.log = channel_log(self._on_publication, self._on_resync)
         # The in-process log (embedded mode) answers subscribe/position at once: a channel is
@@ -132,13 +137,51 @@ class RealtimeManager(ManagerAdapter):
         # The rooms of each socket. python-socketio finds them by scanning every room of the
         # namespace (get_rooms, basic_disconnect): O(rooms) per call, O(N^2) at 10k sockets.
         self._rooms_of: dict[tuple[str, str], set[Any]] = {}
+        self.route = route
+        # True once the log announces every channel of this node's route (start): from then
+        # on a new socket's own room and a new guest's user room get no cursor at their join
+        # (most never carry a publication) but wait in _unopened for their first one.
+        self._route_held = False
+        # Channels of this node's route with local members and no cursor yet, all of whose
+        # members joined before anything was published there (origin: nowhere). Their first
+        # notification, or a join that needs their cursor, opens them at the start.
+        self._unopened: set[str] = set()
+        self._holding: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def unopened_count(self) -> int:
+        """Channels of this node's route followed without a cursor yet (see :meth:`_hold`)."""
+        return len(self._unopened)
+
+    def start(self) -> None:
+        """Hold this node's route (with a shared log and a ``route``), retried in a task until
+        it is in effect; meanwhile channels are followed the way any other is."""
+        if self._inline or self.route is None or self._holding is not None:
+            return
+        self._holding = asyncio.get_running_loop().create_task(self._hold_route(), name="hold route")
+
+    async def _hold_route(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self.log.subscribe_route(self.route, self._on_route_resync)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away at start-up: try again; sockets still connect
+                log.warning("could not subscribe this node's route %s (retrying): %s", self.route, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self._route_held = True
+            return
 
     async def stop(self) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
-        tasks = [t for t in (self._reaping, *self._catching_up.values(), *self._renewing.values()) if t is not None]
+        tasks = [t for t in (self._holding, self._reaping, *self._catching_up.values(), *self._renewing.values())
+                 if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -362,7 +405,9 @@ class RealtimeManager(ManagerAdapter):
         """A subscribed channel has a new publication (called by the channel log)."""
         cursor = self.deliveries.cursors.get(channel)
         if cursor is None:
-            return  # no longer ours
+            if channel not in self._unopened:
+                return  # no longer ours (or another node's channel on this node's route)
+            cursor = self._open_unopened(channel)  # its first publication (or a later one: a gap)
         if cursor.catching_up:
             self._announced[channel] = max(self._announced.get(channel, 0), publication.offset)
             if publication.epoch != cursor.epoch:
@@ -393,6 +438,34 @@ class RealtimeManager(ManagerAdapter):
         """Notifications of ``channel`` may have been lost (its subscription was renewed)."""
         if channel in self.deliveries.cursors:
             self._catch_up(channel)
+
+    def _on_route_resync(self) -> None:
+        """Notifications of this node's route may have been lost: read every channel of it
+        this node has members in, the unopened ones from the start."""
+        for channel in list(self._unopened):
+            self._open_unopened(channel)
+        route = self.route
+        for channel in [c for c in self.deliveries.cursors if route_of(c) == route]:
+            self._catch_up(channel)
+
+    def _open_unopened(self, channel: str) -> ChannelCursor:
+        """Give a channel of :attr:`_unopened` its cursor: at the start (its members joined
+        before its first publication)."""
+        self._unopened.discard(channel)
+        return self.deliveries.open(channel, 0, "")
+
+    def _hold(self, channel: str) -> bool:
+        """Follow ``channel``, which nobody can have published to yet, through this node's
+        held route, without a cursor until its first publication (see :attr:`_unopened`).
+        False when it is not on the held route (or is being opened or closed)."""
+        if not self._route_held or channel in self._opening or channel in self._closing:
+            return False
+        if channel in self.deliveries.cursors or channel in self._unopened:
+            return True
+        if route_of(channel) != self.route:
+            return False
+        self._unopened.add(channel)
+        return True
 
     def _catch_up(self, channel: str) -> None:
         cursor = self.deliveries.cursors.get(channel)
@@ -562,7 +635,8 @@ class RealtimeManager(ManagerAdapter):
                     continue
                 opening = self._opening.get(channel)
                 if opening is None:
-                    opening = self._queue_open(channel, channel in new)
+                    # An unopened channel's members hold it from the start: so does its cursor.
+                    opening = self._queue_open(channel, channel in new or channel in self._unopened)
                 elif opening is self._open_task and channel not in new:
                     self._queued_opens[channel] = False  # not sent yet: read its position too
                 if opening not in waits:
@@ -599,6 +673,7 @@ class RealtimeManager(ManagerAdapter):
                 if channel not in self.deliveries.cursors:
                     position = read.get(channel, EMPTY)
                     self.deliveries.open(channel, position.offset, position.epoch)
+                    self._unopened.discard(channel)
         except Exception:
             # Not followed after all (a timeout, a cluster slot without an owner): nothing else
             # would unsubscribe them, the reaper walks cursors, and a route would stay held.
@@ -705,7 +780,7 @@ class RealtimeManager(ManagerAdapter):
                 if positions is not None:
                     self._join_inline(positions, channel, fresh)
             else:
-                if not (fresh and self._open_new(channel)):
+                if not (fresh and (self._hold(channel) or self._open_new(channel))):
                     await self.follow([channel], (channel,) if fresh else ())
                 if positions is not None:
                     self.deliveries.join(positions, channel)
@@ -757,7 +832,7 @@ class RealtimeManager(ManagerAdapter):
                 self._join_inline(positions, own, fresh=not recovering)
                 return sid
             try:
-                if recovering or not self._open_new(own):
+                if recovering or not (self._hold(own) or self._open_new(own)):
                     await self.follow([channel_name(namespace, None), own], () if recovering else [own])
                 elif channel_name(namespace, None) not in self.deliveries.cursors:
                     await self.follow([channel_name(namespace, None)])
@@ -791,6 +866,8 @@ class RealtimeManager(ManagerAdapter):
         self.library_basic_leave_room(sid, namespace, room)
         if namespace in self.durable and room not in self.rooms.get(namespace, ()):
             self._reap_soon()  # the room's channel has no local member left
+            if self._unopened:
+                self._unopened.discard(channel_name(namespace, room))
         rooms = self._rooms_of.get((namespace, sid))
         if rooms is not None:
             rooms.discard(room)

@@ -51,7 +51,8 @@ class SavedSession:
             index = {name: i for i, name in enumerate(names)}
             trail = [[index[c], o] for c, o in self.trail if c in index]
         return _pack({"sid": self.sid, "pid": self.pid, "namespace": self.namespace, "data": self.data,
-                      "channels": names, "at": [list(positions[n]) for n in names], "trail": trail})
+                      # (a position is a tuple: msgpack packs it as the array decode expects)
+                      "channels": names, "at": [positions[n] for n in names], "trail": trail})
 
     @classmethod
     def decode(cls, raw: bytes) -> "SavedSession | None":

@@ -35,6 +35,7 @@ from realtime_channels.redis_channel_log import (
     decode_notification,
     encode_notification,
     idempotency_key_name,
+    publish_call,
 )
 from realtime_channels.sharded_redis import ShardedRedis
 
@@ -767,12 +768,11 @@ async def _kill_and_publish(client: aioredis.Redis, channel: str, datas: list[by
                             bounds: ChannelBounds) -> None:
     """Kill every pub/sub connection and publish ``datas`` in one transaction: these
     publications are certainly missed by the subscribers."""
-    keys = channel_keys(PREFIX, channel)
     async with client.pipeline(transaction=True) as pipe:
         pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         for data in datas:
-            pipe.eval(PUBLISH_SCRIPT, 2, keys.stream, keys.meta, data, bounds.max_length, bounds.max_age_ms,
-                      bounds.dedupe_ttl_ms, "0123456789abcdef", keys.notify, "publish")
+            keys, args = publish_call(PREFIX, channel, data, bounds)
+            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
         await pipe.execute()
 
 
@@ -1235,6 +1235,51 @@ async def test_subscribe_new_is_written_then_notified_and_never_resynced(backend
     # A name subscribed already is left as it is (no second subscription, no resync).
     assert node.subscribe_new(["new1"]) is True
     assert node.confirmed("new1")
+
+
+# A node's own channels (realtime_channels.routes): a socket's room and a minted guest's.
+MINE = ["/chat|nodeAA" + "s" * 20, "/chat|user:guest-nodeAA0123456789ab"]
+
+
+async def test_a_held_route_announces_each_of_its_channels_subscribed_or_not(backend):
+    """subscribe_route: every channel routed to the tag is announced without a subscription
+    of its own; channels of another route, and plain ones, are not; unsubscribing a channel
+    of the route leaves the route held."""
+    subscriber, resyncs = Collector(), []
+    node = backend.make(subscriber=subscriber, fresh=True)
+    publisher = backend.make()  # (memory: the same log)
+    await node.subscribe_route("nodeAA", lambda: resyncs.append("route"))
+    others = ["/chat|nodeBB" + "s" * 20, "/chat|user:guest-nodeBB0123456789ab", "/chat|room"]
+    for channel in others + MINE:
+        await publisher.publish(channel, b"1")
+    await eventually(lambda: all(subscriber.offsets(c) == [1] for c in MINE), what="both channels of the route")
+    await node.subscribe([MINE[0]])
+    await node.unsubscribe([MINE[0]])
+    await publisher.publish(MINE[0], b"2")
+    await eventually(lambda: subscriber.offsets(MINE[0]) == [1, 2], what="the route after an unsubscribe")
+    await asyncio.sleep(0.2)
+    assert [c for c, _ in subscriber.publications if c in others] == [] and resyncs == []
+    with pytest.raises(ValueError):
+        await node.subscribe_route("nodeA{", lambda: None)
+
+
+async def test_a_held_routes_lost_notifications_are_signalled_once_for_the_route(redis_url):
+    """Notifications of a held route missed while its connection was down: the route's
+    ``on_resync`` is called (once), so the owner reads its channels, subscribed or not."""
+    subscriber, resyncs = Collector(), []
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
+                           on_resync=subscriber.on_resync)
+    await node.subscribe_route("nodeAA", lambda: resyncs.append("route"))
+    await _kill_and_publish(admin, MINE[1], [b"1", b"2"], node.bounds)
+    await eventually(lambda: resyncs == ["route"], what="the route's resync")
+    assert subscriber.publications == [] and subscriber.resyncs == []
+    assert [p.data for p in (await node.history(MINE[1], since=EMPTY, limit=10)).publications] == [b"1", b"2"]
+    await RedisChannelLog(admin, prefix=PREFIX).publish(MINE[1], b"3")
+    await eventually(lambda: subscriber.offsets(MINE[1]) == [3], what="the route announcing again")
+    await node.close()
+    await admin.aclose()
+    await client.aclose()
 
 
 async def test_subscribe_new_on_a_cluster_waits_for_its_topology(cluster_url):

@@ -10,9 +10,11 @@ import redis.asyncio as aioredis
 
 from realtime_channels.channel_log import EMPTY
 from realtime_channels.envelope import channel_name
-from realtime_channels.redis_channel_log import RedisChannelLog
+from realtime_channels.redis_channel_log import PUBLISH_SCRIPT, RedisChannelLog, channel_keys, publish_call
 from server.manager import RealtimeManager
 from server.metrics import Metrics
+
+from harness import monitored
 
 PREFIX = "f"
 
@@ -100,3 +102,100 @@ async def test_an_open_that_fails_fails_each_caller_and_the_next_follow_opens_ag
     assert room in manager.deliveries.cursors
     await manager.stop()
     await client.aclose()
+
+
+TAG = "nodeAA"
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def held_manager(client: aioredis.Redis, heard: list) -> RealtimeManager:
+    def log_of(on_publication, on_resync):
+        def hear(channel, publication):
+            heard.append((channel, publication.offset))
+            on_publication(channel, publication)
+        return RedisChannelLog(client, prefix=PREFIX, on_publication=hear, on_resync=on_resync)
+    manager = RealtimeManager(log_of, ["/chat"], Metrics(), route=TAG)
+    manager.start()
+    await until(lambda: manager._route_held, "the node's route held")
+    return manager
+
+
+async def test_a_held_routes_channel_gets_its_cursor_at_its_first_publication(redis_url):
+    """With its route held, a node follows a new socket's own room without a subscription
+    and without a cursor (most never carry a publication): the first publication opens it
+    from the start. A channel of another route, or a plain one, is not held."""
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    heard: list = []
+    manager = await held_manager(client, heard)
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    own = channel_name("/chat", TAG + "s" * 20)
+    before = await subscribes(admin)
+    assert manager._hold(own) and manager.unopened_count == 1 and own not in manager.deliveries.cursors
+    assert not manager._hold(channel_name("/chat", "nodeBB" + "s" * 20))
+    assert not manager._hold(channel_name("/chat", "room:a")) and manager.unopened_count == 1
+    await publisher.publish(own, b"x")
+    await publisher.publish(own, b"y")
+    await until(lambda: own in manager.deliveries.cursors and manager.deliveries.cursors[own].offset == 2,
+                "the cursor opened by the first publication, at the second")
+    cursor = manager.deliveries.cursors[own]
+    assert cursor.epoch == (await publisher.position(own)).epoch and manager.unopened_count == 0
+    assert heard == [(own, 1), (own, 2)] and await subscribes(admin) == before
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_a_held_routes_missed_notifications_are_read_for_its_unopened_channels_too(redis_url):
+    """Notifications missed while the pub/sub connection was down: after it is back, every
+    channel of the route with members here is read, the unopened ones from the start."""
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    heard: list = []
+    manager = await held_manager(client, heard)
+    opened, unopened = (channel_name("/chat", TAG + c * 20) for c in "ou")
+    assert manager._hold(opened) and manager._hold(unopened)
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    await publisher.publish(opened, b"1")
+    await until(lambda: opened in manager.deliveries.cursors, "the first publication's cursor")
+    # Killed and published in one transaction: the node certainly misses these notifications.
+    async with admin.pipeline(transaction=True) as pipe:
+        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        for channel, data in ((opened, b"2"), (unopened, b"1"), (unopened, b"2")):
+            keys, args = publish_call(PREFIX, channel, data, publisher.bounds)
+            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
+        await pipe.execute()
+    cursors = manager.deliveries.cursors
+    await until(lambda: cursors.get(opened) is not None and cursors[opened].offset == 2
+                and cursors.get(unopened) is not None and cursors[unopened].offset == 2, "both read after the resync")
+    assert heard == [(opened, 1)] and manager.unopened_count == 0
+    assert cursors[unopened].epoch == (await publisher.position(unopened)).epoch
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_following_an_unopened_channel_opens_it_from_the_start_without_a_read(redis_url):
+    """A second member that needs the cursor of an unopened channel (another tab of a new
+    guest) opens it from the start: its first members hold it from there, and a publication
+    whose notification is still on its way is delivered, not skipped by a position read."""
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    manager = await held_manager(client, [])
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    guest = channel_name("/chat", f"user:guest-{TAG}0123456789ab")
+    assert manager._hold(guest)
+    async with monitored(redis_url) as seen:
+        await asyncio.gather(publisher.publish(guest, b"on its way"), manager.follow([guest]))
+    assert (manager.deliveries.cursors[guest].offset, manager.unopened_count) in ((0, 0), (1, 0))
+    meta = channel_keys(PREFIX, guest).meta
+    # (The publish script's own HMGET of the meta, from "lua", is not a position read.)
+    reads = [i["command"] for i in seen if i["command"].startswith("HMGET ") and i["client_address"] != "lua"]
+    assert not [c for c in reads if meta in c], reads
+    await until(lambda: manager.deliveries.cursors[guest].offset == 1, "the publication delivered")
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()

@@ -36,6 +36,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Iterable, Protocol, Sequence
 
+from .routes import check_tag, route_of
+
 log = logging.getLogger("realtime_channels.channel_log")
 
 # Channel names and idempotency keys go into Redis key names between a hash tag's braces, so
@@ -221,6 +223,14 @@ class ChannelLog(Protocol):
     async def subscribe(self, channels: Iterable[str]) -> None:
         """Receive notifications for ``channels`` from now on. Returns once the subscription
         is in effect, so a history read after it misses nothing."""
+
+    async def subscribe_route(self, tag: str, on_resync: Callable[[], None]) -> None:
+        """Receive notifications for every channel routed to ``tag`` (see :mod:`.routes`),
+        subscribed or not, from now on, until :meth:`close`: a node holds its own route, so a
+        channel of its own sockets needs no subscription and no cursor until it carries a
+        publication. Returns once in effect. ``on_resync`` is called when notifications of
+        the route may have been missed (its subscription was re-established): the owner reads
+        the history of each of its channels there, subscribed or not."""
 
     def subscribe_new(self, channels: Iterable[str]) -> bool:
         """Receive notifications for ``channels``, which nobody can have published to yet
@@ -448,6 +458,7 @@ class MemoryChannelLog:
         # Ordered by creation; every key lives dedupe_ttl, so the oldest are at the front.
         self._idempotency: OrderedDict[tuple[str, str], tuple[int, PublishResult]] = OrderedDict()
         self._subscribed: set[str] = set()
+        self._routes: set[str] = set()  # route tags held (subscribe_route)
         self._sweeper: asyncio.Task | None = None
         self._closed = False
 
@@ -509,14 +520,14 @@ class MemoryChannelLog:
             key = (channel, idempotency_key)
             self._idempotency.pop(key, None)
             self._idempotency[key] = (now_ms, result)
-        if channel in self._subscribed and self.on_publication is not None:
+        if self.on_publication is not None and self._announced(channel):
             # Like Redis, the subscriber hears of it after publish returns; call_soon keeps
             # the publication order.
             asyncio.get_running_loop().call_soon(self._notify, channel, publication)
         return result
 
     def _notify(self, channel: str, publication: Publication) -> None:
-        if channel in self._subscribed and self.on_publication is not None:
+        if self.on_publication is not None and self._announced(channel):
             self.on_publication(channel, publication)
 
     async def history(self, channel: str, *, since: StreamPosition | None = None,
@@ -583,6 +594,14 @@ class MemoryChannelLog:
         names = [check_channel(c) for c in channels]
         self._subscribed.update(names)
 
+    async def subscribe_route(self, tag: str, on_resync: Callable[[], None]) -> None:
+        if self._closed:
+            raise RuntimeError("channel log is closed")
+        self._routes.add(check_tag(tag))  # on_resync is never called: nothing here can be missed
+
+    def _announced(self, channel: str) -> bool:
+        return channel in self._subscribed or (bool(self._routes) and route_of(channel) in self._routes)
+
     def subscribe_new(self, channels: Iterable[str]) -> bool:
         self._subscribed.update(check_channel(c) for c in channels)
         return True
@@ -631,6 +650,7 @@ class MemoryChannelLog:
     async def close(self) -> None:
         self._closed = True
         self._subscribed.clear()
+        self._routes.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:

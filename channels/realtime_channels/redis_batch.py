@@ -196,7 +196,7 @@ def _pack(args: tuple[Any, ...], encoder: Any) -> bytes:
     A command name here is one word.
     """
     out = [b"*%d\r\n" % len(args)]
-    add = out.append
+    add = out.extend  # one call per argument, not three appends
     for arg in args:
         kind = type(arg)
         if kind is str:
@@ -205,9 +205,7 @@ def _pack(args: tuple[Any, ...], encoder: Any) -> bytes:
             arg = b"%d" % arg
         elif kind is not bytes:
             arg = encoder.encode(arg)
-        add(b"$%d\r\n" % len(arg))
-        add(arg)
-        add(b"\r\n")
+        add((b"$%d\r\n" % len(arg), arg, b"\r\n"))
     return b"".join(out)
 
 

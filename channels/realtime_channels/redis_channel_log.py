@@ -40,7 +40,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import msgpack
 import redis.asyncio as aioredis
@@ -74,7 +74,7 @@ from .channel_log import (
     read_start,
 )
 from .redis_pubsub import WRITE_PACE, Subscriptions, Throttled
-from .routes import route_of
+from .routes import check_tag, route_of
 
 log = logging.getLogger("realtime_channels.redis_channel_log")
 
@@ -109,7 +109,12 @@ def _layout(prefix: str, channel: str) -> tuple[str, str]:
     route = route_of(channel)
     if route is None:
         return f"{prefix}:{{{channel}}}", f"{prefix}:{{{channel}}}:pub"
-    return f"{prefix}:{{@{route}}}:{channel}", f"{prefix}:{{@{route}}}:route"
+    return f"{prefix}:{{@{route}}}:{channel}", route_name(prefix, route)
+
+
+def route_name(prefix: str, tag: str) -> str:
+    """The name the publications of every channel routed to ``tag`` are announced on."""
+    return f"{prefix}:{{@{tag}}}:route"
 
 
 def _tag(prefix: str, channel: str) -> str:
@@ -582,6 +587,9 @@ class RedisChannelLog:
         # followed through it (see .routes).
         self._by_notify: dict[bytes, str] = {}
         self._routed: dict[bytes, set[str]] = {}
+        # A route's name -> what to call when it is resynced, for the routes held whole
+        # (subscribe_route): their notifications reach on_publication for every channel.
+        self._held: dict[bytes, Callable[[], None]] = {}
         # A route's name -> its channels a subscribe() call is waiting for (a list: two calls
         # may wait for one channel).
         self._waiting: dict[bytes, list[str]] = {}
@@ -777,6 +785,19 @@ class RedisChannelLog:
                 if not pending:
                     del self._waiting[name]
 
+    async def subscribe_route(self, tag: str, on_resync: Callable[[], None]) -> None:
+        name = route_name(self.prefix, check_tag(tag)).encode()
+        followed = self._routed.setdefault(name, set())
+        try:
+            await self._subscriptions.subscribe([name])
+        except BaseException:
+            if not followed and self._routed.get(name) is followed:
+                del self._routed[name]
+            raise
+        # Held from here: the confirmation awaited above signals no resync to the owner, who
+        # has nothing of the route to read yet.
+        self._held[name] = on_resync
+
     def subscribe_new(self, channels: Iterable[str]) -> bool:
         return self._subscriptions.subscribe_new(self._notify_names(channels))
 
@@ -819,7 +840,7 @@ class RedisChannelLog:
                 names.append(name)
                 continue
             followed.discard(channel)
-            if not followed:
+            if not followed and name not in self._held:
                 del self._routed[name]
                 names.append(name)
         await self._subscriptions.unsubscribe(names)
@@ -838,7 +859,7 @@ class RedisChannelLog:
                 if followed is None:
                     return
                 channel, publication = decode_routed_notification(payload, self.bounds.max_data_size)
-                if channel not in followed:
+                if channel not in followed and name not in self._held:
                     return  # another node's socket on this route (or one no longer here)
         except ValueError as exc:
             self._bad_input.warning("dropped a malformed notification on %r: %s", name, exc)
@@ -857,6 +878,9 @@ class RedisChannelLog:
         for channel in list(self._routed.get(name, ())):
             if channel not in waiting:
                 self._call(self.on_resync, channel)
+        held = self._held.get(name)
+        if held is not None:
+            self._call(held)
 
     def _call(self, callback: Any, *args: Any) -> None:
         if callback is None:
@@ -870,6 +894,7 @@ class RedisChannelLog:
         await self._subscriptions.close()
         self._by_notify.clear()
         self._routed.clear()
+        self._held.clear()
 
 
 def _position(epoch: object, top: object, where: str) -> StreamPosition:

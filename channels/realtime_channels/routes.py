@@ -30,6 +30,16 @@ _SOCKET_ROOM = re.compile(r"[A-Za-z0-9]{6}[A-Za-z0-9_-]{20}")
 _GUEST_ROOM = re.compile(r"user:guest-([A-Za-z0-9]{6})[0-9a-f]{12}")
 
 
+_TAG = re.compile(r"[A-Za-z0-9]{6}")
+
+
+def check_tag(tag: object) -> str:
+    """Return ``tag`` if it is a node tag (six letters or digits), else raise ValueError."""
+    if not isinstance(tag, str) or _TAG.fullmatch(tag) is None:
+        raise ValueError(f"a node tag is six letters or digits, got {tag!r:.40}")
+    return tag
+
+
 def route_of(channel: str) -> str | None:
     """The node tag whose route announces ``channel``'s publications; None when the channel
     has a notification name of its own."""
