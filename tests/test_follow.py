@@ -97,6 +97,12 @@ async def test_an_open_that_fails_fails_each_caller_and_the_next_follow_opens_ag
                                    return_exceptions=True)
     assert all(isinstance(r, TimeoutError) for r in results), results
     assert manager._opening == {} and room not in manager.deliveries.cursors
+    # Redis did subscribe them (only the wait timed out): the failed open unsubscribes what
+    # it asked for, since nothing else would (the reaper walks cursors).
+    names = [channel_keys(PREFIX, c).notify for c in (room, channel_name("/chat", "b"))]
+    assert manager._closing, "no unsubscribe under way after the failed open"
+    await asyncio.gather(*set(manager._closing.values()))
+    assert [n for _, n in await client.pubsub_numsub(*names)] == [0, 0]
     manager.log._subscriptions.subscribe_timeout = 10.0
     await manager.follow([room])
     assert room in manager.deliveries.cursors
