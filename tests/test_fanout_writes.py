@@ -238,7 +238,7 @@ async def test_a_deaf_member_is_cut_and_the_others_get_every_fanout_in_order(ser
     deaf.sendall(ws_frame('42/bench,1["join","r"]'))
     await asyncio.sleep(0.5)  # joined
     text = "x" * 8000
-    count = 400  # ~3 MB to each member: past the kernel buffers and the deaf one's 256 KiB bound
+    count = 800  # ~6.4 MB to each member: past the kernel buffers (a loopback send buffer grows to tcp_wmem's 4 MiB) and the deaf one's 256 KiB bound
     for start in range(0, count, 50):  # in bursts the readers keep up with
         results = await js.call("emitMany", name="a", event="fanout",
                                 argsList=[[{"room": "r", "payload": {"i": i, "text": text}}]

@@ -273,12 +273,15 @@ async def test_the_bus_follows_a_failover_of_its_shard(servers, js, own_redis_cl
     victim.kill()
     await asyncio.to_thread(wait_promoted, cluster, heir, 30)
     deadline = asyncio.get_running_loop().time() + 20
-    count = 1
-    while len(await js.events("b", "typing")) <= count:  # volatile: sent until one gets through
-        assert asyncio.get_running_loop().time() < deadline, n2.output()[-3000:]
-        count = len(await js.events("b", "typing"))
-        await js.send("a", "typing", {"room": "r", "typing": True})
-        await asyncio.sleep(0.3)
+    # Both ways, since each node subscribes again on its own: node 2 hears node 1, then node 1
+    # hears node 2 (the request/reply below needs node 2's reply to reach node 1).
+    for sender, receiver, node in (("a", "b", n2), ("b", "a", n1)):
+        count = len(await js.events(receiver, "typing"))
+        while len(await js.events(receiver, "typing")) <= count:  # volatile: sent until one gets through
+            assert asyncio.get_running_loop().time() < deadline, node.output()[-3000:]
+            count = len(await js.events(receiver, "typing"))
+            await js.send(sender, "typing", {"room": "r", "typing": True})
+            await asyncio.sleep(0.3)
     status, answer, _ = await call(n1, "GET", "/sockets", query={"namespace": "/chat", "room": "r"})
     assert status == 200 and {s["node"] for s in answer["sockets"]} == {f"node-{n1.port}", f"node-{n2.port}"}
     # both nodes listen on the promoted replica itself (a shard channel, not a cluster-wide broadcast)
