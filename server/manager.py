@@ -637,7 +637,7 @@ class RealtimeManager(ManagerAdapter):
                 if opening is None:
                     # An unopened channel's members hold it from the start: so does its cursor.
                     opening = self._queue_open(channel, channel in new or channel in self._unopened)
-                elif opening is self._open_task and channel not in new:
+                elif opening is self._open_task and channel not in new and channel not in self._unopened:
                     self._queued_opens[channel] = False  # not sent yet: read its position too
                 if opening not in waits:
                     waits.append(opening)
@@ -784,7 +784,13 @@ class RealtimeManager(ManagerAdapter):
                     await self.follow([channel], (channel,) if fresh else ())
                 if positions is not None:
                     self.deliveries.join(positions, channel)
-        self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
+        try:
+            self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
+        except BaseException:
+            # (The socket was gone: a channel _hold put in _unopened for it alone leaves again.)
+            if self._unopened and not self._has_members(channel_name(namespace, room)):
+                self._unopened.discard(channel_name(namespace, room))
+            raise
 
     def _join_inline(self, positions: SocketPositions, channel: str, fresh: bool = False) -> None:
         """The socket is in ``channel`` from now on, in the embedded mode, where every

@@ -590,6 +590,7 @@ class RedisChannelLog:
         # A route's name -> what to call when it is resynced, for the routes held whole
         # (subscribe_route): their notifications reach on_publication for every channel.
         self._held: dict[bytes, Callable[[], None]] = {}
+        self._holding: set[bytes] = set()  # routes a subscribe_route is waiting for
         # A route's name -> its channels a subscribe() call is waiting for (a list: two calls
         # may wait for one channel).
         self._waiting: dict[bytes, list[str]] = {}
@@ -788,12 +789,17 @@ class RedisChannelLog:
     async def subscribe_route(self, tag: str, on_resync: Callable[[], None]) -> None:
         name = route_name(self.prefix, check_tag(tag)).encode()
         followed = self._routed.setdefault(name, set())
+        # While this waits, the route's last other channel may be unsubscribed: the name must
+        # stay subscribed (unsubscribe skips it), or the route would be held but silent.
+        self._holding.add(name)
         try:
             await self._subscriptions.subscribe([name])
         except BaseException:
             if not followed and self._routed.get(name) is followed:
                 del self._routed[name]
             raise
+        finally:
+            self._holding.discard(name)
         # Held from here: the confirmation awaited above signals no resync to the owner, who
         # has nothing of the route to read yet.
         self._held[name] = on_resync
@@ -840,7 +846,7 @@ class RedisChannelLog:
                 names.append(name)
                 continue
             followed.discard(channel)
-            if not followed and name not in self._held:
+            if not followed and name not in self._held and name not in self._holding:
                 del self._routed[name]
                 names.append(name)
         await self._subscriptions.unsubscribe(names)
