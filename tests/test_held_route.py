@@ -14,15 +14,10 @@ from realtime_channels.redis_channel_log import RedisChannelLog, route_name
 from server.manager import RealtimeManager
 from server.metrics import Metrics
 
+from test_follow import until
+
 PREFIX = "rv"
 TAG = "nodeRV"
-
-
-async def until(condition, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 def make_manager(client, heard: list, paused: list | None = None) -> RealtimeManager:

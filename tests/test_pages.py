@@ -713,11 +713,16 @@ async def test_editor_shows_remote_cursors_and_selections_with_names_and_colours
     await b.evaluate("() => { const e = document.querySelector('#editor'); e.focus(); e.setSelectionRange(0, 0); }")
     await b.keyboard.type(">> ")
     await expect(b.locator("mark.remote-sel")).to_have_text("brave")
-    # Ada sees Bo's caret in another colour, and both names in the list of editors.
+    # Each editor's caret is drawn in that editor's colour, the one the list of editors shows
+    # (a colour taken from the user id: two ids may share a hue, ~1 in 360, so "another colour"
+    # is not a property; this is).
     await expect(a.locator(".remote-caret .remote-name")).to_have_text("Bo")
-    other = await a.locator(".remote-caret").evaluate("el => getComputedStyle(el).borderLeftColor")
-    assert other != colour
     await expect(a.locator("#editors li")).to_have_text(["Bo"])
+    await expect(b.locator("#editors li")).to_have_text(["Ada"])
+    swatch = "el => getComputedStyle(el.firstChild).backgroundColor"
+    other = await a.locator(".remote-caret").evaluate("el => getComputedStyle(el).borderLeftColor")
+    assert other == await a.locator("#editors li").evaluate(swatch), other
+    assert colour == await b.locator("#editors li").evaluate(swatch), colour
     assert a.errors == [] and b.errors == []
 
 
