@@ -146,7 +146,7 @@ class RealtimeManager(ManagerAdapter):
         # members joined before anything was published there (origin: nowhere). Their first
         # notification, or a join that needs their cursor, opens them at the start.
         self._unopened: set[str] = set()
-        self._holding: asyncio.Task | None = None
+        self._route_task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,9 +158,9 @@ class RealtimeManager(ManagerAdapter):
     def start(self) -> None:
         """Hold this node's route (with a shared log and a ``route``), retried in a task until
         it is in effect; meanwhile channels are followed the way any other is."""
-        if self._inline or self.route is None or self._holding is not None:
+        if self._inline or self.route is None or self._route_task is not None:
             return
-        self._holding = asyncio.get_running_loop().create_task(self._hold_route(), name="hold route")
+        self._route_task = asyncio.get_running_loop().create_task(self._hold_route(), name="hold route")
 
     async def _hold_route(self) -> None:
         backoff = 0.5
@@ -180,7 +180,7 @@ class RealtimeManager(ManagerAdapter):
     async def stop(self) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
-        tasks = [t for t in (self._holding, self._reaping, *self._catching_up.values(), *self._renewing.values())
+        tasks = [t for t in (self._route_task, self._reaping, *self._catching_up.values(), *self._renewing.values())
                  if t is not None]
         for task in tasks:
             task.cancel()
@@ -788,8 +788,10 @@ class RealtimeManager(ManagerAdapter):
             self.add_to_room(sid, namespace, room, eio_sid=eio_sid)
         except BaseException:
             # (The socket was gone: a channel _hold put in _unopened for it alone leaves again.)
-            if self._unopened and not self._has_members(channel_name(namespace, room)):
-                self._unopened.discard(channel_name(namespace, room))
+            if self._unopened:
+                channel = channel_name(namespace, room)
+                if not self._has_members(channel):
+                    self._unopened.discard(channel)
             raise
 
     def _join_inline(self, positions: SocketPositions, channel: str, fresh: bool = False) -> None:
