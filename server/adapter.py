@@ -23,13 +23,15 @@ Upgrading a library: see server/library_pins.py.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sys
 from typing import Any
 
 import engineio
 import socketio
 from aiohttp import web
-from bidict import bidict
+from bidict import ValueDuplicationError
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp
@@ -193,6 +195,30 @@ class EngineAdapter(engineio.AsyncServer):
     async def library_trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         return await super()._trigger_event(event, *args, **kwargs)
 
+    # python-engineio 4.15.1: AsyncServer._trigger_event (MIRRORED in server/library_pins.py)
+    async def library_connect_event(self, sid: str, environ: dict) -> Any:
+        """What ``library_trigger_event("connect", sid, environ, run_async=False)`` returns,
+        step by step as python-engineio runs it (the handler's result; None without a handler
+        or when it was cancelled; False when it raised, logged), without its coroutine and
+        closure around the handler's: a connect costs a dozen calls less."""
+        handler = self.handlers.get("connect")
+        if handler is None:
+            return None
+        try:
+            ret = handler(sid, environ)
+        except Exception:  # a plain function's error (a coroutine function's comes below)
+            self.logger.exception("connect handler error")
+            return False
+        if not inspect.isawaitable(ret):
+            return ret
+        try:
+            return await ret
+        except asyncio.CancelledError:
+            return None
+        except Exception:
+            self.logger.exception("connect async handler error")
+            return False
+
     # ------------------------------------------------------------------ what the subclass implements
 
     def origins_for(self, environ: dict, allowed: list[str] | None) -> list[str] | None:
@@ -260,6 +286,11 @@ class SocketAdapter(AsyncSocket):
     async def send_packet(self, pkt: eio_packet.Packet) -> None:
         """Send one packet to the client."""
         raise NotImplementedError
+
+    def write_text(self, text: str) -> bool:
+        """Send the encoded Socket.IO packet ``text`` (a MESSAGE) now, when nothing stands in
+        the way; False: it must go through :meth:`send_packet`."""
+        return False
 
     def arm_ping(self) -> None:
         """Schedule the next heartbeat PING."""
@@ -332,11 +363,13 @@ class ServerAdapter(socketio.AsyncServer):
         if isinstance(encoded, str):
             socket = self.eio.sockets.get(eio_sid)
             if socket is not None and not socket.closed:
-                eio_pkt = codec.message_packet(encoded)
-                if isinstance(socket, SocketAdapter):  # its send_packet, without send's frame
-                    await socket.send_packet(eio_pkt)
+                if isinstance(socket, SocketAdapter):
+                    # Written now if its WebSocket can take it, else its send_packet, without
+                    # send's frame.
+                    if not socket.write_text(encoded):
+                        await socket.send_packet(codec.message_packet(encoded))
                 else:
-                    await socket.send(eio_pkt)
+                    await socket.send(codec.message_packet(encoded))
             return
         await super()._send_packet(eio_sid, pkt)
 
@@ -410,6 +443,55 @@ class Room(dict):
         return self
 
 
+class NamespaceRoom(dict):
+    """A namespace's ``None`` room: its sockets, ``sid -> eio_sid``, with the inverse
+    python-socketio reads (``_invm``: ``sid_from_eio_sid``) kept beside it.
+
+    python-socketio makes it a ``bidict``, whose every write and delete runs about ten
+    Python-level calls (a connect writes it once, a disconnect deletes once). As a bidict it
+    refuses a value that is already another key's (``ValueDuplicationError``: an Engine.IO
+    session connects to a namespace once, python-socketio's ``pre_connect`` relies on it), and
+    a key written again drops its old value's inverse; deleted, both directions go."""
+
+    __slots__ = ("_invm",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._invm: dict[str, str] = {}
+
+    @property
+    def _fwdm(self) -> "NamespaceRoom":
+        return self
+
+    def __setitem__(self, sid: str, eio_sid: str) -> None:
+        invm = self._invm
+        owner = invm.get(eio_sid)
+        if owner is not None and owner != sid:
+            raise ValueDuplicationError(eio_sid)
+        old = dict.get(self, sid)
+        if old is not None and old != eio_sid:
+            del invm[old]
+        dict.__setitem__(self, sid, eio_sid)
+        invm[eio_sid] = sid
+
+    def __delitem__(self, sid: str) -> None:
+        del self._invm[dict.pop(self, sid)]
+
+    def pop(self, sid: str, *default: Any) -> Any:
+        if sid not in self:
+            if default:
+                return default[0]
+            raise KeyError(sid)
+        eio_sid = dict.pop(self, sid)
+        del self._invm[eio_sid]
+        return eio_sid
+
+    def _unsupported(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a namespace room changes one socket at a time ([sid] = eio_sid, del, pop)")
+
+    update = setdefault = popitem = clear = __ior__ = _unsupported  # would bypass the inverse
+
+
 class ManagerAdapter(AsyncManager):
     """python-socketio's client manager as RealtimeManager (server/manager.py) extends it."""
 
@@ -463,7 +545,8 @@ class ManagerAdapter(AsyncManager):
 
     def library_basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
         """python-socketio 5.18.1's BaseManager.basic_enter_room, with a :class:`Room` for every
-        room but the namespace's ``None`` room (still a bidict)."""
+        room but the namespace's ``None`` room (a :class:`NamespaceRoom` where the library has
+        a bidict)."""
         rooms = self.rooms.get(namespace)
         if eio_sid is None and rooms is None:
             raise ValueError("sid is not connected to requested namespace")
@@ -473,7 +556,7 @@ class ManagerAdapter(AsyncManager):
             rooms = self.rooms[namespace] = {}
         members = rooms.get(room)
         if members is None:
-            members = rooms[room] = bidict() if room is None else Room()
+            members = rooms[room] = NamespaceRoom() if room is None else Room()
         if eio_sid is None:
             eio_sid = rooms[None][sid]
         members[sid] = eio_sid

@@ -409,6 +409,22 @@ class RealtimeEngine(EngineAdapter):
         request["rt_body"] = body
         return None
 
+    async def connect_event(self, sid: str, environ: dict) -> Any:
+        """``engine_event("connect", sid, environ)`` for a session server/websocket.py created
+        (a RealtimeSocket from the start, its OPEN packet right already): this engine's
+        bookkeeping, then the handler, called directly (``library_connect_event``)."""
+        self._session_began(sid, environ)
+        return await self.library_connect_event(sid, environ)
+
+    def _session_began(self, sid: str, environ: dict) -> None:
+        """A new session's bookkeeping, before its connect handler runs."""
+        self.count_connection(sid, environ, +1)
+        request = environ.get("aiohttp.request")
+        if request is not None:
+            request["rt_sid"] = sid  # the session this request created
+            if request.query.get("transport") == "websocket":
+                self._websockets[sid] = request.transport
+
     def _fix_open_packet(self, sid: str) -> None:
         """The handshake advertises ping times in whole milliseconds (python-engineio computes
         ``int(seconds) * 1000``, so 0.3 s became 0). The OPEN packet is still queued when the
@@ -443,13 +459,8 @@ class RealtimeEngine(EngineAdapter):
         """A session's event for the handlers (the session is a RealtimeSocket already:
         EngineAdapter._trigger_event), with this engine's bookkeeping around it."""
         if event == "connect" and len(args) >= 2:
-            self.count_connection(args[0], args[1], +1)
             self._fix_open_packet(args[0])
-            request = args[1].get("aiohttp.request")
-            if request is not None:
-                request["rt_sid"] = args[0]  # the session this request created
-                if request.query.get("transport") == "websocket":
-                    self._websockets[args[0]] = request.transport
+            self._session_began(args[0], args[1])
         socket = self.sockets.get(args[0]) if event == "disconnect" and args else None
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)

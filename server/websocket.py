@@ -29,7 +29,6 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from engineio import packet as eio_packet
-from engineio.async_socket import AsyncSocket
 
 from ._codec_pure import server_frame
 from .codec import FrameParser, text_frame
@@ -142,21 +141,25 @@ async def create_session(engine: Any, environ: dict) -> tuple[Any, dict | None]:
     """A new Engine.IO session for a WebSocket, as python-engineio 4.15.1's
     ``AsyncServer._handle_connect(environ, "websocket")`` creates it (server/library_pins.py
     pins it): ``(socket, None)``, or ``(None, answer)`` when the connect handler refused it
-    (python-engineio's 401 answer)."""
+    (python-engineio's 401 answer). Its connect event goes straight to the handler
+    (``RealtimeEngine.connect_event``), not through ``_trigger_event``'s five coroutines."""
     if engine.start_service_task:
         engine.start_service_task = False
         engine.service_task_handle = engine.start_background_task(engine._service_task)
     sid = engine.generate_id()
-    socket = AsyncSocket(engine, sid)
+    # A RealtimeSocket from the start (python-engineio makes an AsyncSocket, which
+    # EngineAdapter._trigger_event turns into one): its OPEN queued without a send, with the
+    # times RealtimeEngine._fix_open_packet would correct python-engineio's to.
+    socket = engine.socket_class(engine, sid)
     engine.sockets[sid] = socket
-    await socket.send(eio_packet.Packet(eio_packet.OPEN, {
+    socket.queue.put_nowait(eio_packet.Packet(eio_packet.OPEN, {
         "sid": sid,
         "upgrades": engine._upgrades(sid, "websocket"),
-        "pingTimeout": int(engine.ping_timeout * 1000),
-        "pingInterval": int(engine.ping_interval + engine.ping_interval_grace_period) * 1000,
+        "pingTimeout": round(engine.ping_timeout * 1000),
+        "pingInterval": round((engine.ping_interval + engine.ping_interval_grace_period) * 1000),
         "maxPayload": engine.max_http_buffer_size,
     }))
-    ret = await engine._trigger_event("connect", sid, environ, run_async=False)
+    ret = await engine.connect_event(sid, environ)
     if ret is not None and ret is not True:
         del engine.sockets[sid]
         engine.logger.warning("Application rejected connection")

@@ -1,6 +1,7 @@
-"""Rooms as the client manager keeps them: a namespace's ``None`` room (``sid -> eio_sid``) is
-python-socketio's bidict, every other room a plain :class:`server.adapter.Room`, and the
-library's own readers see both as they see bidicts."""
+"""Rooms as the client manager keeps them: a namespace's ``None`` room (``sid -> eio_sid``) is a
+:class:`server.adapter.NamespaceRoom` (a dict with its inverse, where python-socketio has a
+bidict), every other room a plain :class:`server.adapter.Room`, and the library's own readers
+see both as they see bidicts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from bidict import ValueDuplicationError, bidict
 
 from realtime_channels.channel_log import ChannelBounds, MemoryChannelLog
-from server.adapter import Room
+from server.adapter import NamespaceRoom, Room
 from server.manager import RealtimeManager
 from server.metrics import Metrics
 
@@ -25,7 +26,7 @@ def test_rooms_but_the_none_room_are_plain_and_read_by_the_library_as_bidicts():
         m.add_to_room(sid, "/x", sid, eio_sid=eio_sid)
         m.add_to_room(sid, "/x", "lobby")
     rooms = m.rooms["/x"]
-    assert type(rooms[None]) is bidict
+    assert type(rooms[None]) is NamespaceRoom
     assert type(rooms["s1"]) is Room and type(rooms["lobby"]) is Room
     # python-socketio's own readers: participants of a room and of several, both lookups
     assert sorted(m.get_participants("/x", "lobby")) == [("s1", "e1"), ("s2", "e2")]
@@ -34,7 +35,7 @@ def test_rooms_but_the_none_room_are_plain_and_read_by_the_library_as_bidicts():
     assert m.sid_from_eio_sid("e2", "/x") == "s2" and m.eio_sid_from_sid("s1", "/x") == "e1"
     assert m.is_connected("s1", "/x") and sorted(m.get_rooms("s1", "/x")) == ["lobby", "s1"]
     # The library's refusals still hold: a sid room is no one else's, and an Engine.IO session
-    # connects to a namespace once (the None room's bidict refuses the duplicate value).
+    # connects to a namespace once (the None room refuses the duplicate value, as a bidict).
     with pytest.raises(ValueError, match="sid room"):
         m.add_to_room("s2", "/x", "s1")
     with pytest.raises(ValueDuplicationError):
@@ -45,6 +46,35 @@ def test_rooms_but_the_none_room_are_plain_and_read_by_the_library_as_bidicts():
     assert sorted(m.get_participants("/x", "lobby")) == [("s2", "e2")]
     m.drop_socket("s2", "/x")
     assert "lobby" not in rooms and "s2" not in rooms and "s2" not in rooms[None]
+
+
+def test_a_namespace_room_behaves_as_the_bidict_it_replaces():
+    """The same writes to a NamespaceRoom and to python-socketio's bidict leave the same
+    forward and inverse maps, and fail alike."""
+    ours, theirs = NamespaceRoom(), bidict()
+    for room in (ours, theirs):
+        room["s1"] = "e1"
+        room["s2"] = "e2"
+        room["s1"] = "e1"  # the same pair again: nothing changes
+        room["s2"] = "e3"  # a key written again: its old value's inverse goes
+        with pytest.raises(ValueDuplicationError):
+            room["s9"] = "e1"
+        room["s4"] = "e4"
+        del room["s4"]
+        with pytest.raises(KeyError):
+            del room["s4"]
+        assert room.pop("s9", None) is None
+        with pytest.raises(KeyError):
+            room.pop("s9")
+    assert dict(ours) == dict(theirs._fwdm) == {"s1": "e1", "s2": "e3"}
+    assert ours._invm == dict(theirs._invm) == {"e1": "s1", "e3": "s2"}
+    assert ours.pop("s2") == theirs.pop("s2") == "e3"
+    assert ours._invm == dict(theirs._invm) == {"e1": "s1"} and ours._fwdm is ours
+    # Writes that would go around the inverse are refused, not silently wrong.
+    for write in (lambda: ours.update(s5="e5"), lambda: ours.setdefault("s5", "e5"), ours.popitem, ours.clear):
+        with pytest.raises(TypeError):
+            write()
+    assert dict(ours) == {"s1": "e1"} and ours._invm == {"e1": "s1"}
 
 
 def test_session_ids_are_the_librarys_shape_behind_the_node_tag_unique_and_fresh_after_fork():

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import importlib
 import inspect
 import json
 import os
 import socket
+from typing import Any
 
 import aiohttp
 import pytest
@@ -259,17 +261,22 @@ async def test_shutdown_closes_lean_websockets(servers):
 # ---------------------------------------------------------------------- in process: the refused connect
 
 
-def test_create_session_mirrors_the_pinned_handle_connect():
-    from engineio.async_server import AsyncServer
+@pytest.mark.parametrize("name", sorted(library_pins.MIRRORED))
+def test_what_we_repeat_step_by_step_is_the_pinned_library_code(name):
+    # create_session repeats _handle_connect; library_connect_event, _trigger_event's connect
+    module, _, path = name.partition(":")
+    target: Any = importlib.import_module(module)
+    for step in path.split("."):
+        target = getattr(target, step)
+    source = inspect.getsource(target)
+    assert hashlib.sha256(source.encode()).hexdigest() == library_pins.MIRRORED[name], \
+        f"the library changed {name}: check our copy (server/library_pins.py MIRRORED says where) against it"
 
-    source = inspect.getsource(AsyncServer._handle_connect)
-    assert hashlib.sha256(source.encode()).hexdigest() == \
-        library_pins.MIRRORED["engineio.async_server:AsyncServer._handle_connect"], \
-        "python-engineio changed _handle_connect: check server/websocket.py create_session against it"
 
-
-@pytest.mark.parametrize("refusal", [False, "go away"])
+@pytest.mark.parametrize("refusal", [False, "go away", "raise", "plain False", "plain raise"])
 async def test_a_refused_connect_gets_the_same_answer_as_on_the_application_path(refusal):
+    # "raise": the handler fails (python-engineio refuses the session); "plain": the handler
+    # is a plain function, not a coroutine function (python-engineio allows both)
     from server.polling import PollingFront, serve_polling_first
     from server.realtime import RealtimeEngine
 
@@ -278,10 +285,18 @@ async def test_a_refused_connect_gets_the_same_answer_as_on_the_application_path
         eio = RealtimeEngine(async_mode="aiohttp", cors_allowed_origins="*")
         eio.lean_websocket = lean
 
-        @eio.on("connect")
-        async def connect(sid, environ):
+        def refuse(environ):
             assert environ["HTTP_UPGRADE"] == "websocket" and environ["aiohttp.request"].remote == "127.0.0.1"
-            return refusal
+            if refusal.endswith("raise") if isinstance(refusal, str) else False:
+                raise RuntimeError("the handler failed")
+            return False if refusal == "plain False" else refusal
+
+        if isinstance(refusal, str) and refusal.startswith("plain"):
+            eio.on("connect", lambda sid, environ: refuse(environ))
+        else:
+            @eio.on("connect")
+            async def connect(sid, environ):
+                return refuse(environ)
 
         app = web.Application()
         eio.attach(app, engineio_path="engine.io")
