@@ -387,8 +387,14 @@ class ServerAdapter(socketio.AsyncServer):
 
     # ------------------------------------------------------------------ the library's own, for our code
 
-    async def library_handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
-        await super()._handle_eio_connect(eio_sid, environ)
+    # python-socketio 5.18.1: AsyncServer._handle_eio_connect (MIRRORED in server/library_pins.py)
+    def library_handle_eio_connect(self, eio_sid: str, environ: dict) -> None:
+        """python-socketio's ``_handle_eio_connect``, step by step: it awaits nothing, so it
+        is called here without its coroutine (one per connect)."""
+        if not self.manager_initialized:
+            self.manager_initialized = True
+            self.manager.initialize()
+        self.environ[eio_sid] = environ
 
     async def library_handle_eio_message(self, eio_sid: str, data: Any) -> None:
         await super()._handle_eio_message(eio_sid, data)
@@ -407,7 +413,7 @@ class ServerAdapter(socketio.AsyncServer):
 
     async def eio_connected(self, eio_sid: str, environ: dict) -> None:
         """A new Engine.IO session."""
-        await self.library_handle_eio_connect(eio_sid, environ)
+        self.library_handle_eio_connect(eio_sid, environ)
 
     async def eio_message(self, eio_sid: str, data: Any) -> None:
         """One Socket.IO packet (or binary attachment) from a client."""

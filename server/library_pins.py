@@ -252,6 +252,9 @@ MIRRORED: dict[str, str] = {
     # server/websocket.py create_session: a new WebSocket session, up to the transport's start
     "engineio.async_server:AsyncServer._handle_connect":
         "5bd7edc1d1ae115ae973b4a39b435d3b243a3c9b1e3218f21bbeb7ef6aa37e93",
+    # server/adapter.py ServerAdapter.library_handle_eio_connect: a session's connect, for the server
+    "socketio.async_server:AsyncServer._handle_eio_connect":
+        "76704886d944a7e648d24c37acb921c9866a58a6c1086f2cd9917ec0386e3517",
     # server/adapter.py EngineAdapter.library_connect_event: the connect event of such a session
     "engineio.async_server:AsyncServer._trigger_event":
         "4a09b6e47eb665325458df5d59b61d13547449eedb0ef25ce0b634005dae633b",

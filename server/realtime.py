@@ -570,7 +570,7 @@ class RealtimeServer(ServerAdapter):
     # ------------------------------------------------------------------ incoming packets
 
     async def eio_connected(self, eio_sid: str, environ: dict) -> None:
-        await self.library_handle_eio_connect(eio_sid, environ)
+        self.library_handle_eio_connect(eio_sid, environ)
         request = environ.get("aiohttp.request")
         if request is not None and self.environ.get(eio_sid) is environ:
             # Kept for the session's life, read by almost nobody: rebuilt when read instead.
