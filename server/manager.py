@@ -45,6 +45,8 @@ log = logging.getLogger("server.delivery")
 VOLATILE_QUEUE_LIMIT = 8
 # Publications read per history call (gap reads, recovery).
 PAGE = 1000
+# Unopened channels whose positions one read asks for, after a resync of the route.
+PROBE_BATCH = 1000
 # Seconds after a channel's last local member left before the node unsubscribes (a burst of
 # disconnects is one unsubscribe; a socket that rejoins at once keeps the subscription).
 REAP_DELAY = 0.5
@@ -147,6 +149,10 @@ class RealtimeManager(ManagerAdapter):
         # notification, or a join that needs their cursor, opens them at the start.
         self._unopened: set[str] = set()
         self._route_task: asyncio.Task | None = None
+        # The read of the unopened channels' positions after a resync of the route, and
+        # whether another resync came while it ran (it then reads again).
+        self._probing: asyncio.Task | None = None
+        self._probe_again = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -180,8 +186,8 @@ class RealtimeManager(ManagerAdapter):
     async def stop(self) -> None:
         if self._reap_timer is not None:
             self._reap_timer.cancel()
-        tasks = [t for t in (self._route_task, self._reaping, *self._catching_up.values(), *self._renewing.values())
-                 if t is not None]
+        tasks = [t for t in (self._route_task, self._reaping, self._probing, *self._catching_up.values(),
+                             *self._renewing.values()) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -441,11 +447,51 @@ class RealtimeManager(ManagerAdapter):
 
     def _on_route_resync(self) -> None:
         """Notifications of this node's route may have been lost: read every channel of it
-        this node has members in, the unopened ones from the start."""
-        for channel in list(self._unopened):
-            self._open_unopened(channel)
+        this node has a cursor of; the unopened ones get their positions read first, in
+        batches (:meth:`_probe_unopened`), and only those with a publication are opened."""
         route = self.route
         for channel in [c for c in self.deliveries.cursors if route_of(c) == route]:
+            self._catch_up(channel)
+        if not self._unopened:
+            return
+        if self._probing is not None:
+            self._probe_again = True  # a probe under way may have read before this loss
+            return
+        self._probing = asyncio.get_running_loop().create_task(self._probe_unopened(), name="probe unopened")
+
+    async def _probe_unopened(self) -> None:
+        """Open the unopened channels that have a publication (its notification may have been
+        lost), from the start, and read them; leave the others unopened. Positions are read
+        :data:`PROBE_BATCH` at a time: a Redis blip at 10,000 new sockets costs ten pipelined
+        reads of positions, not 10,000 reads of history. A channel whose publication comes
+        after its position was read is opened by that publication's notification (the route's
+        subscription was renewed before the resync). When a read fails, every channel left is
+        opened and read, as if it had had a cursor."""
+        try:
+            while True:
+                self._probe_again = False
+                channels = list(self._unopened)
+                for start in range(0, len(channels), PROBE_BATCH):
+                    batch = channels[start:start + PROBE_BATCH]
+                    try:
+                        positions = await self.log.positions(batch)
+                    except Exception as exc:
+                        log.warning("could not read the positions of %d unopened channels; reading each: %s",
+                                    len(channels) - start, exc)
+                        self._open_and_read(channels[start:])
+                        return
+                    self._open_and_read([c for c, position in zip(batch, positions) if position.offset])
+                if not self._probe_again:
+                    return
+        finally:
+            self._probing = None
+
+    def _open_and_read(self, channels: list[str]) -> None:
+        """Read ``channels``, each of which may have a publication this node missed: those still
+        unopened from the start (one that a ``follow()`` opened meanwhile, from its cursor)."""
+        for channel in channels:
+            if channel in self._unopened:
+                self._open_unopened(channel)
             self._catch_up(channel)
 
     def _open_unopened(self, channel: str) -> ChannelCursor:

@@ -159,27 +159,76 @@ async def test_a_held_routes_channel_gets_its_cursor_at_its_first_publication(re
 
 async def test_a_held_routes_missed_notifications_are_read_for_its_unopened_channels_too(redis_url):
     """Notifications missed while the pub/sub connection was down: after it is back, every
-    channel of the route with members here is read, the unopened ones from the start."""
+    channel of the route with a cursor here is read, and the unopened ones that have a
+    publication from the start; an unopened channel nothing was published to stays unopened,
+    its position read (in one batch with the others'), its history not."""
     client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
     heard: list = []
     manager = await held_manager(client, heard)
-    opened, unopened = (channel_name("/chat", TAG + c * 20) for c in "ou")
-    assert manager._hold(opened) and manager._hold(unopened)
+    opened, unopened, quiet = (channel_name("/chat", TAG + c * 20) for c in "ouq")
+    assert manager._hold(opened) and manager._hold(unopened) and manager._hold(quiet)
     publisher = RedisChannelLog(admin, prefix=PREFIX)
     await publisher.publish(opened, b"1")
     await until(lambda: opened in manager.deliveries.cursors, "the first publication's cursor")
     # Killed and published in one transaction: the node certainly misses these notifications.
+    cursors = manager.deliveries.cursors
+    async with monitored(redis_url) as seen:
+        async with admin.pipeline(transaction=True) as pipe:
+            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            for channel, data in ((opened, b"2"), (unopened, b"1"), (unopened, b"2")):
+                keys, args = publish_call(PREFIX, channel, data, publisher.bounds)
+                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
+            await pipe.execute()
+        await until(lambda: cursors.get(opened) is not None and cursors[opened].offset == 2
+                    and cursors.get(unopened) is not None and cursors[unopened].offset == 2
+                    and manager._probing is None, "both read after the resync")
+    assert heard == [(opened, 1)] and manager.unopened_count == 1 and quiet not in cursors
+    assert cursors[unopened].epoch == (await publisher.position(unopened)).epoch
+    quiet_keys = channel_keys(PREFIX, quiet)
+    commands = [(i["command"], i["client_address"]) for i in seen]
+    assert [c for c, who in commands if c.startswith("HMGET ") and quiet_keys.meta in c and who != "lua"], \
+        "the quiet channel's position was not read"
+    assert not [c for c, _ in commands if quiet_keys.stream in c], "the quiet channel's history was read"
+    # Its first publication still opens it, from the start.
+    await publisher.publish(quiet, b"1")
+    await until(lambda: quiet in cursors and cursors[quiet].offset == 1, "the quiet channel opened by its first publication")
+    assert manager.unopened_count == 0
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_a_channel_followed_while_its_position_is_read_after_a_resync_is_still_read(redis_url):
+    """A second tab's follow() opens an unopened channel (from the start, without a read) while
+    the resync's read of positions is under way: the publication whose notification was lost
+    is still read and delivered once the positions come, not left behind its cursor."""
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    heard: list = []
+    manager = await held_manager(client, heard)
+    guest = channel_name("/chat", f"user:guest-{TAG}0123456789cd")
+    assert manager._hold(guest)
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    read_positions, go_on = asyncio.Event(), asyncio.Event()
+    positions = manager.log.positions
+
+    async def held_back(channels):
+        read_positions.set()
+        await go_on.wait()
+        return await positions(channels)
+
+    manager.log.positions = held_back
     async with admin.pipeline(transaction=True) as pipe:
         pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        for channel, data in ((opened, b"2"), (unopened, b"1"), (unopened, b"2")):
-            keys, args = publish_call(PREFIX, channel, data, publisher.bounds)
-            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
+        keys, args = publish_call(PREFIX, guest, b"lost", publisher.bounds)
+        pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
         await pipe.execute()
+    await asyncio.wait_for(read_positions.wait(), 10)
+    await manager.follow([guest])  # the second tab: the cursor opens at the start
     cursors = manager.deliveries.cursors
-    await until(lambda: cursors.get(opened) is not None and cursors[opened].offset == 2
-                and cursors.get(unopened) is not None and cursors[unopened].offset == 2, "both read after the resync")
-    assert heard == [(opened, 1)] and manager.unopened_count == 0
-    assert cursors[unopened].epoch == (await publisher.position(unopened)).epoch
+    assert cursors[guest].offset == 0 and manager.unopened_count == 0
+    go_on.set()
+    await until(lambda: cursors[guest].offset == 1, "the lost publication read after the positions came")
+    assert heard == [] and manager._probing is None
     await manager.stop()
     await client.aclose()
     await admin.aclose()
