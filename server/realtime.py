@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 from engineio import packet as eio_packet
+from realtime_channels.redis_pubsub import Throttled
 from redis.exceptions import RedisError
 from socketio import exceptions
 from socketio import packet as sio_packet
@@ -540,6 +541,9 @@ class RealtimeServer(ServerAdapter):
         self._to_save: set[tuple[str, str]] = set()
         self._save_timer: asyncio.TimerHandle | None = None
         self._saving: set[asyncio.Task] = set()
+        # Saves fail together (Redis away, or gone before a node that is shutting down has
+        # ended its sockets): one warning per interval, with how many were left unsaid.
+        self._save_failures = Throttled(log)
         # eio sid -> when it must have joined a namespace, in that order (see _sweep_joining)
         self._joining: dict[str, float] = {}
         self._joining_timer: asyncio.TimerHandle | None = None
@@ -1110,7 +1114,7 @@ class RealtimeServer(ServerAdapter):
             await self.sessions.save(self._snapshot(namespace, sid, state, with_trail),
                                      self.max_disconnection_duration)
         except Exception as exc:
-            log.warning("could not save session of %s for recovery: %s", sid, exc)
+            self._save_failures.warning("could not save session of %s for recovery: %s", sid, exc)
 
     async def save_session_of(self, namespace: str, sid: str) -> None:
         """Save a live socket's session now (it connected, or its rooms changed), when the
@@ -1149,7 +1153,7 @@ class RealtimeServer(ServerAdapter):
             try:
                 await self.sessions.save_many(snapshots, self.max_disconnection_duration)
             except Exception as exc:
-                log.warning("could not save %d sessions for recovery: %s", len(snapshots), exc)
+                self._save_failures.warning("could not save %d sessions for recovery: %s", len(snapshots), exc)
 
     async def session_heartbeat(self) -> None:
         """Keep every live socket's session saved, so it outlives a crash of this node (not

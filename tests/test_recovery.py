@@ -200,6 +200,28 @@ async def test_graceful_shutdown_lets_clients_recover_on_another_node(servers, j
     assert [e["args"][0]["text"] for e in events] == ["while moving"]
 
 
+async def test_a_node_shutting_down_without_redis_says_so_once_not_once_per_socket(servers, js, own_redis):
+    """SIGTERM while Redis is away: no socket's session can be saved. The log says so in one
+    warning (the rest counted as suppressed), not in one line per socket: a node with 10,000
+    sockets wrote 10,000 lines."""
+    node = servers(env={"REDIS_URL": own_redis.url})
+    connected = (await js.call("eval", py_timeout=60, code=f"""
+        const url = {node.url + '/chat'!r};
+        const sockets = await Promise.all(Array.from({{length: 40}}, () => new Promise((resolve, reject) => {{
+            const s = ctx.io(url, {{forceNew: true, transports: ['websocket'], reconnection: false}});
+            s.once('connect', () => resolve(s));
+            s.once('connect_error', reject);
+        }})));
+        globalThis.stranded = sockets;
+        return sockets.filter((s) => s.connected).length;"""))["value"]
+    assert connected == 40
+    own_redis.stop()
+    node.terminate()
+    lines = [line for line in node.output().splitlines() if "could not save" in line]
+    assert 1 <= len(lines) <= 2, lines[:5]
+    await js.call("eval", code="globalThis.stranded.forEach((s) => s.close()); return true;")
+
+
 @pytest.mark.parametrize("store", ["memory", "redis"])
 async def test_recovery_after_a_polling_transport_error(servers, js, proxies, redis_url, store):
     """A polling request fails while the link stays up: socket.io-client closes its transport
