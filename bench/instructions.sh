@@ -30,6 +30,8 @@ count() { # $1 tree  $2 index
   a="$(grep '^totals' "$OUT/$2.1" | cut -d' ' -f2)"; b="$(grep '^totals' "$OUT/$2.3" | cut -d' ' -f2)"
   echo "$tree: $(( (b - a) / (2 * N) )) instructions per connect and close"
 }
-i=0
-for tree in "$@"; do count "$tree" "$i" & i=$((i + 1)); done
-wait
+i=0; pids=()
+for tree in "$@"; do count "$tree" "$i" & pids+=($!); i=$((i + 1)); done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit "$status"

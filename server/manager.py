@@ -149,10 +149,10 @@ class RealtimeManager(ManagerAdapter):
         # notification, or a join that needs their cursor, opens them at the start.
         self._unopened: set[str] = set()
         self._route_task: asyncio.Task | None = None
-        # The read of the unopened channels' positions after a resync of the route, and
-        # whether another resync came while it ran (it then reads again).
+        # The unopened channels a resync of the route asked to have read, and the task
+        # reading their positions (see _probe_unopened).
+        self._to_probe: set[str] = set()
         self._probing: asyncio.Task | None = None
-        self._probe_again = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -447,42 +447,46 @@ class RealtimeManager(ManagerAdapter):
 
     def _on_route_resync(self) -> None:
         """Notifications of this node's route may have been lost: read every channel of it
-        this node has a cursor of; the unopened ones get their positions read first, in
-        batches (:meth:`_probe_unopened`), and only those with a publication are opened."""
+        this node has a cursor of; the unopened ones are taken down now, to have their
+        positions read (:meth:`_probe_unopened`) and be opened only if they have a
+        publication."""
         route = self.route
         for channel in [c for c in self.deliveries.cursors if route_of(c) == route]:
             self._catch_up(channel)
         if not self._unopened:
             return
-        if self._probing is not None:
-            self._probe_again = True  # a probe under way may have read before this loss
-            return
-        self._probing = asyncio.get_running_loop().create_task(self._probe_unopened(), name="probe unopened")
+        # Taken now, not when the probe starts: a follow() that opens one of them in between
+        # (from the start, without a read) must still have it read.
+        self._to_probe.update(self._unopened)
+        if self._probing is None:
+            self._probing = asyncio.get_running_loop().create_task(self._probe_unopened(), name="probe unopened")
 
     async def _probe_unopened(self) -> None:
-        """Open the unopened channels that have a publication (its notification may have been
-        lost), from the start, and read them; leave the others unopened. Positions are read
-        :data:`PROBE_BATCH` at a time: a Redis blip at 10,000 new sockets costs ten pipelined
-        reads of positions, not 10,000 reads of history. A channel whose publication comes
-        after its position was read is opened by that publication's notification (the route's
-        subscription was renewed before the resync). When a read fails, every channel left is
-        opened and read, as if it had had a cursor."""
+        """Read :attr:`_to_probe`, channels that were unopened at a resync: those that have a
+        publication (its notification may have been lost) are opened from the start, or read
+        from their cursor if a ``follow()`` opened them meanwhile; the others stay unopened.
+        Positions are read :data:`PROBE_BATCH` at a time: a Redis blip at 10,000 new sockets
+        costs ten pipelined reads of positions, not 10,000 reads of history. A channel whose
+        publication comes after its position was read is opened by that publication's
+        notification (the route's subscription was renewed before the resync). A resync during
+        the reads adds its channels, read after. When a read fails, every channel still to be
+        read is opened and read, as if it had had a cursor."""
         try:
-            while True:
-                self._probe_again = False
-                channels = list(self._unopened)
+            while self._to_probe:
+                channels = list(self._to_probe)
+                self._to_probe.clear()
                 for start in range(0, len(channels), PROBE_BATCH):
                     batch = channels[start:start + PROBE_BATCH]
                     try:
                         positions = await self.log.positions(batch)
                     except Exception as exc:
+                        rest = channels[start:] + list(self._to_probe)  # (one twice is read once)
+                        self._to_probe.clear()
                         log.warning("could not read the positions of %d unopened channels; reading each: %s",
-                                    len(channels) - start, exc)
-                        self._open_and_read(channels[start:])
+                                    len(rest), exc)
+                        self._open_and_read(rest)
                         return
                     self._open_and_read([c for c, position in zip(batch, positions) if position.offset])
-                if not self._probe_again:
-                    return
         finally:
             self._probing = None
 

@@ -415,7 +415,10 @@ class RealtimeEngine(EngineAdapter):
         (a RealtimeSocket from the start, its OPEN packet right already): this engine's
         bookkeeping, then the handler, called directly (``library_connect_event``)."""
         self._session_began(sid, environ)
-        return await self.library_connect_event(sid, environ)
+        result = await self.library_connect_event(sid, environ)
+        if result is not None and result is not True:
+            self._session_refused(sid)
+        return result
 
     def _session_began(self, sid: str, environ: dict) -> None:
         """A new session's bookkeeping, before its connect handler runs."""
@@ -425,6 +428,12 @@ class RealtimeEngine(EngineAdapter):
             request["rt_sid"] = sid  # the session this request created
             if request.query.get("transport") == "websocket":
                 self._websockets[sid] = request.transport
+
+    def _session_refused(self, sid: str) -> None:
+        """Undo :meth:`_session_began` for a session its connect handler refused (it never
+        has a disconnect, which would)."""
+        self.count_connection(sid, {}, -1)
+        self._websockets.pop(sid, None)
 
     def _fix_open_packet(self, sid: str) -> None:
         """The handshake advertises ping times in whole milliseconds (python-engineio computes
@@ -466,6 +475,8 @@ class RealtimeEngine(EngineAdapter):
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
         result = await self.library_trigger_event(event, *args, **kwargs)
+        if event == "connect" and len(args) >= 2 and result is not None and result is not True:
+            self._session_refused(args[0])
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
             # it hanging) unless something already queued answers it (the CLOSE that ends

@@ -234,6 +234,84 @@ async def test_a_channel_followed_while_its_position_is_read_after_a_resync_is_s
     await admin.aclose()
 
 
+async def lose_a_publication(manager: RealtimeManager, publisher: RedisChannelLog, channel: str) -> None:
+    """Publish to ``channel`` while this node's notifications of it are dropped (lost)."""
+    dropped = asyncio.Event()
+    hear = manager.log.on_publication
+
+    def drop(name, publication):
+        if name == channel:
+            dropped.set()
+        else:
+            hear(name, publication)
+
+    manager.log.on_publication = drop
+    await publisher.publish(channel, b"lost")
+    await asyncio.wait_for(dropped.wait(), 10)
+    manager.log.on_publication = hear
+
+
+async def test_a_follow_that_opens_a_channel_before_the_probe_starts_still_gets_it_read(redis_url):
+    """(From a review.) A follow() whose open completes in the loop turn after the resync,
+    before the probe's first step, opens the channel at the start without a read: the probe
+    must still read it, since the resync took the unopened channels down when it came."""
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    manager = await held_manager(client, [])
+    guest = channel_name("/chat", f"user:guest-{TAG}0123456789ef")
+    assert manager._hold(guest)
+    await lose_a_publication(manager, RedisChannelLog(admin, prefix=PREFIX), guest)
+    following = asyncio.ensure_future(manager.follow([guest]))  # a second tab
+    await asyncio.sleep(0)  # follow() has queued its open (a task whose first step does it all)
+    manager._on_route_resync()  # the route's resubscription is confirmed in this same turn
+    await following
+    cursors = manager.deliveries.cursors
+    await until(lambda: cursors[guest].offset == 1, "the lost publication read")
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()
+
+
+async def test_a_failed_position_read_still_reads_what_a_later_resync_asked_for(redis_url, monkeypatch):
+    """(From a review.) Resync 1: the first batch's channel is quiet and stays unopened. A
+    second loss (of its publication's notification) and resync 2 come while the second batch
+    is read, and that read fails: the channel resync 2 asked for is opened and read too."""
+    import server.manager as manager_module
+
+    monkeypatch.setattr(manager_module, "PROBE_BATCH", 1)
+    client, admin = aioredis.from_url(redis_url), aioredis.from_url(redis_url)
+    manager = await held_manager(client, [])
+    for c in "ab":
+        assert manager._hold(channel_name("/chat", TAG + c * 20))
+    publisher = RedisChannelLog(admin, prefix=PREFIX)
+    real_positions = manager.log.positions
+    second_read, fail = asyncio.Event(), asyncio.Event()
+    order: list = []
+
+    async def positions(channels):
+        order.append(list(channels))
+        if len(order) == 2:
+            second_read.set()
+            await fail.wait()
+            raise ConnectionError("Redis went away again")
+        return await real_positions(channels)
+
+    manager.log.positions = positions
+    manager._on_route_resync()
+    await asyncio.wait_for(second_read.wait(), 10)
+    first = order[0][0]
+    assert first in manager._unopened  # quiet at the first read: left unopened
+    await lose_a_publication(manager, publisher, first)
+    manager._on_route_resync()  # resync 2, while the second batch is read
+    fail.set()
+    await until(lambda: manager._probing is None, "the probe ended")
+    manager.log.positions = real_positions
+    cursors = manager.deliveries.cursors
+    await until(lambda: first in cursors and cursors[first].offset == 1, "the first channel's lost publication read")
+    await manager.stop()
+    await client.aclose()
+    await admin.aclose()
+
+
 async def test_following_an_unopened_channel_opens_it_from_the_start_without_a_read(redis_url):
     """A second member that needs the cursor of an unopened channel (another tab of a new
     guest) opens it from the start: its first members hold it from there, and a publication

@@ -75,6 +75,12 @@ def test_a_namespace_room_behaves_as_the_bidict_it_replaces():
         with pytest.raises(TypeError):
             write()
     assert dict(ours) == {"s1": "e1"} and ours._invm == {"e1": "s1"}
+    # A copy has an inverse of its own.
+    import copy
+
+    copied = copy.copy(ours)
+    del copied["s1"]
+    assert dict(ours) == {"s1": "e1"} and ours._invm == {"e1": "s1"} and not copied._invm
 
 
 def test_session_ids_are_the_librarys_shape_behind_the_node_tag_unique_and_fresh_after_fork():

@@ -319,6 +319,9 @@ async def test_a_refused_connect_gets_the_same_answer_as_on_the_application_path
                     answers.append((failed.value.status, r.status, await r.text(),
                                     r.headers.get("Access-Control-Allow-Origin"), r.headers.get("Content-Type")))
             assert not eio.sockets and front.lean_requests == (2 if lean else 0)
+            # A refused session never disconnects: its count against the client's address
+            # is given back at the refusal (else every refusal leaked one).
+            assert not eio._per_ip and not eio._ip_of and not eio._websockets
         finally:
             await runner.cleanup()
     assert answers[0] == answers[1] and answers[0][0] == 401, answers
