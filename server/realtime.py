@@ -416,8 +416,7 @@ class RealtimeEngine(EngineAdapter):
         bookkeeping, then the handler, called directly (``library_connect_event``)."""
         self._session_began(sid, environ)
         result = await self.library_connect_event(sid, environ)
-        if result is not None and result is not True:
-            self._session_refused(sid)
+        self._session_answered(sid, result)
         return result
 
     def _session_began(self, sid: str, environ: dict) -> None:
@@ -429,11 +428,13 @@ class RealtimeEngine(EngineAdapter):
             if request.query.get("transport") == "websocket":
                 self._websockets[sid] = request.transport
 
-    def _session_refused(self, sid: str) -> None:
-        """Undo :meth:`_session_began` for a session its connect handler refused (it never
-        has a disconnect, which would)."""
-        self.count_connection(sid, {}, -1)
-        self._websockets.pop(sid, None)
+    def _session_answered(self, sid: str, result: Any) -> None:
+        """Undo :meth:`_session_began` when the connect handler's ``result`` refused the session
+        (python-engineio's test: anything but None or True); a refused session never has a
+        disconnect, which would."""
+        if result is not None and result is not True:
+            self.count_connection(sid, {}, -1)
+            self._websockets.pop(sid, None)
 
     def _fix_open_packet(self, sid: str) -> None:
         """The handshake advertises ping times in whole milliseconds (python-engineio computes
@@ -475,8 +476,8 @@ class RealtimeEngine(EngineAdapter):
         if event == "disconnect" and args:
             self.count_connection(args[0], {}, -1)
         result = await self.library_trigger_event(event, *args, **kwargs)
-        if event == "connect" and len(args) >= 2 and result is not None and result is not True:
-            self._session_refused(args[0])
+        if event == "connect" and len(args) >= 2:
+            self._session_answered(args[0], result)
         if socket is not None:
             # A pending long-poll GET is answered with a NOOP (the spec; python-engineio leaves
             # it hanging) unless something already queued answers it (the CLOSE that ends

@@ -446,6 +446,21 @@ async def calls_of(observer, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
+async def kill_and_publish(client: Any, prefix: str, bounds: Any, publications: list[tuple[str, bytes]]) -> None:
+    """Kill every pub/sub connection of the Redis ``client`` talks to and publish
+    ``publications`` (``(channel, data)``, in order, through the channel log's publish script,
+    keys under ``prefix``) in one transaction: their notifications are certainly missed by
+    every subscriber."""
+    from realtime_channels.redis_channel_log import PUBLISH_SCRIPT, publish_call
+
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        for channel, data in publications:
+            keys, args = publish_call(prefix, channel, data, bounds)
+            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
+        await pipe.execute()
+
+
 @contextlib.asynccontextmanager
 async def monitored(url: str):
     """The commands Redis at ``url`` executes inside the block, as MONITOR reports them (dicts

@@ -35,11 +35,10 @@ from realtime_channels.redis_channel_log import (
     decode_notification,
     encode_notification,
     idempotency_key_name,
-    publish_call,
 )
 from realtime_channels.sharded_redis import ShardedRedis
 
-from harness import calls_of
+from harness import calls_of, kill_and_publish
 
 PREFIX = "t"
 
@@ -764,18 +763,6 @@ async def test_a_promoted_lagging_replica_then_renew_epoch_on_a_real_redis(redis
     await log.close()
 
 
-async def _kill_and_publish(client: aioredis.Redis, channel: str, datas: list[bytes],
-                            bounds: ChannelBounds) -> None:
-    """Kill every pub/sub connection and publish ``datas`` in one transaction: these
-    publications are certainly missed by the subscribers."""
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        for data in datas:
-            keys, args = publish_call(PREFIX, channel, data, bounds)
-            pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
-        await pipe.execute()
-
-
 @pytest.mark.parametrize("retries", [0, 3], ids=["log-reconnects", "redis-py-reconnects"])
 async def test_resubscribes_after_the_connection_is_killed_and_signals_a_gap_read(redis_url, retries):
     # Without retries the log's reader rebuilds the connection; with them redis-py reconnects
@@ -791,7 +778,7 @@ async def test_resubscribes_after_the_connection_is_killed_and_signals_a_gap_rea
     epoch = (await publisher.publish("a", b"1")).position.epoch
     await eventually(lambda: subscriber.offsets("a") == [1], what="the first notification")
 
-    await _kill_and_publish(admin, "a", [b"2", b"3"], publisher.bounds)
+    await kill_and_publish(admin, PREFIX, publisher.bounds, [("a", b"2"), ("a", b"3")])
     await eventually(lambda: sorted(subscriber.resyncs) == ["a", "b"], what="a resync of both channels")
     # The owner's gap read: everything after the last offset it delivered.
     delivered = subscriber.offsets("a")
@@ -1271,7 +1258,7 @@ async def test_a_held_routes_lost_notifications_are_signalled_once_for_the_route
     node = RedisChannelLog(client, prefix=PREFIX, on_publication=subscriber.on_publication,
                            on_resync=subscriber.on_resync)
     await node.subscribe_route("nodeAA", lambda: resyncs.append("route"))
-    await _kill_and_publish(admin, MINE[1], [b"1", b"2"], node.bounds)
+    await kill_and_publish(admin, PREFIX, node.bounds, [(MINE[1], b"1"), (MINE[1], b"2")])
     await eventually(lambda: resyncs == ["route"], what="the route's resync")
     assert subscriber.publications == [] and subscriber.resyncs == []
     assert [p.data for p in (await node.history(MINE[1], since=EMPTY, limit=10)).publications] == [b"1", b"2"]

@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 
 from realtime_channels.channel_log import EMPTY
 from realtime_channels.envelope import channel_name
-from realtime_channels.redis_channel_log import PUBLISH_SCRIPT, RedisChannelLog, channel_keys, publish_call
+from realtime_channels.redis_channel_log import RedisChannelLog, channel_keys
 from server.manager import RealtimeManager
 from server.metrics import Metrics
 
-from harness import monitored
+from harness import kill_and_publish, monitored
 
 PREFIX = "f"
 
@@ -173,12 +173,7 @@ async def test_a_held_routes_missed_notifications_are_read_for_its_unopened_chan
     # Killed and published in one transaction: the node certainly misses these notifications.
     cursors = manager.deliveries.cursors
     async with monitored(redis_url) as seen:
-        async with admin.pipeline(transaction=True) as pipe:
-            pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-            for channel, data in ((opened, b"2"), (unopened, b"1"), (unopened, b"2")):
-                keys, args = publish_call(PREFIX, channel, data, publisher.bounds)
-                pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
-            await pipe.execute()
+        await kill_and_publish(admin, PREFIX, publisher.bounds, [(opened, b"2"), (unopened, b"1"), (unopened, b"2")])
         await until(lambda: cursors.get(opened) is not None and cursors[opened].offset == 2
                     and cursors.get(unopened) is not None and cursors[unopened].offset == 2
                     and manager._probing is None, "both read after the resync")
@@ -217,11 +212,7 @@ async def test_a_channel_followed_while_its_position_is_read_after_a_resync_is_s
         return await positions(channels)
 
     manager.log.positions = held_back
-    async with admin.pipeline(transaction=True) as pipe:
-        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        keys, args = publish_call(PREFIX, guest, b"lost", publisher.bounds)
-        pipe.eval(PUBLISH_SCRIPT, len(keys), *keys, *args)
-        await pipe.execute()
+    await kill_and_publish(admin, PREFIX, publisher.bounds, [(guest, b"lost")])
     await asyncio.wait_for(read_positions.wait(), 10)
     await manager.follow([guest])  # the second tab: the cursor opens at the start
     cursors = manager.deliveries.cursors
